@@ -1,0 +1,1 @@
+"""Hybrid MoE inference engine: GGUF models, CPU kernels, scheduler."""

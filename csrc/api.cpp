@@ -1,0 +1,2 @@
+// Exported kernels live here; see api.h.
+#include "api.h"

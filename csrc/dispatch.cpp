@@ -1,0 +1,64 @@
+// Runtime ISA selection: cpuid feature bits plus XGETBV (the OS must save the wide registers).
+#include "api.h"
+#include <cpuid.h>
+#include <cstdlib>
+#include <cstring>
+
+namespace {
+
+bool os_saves(uint64_t mask) {
+  uint32_t lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  uint64_t xcr0 = (uint64_t(hi) << 32) | lo;
+  return (xcr0 & mask) == mask;
+}
+
+int detect() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return MOE_ISA_SCALAR;
+  const bool osxsave = c & bit_OSXSAVE, fma = c & bit_FMA, f16c = c & bit_F16C;
+  if (!osxsave || !os_saves(0x6)) return MOE_ISA_SCALAR;  // XMM|YMM state
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return MOE_ISA_SCALAR;
+  const bool avx2 = b & bit_AVX2;
+  const bool avx512 = (b & bit_AVX512F) && (b & bit_AVX512BW) && (b & bit_AVX512VL) &&
+                      (b & bit_AVX512DQ) && (c & bit_AVX512VNNI);
+  if (avx512 && fma && f16c && os_saves(0xE6)) return MOE_ISA_AVX512;  // + opmask, ZMM
+  if (avx2 && fma && f16c) return MOE_ISA_AVX2;
+  return MOE_ISA_SCALAR;
+}
+
+int initial_isa() {
+  int best = detect();
+  // MOE_ISA=scalar|avx2|avx512 forces a lower level (tests run every path this way).
+  if (const char *env = std::getenv("MOE_ISA")) {
+    for (int isa = MOE_ISA_SCALAR; isa <= best; ++isa)
+      if (std::strcmp(env, moe_isa_name(isa)) == 0) return isa;
+  }
+  return best;
+}
+
+int g_active = -1;
+
+}  // namespace
+
+MOE_API int moe_isa_detected(void) { return detect(); }
+
+MOE_API int moe_isa_active(void) {
+  if (g_active < 0) g_active = initial_isa();
+  return g_active;
+}
+
+MOE_API int moe_isa_force(int isa) {
+  if (isa < MOE_ISA_SCALAR || isa > detect()) return -1;
+  g_active = isa;
+  return 0;
+}
+
+MOE_API const char *moe_isa_name(int isa) {
+  switch (isa) {
+    case MOE_ISA_SCALAR: return "scalar";
+    case MOE_ISA_AVX2: return "avx2";
+    case MOE_ISA_AVX512: return "avx512";
+    default: return "unknown";
+  }
+}

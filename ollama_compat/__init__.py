@@ -1,0 +1,1 @@
+"""Ollama-compatible HTTP layer (aiohttp). Never imports torch."""
