@@ -69,3 +69,71 @@ class ForwardBatch:
     @staticmethod
     def single(num_tokens: int, cache: SequenceCache) -> "ForwardBatch":
         return ForwardBatch((num_tokens,), (cache,))
+
+
+class CacheSlot:
+    """A reusable sequence cache plus the tokens it holds, so a later request can keep a prefix."""
+
+    def __init__(self, index: int, cache: SequenceCache):
+        self.index = index
+        self.cache = cache
+        self.tokens: list[int] = []  # tokens whose keys/values are in the cache
+        self.last_used = 0
+        self.busy = False
+
+
+class CachePool:
+    """`num_slots` caches of `capacity` positions, allocated on first use.
+
+    Like llama.cpp's server slots: a new request takes the idle slot that shares the longest
+    token prefix with its prompt (the next turn of a chat, a shared system prompt), and only
+    the tokens after that prefix are computed.
+    """
+
+    def __init__(self, allocate, num_slots: int, capacity: int):
+        self._allocate = allocate  # capacity -> SequenceCache
+        self.capacity = capacity
+        self.slots: list[CacheSlot | None] = [None] * num_slots
+        self._clock = 0
+
+    def has_free(self) -> bool:
+        return any(s is None or not s.busy for s in self.slots)
+
+    def acquire(self, prompt: list[int]) -> tuple[CacheSlot, int]:
+        """Returns a slot and the number of leading prompt tokens already cached in it."""
+        best, best_len = None, -1
+        for i, slot in enumerate(self.slots):
+            if slot is not None and not slot.busy:
+                n = _common_prefix(slot.tokens, prompt)
+                if n > best_len or (n == best_len and slot.last_used < best.last_used):
+                    best, best_len = slot, n
+        empty = next((i for i, s in enumerate(self.slots) if s is None), None)
+        if empty is not None and best_len <= 0:
+            best = self.slots[empty] = CacheSlot(empty, self._allocate(self.capacity))
+            best_len = 0
+        if best is None:
+            raise RuntimeError("CachePool.acquire: no free slot")
+        # Recompute at least the last prompt token: its logits start the generation.
+        reuse = max(0, min(best_len, len(prompt) - 1))
+        best.busy = True
+        best.tokens = best.tokens[:reuse]
+        best.cache.length = reuse
+        return best, reuse
+
+    def release(self, slot: CacheSlot, tokens: list[int]) -> None:
+        """`tokens` are those now in the cache, kept for prefix reuse."""
+        self._clock += 1
+        slot.tokens = tokens[: slot.cache.length]
+        slot.last_used = self._clock
+        slot.busy = False
+
+    def nbytes(self) -> int:
+        return sum(s.cache.nbytes() for s in self.slots if s is not None)
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i

@@ -1,0 +1,76 @@
+"""The sampler against plain numpy re-implementations of each transform."""
+
+import numpy as np
+import pytest
+import torch
+
+from backend.interface import InvalidRequest, SamplingParams
+from backend.sampling import Sampler
+
+
+def np_penalise(logits, history, p):
+    out = logits.astype(np.float64).copy()
+    window = history[-p.repeat_last_n:] if p.repeat_last_n > 0 else history
+    for tok in set(window):
+        count = window.count(tok)
+        v = out[tok]
+        v = v / p.repeat_penalty if v > 0 else v * p.repeat_penalty
+        out[tok] = v - count * p.frequency_penalty - p.presence_penalty
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_greedy_equals_argmax_of_penalised_logits(seed):
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(size=50).astype(np.float32) * 3
+    history = rng.integers(0, 50, size=30).tolist()
+    p = SamplingParams(temperature=0, repeat_penalty=1.3, repeat_last_n=16,
+                       presence_penalty=0.5, frequency_penalty=0.2)
+    got = Sampler(p)(torch.from_numpy(logits), history)
+    assert got.token == int(np.argmax(np_penalise(logits, history, p)))
+    ref_lp = logits - np.log(np.exp(logits.astype(np.float64)).sum())
+    assert got.logprob == pytest.approx(ref_lp[got.token], abs=1e-5)
+
+
+def test_same_seed_same_tokens_different_seed_differs():
+    logits = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    p = SamplingParams(temperature=1.5, top_k=0, top_p=1.0, seed=42, repeat_penalty=1.0)
+    draws = lambda params: [Sampler(params)(logits, []).token for _ in range(1)] + \
+        [s(logits, []).token for s in [Sampler(params)] for _ in range(30)]
+    assert draws(p) == draws(p)
+    other = SamplingParams(temperature=1.5, top_k=0, top_p=1.0, seed=7, repeat_penalty=1.0)
+    assert draws(p) != draws(other)
+
+
+def test_draws_stay_inside_top_k_top_p_min_p_support():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=200).astype(np.float32) * 2
+    order = np.argsort(-logits)
+    probs = np.exp(logits[order] - logits.max())
+    probs /= probs.sum()
+    # top_p = 0.6: the smallest prefix reaching 0.6 of the mass.
+    nucleus = set(order[: int(np.searchsorted(np.cumsum(probs), 0.6)) + 1].tolist())
+    s = Sampler(SamplingParams(temperature=1.0, top_k=0, top_p=0.6, seed=3, repeat_penalty=1.0))
+    seen = {s(torch.from_numpy(logits), []).token for _ in range(400)}
+    assert seen <= nucleus and len(seen) > 1
+    s = Sampler(SamplingParams(temperature=1.0, top_k=5, top_p=1.0, seed=3, repeat_penalty=1.0))
+    seen = {s(torch.from_numpy(logits), []).token for _ in range(400)}
+    assert seen <= set(order[:5].tolist())
+    min_p_set = set(order[probs >= 0.2 * probs[0]].tolist())
+    s = Sampler(SamplingParams(temperature=1.0, top_k=0, top_p=1.0, min_p=0.2, seed=3, repeat_penalty=1.0))
+    seen = {s(torch.from_numpy(logits), []).token for _ in range(400)}
+    assert seen <= min_p_set
+
+
+def test_top_logprobs_are_the_best_tokens():
+    logits = torch.tensor([0.0, 3.0, 1.0, 2.0])
+    got = Sampler(SamplingParams(temperature=0, top_logprobs=3, repeat_penalty=1.0))(logits, [])
+    assert [t for t, _ in got.top] == [1, 3, 2]
+    ref = torch.log_softmax(logits, -1)
+    assert [lp for _, lp in got.top] == pytest.approx(ref[[1, 3, 2]].tolist())
+
+
+@pytest.mark.parametrize("bad", [dict(temperature=-1), dict(top_p=1.5), dict(top_logprobs=21)])
+def test_invalid_parameters_are_rejected(bad):
+    with pytest.raises(InvalidRequest):
+        Sampler(SamplingParams(**bad))
