@@ -1,0 +1,92 @@
+"""Mixture-of-experts FFN: softmax top-k routing, then a reference loop over stacked experts."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..gguf_model import GGUFError, GGUFFile
+from .linear import FeedForward, Linear, load
+
+# Shape alphabet: T tokens, D hidden, E experts, A active experts per token, I expert FFN dim,
+# n tokens routed to one expert.
+
+
+def route(router_logits: torch.Tensor, top_k: int, norm_topk_prob: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax over all experts, keep the top-k: weights [T, A] float32, expert ids [T, A].
+
+    Mixtral and Qwen3-MoE renormalize the kept weights to sum to 1 (llama.cpp's
+    expert_weights_norm); Qwen2-MoE does not.
+    """
+    probs = F.softmax(router_logits.float(), dim=-1)  # [T, E]
+    weights, ids = torch.topk(probs, top_k, dim=-1)  # [T, A]
+    if norm_topk_prob:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, ids
+
+
+class Experts(nn.Module):
+    """E SwiGLU experts as stacked 3-D weights (llama.cpp's ffn_{gate,up,down}_exps).
+
+    This is the reference computation the fused C++ MoE kernel replaces: it sees only
+    (x, weights, ids), never the router.
+    """
+
+    def __init__(self, f: GGUFFile, prefix: str, num_experts: int, dim: int, hidden_dim: int):
+        super().__init__()
+        E, D, I = num_experts, dim, hidden_dim
+        self.register_buffer("gate", load(f, f"{prefix}.ffn_gate_exps.weight", (E, I, D)))  # [E, I, D]
+        self.register_buffer("up", load(f, f"{prefix}.ffn_up_exps.weight", (E, I, D)))  # [E, I, D]
+        self.register_buffer("down", load(f, f"{prefix}.ffn_down_exps.weight", (E, D, I)))  # [E, D, I]
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        out = torch.zeros_like(x)  # [T, D]
+        # Loop over the experts that were hit, not over tokens: each expert's weights are read
+        # once per batch, which is what bounds MoE speed (memory traffic, not flops).
+        for e in ids.unique().tolist():
+            tok, slot = (ids == e).nonzero(as_tuple=True)  # [n], [n]
+            h = x[tok]  # [n, D]
+            h = F.silu(h @ self.gate[e].T) * (h @ self.up[e].T)  # [n, I]
+            out.index_add_(0, tok, (h @ self.down[e].T) * weights[tok, slot, None].to(x.dtype))  # [n, D]
+        return out
+
+
+class SparseMoE(nn.Module):
+    """Router + routed experts (+ an optional shared expert, sigmoid-gated in Qwen2-MoE)."""
+
+    def __init__(
+        self,
+        f: GGUFFile,
+        prefix: str,
+        *,
+        dim: int,
+        num_experts: int,
+        top_k: int,
+        expert_dim: int,
+        norm_topk_prob: bool,
+        shared_expert_dim: int = 0,
+    ):
+        super().__init__()
+        self.top_k, self.norm_topk_prob = top_k, norm_topk_prob
+        self.router = Linear.from_gguf(f, f"{prefix}.ffn_gate_inp", num_experts, dim)  # [E, D]
+        self.experts = Experts(f, prefix, num_experts, dim, expert_dim)
+        self.shared_expert = self.shared_gate = None
+        if shared_expert_dim:
+            self.shared_expert = FeedForward(f, prefix, "_shexp", dim, shared_expert_dim)
+            if f.has_tensor(f"{prefix}.ffn_gate_inp_shexp.weight"):
+                # Stored as [D] or [1, D] depending on the converter; both are one gate logit.
+                info = f.tensor(f"{prefix}.ffn_gate_inp_shexp.weight")
+                if info.shape not in ((dim,), (1, dim)):
+                    raise GGUFError(f"{f.name}: tensor {info.name} has shape {info.shape}, expected ({dim},)")
+                self.shared_gate = Linear(load(f, info.name, info.shape).reshape(1, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, D] -> [T, D]
+        weights, ids = route(self.router(x), self.top_k, self.norm_topk_prob)  # [T, A], [T, A]
+        out = self.experts(x, weights, ids)
+        if self.shared_expert is not None:
+            shared = self.shared_expert(x)
+            if self.shared_gate is not None:
+                shared = torch.sigmoid(self.shared_gate(x)) * shared  # [T, 1] * [T, D]
+            out = out + shared
+        return out

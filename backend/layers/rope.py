@@ -1,0 +1,38 @@
+"""Rotary position embeddings: llama.cpp's NORM (adjacent pairs) and NEOX (halves) layouts."""
+
+from __future__ import annotations
+
+import torch
+
+
+def rope_inv_freq(rotary_dim: int, theta: float, freq_factors: torch.Tensor | None = None) -> torch.Tensor:
+    """Inverse frequencies [rotary_dim/2], computed as transformers does (float32 powers).
+
+    `freq_factors` is llama.cpp's rope_freqs tensor (llama3 scaling, longrope): each frequency is
+    divided by its factor, which is how llama.cpp applies it inside ggml_rope_ext.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.int64).float() / rotary_dim))
+    if freq_factors is not None:
+        inv_freq = inv_freq / freq_factors.float()
+    return inv_freq
+
+
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [T, rotary_dim/2] for absolute positions [T]; `scale` multiplies both (YaRN mscale)."""
+    angles = positions.float()[:, None] * inv_freq[None, :]  # [T, R/2]
+    return angles.cos() * scale, angles.sin() * scale
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, neox: bool) -> torch.Tensor:
+    """Rotates x [T, H, R] by cos/sin [T, R/2].
+
+    NORM rotates adjacent pairs (x0, x1), (x2, x3), ...: llama.cpp's llama files store Q/K rows
+    permuted so that this equals transformers' rotate_half on the original rows. NEOX rotates
+    (x_i, x_{i+R/2}) pairs, transformers' layout, used unpermuted by qwen2/qwen-moe/deepseek2.
+    """
+    cos, sin = cos[:, None, :], sin[:, None, :]  # [T, 1, R/2]
+    if neox:
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)

@@ -1,0 +1,41 @@
+"""Architecture registry: general.architecture -> Model class, and load_model()."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator, Mapping
+
+from ..gguf_model import GGUFError, GGUFFile
+
+# general.architecture -> module in this package defining `Model`. Modules load on first use so one
+# architecture's import cost (or a teammate's work in progress) never affects another.
+_MODULES: dict[str, str] = {
+    "llama": "llama",
+    "qwen2": "qwen2",
+    "qwen2moe": "qwen_moe",
+    "qwen3moe": "qwen_moe",
+    "deepseek2": "deepseek2",
+}
+
+
+class _Architectures(Mapping):
+    """general.architecture -> Model class, importing the model file on first access."""
+
+    def __getitem__(self, architecture: str) -> type:
+        return importlib.import_module(f"{__name__}.{_MODULES[architecture]}").Model
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(_MODULES)
+
+    def __len__(self) -> int:
+        return len(_MODULES)
+
+
+ARCHITECTURES: Mapping[str, type] = _Architectures()
+
+
+def load_model(f: GGUFFile):
+    """The Model for f's architecture, weights loaded from f."""
+    if f.architecture not in _MODULES:
+        raise GGUFError(f"{f.name}: unsupported architecture '{f.architecture}'")
+    return ARCHITECTURES[f.architecture].from_gguf(f)

@@ -1,0 +1,112 @@
+"""Qwen MoE decoders: qwen2moe (sigmoid-gated shared expert, qkv bias) and qwen3moe (q/k norms)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..gguf_model import GGUFFile
+from ..kv_cache import ForwardBatch, SequenceCache
+from ..layers.attention import Attention
+from ..layers.linear import Linear, load
+from ..layers.moe import SparseMoE
+from ..layers.norm import RMSNorm
+from ..layers.rope import rope_inv_freq
+
+# Shape alphabet: T tokens in the batch, D hidden, V vocab.
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    architecture: str  # "qwen2moe" or "qwen3moe"
+    vocab_size: int
+    hidden_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope_theta: float
+    max_position_embeddings: int
+    num_experts: int
+    num_experts_per_tok: int
+    moe_intermediate_size: int
+    shared_expert_intermediate_size: int
+    norm_topk_prob: bool
+
+    @classmethod
+    def from_gguf(cls, f: GGUFFile) -> "ModelArgs":
+        hidden = f.arch_get("embedding_length")
+        heads = f.arch_get("attention.head_count")
+        qwen3 = f.architecture == "qwen3moe"
+        return cls(
+            architecture=f.architecture,
+            vocab_size=f.tensor("token_embd.weight").shape[0],
+            hidden_size=hidden,
+            num_hidden_layers=f.arch_get("block_count"),
+            num_attention_heads=heads,
+            num_key_value_heads=f.arch_get("attention.head_count_kv", heads),
+            head_dim=f.arch_get("attention.key_length", hidden // heads),
+            rms_norm_eps=f.arch_get("attention.layer_norm_rms_epsilon"),
+            rope_theta=f.arch_get("rope.freq_base", 1000000.0),
+            max_position_embeddings=f.arch_get("context_length", 32768),
+            num_experts=f.arch_get("expert_count"),
+            num_experts_per_tok=f.arch_get("expert_used_count"),
+            moe_intermediate_size=f.arch_get("expert_feed_forward_length"),
+            shared_expert_intermediate_size=0 if qwen3 else f.arch_get("expert_shared_feed_forward_length", 0),
+            # llama.cpp hard-codes these per arch; files rarely carry expert_weights_norm.
+            norm_topk_prob=f.arch_get("expert_weights_norm", qwen3),
+        )
+
+
+class Block(nn.Module):
+    def __init__(self, f: GGUFFile, args: ModelArgs, i: int, inv_freq: torch.Tensor):
+        super().__init__()
+        p, D = f"blk.{i}", args.hidden_size
+        qwen3 = args.architecture == "qwen3moe"
+        self.attn_norm = RMSNorm(load(f, f"{p}.attn_norm.weight", (D,)), args.rms_norm_eps)
+        self.attn = Attention(
+            f, p, hidden_size=D, num_heads=args.num_attention_heads, num_kv_heads=args.num_key_value_heads,
+            head_dim=args.head_dim, inv_freq=inv_freq, neox=True,
+            qkv_bias=not qwen3, qk_norm_eps=args.rms_norm_eps if qwen3 else None,
+        )
+        self.ffn_norm = RMSNorm(load(f, f"{p}.ffn_norm.weight", (D,)), args.rms_norm_eps)
+        self.ffn = SparseMoE(
+            f, p, dim=D, num_experts=args.num_experts, top_k=args.num_experts_per_tok,
+            expert_dim=args.moe_intermediate_size, norm_topk_prob=args.norm_topk_prob,
+            shared_expert_dim=args.shared_expert_intermediate_size,
+        )
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch, i: int) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), positions, batch, i)  # [T, D]
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class Model(nn.Module):
+    def __init__(self, f: GGUFFile, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        V, D = args.vocab_size, args.hidden_size
+        self.register_buffer("embed", load(f, "token_embd.weight", (V, D)))  # [V, D]
+        inv_freq = rope_inv_freq(args.head_dim, args.rope_theta)
+        self.layers = nn.ModuleList(Block(f, args, i, inv_freq) for i in range(args.num_hidden_layers))
+        self.norm = RMSNorm(load(f, "output_norm.weight", (D,)), args.rms_norm_eps)
+        self.output = Linear.from_gguf(f, "output", V, D) if f.has_tensor("output.weight") else Linear(self.embed)
+
+    @classmethod
+    def from_gguf(cls, f: GGUFFile) -> "Model":
+        return cls(f, ModelArgs.from_gguf(f))
+
+    def allocate_cache(self, capacity: int) -> SequenceCache:
+        return SequenceCache([layer.attn.allocate(capacity) for layer in self.layers], capacity)
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        """tokens [T] -> logits [T, V] float32; writes the batch's caches but does not advance them."""
+        positions = batch.positions()  # [T]
+        x = self.embed[tokens]  # [T, D]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, positions, batch, i)
+        return self.output(self.norm(x)).float()
