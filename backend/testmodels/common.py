@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from pathlib import Path
 
@@ -76,12 +77,16 @@ def bpe_vocab(vocab_size: int) -> tuple[list[str], list[str]]:
     known = set(tokens)
     words = [[byte_map[b] for b in (" " + w if i else w).encode()] for i, w in enumerate(_CORPUS.split(" "))]
     merges: list[str] = []
+    # Once the text is exhausted, merge existing tokens with single bytes, shortest first, so
+    # big vocabularies stay valid BPEs of short tokens.
+    fallback = ((a, b) for i in itertools.count() for a in [tokens[i]] for b in tokens[:256])
     while len(merges) < n_merges:
         pairs = Counter((a, b) for w in words for a, b in zip(w, w[1:]) if a + b not in known)
         if pairs:
             (a, b), _ = pairs.most_common(1)[0]
-        else:  # the text is exhausted: merge a learned token with a byte, still a valid BPE
-            a, b = next((a, b) for a in reversed(tokens) for b in tokens[:256] if a + b not in known)
+        else:
+            words = []
+            a, b = next((a, b) for a, b in fallback if a + b not in known)
         merges.append(f"{a} {b}")
         tokens.append(a + b)
         known.add(a + b)

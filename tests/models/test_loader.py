@@ -1,0 +1,200 @@
+"""GGUF loader: one-line errors for broken files, split files, lazy memory-mapped tensor data."""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from backend.gguf_model import GGUFError, GGUFFile, open_gguf
+from backend.kv_cache import ForwardBatch
+from backend.models import ARCHITECTURES, load_model
+from backend.testmodels import llama as llama_family
+from backend.testmodels import model_config, write_model
+from backend.testmodels.common import TensorWriter, add_tokenizer, finish, start_writer
+
+
+def error_of(fn, *args) -> str:
+    with pytest.raises(GGUFError) as e:
+        fn(*args)
+    message = str(e.value)
+    assert "\n" not in message, "errors must be one line"
+    return message
+
+
+class _EditingWriter(TensorWriter):
+    """Writes the llama family's tensors but drops or reshapes the ones named in `edits`."""
+
+    def __init__(self, writer, qtype, rng, edits: dict[str, tuple[int, ...] | None]):
+        super().__init__(writer, qtype, rng)
+        self.edits = edits
+
+    def matrix(self, name, shape, std=None):
+        if name in self.edits:
+            if self.edits[name] is None:
+                return
+            shape = self.edits[name]
+        super().matrix(name, shape, std)
+
+
+def write_edited_llama(path, edits, arch_name="llama"):
+    cfg = model_config("llama")
+    writer = start_writer(path, arch_name, "F32")
+    add_tokenizer(writer, cfg["vocab_size"])
+    llama_family.write(writer, cfg, _EditingWriter(writer, "F32", np.random.default_rng(0), edits), "llama")
+    finish(writer)
+    return path
+
+
+def test_bad_magic(tmp_path):
+    path = tmp_path / "notgguf.gguf"
+    path.write_bytes(b"GGML" + bytes(100))
+    assert error_of(open_gguf, path) == "notgguf.gguf: not a GGUF file (bad magic)"
+    empty = tmp_path / "empty.gguf"
+    empty.write_bytes(b"")
+    assert error_of(open_gguf, empty) == "empty.gguf: not a GGUF file (bad magic)"
+
+
+def test_missing_file(tmp_path):
+    assert "no such file" in error_of(open_gguf, tmp_path / "absent.gguf")
+
+
+def test_truncated_tensor_data(tmp_path):
+    path = write_model("mixtral", tmp_path / "cut.gguf")
+    # Ground truth from gguf-py itself: the tensor whose bytes end last in the file.
+    last = max(gguf.GGUFReader(path).tensors, key=lambda t: t.data_offset + t.n_bytes)
+    cut_size = last.data_offset + last.n_bytes - 1000
+    with open(path, "r+b") as fh:
+        fh.truncate(cut_size)
+    assert error_of(open_gguf, path) == (
+        f"cut.gguf: tensor {last.name} is truncated: expected {last.n_bytes} bytes, "
+        f"file has {cut_size - last.data_offset}"
+    )
+
+
+def test_truncated_header(tmp_path):
+    path = write_model("llama", tmp_path / "head.gguf")
+    data = path.read_bytes()
+    path.write_bytes(data[:300])  # inside the tokenizer metadata
+    message = error_of(open_gguf, path)
+    assert message.startswith("head.gguf: corrupt or truncated GGUF header"), message
+
+
+def test_missing_tensor(tmp_path):
+    path = write_edited_llama(tmp_path / "missing.gguf", {"blk.1.ffn_up.weight": None})
+    assert error_of(lambda: load_model(open_gguf(path))) == "missing.gguf: missing tensor blk.1.ffn_up.weight"
+
+
+def test_wrong_shape(tmp_path):
+    path = write_edited_llama(tmp_path / "shape.gguf", {"blk.0.attn_k.weight": (64, 256)})
+    assert (
+        error_of(lambda: load_model(open_gguf(path)))
+        == "shape.gguf: tensor blk.0.attn_k.weight has shape (64, 256), expected (128, 256)"
+    )
+
+
+def test_unsupported_architecture(tmp_path):
+    path = write_edited_llama(tmp_path / "foo.gguf", {}, arch_name="foo")
+    f = open_gguf(path)
+    assert f.architecture == "foo"
+    assert error_of(load_model, f) == "foo.gguf: unsupported architecture 'foo'"
+    assert "foo" not in ARCHITECTURES and "llama" in ARCHITECTURES
+
+
+def test_missing_metadata_key(tmp_path):
+    f = open_gguf(write_model("llama", tmp_path / "m.gguf"))
+    assert error_of(f.arch_get, "expert_count") == "m.gguf: missing metadata key 'llama.expert_count'"
+    assert f.arch_get("expert_count", 0) == 0
+    assert f.get("general.architecture") == "llama"
+
+
+def test_metadata_is_plain_python(tmp_path):
+    f = open_gguf(write_model("qwen2moe", tmp_path / "q.gguf", qtype="Q8_0"))
+    assert type(f.arch_get("block_count")) is int
+    assert type(f.arch_get("rope.freq_base")) is float
+    assert type(f.arch_get("expert_weights_norm")) is bool
+    tokens = f.get("tokenizer.ggml.tokens")
+    assert type(tokens) is list and all(type(t) is str for t in tokens) and len(tokens) == 320
+    assert all(type(m) is str for m in f.get("tokenizer.ggml.merges"))
+    info = f.tensor("blk.0.ffn_down_exps.weight")
+    assert info.shape == (4, 256, 256) and info.type_name == "Q8_0"
+    assert info.data.dtype == np.uint8 and info.data.size == info.nbytes == 4 * 256 * 256 // 32 * 34
+
+
+def test_tensor_data_is_a_memmap_view(tmp_path):
+    path = write_model("mixtral", tmp_path / "lazy.gguf", qtype="Q4_K")
+    f = open_gguf(path)
+    for info in f.tensors.values():
+        # Slices of np.memmap stay np.memmap and own no memory: nothing was read into RAM.
+        assert isinstance(info.data, np.memmap) and not info.data.flags.owndata, info.name
+        assert not info.data.flags.writeable
+    raw = path.read_bytes()
+    info = f.tensor("blk.1.ffn_gate_exps.weight")
+    assert info.data.tobytes() in raw  # the view points at the tensor's bytes in the file
+
+
+def test_open_does_not_read_tensor_data(tmp_path):
+    # ~33 MB of embeddings and output: after opening, only the header pages of the file's
+    # mapping may be resident, never the tensor data.
+    path = write_model("llama", tmp_path / "big.gguf", config={"vocab_size": 16000, "num_hidden_layers": 1})
+    f = open_gguf(path)
+    size = path.stat().st_size
+    resident = _mapped_rss_bytes(path)
+    assert f.tensor("token_embd.weight").nbytes == 16000 * 256 * 4
+    assert resident < size / 20, f"{resident} of {size} bytes resident after open_gguf"
+    f.tensor("token_embd.weight").data.sum()  # touching the data does fault it in
+    assert _mapped_rss_bytes(path) > 16000 * 256 * 4 * 0.9
+
+
+def _mapped_rss_bytes(path) -> int:
+    """Resident bytes of this process's mappings of `path` (from /proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as fh:
+        for line in fh:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping header line
+                inside = line.rstrip().endswith(str(path))
+            elif inside and fields[0] == "Rss:":
+                total += int(fields[1]) * 1024
+    return total
+
+
+@pytest.mark.parametrize("arch", ["mixtral", "qwen2moe"])
+def test_split_files_load_like_the_single_file(tmp_path, arch):
+    (tmp_path / "single").mkdir()
+    single = write_model(arch, tmp_path / "single" / "m.gguf", qtype="Q8_0")
+    first = write_model(arch, tmp_path / "m.gguf", qtype="Q8_0", split_max_tensors=7)
+    parts = sorted(tmp_path.glob("m-*-of-*.gguf"))
+    assert first.name == "m-00001-of-%05d.gguf" % len(parts) and len(parts) >= 3
+    a, b = open_gguf(single), open_gguf(parts[1])  # any part's name opens the whole model
+    assert b.paths == tuple(parts)
+    assert {k: v for k, v in b.metadata.items() if not k.startswith("split.")} == a.metadata
+    assert b.tensors.keys() == a.tensors.keys()
+    for name, info in a.tensors.items():
+        other = b.tensors[name]
+        assert (other.ggml_type, other.shape, other.nbytes) == (info.ggml_type, info.shape, info.nbytes)
+        assert np.array_equal(other.data, info.data), name
+    tokens = torch.arange(12) * 7 % 320
+    logits = []
+    for f in (a, b):
+        model = load_model(f)
+        batch = ForwardBatch.single(12, model.allocate_cache(12))
+        logits.append(model(tokens, batch))
+    assert torch.equal(logits[0], logits[1])
+
+
+def test_split_file_with_a_missing_part(tmp_path):
+    write_model("mixtral", tmp_path / "m.gguf", split_max_tensors=7)
+    parts = sorted(tmp_path.glob("m-*-of-*.gguf"))
+    parts[-1].unlink()
+    message = error_of(open_gguf, parts[0])
+    assert message == f"{parts[-1].name}: missing part {len(parts)} of {len(parts)} of a split model"
+
+
+def test_gguffile_api(tmp_path):
+    f = open_gguf(write_model("qwen3moe", tmp_path / "api.gguf"))
+    assert isinstance(f, GGUFFile) and f.architecture == "qwen3moe"
+    assert f.has_tensor("blk.0.attn_q_norm.weight") and not f.has_tensor("blk.0.attn_q.bias")
+    assert f.expect_shape("blk.0.attn_q_norm.weight", (128,)).shape == (128,)
+    assert error_of(f.tensor, "nope.weight") == "api.gguf: missing tensor nope.weight"
