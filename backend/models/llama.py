@@ -103,10 +103,24 @@ class Model(nn.Module):
         return SequenceCache([layer.attn.allocate(capacity) for layer in self.layers], capacity)
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        """tokens [T] -> logits [T, V] float32; writes the batch's caches but does not advance them."""
+    def hidden_states(self, tokens: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
+        """tokens [T] -> final-normed hidden states [T, D]; writes the batch's caches, no advance."""
         positions = batch.positions()  # [T]
         x = self.embed[tokens]  # [T, D]
         for i, layer in enumerate(self.layers):
             x = layer(x, positions, batch, i)
-        return self.output(self.norm(x)).float()
+        return self.norm(x)
+
+    @torch.inference_mode()
+    def forward(
+        self, tokens: torch.Tensor, batch: ForwardBatch, logits_indices: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """tokens [T] -> logits [T, V] float32, or [L, V] for the rows in logits_indices [L].
+
+        Only the rows that sample need the LM head: for a 2k-token prefill on a 150k vocab
+        that skips 2k x 150k x D multiply-adds.
+        """
+        x = self.hidden_states(tokens, batch)  # [T, D]
+        if logits_indices is not None:
+            x = x[logits_indices]  # [L, D]
+        return self.output(x).float()

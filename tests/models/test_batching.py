@@ -55,3 +55,18 @@ def test_forward_does_not_advance_and_rewrites_the_same_positions(tmp_path):
     assert cache.length == 0
     second = model(tokens, batch)
     assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen2moe"])
+def test_logits_indices_and_hidden_states(tmp_path, arch):
+    # The runner asks only for the rows that sample; the embeddings endpoint for hidden states.
+    model = load_model(open_gguf(write_model(arch, tmp_path / "m.gguf", qtype="Q8_0")))
+    tokens = torch.arange(11) * 13 % 320
+    full = model(tokens, ForwardBatch.single(11, model.allocate_cache(16)))
+    rows = torch.tensor([3, 10])
+    some = model(tokens, ForwardBatch.single(11, model.allocate_cache(16)), logits_indices=rows)
+    assert some.shape == (2, full.shape[1])
+    assert torch.allclose(some, full[rows], rtol=0, atol=RTOL * full.abs().max().item())
+    hidden = model.hidden_states(tokens, ForwardBatch.single(11, model.allocate_cache(16)))
+    assert hidden.shape == (11, model.args.hidden_size)
+    assert torch.allclose(model.output(hidden), full, rtol=0, atol=RTOL * full.abs().max().item())
