@@ -17,17 +17,18 @@ def _dequantize(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> np.n
 
 def dequantize(info: TensorInfo) -> torch.Tensor:
     """float32 tensor of info.shape; the only place model code turns GGUF bytes into numbers."""
-    try:
-        values = _dequantize(info.data, info.ggml_type, info.shape)
-    except NotImplementedError:
-        raise GGUFError(f"tensor {info.name}: unsupported quant type {info.type_name}") from None
+    values = _dequantize(info.data, info.ggml_type, info.shape)
     # Own the memory: a float32 view of the read-only memmap cannot back a torch tensor.
     return torch.from_numpy(np.array(values, dtype=np.float32, copy=True))
 
 
 def load(f: GGUFFile, name: str, shape: tuple[int, ...]) -> torch.Tensor:
     """Dequantized tensor `name` after checking it has `shape` (numpy order)."""
-    return dequantize(f.expect_shape(name, shape))
+    info = f.expect_shape(name, shape)
+    try:
+        return dequantize(info)
+    except NotImplementedError:
+        raise GGUFError(f"{f.name}: tensor {name} has unsupported quant type {info.type_name}") from None
 
 
 class Linear(nn.Module):

@@ -38,11 +38,25 @@ class _EditingWriter(TensorWriter):
         super().matrix(name, shape, std)
 
 
-def write_edited_llama(path, edits, arch_name="llama"):
+class _RetypingWriter(TensorWriter):
+    """Writes `name` as random bytes of a ggml type no model file uses (Q8_1, a matmul scratch type)."""
+
+    def __init__(self, writer, qtype, rng, name: str):
+        super().__init__(writer, qtype, rng)
+        self.name = name
+
+    def matrix(self, name, shape, std=None):
+        if name != self.name:
+            return super().matrix(name, shape, std)
+        raw = self.rng.integers(0, 256, (*shape[:-1], shape[-1] // 32 * 40), dtype=np.uint8)
+        self.writer.add_tensor(name, raw, raw_dtype=gguf.GGMLQuantizationType.Q8_1)
+
+
+def write_edited_llama(path, edits, arch_name="llama", tensor_writer=_EditingWriter):
     cfg = model_config("llama")
     writer = start_writer(path, arch_name, "F32")
     add_tokenizer(writer, cfg["vocab_size"])
-    llama_family.write(writer, cfg, _EditingWriter(writer, "F32", np.random.default_rng(0), edits), "llama")
+    llama_family.write(writer, cfg, tensor_writer(writer, "F32", np.random.default_rng(0), edits), "llama")
     finish(writer)
     return path
 
@@ -92,6 +106,33 @@ def test_wrong_shape(tmp_path):
         error_of(lambda: load_model(open_gguf(path)))
         == "shape.gguf: tensor blk.0.attn_k.weight has shape (64, 256), expected (128, 256)"
     )
+
+
+def test_unsupported_quant_type(tmp_path):
+    path = write_edited_llama(tmp_path / "q81.gguf", "blk.0.attn_v.weight", tensor_writer=_RetypingWriter)
+    assert open_gguf(path).tensor("blk.0.attn_v.weight").type_name == "Q8_1"
+    assert (
+        error_of(lambda: load_model(open_gguf(path)))
+        == "q81.gguf: tensor blk.0.attn_v.weight has unsupported quant type Q8_1"
+    )
+
+
+def test_unknown_ggml_type_id(tmp_path):
+    path = write_model("llama", tmp_path / "t.gguf")
+    data = bytearray(path.read_bytes())
+    pos = _find_field_offset(path, 0)
+    data[pos : pos + 4] = (250).to_bytes(4, "little")
+    path.write_bytes(bytes(data))
+    message = error_of(open_gguf, path)
+    assert message == "t.gguf: tensor token_embd.weight has unsupported quant type 250", message
+
+
+def _find_field_offset(path, index: int) -> int:
+    """File offset of the ggml type id in tensor `index`'s info record."""
+    reader = gguf.GGUFReader(path)
+    field = reader.tensors[index].field
+    name_len, name, n_dims, dims = field.parts[:4]
+    return field.offset + name_len.nbytes + name.nbytes + n_dims.nbytes + dims.nbytes
 
 
 def test_unsupported_architecture(tmp_path):
