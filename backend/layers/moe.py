@@ -36,9 +36,9 @@ class Experts(nn.Module):
     def __init__(self, f: GGUFFile, prefix: str, num_experts: int, dim: int, hidden_dim: int):
         super().__init__()
         E, D, I = num_experts, dim, hidden_dim
-        self.register_buffer("gate", load(f, f"{prefix}.ffn_gate_exps.weight", (E, I, D)))  # [E, I, D]
-        self.register_buffer("up", load(f, f"{prefix}.ffn_up_exps.weight", (E, I, D)))  # [E, I, D]
-        self.register_buffer("down", load(f, f"{prefix}.ffn_down_exps.weight", (E, D, I)))  # [E, D, I]
+        self.register_buffer("gate", _stacked(f, prefix, "gate", (E, I, D)))  # [E, I, D]
+        self.register_buffer("up", _stacked(f, prefix, "up", (E, I, D)))  # [E, I, D]
+        self.register_buffer("down", _stacked(f, prefix, "down", (E, D, I)))  # [E, D, I]
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(x)  # [T, D]
@@ -50,6 +50,14 @@ class Experts(nn.Module):
             h = F.silu(h @ self.gate[e].T) * (h @ self.up[e].T)  # [n, I]
             out.index_add_(0, tok, (h @ self.down[e].T) * weights[tok, slot, None].to(x.dtype))  # [n, D]
         return out
+
+
+def _stacked(f: GGUFFile, prefix: str, kind: str, shape: tuple[int, int, int]) -> torch.Tensor:
+    """ffn_{kind}_exps [E, rows, cols], or the per-expert ffn_{kind}.{e} tensors of early Mixtral GGUFs."""
+    name = f"{prefix}.ffn_{kind}_exps.weight"
+    if f.has_tensor(name) or not f.has_tensor(f"{prefix}.ffn_{kind}.0.weight"):
+        return load(f, name, shape)
+    return torch.stack([load(f, f"{prefix}.ffn_{kind}.{e}.weight", shape[1:]) for e in range(shape[0])])
 
 
 class SparseMoE(nn.Module):

@@ -1,4 +1,8 @@
-"""The transformers oracle for a GGUF: dequantized weights under HF names, HF config and model."""
+"""The transformers oracle for a GGUF: dequantized weights under HF names, HF config and model.
+
+A family module whose HF layout differs (deepseek2) may define hf_state_dict(f, cfg),
+hf_config(cfg) and hf_model_class(); they take precedence over the tables here.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ _LAYER_NAMES = {
     "ffn_gate_inp_shexp": "mlp.shared_expert_gate",
 }
 _GLOBAL_NAMES = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
+WRITER_OPTIONS = {"legacy_split_experts"}  # config keys that shape the file, not the HF model
 _HF_CLASSES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM"),
     "mixtral": ("MixtralConfig", "MixtralForCausalLM"),
@@ -60,7 +65,7 @@ def hf_state_dict(arch: str, f: GGUFFile, cfg: dict) -> dict[str, torch.Tensor]:
     if hasattr(fam, "hf_state_dict"):  # families with their own layout (deepseek2) map themselves
         return fam.hf_state_dict(f, cfg)
     state: dict[str, torch.Tensor] = {}
-    experts: dict[tuple[int, str], torch.Tensor] = {}
+    experts: dict[tuple[int, str], torch.Tensor | dict[int, torch.Tensor]] = {}
     for name in f.tensors:
         if name == "rope_freqs.weight":
             continue  # llama3 scaling lives in HF's rope_scaling config, not in weights
@@ -68,7 +73,11 @@ def hf_state_dict(arch: str, f: GGUFFile, cfg: dict) -> dict[str, torch.Tensor]:
         if name in _GLOBAL_NAMES:
             state[_GLOBAL_NAMES[name]] = w
             continue
-        _, i, base, kind = name.split(".")
+        parts = name.split(".")
+        if len(parts) == 5:  # blk.{i}.ffn_{kind}.{e}.weight: one expert of an early Mixtral file
+            experts.setdefault((int(parts[1]), f"{parts[2]}_exps"), {})[int(parts[3])] = w
+            continue
+        _, i, base, kind = parts
         if base.endswith("_exps"):
             experts[int(i), base] = w
             continue
@@ -78,6 +87,9 @@ def hf_state_dict(arch: str, f: GGUFFile, cfg: dict) -> dict[str, torch.Tensor]:
         if base == "ffn_gate_inp_shexp":
             w = w.reshape(1, -1)
         state[f"model.layers.{i}.{_LAYER_NAMES[base]}.{kind}"] = w
+    for key, w in experts.items():
+        if isinstance(w, dict):
+            experts[key] = torch.stack([w[e] for e in sorted(w)])
     for (i, base), w in experts.items():
         if base == "ffn_gate_exps":  # transformers fuses gate and up: [E, 2I, D], gate first
             state[f"model.layers.{i}.mlp.experts.gate_up_proj"] = torch.cat([w, experts[i, "ffn_up_exps"]], dim=1)
@@ -96,11 +108,9 @@ def hf_config(arch: str, cfg: dict):
     if hasattr(fam, "hf_config"):
         return fam.hf_config(cfg)
     config_cls = getattr(transformers, _HF_CLASSES[arch][0])
-    kwargs = {k: v for k, v in cfg.items() if v is not None}
-    if arch == "qwen2moe":
-        kwargs.update(decoder_sparse_step=1, mlp_only_layers=[])
-    if arch == "qwen3moe":
-        kwargs.update(decoder_sparse_step=1, mlp_only_layers=[])
+    kwargs = {k: v for k, v in cfg.items() if v is not None and k not in WRITER_OPTIONS}
+    if arch in ("qwen2moe", "qwen3moe"):
+        kwargs.update(decoder_sparse_step=1, mlp_only_layers=[])  # every layer is MoE in GGUF
     # Eager attention: the oracle should not run the same sdpa kernel we do.
     return config_cls(**kwargs, attn_implementation="eager")
 

@@ -23,7 +23,8 @@ LLAMA_DEFAULTS = {
     "tie_word_embeddings": False,
     "rope_scaling": None,
 }
-MIXTRAL_DEFAULTS = {**LLAMA_DEFAULTS, "num_local_experts": 4, "num_experts_per_tok": 2}
+# legacy_split_experts is a writer option, not an HF key: one 2-D tensor per expert.
+MIXTRAL_DEFAULTS = {**LLAMA_DEFAULTS, "num_local_experts": 4, "num_experts_per_tok": 2, "legacy_split_experts": False}
 
 
 def llama3_rope_factors(cfg: dict) -> np.ndarray:
@@ -88,7 +89,13 @@ def write(writer: GGUFWriter, cfg: dict, w: TensorWriter, arch: str) -> None:
         w.matrix(blk(MODEL_TENSOR.ATTN_OUT), (d, n_head * head_dim))
         w.norm(blk(MODEL_TENSOR.FFN_NORM), d)
         ffn = cfg["intermediate_size"]
-        if n_experts:
+        if n_experts and cfg.get("legacy_split_experts"):
+            # Files converted before llama.cpp stacked experts (early 2024): ffn_gate.{e}.weight.
+            w.f32(blk(MODEL_TENSOR.FFN_GATE_INP), (n_experts, d), std=1.0 / math.sqrt(d))
+            for e in range(n_experts):
+                for kind, shape in (("gate", (ffn, d)), ("up", (ffn, d)), ("down", (d, ffn))):
+                    w.matrix(f"blk.{i}.ffn_{kind}.{e}.weight", shape)
+        elif n_experts:
             w.f32(blk(MODEL_TENSOR.FFN_GATE_INP), (n_experts, d), std=1.0 / math.sqrt(d))
             w.matrix(blk(MODEL_TENSOR.FFN_GATE_EXP), (n_experts, ffn, d))
             w.matrix(blk(MODEL_TENSOR.FFN_UP_EXP), (n_experts, ffn, d))

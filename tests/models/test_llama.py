@@ -37,3 +37,7 @@ def test_mixtral_matches_transformers(oracle, qtype):
 
 def test_mixtral_top1_of_8(oracle):
     oracle("mixtral", "Q8_0", {"num_local_experts": 8, "num_experts_per_tok": 1})
+
+
+def test_mixtral_with_per_expert_tensors_of_early_files(oracle):
+    oracle("mixtral", "Q4_0", {"legacy_split_experts": True})
