@@ -150,6 +150,12 @@ def open_gguf(path: str | Path) -> GGUFFile:
     path = Path(path)
     parts = _split_parts(path)
     metadata, tensors = _read_part(parts[0])
+    declared_parts = metadata.get(Keys.Split.LLM_KV_SPLIT_COUNT, 1)
+    if len(parts) == 1 and declared_parts > 1:
+        raise GGUFError(
+            f"{path.name}: part of a {declared_parts}-file split model, but the name does not follow "
+            f"llama.cpp's <name>-00001-of-{declared_parts:05d}.gguf pattern, so the other parts cannot be found"
+        )
     if len(parts) > 1:
         declared = metadata.get(Keys.Split.LLM_KV_SPLIT_COUNT)
         if declared != len(parts):
@@ -167,5 +173,4 @@ def open_gguf(path: str | Path) -> GGUFFile:
         expected = metadata.get(Keys.Split.LLM_KV_SPLIT_TENSORS_COUNT)
         if expected is not None and expected != len(tensors):
             raise GGUFError(f"{path.name}: split.tensors.count is {expected}, the parts hold {len(tensors)}")
-    f = GGUFFile(tuple(parts), metadata, tensors)
-    return f
+    return GGUFFile(tuple(parts), metadata, tensors)

@@ -239,3 +239,11 @@ def test_gguffile_api(tmp_path):
     assert f.has_tensor("blk.0.attn_q_norm.weight") and not f.has_tensor("blk.0.attn_q.bias")
     assert f.expect_shape("blk.0.attn_q_norm.weight", (128,)).shape == (128,)
     assert error_of(f.tensor, "nope.weight") == "api.gguf: missing tensor nope.weight"
+
+
+def test_renamed_split_part(tmp_path):
+    write_model("qwen2moe", tmp_path / "m.gguf", split_max_tensors=9)
+    first = sorted(tmp_path.glob("m-*-of-*.gguf"))[0]
+    renamed = first.rename(tmp_path / "renamed.gguf")
+    message = error_of(open_gguf, renamed)
+    assert message.startswith("renamed.gguf: part of a ") and "split model" in message, message
