@@ -7,12 +7,22 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, MODEL_TENSOR, TENSOR_NAMES, GGML_QUANT_VERSION, GGMLQuantizationType, GGUFWriter, LlamaFileType, TokenType, quants
+from gguf import (
+    GGML_QUANT_SIZES,
+    GGML_QUANT_VERSION,
+    MODEL_TENSOR,
+    TENSOR_NAMES,
+    GGMLQuantizationType,
+    GGUFWriter,
+    LlamaFileType,
+    TokenType,
+    quants,
+)
 
 # Types gguf-py can quantize from float; everything else is written as random blocks.
 QUANTIZABLE = {"BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"}
 # Byte offsets of the fp16 scale fields inside one block, per random-block type. Dequantization
-# is linear in these fields, which is what lets `_random_blocks` calibrate them.
+# is linear in these fields, which is what lets `random_blocks` calibrate them.
 _FP16_FIELDS = {
     "Q2_K": (80, 82),  # scales[16] qs[64] d dmin
     "Q3_K": (108,),  # hmask[32] qs[64] scales[12] d
@@ -115,7 +125,7 @@ def add_tokenizer(writer: GGUFWriter, vocab_size: int, pre: str = "default") -> 
     writer.add_chat_template(CHAT_TEMPLATE)
 
 
-def _random_blocks(shape: tuple[int, ...], qtype: str, std: float, rng: np.random.Generator) -> np.ndarray:
+def random_blocks(shape: tuple[int, ...], qtype: str, std: float, rng: np.random.Generator) -> np.ndarray:
     """Random bytes for a K/IQ type, with fp16 scales set so the weights have about `std` RMS.
 
     Random bytes in the scale fields could be inf/NaN; instead every scale is set to 1, the
@@ -167,7 +177,7 @@ def add_tensor(
         writer.add_tensor(name, quants.quantize(array, gtype), raw_dtype=gtype)
     else:
         std = float(np.sqrt(np.mean(np.square(array, dtype=np.float64))))
-        writer.add_tensor(name, _random_blocks(array.shape, qtype, std, rng), raw_dtype=qtype_of(qtype))
+        writer.add_tensor(name, random_blocks(array.shape, qtype, std, rng), raw_dtype=qtype_of(qtype))
 
 
 def finish(writer: GGUFWriter) -> None:
