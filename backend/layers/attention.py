@@ -32,12 +32,19 @@ def causal_attention(
         v_cache[past : past + n] = v[start:end]
         keys, values = k_cache[: past + n], v_cache[: past + n]  # [S, K, Dh]
         # Query i sits at position past + i and sees keys 0 .. past + i (bottom-right causal).
-        mask = torch.ones(n, past + n, dtype=torch.bool).tril(diagonal=past)  # [n, S]
+        # The two common cases need no mask, which keeps sdpa on its fused CPU kernel: a fresh
+        # prefill is square (top-left causal is the same thing), a decode step sees every key.
+        mask, causal = None, False
+        if n > 1 and past == 0:
+            causal = True
+        elif n > 1:
+            mask = torch.ones(n, past + n, dtype=torch.bool).tril(diagonal=past)  # [n, S]
         o = F.scaled_dot_product_attention(
             q[start:end].transpose(0, 1),  # [H, n, Dh]
             keys.transpose(0, 1),  # [K, S, Dh]
             values.transpose(0, 1),
             attn_mask=mask,
+            is_causal=causal,
             scale=scale,
             enable_gqa=True,  # query head h reads kv head h // (H / K), as transformers' repeat_kv
         )

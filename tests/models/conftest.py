@@ -41,8 +41,11 @@ def hf_greedy(hf, prompt: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch
     return tokens, logits
 
 
-def check_against_transformers(arch: str, tmp_path, qtype: str, config: dict | None = None, seed: int = 0) -> None:
-    """Prefill PROMPT_LEN tokens, then DECODE_STEPS single-token steps through our cache, against HF."""
+def check_against_transformers(
+    arch: str, tmp_path, qtype: str, config: dict | None = None, seed: int = 0, prefill_chunks: tuple[int, ...] = (PROMPT_LEN,)
+) -> None:
+    """Prefill PROMPT_LEN tokens (in chunks, each attending to the cached ones before it), then
+    DECODE_STEPS single-token steps through our cache, all against HF's logits."""
     path = write_model(arch, tmp_path / f"{arch}-{qtype}.gguf", config=config, qtype=qtype, seed=seed)
     model = load_model(open_gguf(path))
     hf = hf_model(arch, path, config)
@@ -50,12 +53,15 @@ def check_against_transformers(arch: str, tmp_path, qtype: str, config: dict | N
     prompt = torch.randint(0, vocab, (PROMPT_LEN,), generator=torch.Generator().manual_seed(seed))
     tokens, ref = hf_greedy(hf, prompt, DECODE_STEPS)
 
+    assert sum(prefill_chunks) == PROMPT_LEN
     cache = model.allocate_cache(PROMPT_LEN + DECODE_STEPS)
-    batch = ForwardBatch.single(PROMPT_LEN, cache)
-    logits = model(prompt, batch)
-    batch.advance()
-    assert logits.shape == (PROMPT_LEN, vocab) and logits.dtype == torch.float32
-    assert_close(logits, ref[:PROMPT_LEN], f"{arch} {qtype} prefill")
+    for chunk in prefill_chunks:
+        start = cache.length
+        batch = ForwardBatch.single(chunk, cache)
+        logits = model(prompt[start : start + chunk], batch)
+        batch.advance()
+        assert logits.shape == (chunk, vocab) and logits.dtype == torch.float32
+        assert_close(logits, ref[start : start + chunk], f"{arch} {qtype} prefill [{start}:{start + chunk}]")
     for step in range(DECODE_STEPS):
         pos = PROMPT_LEN + step
         batch = ForwardBatch.single(1, cache)
@@ -72,4 +78,7 @@ def check_against_transformers(arch: str, tmp_path, qtype: str, config: dict | N
 @pytest.fixture
 def oracle(tmp_path):
     """oracle(arch, qtype, config=None): our logits against transformers', prefill then decode."""
-    return lambda arch, qtype, config=None, seed=0: check_against_transformers(arch, tmp_path, qtype, config, seed)
+    def check(arch, qtype, config=None, seed=0, prefill_chunks=(PROMPT_LEN,)):
+        check_against_transformers(arch, tmp_path, qtype, config, seed, prefill_chunks)
+
+    return check

@@ -41,3 +41,8 @@ def test_mixtral_top1_of_8(oracle):
 
 def test_mixtral_with_per_expert_tensors_of_early_files(oracle):
     oracle("mixtral", "Q4_0", {"legacy_split_experts": True})
+
+
+def test_llama_chunked_prefill(oracle):
+    # Later chunks attend to the cached positions before them (the bottom-right causal mask).
+    oracle("llama", "Q8_0", prefill_chunks=(5, 11, 8))

@@ -30,3 +30,7 @@ def test_qwen3moe_matches_transformers(oracle, qtype):
 
 def test_qwen3moe_without_topk_renormalization(oracle):
     oracle("qwen3moe", "F32", {"norm_topk_prob": False, "num_experts_per_tok": 3})
+
+
+def test_qwen3moe_chunked_prefill_other_seed(oracle):
+    oracle("qwen3moe", "Q4_K", seed=3, prefill_chunks=(16, 1, 7))
