@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..gguf_model import GGUFError, GGUFFile
+
 
 def rope_inv_freq(rotary_dim: int, theta: float, freq_factors: torch.Tensor | None = None) -> torch.Tensor:
     """Inverse frequencies [rotary_dim/2], computed as transformers does (float32 powers).
@@ -36,3 +38,17 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, neox: bool
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
     x1, x2 = x[..., 0::2], x[..., 1::2]
     return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+
+
+def linear_scaling_factor(f: GGUFFile) -> float:
+    """llama.cpp's linear ("position interpolation") factor: positions are divided by it.
+
+    Returns 1.0 without scaling. Other scaling types change the math and are refused here
+    rather than silently ignored; models that implement them (YaRN) read the keys themselves.
+    """
+    kind = f.arch_get("rope.scaling.type", "none")
+    if kind == "none":
+        return 1.0
+    if kind != "linear":
+        raise GGUFError(f"{f.name}: rope scaling '{kind}' is not supported for {f.architecture}")
+    return float(f.arch_get("rope.scaling.factor", 1.0))

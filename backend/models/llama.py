@@ -13,7 +13,7 @@ from ..layers.attention import Attention
 from ..layers.linear import FeedForward, Linear, load
 from ..layers.moe import SparseMoE
 from ..layers.norm import RMSNorm
-from ..layers.rope import rope_inv_freq
+from ..layers.rope import linear_scaling_factor, rope_inv_freq
 
 # Shape alphabet: T tokens in the batch, D hidden, V vocab.
 
@@ -29,6 +29,7 @@ class ModelArgs:
     intermediate_size: int
     rms_norm_eps: float
     rope_theta: float
+    rope_scaling_factor: float  # linear scaling: positions / factor
     max_position_embeddings: int
     num_local_experts: int = 0
     num_experts_per_tok: int = 0
@@ -51,6 +52,7 @@ class ModelArgs:
             intermediate_size=f.arch_get("feed_forward_length"),
             rms_norm_eps=f.arch_get("attention.layer_norm_rms_epsilon"),
             rope_theta=f.arch_get("rope.freq_base", 10000.0),
+            rope_scaling_factor=linear_scaling_factor(f),
             max_position_embeddings=f.arch_get("context_length", 4096),
             num_local_experts=f.arch_get("expert_count", 0),
             num_experts_per_tok=f.arch_get("expert_used_count", 0),
@@ -89,7 +91,7 @@ class Model(nn.Module):
         self.register_buffer("embed", load(f, "token_embd.weight", (V, D)))  # [V, D]
         # rope_freqs holds llama3-style per-frequency divisors when the model was trained with them.
         factors = load(f, "rope_freqs.weight", (args.head_dim // 2,)) if f.has_tensor("rope_freqs.weight") else None
-        inv_freq = rope_inv_freq(args.head_dim, args.rope_theta, factors)
+        inv_freq = rope_inv_freq(args.head_dim, args.rope_theta, factors) / args.rope_scaling_factor
         self.layers = nn.ModuleList(Block(f, args, i, inv_freq) for i in range(args.num_hidden_layers))
         self.norm = RMSNorm(load(f, "output_norm.weight", (D,)), args.rms_norm_eps)
         # Tied embeddings (SmolLM, Llama 3.2 1B) have no output.weight.

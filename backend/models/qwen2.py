@@ -12,7 +12,7 @@ from ..kv_cache import ForwardBatch, SequenceCache
 from ..layers.attention import Attention
 from ..layers.linear import FeedForward, Linear, load
 from ..layers.norm import RMSNorm
-from ..layers.rope import rope_inv_freq
+from ..layers.rope import linear_scaling_factor, rope_inv_freq
 
 # Shape alphabet: T tokens in the batch, D hidden, V vocab.
 
@@ -28,6 +28,7 @@ class ModelArgs:
     intermediate_size: int
     rms_norm_eps: float
     rope_theta: float
+    rope_scaling_factor: float  # linear scaling: positions / factor
     max_position_embeddings: int
 
     @classmethod
@@ -44,6 +45,7 @@ class ModelArgs:
             intermediate_size=f.arch_get("feed_forward_length"),
             rms_norm_eps=f.arch_get("attention.layer_norm_rms_epsilon"),
             rope_theta=f.arch_get("rope.freq_base", 1000000.0),
+            rope_scaling_factor=linear_scaling_factor(f),
             max_position_embeddings=f.arch_get("context_length", 32768),
         )
 
@@ -71,7 +73,7 @@ class Model(nn.Module):
         self.args = args
         V, D = args.vocab_size, args.hidden_size
         self.register_buffer("embed", load(f, "token_embd.weight", (V, D)))  # [V, D]
-        inv_freq = rope_inv_freq(args.head_dim, args.rope_theta)
+        inv_freq = rope_inv_freq(args.head_dim, args.rope_theta) / args.rope_scaling_factor
         self.layers = nn.ModuleList(Block(f, args, i, inv_freq) for i in range(args.num_hidden_layers))
         self.norm = RMSNorm(load(f, "output_norm.weight", (D,)), args.rms_norm_eps)
         # The small Qwen2 models tie lm_head to the embeddings and ship no output.weight.

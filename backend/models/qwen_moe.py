@@ -13,7 +13,7 @@ from ..layers.attention import Attention
 from ..layers.linear import Linear, load
 from ..layers.moe import SparseMoE
 from ..layers.norm import RMSNorm
-from ..layers.rope import rope_inv_freq
+from ..layers.rope import linear_scaling_factor, rope_inv_freq
 
 # Shape alphabet: T tokens in the batch, D hidden, V vocab.
 
@@ -29,6 +29,7 @@ class ModelArgs:
     head_dim: int
     rms_norm_eps: float
     rope_theta: float
+    rope_scaling_factor: float  # linear scaling: positions / factor
     max_position_embeddings: int
     num_experts: int
     num_experts_per_tok: int
@@ -51,6 +52,7 @@ class ModelArgs:
             head_dim=f.arch_get("attention.key_length", hidden // heads),
             rms_norm_eps=f.arch_get("attention.layer_norm_rms_epsilon"),
             rope_theta=f.arch_get("rope.freq_base", 1000000.0),
+            rope_scaling_factor=linear_scaling_factor(f),
             max_position_embeddings=f.arch_get("context_length", 32768),
             num_experts=f.arch_get("expert_count"),
             num_experts_per_tok=f.arch_get("expert_used_count"),
@@ -90,7 +92,7 @@ class Model(nn.Module):
         self.args = args
         V, D = args.vocab_size, args.hidden_size
         self.register_buffer("embed", load(f, "token_embd.weight", (V, D)))  # [V, D]
-        inv_freq = rope_inv_freq(args.head_dim, args.rope_theta)
+        inv_freq = rope_inv_freq(args.head_dim, args.rope_theta) / args.rope_scaling_factor
         self.layers = nn.ModuleList(Block(f, args, i, inv_freq) for i in range(args.num_hidden_layers))
         self.norm = RMSNorm(load(f, "output_norm.weight", (D,)), args.rms_norm_eps)
         self.output = Linear.from_gguf(f, "output", V, D) if f.has_tensor("output.weight") else Linear(self.embed)

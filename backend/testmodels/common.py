@@ -15,6 +15,7 @@ from gguf import (
     GGMLQuantizationType,
     GGUFWriter,
     LlamaFileType,
+    RopeScalingType,
     TokenType,
     quants,
 )
@@ -229,3 +230,11 @@ class TensorWriter:
 def tn(tensor: MODEL_TENSOR, bid: int | None = None, suffix: str = "weight") -> str:
     """llama.cpp's tensor name from gguf's own table, e.g. blk.3.attn_q.weight."""
     return f"{TENSOR_NAMES[tensor].format(bid=bid)}.{suffix}"
+
+
+def add_rope_scaling(writer: GGUFWriter, cfg: dict) -> None:
+    """rope.scaling.* keys as convert_hf_to_gguf writes them for linear scaling (llama3 uses rope_freqs)."""
+    rs = cfg.get("rope_scaling") or {}
+    if rs.get("rope_type") == "linear":
+        writer.add_rope_scaling_type(RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(rs["factor"])

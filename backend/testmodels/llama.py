@@ -8,7 +8,7 @@ import math
 import numpy as np
 from gguf import MODEL_TENSOR, GGUFWriter
 
-from .common import TensorWriter, tn
+from .common import TensorWriter, add_rope_scaling, tn
 
 LLAMA_DEFAULTS = {
     "vocab_size": 320,
@@ -67,6 +67,7 @@ def write(writer: GGUFWriter, cfg: dict, w: TensorWriter, arch: str) -> None:
     writer.add_rope_dimension_count(head_dim)
     writer.add_rope_freq_base(cfg["rope_theta"])
     writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    add_rope_scaling(writer, cfg)
     if head_dim != d // n_head:
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)

@@ -8,7 +8,7 @@ import math
 from gguf import MODEL_TENSOR as MT
 from gguf import GGUFWriter
 
-from .common import TensorWriter, tn
+from .common import TensorWriter, add_rope_scaling, tn
 
 QWEN2_DEFAULTS = {
     "vocab_size": 320,
@@ -55,6 +55,7 @@ def write(writer: GGUFWriter, cfg: dict, w: TensorWriter, arch: str) -> None:
     writer.add_head_count_kv(n_kv)
     writer.add_rope_freq_base(cfg["rope_theta"])
     writer.add_layer_norm_rms_eps(cfg["rms_norm_eps"])
+    add_rope_scaling(writer, cfg)
     if arch == "qwen3moe":
         writer.add_key_length(head_dim)
         writer.add_value_length(head_dim)

@@ -46,3 +46,7 @@ def test_mixtral_with_per_expert_tensors_of_early_files(oracle):
 def test_llama_chunked_prefill(oracle):
     # Later chunks attend to the cached positions before them (the bottom-right causal mask).
     oracle("llama", "Q8_0", prefill_chunks=(5, 11, 8))
+
+
+def test_llama_linear_rope_scaling(oracle):
+    oracle("llama", "F32", {"rope_scaling": {"rope_type": "linear", "factor": 4.0}})

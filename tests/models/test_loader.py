@@ -52,10 +52,12 @@ class _RetypingWriter(TensorWriter):
         self.writer.add_tensor(name, raw, raw_dtype=gguf.GGMLQuantizationType.Q8_1)
 
 
-def write_edited_llama(path, edits, arch_name="llama", tensor_writer=_EditingWriter):
+def write_edited_llama(path, edits, arch_name="llama", tensor_writer=_EditingWriter, extra_metadata=None):
     cfg = model_config("llama")
     writer = start_writer(path, arch_name, "F32")
     add_tokenizer(writer, cfg["vocab_size"])
+    if extra_metadata is not None:
+        extra_metadata(writer)
     llama_family.write(writer, cfg, tensor_writer(writer, "F32", np.random.default_rng(0), edits), "llama")
     finish(writer)
     return path
@@ -247,3 +249,12 @@ def test_renamed_split_part(tmp_path):
     renamed = first.rename(tmp_path / "renamed.gguf")
     message = error_of(open_gguf, renamed)
     assert message.startswith("renamed.gguf: part of a ") and "split model" in message, message
+
+
+def test_unsupported_rope_scaling_is_refused(tmp_path):
+    def yarn(writer):
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(4.0)
+
+    path = write_edited_llama(tmp_path / "yarn.gguf", {}, extra_metadata=yarn)
+    assert error_of(lambda: load_model(open_gguf(path))) == "yarn.gguf: rope scaling 'yarn' is not supported for llama"

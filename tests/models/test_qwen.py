@@ -34,3 +34,7 @@ def test_qwen3moe_without_topk_renormalization(oracle):
 
 def test_qwen3moe_chunked_prefill_other_seed(oracle):
     oracle("qwen3moe", "Q4_K", seed=3, prefill_chunks=(16, 1, 7))
+
+
+def test_qwen2_linear_rope_scaling(oracle):
+    oracle("qwen2", "Q8_0", {"rope_scaling": {"rope_type": "linear", "factor": 2.0}})
