@@ -258,3 +258,49 @@ def test_unsupported_rope_scaling_is_refused(tmp_path):
 
     path = write_edited_llama(tmp_path / "yarn.gguf", {}, extra_metadata=yarn)
     assert error_of(lambda: load_model(open_gguf(path))) == "yarn.gguf: rope scaling 'yarn' is not supported for llama"
+
+
+def test_metadata_of_every_value_type_matches_gguf_reader(tmp_path):
+    # Our fast metadata parser against gguf-py's own reader on every GGUF value type, and a
+    # custom alignment (which changes where tensor data starts).
+    path = tmp_path / "types.gguf"
+    writer = start_writer(path, "llama", "F32")
+    writer.add_custom_alignment(64)
+    writer.add_uint8("t.u8", 250)
+    writer.add_int8("t.i8", -7)
+    writer.add_uint16("t.u16", 65000)
+    writer.add_int16("t.i16", -300)
+    writer.add_uint32("t.u32", 4_000_000_000)
+    writer.add_int32("t.i32", -5)
+    writer.add_float32("t.f32", 0.1)
+    writer.add_uint64("t.u64", 2**63 + 5)
+    writer.add_int64("t.i64", -(2**40))
+    writer.add_float64("t.f64", 1e-300)
+    writer.add_bool("t.bool", True)
+    writer.add_string("t.str", "héllo 🙂")
+    writer.add_array("t.ints", [1, 2, 3])
+    writer.add_array("t.floats", [0.5, -1.25])
+    writer.add_array("t.strs", ["a", "", "ü"])
+    writer.add_array("t.nested", [[1, 2], [3]])
+    writer.add_array("t.empty", [])
+    add_tokenizer(writer, 300)
+    writer.add_tensor("x.weight", np.arange(96, dtype=np.float32).reshape(3, 32))
+    writer.add_tensor("y.weight", np.ones(5, dtype=np.float32))
+    finish(writer)
+    f = open_gguf(path)
+    reader = gguf.GGUFReader(path)
+    expected = {k: v.contents() for k, v in reader.fields.items() if not k.startswith("GGUF.")}
+    # gguf-py flattens arrays of arrays (a FIXME in its reader); we keep the nesting.
+    assert expected.pop("t.nested") == [1, 2, 3] and f.metadata.pop("t.nested") == [[1, 2], [3]]
+    assert f.metadata == expected
+    assert f.get("t.f32") == np.float32(0.1) and f.get("t.u64") == 2**63 + 5 and f.get("t.bool") is True
+    assert f.get("general.alignment") == 64
+    assert np.array_equal(f.tensor("x.weight").data.view(np.float32).reshape(3, 32), np.arange(96).reshape(3, 32))
+    assert np.array_equal(f.tensor("y.weight").data.view(np.float32), np.ones(5))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2moe", "qwen3moe"])
+def test_metadata_matches_gguf_reader(tmp_path, arch):
+    path = write_model(arch, tmp_path / "m.gguf", qtype="Q8_0")
+    reader = gguf.GGUFReader(path)
+    assert open_gguf(path).metadata == {k: v.contents() for k, v in reader.fields.items() if not k.startswith("GGUF.")}
