@@ -33,12 +33,16 @@ class Experts(nn.Module):
     (x, weights, ids), never the router.
     """
 
-    def __init__(self, f: GGUFFile, prefix: str, num_experts: int, dim: int, hidden_dim: int):
+    def __init__(self, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor):
         super().__init__()
+        self.register_buffer("gate", gate)  # [E, I, D]
+        self.register_buffer("up", up)  # [E, I, D]
+        self.register_buffer("down", down)  # [E, D, I]
+
+    @classmethod
+    def from_gguf(cls, f: GGUFFile, prefix: str, num_experts: int, dim: int, hidden_dim: int) -> "Experts":
         E, D, I = num_experts, dim, hidden_dim
-        self.register_buffer("gate", _stacked(f, prefix, "gate", (E, I, D)))  # [E, I, D]
-        self.register_buffer("up", _stacked(f, prefix, "up", (E, I, D)))  # [E, I, D]
-        self.register_buffer("down", _stacked(f, prefix, "down", (E, D, I)))  # [E, D, I]
+        return cls(_stacked(f, prefix, "gate", (E, I, D)), _stacked(f, prefix, "up", (E, I, D)), _stacked(f, prefix, "down", (E, D, I)))
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(x)  # [T, D]
@@ -78,7 +82,7 @@ class SparseMoE(nn.Module):
         super().__init__()
         self.top_k, self.norm_topk_prob = top_k, norm_topk_prob
         self.router = Linear.from_gguf(f, f"{prefix}.ffn_gate_inp", num_experts, dim)  # [E, D]
-        self.experts = Experts(f, prefix, num_experts, dim, expert_dim)
+        self.experts = Experts.from_gguf(f, prefix, num_experts, dim, expert_dim)
         self.shared_expert = self.shared_gate = None
         if shared_expert_dim:
             self.shared_expert = FeedForward(f, prefix, "_shexp", dim, shared_expert_dim)
