@@ -162,12 +162,16 @@ class Tokenizer:
 
     def encode(self, text: str, add_special: bool = True, parse_special: bool = True) -> list[int]:
         out: list[int] = []
+        pieces = self._partition(text, parse_special)
         if add_special and self.add_bos:
             if self.bos_id is None:
                 raise TokenizerError("tokenizer.ggml.add_bos_token is true but bos_token_id is not set")
-            out.append(self.bos_id)
+            # A rendered chat template usually spells out the BOS itself; like llama.cpp's chat
+            # path (which strips it from the template output) we never send two.
+            if not pieces or pieces[0] != self.bos_id:
+                out.append(self.bos_id)
         prev_special = True  # SentencePiece prefixes a space to the first fragment and after specials
-        for piece in self._partition(text, parse_special):
+        for piece in pieces:
             if isinstance(piece, int):
                 out.append(piece)
                 prev_special = True

@@ -5,7 +5,8 @@
 
 Per model (<model>.json): token ids of the shared corpus (add_special+parse_special, and
 neither), greedy 64-token continuations of raw and chat prompts, top-5 logprobs at a few
-positions. pretokenizers.json: SmolLM2's vocabulary re-labelled with each `tokenizer.ggml.pre`
+positions. chat_formats.json: llama.cpp's built-in chatml/gemma renderings of
+conversations.json. pretokenizers.json: SmolLM2's vocabulary re-labelled with each `tokenizer.ggml.pre`
 we support, tokenized by llama.cpp with vocab_only, so every regex family has an oracle.
 """
 
@@ -141,6 +142,30 @@ def pretokenizer_goldens(corpus: list[str]) -> dict:
     return {"base_model": "smollm2:135m", "corpus": corpus, "tokens": out}
 
 
+def chat_format_goldens() -> dict:
+    """llama.cpp's built-in chatml and gemma formats (llama_chat_apply_template), an oracle for
+    the templates we fall back to when a GGUF has none."""
+    import ctypes
+
+    import llama_cpp
+
+    convs = json.loads((GOLDEN / "conversations.json").read_text(encoding="utf-8"))["conversations"]
+    out: dict = {"conversations": convs}
+    for fmt in ("chatml", "gemma"):
+        out[fmt] = {}
+        for add_ass in (True, False):
+            rendered = []
+            for conv in convs:
+                arr = (llama_cpp.llama_chat_message * len(conv))(
+                    *[llama_cpp.llama_chat_message(role=m["role"].encode(), content=m["content"].encode()) for m in conv]
+                )
+                buf = ctypes.create_string_buffer(1 << 16)
+                n = llama_cpp.llama_chat_apply_template(fmt.encode(), arr, len(conv), add_ass, buf, len(buf))
+                rendered.append(buf.raw[:n].decode())
+            out[fmt]["add_generation_prompt" if add_ass else "no_generation_prompt"] = rendered
+    return out
+
+
 def main() -> None:
     import llama_cpp
 
@@ -152,6 +177,9 @@ def main() -> None:
     doc = {"llama_cpp_python": llama_cpp.__version__, **pretokenizer_goldens(corpus)}
     (GOLDEN / "pretokenizers.json").write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     print("wrote pretokenizers.json", file=sys.stderr)
+    doc = {"llama_cpp_python": llama_cpp.__version__, **chat_format_goldens()}
+    (GOLDEN / "chat_formats.json").write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    print("wrote chat_formats.json", file=sys.stderr)
 
 
 if __name__ == "__main__":
