@@ -56,6 +56,8 @@ def test_encode_matches_transformers(model, add_special, ours, hf_tokenizers):
         if _hf_differs(model, text):
             continue
         expected = hf(text, add_special_tokens=add_special)["input_ids"]
+        if tok.add_bos and expected[:2] == [tok.bos_id, tok.bos_id]:
+            expected = expected[1:]  # text that spells out the BOS: we do not add a second (see encode)
         assert tok.encode(text, add_special=add_special, parse_special=True) == expected, text
         compared += 1
     assert compared >= len(CORPUS) - 2
