@@ -143,3 +143,18 @@ def test_missing_or_unknown_tokenizer_is_one_line_error(smollm2_metadata):
         Tokenizer.from_metadata({**smollm2_metadata, "tokenizer.ggml.pre": "nonesuch"})
     with pytest.raises(TokenizerError, match="tokenizer model.*'wordpiece'"):
         Tokenizer.from_metadata({**smollm2_metadata, "tokenizer.ggml.model": "wordpiece"})
+
+
+@pytest.mark.parametrize("model", ["smollm2", "gemma3"])
+def test_golden_prompts_and_continuations_round_trip(model, ours):
+    """The prompts llama.cpp generated from tokenize as it did, and its output decodes as it did."""
+    golden = json.loads((GOLDEN / f"{model}.json").read_text(encoding="utf-8"))
+    tok = ours[model]
+    for runs in golden["completions"].values():
+        for run in runs:
+            prompt = run["prompt_tokens"]
+            if prompt[:2] == [tok.bos_id, tok.bos_id]:
+                prompt = prompt[1:]
+            assert tok.encode(run["prompt"]) == prompt
+            text = tok.decode([t for t in run["greedy_tokens"] if not tok.is_eog(t)], skip_special=True)
+            assert text == run["greedy_text"]
