@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["ThinkingParser", "ToolCallParser"]
+__all__ = ["ThinkingParser", "ToolCallParser", "prompt_opens_thinking"]
 
 
 def _partial_suffix(text: str, tag: str) -> int:
@@ -15,6 +15,14 @@ def _partial_suffix(text: str, tag: str) -> int:
         if text.endswith(tag[:n]):
             return n
     return 0
+
+
+def prompt_opens_thinking(prompt: str, open_tag: str = "<think>", close_tag: str = "</think>") -> bool:
+    """True when the rendered prompt ends in an unclosed reasoning block (DeepSeek-R1 and Qwen3
+    templates end the generation prompt with "<think>\n"): the output then starts as reasoning,
+    so the parser must be built with opened=True. Qwen3 with thinking off closes the block."""
+    at = prompt.rfind(open_tag)
+    return at >= 0 and prompt[at + len(open_tag) :].strip() == ""
 
 
 class ThinkingParser:

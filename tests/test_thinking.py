@@ -107,3 +107,14 @@ def test_tool_call_arguments_are_objects_in_ollamas_shape():
     content, calls = run_tools(['<tool_call>{"name": "f", "arguments": {"n": 2}}</tool_call>'])
     assert calls[0]["function"]["arguments"] == {"n": 2}
     assert json.loads(json.dumps(calls)) == calls
+
+
+def test_prompt_opens_thinking():
+    from backend.thinking import prompt_opens_thinking
+
+    assert prompt_opens_thinking("<|im_start|>assistant\n<think>\n")
+    assert not prompt_opens_thinking("<|im_start|>assistant\n<think>\n\n</think>\n\n")  # Qwen3, thinking off
+    assert not prompt_opens_thinking("<|im_start|>assistant\n")
+    assert not prompt_opens_thinking("<think>old</think> user text <|im_start|>assistant\n")
+    # The parser for such a prompt takes the model's first bytes as reasoning.
+    assert run_thinking(["step one", "</think>", "answer"], opened=True) == ("step one", "answer")
