@@ -55,7 +55,8 @@ _PRE_REGEXES: dict[str, list[str]] = {
 }
 # `tokenizer.ggml.pre` names -> (regex family, ignore_merges, add_bos default), after llama.cpp's table.
 _PRE_ALIASES: dict[str, tuple[str, bool, bool | None]] = {
-    **{n: ("llama3", True, True) for n in ("llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral", "dbrx", "smaug-bpe")},
+    **{n: ("llama3", True, True) for n in ("llama3", "llama-v3", "llama-bpe", "falcon3", "pixtral")},
+    **{n: ("llama3", False, None) for n in ("dbrx", "smaug-bpe")},  # llama3's regex, BPE merges as usual
     **{n: ("qwen2", False, None) for n in ("qwen2", "deepseek-r1-qwen", "stablelm2", "megrez", "hunyuan")},
     **{n: ("smollm", False, None) for n in ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone")},
     **{n: ("gpt2", False, None) for n in ("gpt-2", "phi-2", "mpt", "olmo", "jais", "exaone4", "mellum")},
