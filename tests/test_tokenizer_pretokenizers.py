@@ -31,3 +31,16 @@ def test_llama3_family_ignores_merges_and_adds_bos(smollm2_metadata):
     meta = {k: v for k, v in smollm2_metadata.items() if k != "tokenizer.ggml.add_bos_token"}
     tok = Tokenizer.from_metadata({**meta, "tokenizer.ggml.pre": "llama-bpe"})
     assert tok.add_bos and tok.encode("hi")[0] == tok.bos_id
+
+
+def test_sentencepiece_space_prefix_matches_llama_cpp(gemma3_metadata):
+    """add_space_prefix (llama-2-era SPM GGUFs): a space before the text and after each special."""
+    golden = json.loads((Path(__file__).parent / "data" / "golden" / "spm_space_prefix.json").read_text(encoding="utf-8"))
+    tok = Tokenizer.from_metadata({**gemma3_metadata, **golden["overrides"]})
+    assert tok.add_space_prefix
+    tokens = golden["tokens"]
+    for text, parsed, plain in zip(golden["corpus"], tokens["parse_special"], tokens["no_parse_special"], strict=True):
+        if parsed[:2] == [tok.bos_id, tok.bos_id]:
+            parsed = parsed[1:]  # text that spells out the BOS: we do not add a second (see encode)
+        assert tok.encode(text, add_special=True, parse_special=True) == parsed, text
+        assert tok.encode(text, add_special=False, parse_special=False) == plain, text

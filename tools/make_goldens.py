@@ -6,7 +6,8 @@
 Per model (<model>.json): token ids of the shared corpus (add_special+parse_special, and
 neither), greedy 64-token continuations of raw and chat prompts, top-5 logprobs at a few
 positions. chat_formats.json: llama.cpp's built-in chatml/gemma renderings of
-conversations.json. pretokenizers.json: SmolLM2's vocabulary re-labelled with each `tokenizer.ggml.pre`
+conversations.json. spm_space_prefix.json: Gemma 3's vocabulary with add_space_prefix on.
+pretokenizers.json: SmolLM2's vocabulary re-labelled with each `tokenizer.ggml.pre`
 we support, tokenized by llama.cpp with vocab_only, so every regex family has an oracle.
 """
 
@@ -109,8 +110,8 @@ def model_goldens(name: str, corpus: list[str]) -> dict:
     }
 
 
-def relabelled_vocab(src: Path, dst: Path, pre: str) -> None:
-    """A tensor-less copy of src's metadata with tokenizer.ggml.pre replaced (vocab_only load)."""
+def relabelled_vocab(src: Path, dst: Path, pre: str | None = None, overrides: dict | None = None) -> None:
+    """A tensor-less copy of src's metadata with tokenizer.ggml.pre (or other keys) replaced."""
     import gguf
 
     reader = gguf.GGUFReader(src)
@@ -119,7 +120,8 @@ def relabelled_vocab(src: Path, dst: Path, pre: str) -> None:
     for key, field in reader.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture":
             continue
-        value = pre if key == "tokenizer.ggml.pre" else field.contents()
+        value = pre if key == "tokenizer.ggml.pre" and pre is not None else field.contents()
+        value = (overrides or {}).get(key, value)
         sub = field.types[-1] if field.types[0] == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(key, value, field.types[0], sub_type=sub)
     writer.write_header_to_file()
@@ -166,6 +168,24 @@ def chat_format_goldens() -> dict:
     return out
 
 
+def space_prefix_goldens(corpus: list[str]) -> dict:
+    """Gemma 3's SentencePiece vocabulary with add_space_prefix on, as llama-2-era SPM models
+    have it: llama.cpp then prefixes a space to the text and after every special token."""
+    from llama_cpp import Llama
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dst = Path(tmp) / "spm.gguf"
+        relabelled_vocab(fetch("gemma3:270m"), dst, overrides={"tokenizer.ggml.add_space_prefix": True})
+        llm = Llama(str(dst), vocab_only=True, verbose=False)
+        tokens = {
+            "parse_special": [llm.tokenize(t.encode(), add_bos=True, special=True) for t in corpus],
+            "no_parse_special": [llm.tokenize(t.encode(), add_bos=False, special=False) for t in corpus],
+        }
+        del llm
+    return {"base_model": "gemma3:270m", "overrides": {"tokenizer.ggml.add_space_prefix": True}, "corpus": corpus,
+            "tokens": tokens}  # fmt: skip
+
+
 def main() -> None:
     import llama_cpp
 
@@ -177,6 +197,9 @@ def main() -> None:
     doc = {"llama_cpp_python": llama_cpp.__version__, **pretokenizer_goldens(corpus)}
     (GOLDEN / "pretokenizers.json").write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     print("wrote pretokenizers.json", file=sys.stderr)
+    doc = {"llama_cpp_python": llama_cpp.__version__, **space_prefix_goldens(corpus)}
+    (GOLDEN / "spm_space_prefix.json").write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    print("wrote spm_space_prefix.json", file=sys.stderr)
     doc = {"llama_cpp_python": llama_cpp.__version__, **chat_format_goldens()}
     (GOLDEN / "chat_formats.json").write_text(json.dumps(doc, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     print("wrote chat_formats.json", file=sys.stderr)
