@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from datetime import datetime
@@ -142,23 +143,44 @@ def _environment() -> ImmutableSandboxedEnvironment:
     return env
 
 
+def _plain(value: Any) -> Any:
+    """Template inputs rebuilt from plain JSON types (as transformers does): a rich object in a
+    message (a dataclass, bytes, an enum) could expose methods the sandbox does not know are
+    dangerous, and templates only ever read JSON-shaped data."""
+    if value is None or type(value) in (str, int, float, bool):
+        return value
+    if isinstance(value, str):  # subclasses (str enums, numpy scalars) lose their extra methods
+        return str.__str__(value)
+    if isinstance(value, int):
+        return int.__int__(value)
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    return f"<{type(value).__name__}>"  # inert placeholder (image bytes and the like)
+
+
 def _message(msg: Any) -> dict[str, Any]:
     """An Ollama message as transformers-style templates expect it, Ollama's names kept too:
-    tool_calls get type "function" (arguments stay objects), thinking is also reasoning_content
-    (Qwen3, DeepSeek-R1), tool_name is also name (tool results), content is never None."""
-    m = dict(msg) if isinstance(msg, dict) else {k: v for k, v in vars(msg).items() if not k.startswith("_")}
+    tool_calls get type "function" (arguments stay objects), reasoning is under thinking and
+    reasoning_content (gpt-oss reads one, Qwen3/DeepSeek-R1 the other), tool_name is also name
+    (tool results), content is never None."""
+    m = _plain(msg)
+    if not isinstance(m, dict):
+        raise ChatTemplateError(f"chat messages must be objects, got {type(msg).__name__}")
     m["content"] = "" if m.get("content") is None else m["content"]
     calls = m.get("tool_calls")
     if calls:
-        m["tool_calls"] = [
-            {"type": "function", **(c if isinstance(c, dict) else vars(c)),
-             "function": dict(c["function"] if isinstance(c, dict) else vars(c.function))}
-            for c in calls
-        ]  # fmt: skip
+        m["tool_calls"] = [{"type": "function", **c} for c in calls if isinstance(c, dict)]
     elif "tool_calls" in m:
         del m["tool_calls"]  # templates test `message.tool_calls is defined`, not truthiness
-    if m.get("thinking"):
-        m.setdefault("reasoning_content", m["thinking"])
+    reasoning = next((m[k] for k in ("thinking", "reasoning_content", "reasoning") if m.get(k)), None)
+    if reasoning is not None:
+        m["thinking"] = m["reasoning_content"] = reasoning
     if m.get("tool_name"):
         m.setdefault("name", m["tool_name"])
     for key in ("images", "thinking", "tool_name"):
@@ -213,10 +235,11 @@ class ChatTemplate:
             "add_generation_prompt": add_generation_prompt,
             "bos_token": self.bos_token,
             "eos_token": self.eos_token,
-            **kwargs,
+            # Defined even when empty, as transformers passes them: templates test `tools is none`.
+            "tools": _plain(list(tools)) if tools else None,
+            "documents": None,
+            **_plain(kwargs),
         }
-        if tools:
-            context["tools"] = tools
         if isinstance(think, bool):
             context["enable_thinking"] = think  # Qwen3's switch; templates without it ignore it
         elif isinstance(think, str):

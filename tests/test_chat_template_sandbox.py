@@ -48,3 +48,30 @@ def test_hostile_template_raises_security_error_and_has_no_effect(name, tmp_path
 def test_sandbox_still_renders_ordinary_templates():
     src = "{% set ns = namespace(n=0) %}{% for m in messages %}{% set ns.n = ns.n + 1 %}{{ m.role|upper }}:{{ m['content'] }}{% endfor %}{{ ns.n }}{{ undefined_var }}"
     assert ChatTemplate(src).render(MESSAGES) == "USER:hi1"
+
+
+class _Gadget:
+    """A rich object a caller might leave in a message; its method has a side effect."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def run(self):
+        self.marker.write_text("ran")
+        return "ran"
+
+
+def test_rich_objects_in_messages_reach_the_template_as_inert_data(tmp_path):
+    import enum
+
+    class Role(str, enum.Enum):
+        USER = "user"
+
+    marker = tmp_path / "ran"
+    messages = [{"role": Role.USER, "content": "hi", "images": [b"\x89PNG", _Gadget(marker)]}]
+    assert ChatTemplate("{{ messages[0].role }}|{{ messages[0].images|length }}").render(messages) == "user|2"
+    with pytest.raises(SecurityError):
+        ChatTemplate("{{ messages[0].images[1].run() }}").render(messages)
+    with pytest.raises(SecurityError):
+        ChatTemplate("{{ messages[0].role.__class__ }}").render(messages)
+    assert not marker.exists()
