@@ -119,7 +119,8 @@ def _raise_exception(message: str) -> None:
     raise ChatTemplateError(message)
 
 
-def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys: bool = False) -> str:
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None,
+            sort_keys: bool = False) -> str:  # fmt: skip
     # transformers' tojson: plain json.dumps, so no HTML escaping of <>&' and key order kept
     # (jinja's own filter escapes and sorts, which changes tool schemas the model was trained on).
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)

@@ -116,7 +116,8 @@ class Tokenizer:
                 raise TokenizerError(f"unsupported pre-tokenizer tokenizer.ggml.pre='{pre}'")
             family, ignore_merges, bos = _PRE_ALIASES[pre]
             add_bos_default = bool(bos)
-            hf = _byte_level_bpe(tokens, metadata.get("tokenizer.ggml.merges") or [], _PRE_REGEXES[family], ignore_merges)
+            merges = metadata.get("tokenizer.ggml.merges") or []
+            hf = _byte_level_bpe(tokens, merges, _PRE_REGEXES[family], ignore_merges)
         elif model == "llama":
             scores = metadata.get("tokenizer.ggml.scores") or [0.0] * len(tokens)
             add_bos_default, add_space_default = True, True
@@ -140,7 +141,8 @@ class Tokenizer:
         eog |= {i for i in (token_id("eos"), eot_id, token_id("eom")) if i is not None}
         # llama.cpp's exceptions: harmony-style vocabularies end a message, not the generation,
         # with <|end|>; Gemma-4-style ones use </s> as text when <|tool_response> exists.
-        if "<|end|>" in by_text and ({"<|return|>", "<|call|>"} <= by_text.keys() or {"<|calls|>", "<|flush|>"} <= by_text.keys()):
+        names = by_text.keys()
+        if "<|end|>" in names and ({"<|return|>", "<|call|>"} <= names or {"<|calls|>", "<|flush|>"} <= names):
             eog.discard(by_text["<|end|>"])
             types[by_text["<|end|>"]] = USER_DEFINED
         if "</s>" in by_text and "<|tool_response>" in by_text:
@@ -249,7 +251,8 @@ def _byte_level_bpe(tokens: list[str], merges: list[str], regexes: list[str], ig
             pairs.append((a, b))
     hf = _HFTokenizer(models.BPE(vocab=vocab, merges=pairs, ignore_merges=ignore_merges))
     splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
-    hf.pre_tokenizer = pre_tokenizers.Sequence([*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    hf.pre_tokenizer = pre_tokenizers.Sequence([*splits, byte_level])
     return hf
 
 
