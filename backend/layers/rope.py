@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from ..gguf_model import GGUFError, GGUFFile
@@ -30,7 +32,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, neox: bool
 
     NORM rotates adjacent pairs (x0, x1), (x2, x3), ...: llama.cpp's llama files store Q/K rows
     permuted so that this equals transformers' rotate_half on the original rows. NEOX rotates
-    (x_i, x_{i+R/2}) pairs, transformers' layout, used unpermuted by qwen2/qwen-moe/deepseek2.
+    (x_i, x_{i+R/2}) pairs, transformers' layout, used unpermuted by qwen2/qwen-moe. deepseek2
+    is NORM without any permutation: DeepSeek's own checkpoints rotate interleaved pairs.
     """
     cos, sin = cos[:, None, :], sin[:, None, :]  # [T, 1, R/2]
     if neox:
@@ -52,3 +55,28 @@ def linear_scaling_factor(f: GGUFFile) -> float:
     if kind != "linear":
         raise GGUFError(f"{f.name}: rope scaling '{kind}' is not supported for {f.architecture}")
     return float(f.arch_get("rope.scaling.factor", 1.0))
+
+
+def yarn_get_mscale(scale: float, mscale: float = 1.0) -> float:
+    """YaRN's magnitude correction 1 + 0.1 * mscale * ln(scale), 1 without scaling (DeepSeek's yarn_get_mscale)."""
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def yarn_inv_freq(
+    rotary_dim: int, theta: float, factor: float, original_max_position_embeddings: int,
+    beta_fast: float = 32.0, beta_slow: float = 1.0,
+) -> torch.Tensor:
+    """YaRN inverse frequencies [rotary_dim/2] as ggml's rope_yarn and transformers compute them.
+
+    Frequencies that turn fewer than beta_slow times over the original context are interpolated
+    (divided by `factor`), those turning more than beta_fast times are kept, and a linear ramp
+    over the (floored/ceiled) correction dims blends the two in between.
+    """
+    def correction_dim(num_rotations: float) -> float:
+        return rotary_dim * math.log(original_max_position_embeddings / (num_rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+    low = max(math.floor(correction_dim(beta_fast)), 0)
+    high = min(math.ceil(correction_dim(beta_slow)), rotary_dim - 1)
+    extrapolation = rope_inv_freq(rotary_dim, theta)  # [R/2]
+    ramp = ((torch.arange(rotary_dim // 2, dtype=torch.float32) - low) / max(high - low, 0.001)).clamp(0, 1)
+    return extrapolation / factor * ramp + extrapolation * (1 - ramp)
