@@ -118,3 +118,32 @@ def test_prompt_opens_thinking():
     assert not prompt_opens_thinking("<think>old</think> user text <|im_start|>assistant\n")
     # The parser for such a prompt takes the model's first bytes as reasoning.
     assert run_thinking(["step one", "</think>", "answer"], opened=True) == ("step one", "answer")
+
+
+@pytest.mark.parametrize("model", ["smollm2", "gemma3"])
+def test_real_token_stream_through_detokenizer_and_both_parsers(model, smollm2_tokenizer, gemma3_tokenizer):
+    """Model output arrives token by token: tags and multi-byte characters fall across tokens."""
+    from backend.tokenizer import IncrementalDetokenizer
+
+    tok = {"smollm2": smollm2_tokenizer, "gemma3": gemma3_tokenizer}[model]
+    output = ('<think>\nThe user wants 🦙 weather in 東京.\n</think>\n\nChecking.'
+              '<tool_call>\n{"name": "get_weather", "arguments": {"city": "東京"}}\n</tool_call>')  # fmt: skip
+    ids = tok.encode(output, add_special=False, parse_special=False)
+    detok, thinking_parser, tools = IncrementalDetokenizer(tok), ThinkingParser(), ToolCallParser()
+    thinking, content, calls = "", "", []
+
+    def feed(t: str, c: str, final: bool = False) -> None:
+        nonlocal thinking, content, calls
+        c, found = tools.push(c)
+        if final:
+            rest, more = tools.flush()
+            c, found = c + rest, found + more
+        thinking, content, calls = thinking + t, content + c, calls + found
+
+    for i in ids:
+        feed(*thinking_parser.push(detok.push(i)))
+    feed(*thinking_parser.push(detok.flush()))
+    feed(*thinking_parser.flush(), final=True)
+    assert thinking == "The user wants 🦙 weather in 東京.\n"
+    assert content == "Checking."
+    assert calls == [call("get_weather", city="東京")]
