@@ -61,6 +61,8 @@ class MLAttention(nn.Module):
     Both are the same sums in a different order, so they agree to float rounding.
     """
 
+    force_path: str | None = None  # "absorbed" or "expanded" pins the choice (tests, benchmarks)
+
     def __init__(
         self,
         f: GGUFFile,
@@ -83,7 +85,6 @@ class MLAttention(nn.Module):
         N, R, Vd = qk_nope_head_dim, qk_rope_head_dim, v_head_dim
         self.num_heads, self.kv_lora_rank, self.qk_nope_head_dim, self.qk_rope_head_dim = H, L, N, R
         self.v_head_dim, self.rope_scale, self.softmax_scale = Vd, rope_scale, softmax_scale
-        self.force_path: str | None = None  # "absorbed" or "expanded" pins the path (tests, benchmarks)
         self.register_buffer("inv_freq", inv_freq)
         if Q:
             self.q_a = Linear.from_gguf(f, f"{prefix}.attn_q_a", Q, D)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -138,7 +139,8 @@ def _yarn_scaling(f: GGUFFile) -> YarnScaling | None:
         beta_fast=float(f.arch_get("rope.scaling.yarn_beta_fast", 32.0)),
         beta_slow=float(f.arch_get("rope.scaling.yarn_beta_slow", 1.0)),
         # convert_hf_to_gguf stores 0.1 * mscale_all_dim; llama.cpp divides the 0.1 back out.
-        mscale_all_dim=float(f.arch_get("rope.scaling.yarn_log_multiplier", 0.0)) / 0.1,
+        # Divided in float32 as llama.cpp does, so 0.1f * 1.0 comes back as exactly 1.0.
+        mscale_all_dim=float(np.float32(f.arch_get("rope.scaling.yarn_log_multiplier", 0.0)) / np.float32(0.1)),
     )
 
 

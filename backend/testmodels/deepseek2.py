@@ -136,7 +136,8 @@ def write(writer: GGUFWriter, cfg: dict, w: TensorWriter, arch: str) -> None:
         writer.add_rope_scaling_type(RopeScalingType.YARN)
         writer.add_rope_scaling_factor(rs["factor"])
         writer.add_rope_scaling_orig_ctx_len(rs["original_max_position_embeddings"])
-        writer.add_rope_scaling_yarn_log_mul(0.1 * rs["mscale_all_dim"])  # the converter's 0.1 factor
+        if rs.get("mscale_all_dim") is not None:  # stored times 0.1, as the converter does
+            writer.add_rope_scaling_yarn_log_mul(0.1 * rs["mscale_all_dim"])
 
     _tensor(w, tn(MT.TOKEN_EMBD), (cfg["vocab_size"], D), w.rng.standard_normal((cfg["vocab_size"], D), dtype=np.float32))
     w.norm(tn(MT.OUTPUT_NORM), D)
@@ -245,7 +246,7 @@ def hf_config(cfg: dict):
     rope = {"rope_type": "default", "rope_theta": cfg["rope_theta"]}
     if cfg["rope_scaling"]:
         rope = {**cfg["rope_scaling"], "rope_theta": cfg["rope_theta"]}
-    kwargs.update(num_key_value_heads=cfg["num_attention_heads"], rope_parameters=rope, attn_implementation="eager")
+    kwargs.update(num_key_value_heads=cfg["num_attention_heads"], rope_parameters=rope, attn_implementation="eager", experts_implementation="eager")
     if cfg["scoring_func"] == "sigmoid":
         return transformers.DeepseekV3Config(**kwargs, rope_interleave=True)
     return transformers.DeepseekV2Config(**kwargs, topk_method=cfg["topk_method"])
