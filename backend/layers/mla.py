@@ -58,6 +58,8 @@ class MLAttention(nn.Module):
     - expanded (prefill): up-project all S latents to per-head keys/values (S*L*H*(N+Vd), paid
       once for the whole chunk) and run ordinary attention at H*S*(N+R+Vd) per query.
     With DeepSeek's L=512, R=64, N=Vd=128, absorbed wins below ~170 new tokens per sequence.
+    Measured on one CPU thread at V2-Lite's H=16, S=1024: a decode step takes 1.0 ms absorbed
+    against 62 ms expanded; a 512-token prefill 60 ms expanded against 141 ms absorbed.
     Both are the same sums in a different order, so they agree to float rounding.
     """
 

@@ -76,12 +76,16 @@ class ModelArgs:
         scoring = _GATING_FUNCS[gating]
         n_group = f.arch_get("expert_group_count", 1) or 1
         topk_method = "noaux_tc" if scoring == "sigmoid" else "group_limited_greedy" if n_group > 1 else "greedy"
+        if f.arch_get("attention.temperature_scale", 0.0):
+            raise GGUFError(f"{f.name}: attention temperature tuning (Mistral Large 3) is not supported for deepseek2")
         args = cls(
             vocab_size=f.tensor("token_embd.weight").shape[0],
             hidden_size=f.arch_get("embedding_length"),
             intermediate_size=f.arch_get("feed_forward_length"),
             moe_intermediate_size=f.arch_get("expert_feed_forward_length"),
-            num_hidden_layers=f.arch_get("block_count"),
+            # Multi-token-prediction layers, when a file keeps them, sit after the trunk; plain
+            # decoding never runs them.
+            num_hidden_layers=f.arch_get("block_count") - f.arch_get("nextn_predict_layers", 0),
             num_attention_heads=f.arch_get("attention.head_count"),
             n_routed_experts=f.arch_get("expert_count"),
             n_shared_experts=f.arch_get("expert_shared_count", 0),

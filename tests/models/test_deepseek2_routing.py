@@ -95,8 +95,16 @@ def test_attention_scales_match_transformers(tmp_path, config):
     assert softmax_scale == pytest.approx(model.model.layers[0].self_attn.scaling, rel=1e-6)
 
 
-def test_unsupported_scaling_and_missing_kv_b_are_clear_errors(tmp_path):
+def test_unsupported_features_and_missing_kv_b_are_clear_errors(tmp_path):
     path = write_model("deepseek2", tmp_path / "m.gguf")
+    f = open_gguf(path)
+    f.metadata["deepseek2.attention.temperature_scale"] = 0.1
+    with pytest.raises(GGUFError, match="temperature tuning"):
+        ModelArgs.from_gguf(f)
+    f = open_gguf(path)
+    f.metadata["deepseek2.expert_gating_func"] = 3
+    with pytest.raises(GGUFError, match="expert_gating_func 3 is not supported"):
+        ModelArgs.from_gguf(f)
     f = open_gguf(path)
     f.metadata["deepseek2.rope.scaling.type"] = "longrope"
     with pytest.raises(GGUFError, match="rope scaling 'longrope' is not supported for deepseek2"):
@@ -106,3 +114,9 @@ def test_unsupported_scaling_and_missing_kv_b_are_clear_errors(tmp_path):
         del f.tensors[name]
     with pytest.raises(GGUFError, match="blk.0 has neither attn_k_b/attn_v_b nor attn_kv_b"):
         load_model(f)
+
+
+def test_multi_token_prediction_layers_are_not_part_of_the_trunk(tmp_path):
+    f = open_gguf(write_model("deepseek2", tmp_path / "m.gguf", config=V3))
+    f.metadata["deepseek2.nextn_predict_layers"] = 1
+    assert ModelArgs.from_gguf(f).num_hidden_layers == V3["num_hidden_layers"] - 1
