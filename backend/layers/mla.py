@@ -36,7 +36,7 @@ def load_kv_b(f: GGUFFile, prefix: str, H: int, L: int, N: int, Vd: int) -> tupl
     return kv_b[:, :N].contiguous(), kv_b[:, N:].contiguous()
 
 
-def causal_mask(n: int, past: int) -> tuple[torch.Tensor | None, bool]:
+def causal_mask(n: int, past: int, device: torch.device | None = None) -> tuple[torch.Tensor | None, bool]:
     """(mask [n, past + n] or None, is_causal) for n queries at positions past.. over all keys.
 
     A decode step sees every key and a fresh prefill is square, so neither needs a mask tensor.
@@ -45,7 +45,7 @@ def causal_mask(n: int, past: int) -> tuple[torch.Tensor | None, bool]:
         return None, False
     if past == 0:
         return None, True
-    return torch.ones(n, past + n, dtype=torch.bool).tril(diagonal=past), False
+    return torch.ones(n, past + n, dtype=torch.bool, device=device).tril(diagonal=past), False
 
 
 class MLAttention(nn.Module):
@@ -107,7 +107,7 @@ class MLAttention(nn.Module):
         Both are column views of one [capacity, L + R] buffer, so the absorbed path reads the
         joint key row [latent | k_pe] without concatenating the cache every step.
         """
-        buf = torch.zeros(capacity, self.kv_lora_rank + self.qk_rope_head_dim)
+        buf = torch.zeros(capacity, self.kv_lora_rank + self.qk_rope_head_dim, device=self.w_uk.device)
         return buf[:, : self.kv_lora_rank], buf[:, self.kv_lora_rank :]
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch, layer: int) -> torch.Tensor:
@@ -157,8 +157,9 @@ class MLAttention(nn.Module):
             r1 = min(r0 + step, n * H)
             scores = (rows[r0:r1] @ keys.T) * self.softmax_scale  # [rows, S]
             if n > 1:  # row (t, h) is query t at position past + t: it sees keys 0 .. past + t
-                t = torch.arange(r0, r1) // H
-                scores = scores.masked_fill(torch.arange(S)[None, :] > (past + t)[:, None], float("-inf"))
+                t = torch.arange(r0, r1, device=rows.device) // H
+                keys_pos = torch.arange(S, device=rows.device)
+                scores = scores.masked_fill(keys_pos[None, :] > (past + t)[:, None], float("-inf"))
             o[r0:r1] = F.softmax(scores, dim=-1) @ values  # [rows, L]
         o = o.view(n, H, L).transpose(0, 1)  # [H, n, L]
         return torch.bmm(o, self.w_uv.transpose(1, 2)).transpose(0, 1)  # [H, n, Vd] -> [n, H, Vd]
@@ -172,7 +173,7 @@ class MLAttention(nn.Module):
         values = (latents @ self.w_uv.reshape(H * self.v_head_dim, -1).T).view(S, H, self.v_head_dim)
         keys = torch.cat([k_nope, pe_cache[:S, None, :].expand(S, H, R)], dim=-1)  # [S, H, N+R]
         query = torch.cat([q_nope, q_pe], dim=-1)  # [n, H, N+R]
-        mask, causal = causal_mask(n, past)
+        mask, causal = causal_mask(n, past, query.device)
         o = F.scaled_dot_product_attention(
             query.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1),
             attn_mask=mask, is_causal=causal, scale=self.softmax_scale,

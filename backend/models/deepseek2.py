@@ -225,7 +225,7 @@ class Model(nn.Module):
     @torch.inference_mode()
     def hidden_states(self, tokens: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         """tokens [T] -> final-normed hidden states [T, D]; writes the batch's caches, no advance."""
-        positions = batch.positions()  # [T]
+        positions = batch.positions().to(self.embed.device)  # [T]
         x = self.embed[tokens]  # [T, D]
         for i, layer in enumerate(self.layers):
             x = layer(x, positions, batch, i)
