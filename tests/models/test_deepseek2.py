@@ -144,3 +144,18 @@ def test_logits_indices_and_hidden_states(tmp_path):
     hidden = model.hidden_states(tokens, ForwardBatch.single(11, model.allocate_cache(16)))
     assert hidden.shape == (11, V3["hidden_size"])
     assert_close(model.output(hidden), full, "hidden_states through the LM head")
+
+
+def test_automatic_path_expands_prefill_and_absorbs_decode(tmp_path, monkeypatch):
+    model = load_model(open_gguf(write_model("deepseek2", tmp_path / "m.gguf", config=V3)))
+    calls = []
+    for path in ("absorbed", "expanded"):
+        real = getattr(MLAttention, f"_{path}")
+        monkeypatch.setattr(MLAttention, f"_{path}", lambda self, *a, _p=path, _f=real: calls.append(_p) or _f(self, *a))
+    cache = model.allocate_cache(32)
+    for n in (24, 1):
+        batch = ForwardBatch.single(n, cache)
+        model(torch.arange(n), batch)
+        batch.advance()
+        assert set(calls) == {"expanded" if n > 1 else "absorbed"}, n
+        calls.clear()
