@@ -1,0 +1,253 @@
+"""A loaded model: weights, tokenizer, cache pool and scheduler, stepped by the engine thread."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+
+import torch
+
+from .chat_template import ChatTemplate
+from .gguf_model import open_gguf
+from .interface import (
+    Chunk,
+    EngineError,
+    GenerateRequest,
+    InvalidRequest,
+    LoadOptions,
+    Metrics,
+    ModelInfo,
+    RunningModel,
+    TokenLogprob,
+)
+from .kv_cache import CachePool, ForwardBatch
+from .model_runner import ModelRunner
+from .models import load_model
+from .scheduler import ScheduledItem, Scheduler
+from .sequence import Sequence
+from .text_output import TextOutput
+from .tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def physical_cores() -> int:
+    try:
+        with open("/proc/cpuinfo") as f:
+            cores = {
+                line.split(":")[1].strip()
+                for line in f
+                if line.startswith("core id")
+            }
+        return max(1, len(cores)) if cores else max(1, os.cpu_count() or 1)
+    except OSError:
+        return max(1, os.cpu_count() or 1)
+
+
+def chat_template_for(info: ModelInfo) -> ChatTemplate:
+    """The model's template with its own bos/eos strings (needs the full vocabulary once)."""
+    f = open_gguf(info.paths[0])
+    return ChatTemplate.from_metadata(f.metadata, override=info.template or None)
+
+
+class LoadedModel:
+    def __init__(self, info: ModelInfo, load: LoadOptions, config):
+        threads = load.num_thread or config.num_thread or physical_cores()
+        torch.set_num_threads(threads)
+        f = open_gguf(info.paths[0])
+        self.info = info
+        self.load = load
+        self.tokenizer = Tokenizer.from_metadata(f.metadata)
+        self.model = load_model(f)
+        train_ctx = info.context_length or load.num_ctx
+        self.num_ctx = max(8, min(load.num_ctx, train_ctx))
+        self.pool = CachePool(self.model.allocate_cache, config.num_parallel, self.num_ctx)
+        self.scheduler = Scheduler(self.pool, load.num_batch)
+        self.runner = ModelRunner(self.model)
+        self.weights_nbytes = sum(p.numel() * p.element_size() for p in self.model.parameters()) + sum(
+            b.numel() * b.element_size() for b in self.model.buffers()
+        )
+        self.keep_alive: float | None = None
+        self.expires_at = math.inf
+        self.became_idle = False
+        self.unload_requested = False
+        self._live: dict[int, Sequence] = {}
+        self._texts: dict[int, TextOutput] = {}
+
+    # ---- requests ----------------------------------------------------------------------
+
+    @property
+    def idle(self) -> bool:
+        return not self._live
+
+    def submit(self, request: GenerateRequest, emit, load_ns: int) -> Sequence:
+        prompt = self._prompt_tokens(request)
+        seq = Sequence(request, prompt, emit)
+        seq.timings.load_ns = load_ns
+        self._texts[seq.id] = TextOutput(self.tokenizer, request)
+        self._live[seq.id] = seq
+        self.scheduler.add(seq)
+        return seq
+
+    def _prompt_tokens(self, request: GenerateRequest) -> list[int]:
+        tokens = list(request.context)
+        # A rendered template usually spells out the BOS token itself; encode() adds one only
+        # when the model asks for it and the text does not already start with it.
+        tokens += self.tokenizer.encode(request.prompt, add_special=not request.context, parse_special=True)
+        if not tokens:
+            raise InvalidRequest("prompt is empty after tokenization")
+        limit = self.num_ctx - 1  # leave room for at least one generated token
+        if len(tokens) > limit:
+            if not request.truncate:
+                raise InvalidRequest("the input length exceeds the context length")
+            # Ollama's rule: keep the first num_keep tokens (BOS, system start) and the tail.
+            keep = min(max(0, request.sampling.num_keep), limit // 2)
+            tokens = tokens[:keep] + tokens[len(tokens) - (limit - keep) :]
+        return tokens
+
+    def fail_all(self, error: EngineError) -> None:
+        for seq in list(self._live.values()):
+            seq.emit(error)
+            self._retire(seq)
+
+    # ---- one engine step ---------------------------------------------------------------
+
+    def step(self) -> bool:
+        for seq in self.scheduler.drop_cancelled():
+            self._forget(seq)
+        items = self.scheduler.schedule()
+        if not items:
+            return False
+        start = time.perf_counter_ns()
+        try:
+            logits = self.runner.run(items)
+        except Exception as e:
+            log.exception("forward pass failed")
+            for item in items:
+                item.seq.emit(EngineError(f"forward pass failed: {e}"))
+                self._retire(item.seq)
+            return True
+        elapsed = time.perf_counter_ns() - start
+        for item in items:
+            self._account(item, elapsed)
+            if item.sample:
+                try:
+                    self._advance(item.seq, logits[item.seq.id])
+                except Exception as e:  # a poisoned request fails alone
+                    log.exception("sampling failed for sequence %d", item.seq.id)
+                    item.seq.emit(EngineError(f"sampling failed: {e}"))
+                    self._retire(item.seq)
+        return True
+
+    def _account(self, item: ScheduledItem, elapsed: int) -> None:
+        t = item.seq.timings
+        if item.seq.output:
+            t.eval_ns += elapsed
+        else:
+            t.prompt_eval_ns += elapsed
+            t.prompt_eval_count += item.num_tokens
+
+    def _advance(self, seq: Sequence, logits: torch.Tensor) -> None:
+        sample = seq.sampler(logits, seq.tokens)
+        token = sample.token
+        seq.tokens.append(token)
+        seq.output.append(token)
+        text = self._texts[seq.id]
+        if self.tokenizer.is_eog(token):
+            return self._finish(seq, "stop")
+        delta = text.push(token)
+        logprobs = self._logprobs(seq, sample) if seq.params.logprobs else ()
+        if delta.content or delta.thinking or delta.tool_calls or logprobs:
+            seq.emit(Chunk(content=delta.content, thinking=delta.thinking, tool_calls=delta.tool_calls, logprobs=logprobs))
+        if delta.stopped:
+            return self._finish(seq, "stop")
+        limit = seq.params.num_predict
+        if limit >= 0 and len(seq.output) >= limit:
+            return self._finish(seq, "length")
+        if len(seq.tokens) >= self.num_ctx:
+            if limit == -2:
+                return self._finish(seq, "length")
+            self._shift(seq)
+
+    def _shift(self, seq: Sequence) -> None:
+        """Context full: drop half of what follows the first num_keep tokens and recompute."""
+        keep = min(max(0, seq.params.num_keep), self.num_ctx // 2)
+        discard = (len(seq.tokens) - keep) // 2
+        seq.tokens = seq.tokens[:keep] + seq.tokens[keep + discard :]
+        seq.num_cached = min(seq.num_cached, keep)
+        seq.slot.cache.length = seq.num_cached
+
+    def _logprobs(self, seq: Sequence, sample) -> tuple[TokenLogprob, ...]:
+        def entry(tok: int, lp: float, top=()) -> TokenLogprob:
+            raw = self.tokenizer.token_bytes(tok)
+            return TokenLogprob(raw.decode("utf-8", "replace"), lp, tuple(raw), top)
+
+        top = tuple(entry(t, lp) for t, lp in sample.top)
+        return (entry(sample.token, sample.logprob, top),)
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        tail = self._texts[seq.id].finish()
+        t = seq.timings
+        metrics = Metrics(
+            total_duration=int((time.perf_counter() - t.submitted) * 1e9),
+            load_duration=t.load_ns,
+            prompt_eval_count=t.prompt_eval_count,
+            prompt_eval_duration=t.prompt_eval_ns,
+            eval_count=len(seq.output),
+            eval_duration=t.eval_ns,
+        )
+        seq.emit(
+            Chunk(
+                content=tail.content,
+                thinking=tail.thinking,
+                tool_calls=tail.tool_calls,
+                done=True,
+                done_reason=reason,
+                metrics=metrics,
+                context=tuple(seq.tokens),
+            )
+        )
+        self._retire(seq)
+
+    def _retire(self, seq: Sequence) -> None:
+        self.scheduler.finish(seq)
+        self._forget(seq)
+
+    def _forget(self, seq: Sequence) -> None:
+        self._live.pop(seq.id, None)
+        self._texts.pop(seq.id, None)
+        if not self._live:
+            self.became_idle = True
+
+    # ---- embeddings ----------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def embed(self, inputs: list[str], *, truncate: bool) -> tuple[list[list[float]], int]:
+        vectors, count = [], 0
+        for text in inputs:
+            tokens = self.tokenizer.encode(text, add_special=True, parse_special=True)
+            if len(tokens) > self.num_ctx:
+                if not truncate:
+                    raise InvalidRequest("the input length exceeds the context length")
+                tokens = tokens[: self.num_ctx]
+            if not tokens:
+                raise InvalidRequest("input is empty after tokenization")
+            cache = self.model.allocate_cache(len(tokens))
+            batch = ForwardBatch.single(len(tokens), cache)
+            hidden = self.model.hidden_states(torch.tensor(tokens, dtype=torch.long), batch)  # [T, D]
+            vectors.append(hidden.float().mean(dim=0).tolist())  # mean pooling
+            count += len(tokens)
+        return vectors, count
+
+    # ---- reporting -----------------------------------------------------------------------
+
+    def running_model(self) -> RunningModel:
+        size = self.weights_nbytes + self.pool.nbytes()
+        return RunningModel(self.info, size, 0, self.expires_at, self.num_ctx)
+
+    def close(self) -> None:
+        self.fail_all(EngineError("model unloaded"))
+        self.model = None
+        self.pool = None

@@ -1,0 +1,150 @@
+"""The engine end to end on a generated model: batching, seeds, cancellation, reuse, faults."""
+
+import asyncio
+
+import pytest
+
+from backend.engine import create_engine
+from backend.interface import (
+    EngineError,
+    GenerateRequest,
+    InvalidRequest,
+    LoadOptions,
+    ModelNotFound,
+    SamplingParams,
+)
+from backend.sampling import Sampler
+from backend.testmodels import write_model
+
+GREEDY = SamplingParams(temperature=0, repeat_penalty=1.0, num_predict=12)
+PROMPTS = ["hello world", "the quick brown fox", "a b c d e f g", "tiny"]
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    write_model("llama", root / "tiny.gguf", config={"max_position_embeddings": 256}, seed=1)
+    return root
+
+
+@pytest.fixture
+def engine(models_dir):
+    eng = create_engine(str(models_dir), num_parallel=4, default_keep_alive=60)
+    yield eng
+    eng.close()
+
+
+def request(prompt, sampling=GREEDY, **kw):
+    kw.setdefault("load", LoadOptions(num_ctx=256, num_batch=32))
+    return GenerateRequest(model="tiny", prompt=prompt, sampling=sampling, **kw)
+
+
+async def collect(engine, req):
+    chunks = [c async for c in engine.generate(req)]
+    assert chunks and chunks[-1].done and sum(c.done for c in chunks) == 1
+    return chunks
+
+
+def generated(chunks):
+    final = chunks[-1]
+    return list(final.context[len(final.context) - final.metrics.eval_count:])
+
+
+async def test_batched_decoding_equals_sequential(engine):
+    alone = [generated(await collect(engine, request(p))) for p in PROMPTS]
+    together = await asyncio.gather(*(collect(engine, request(p)) for p in PROMPTS))
+    assert [generated(c) for c in together] == alone
+    assert all(len(g) == 12 or c[-1].done_reason == "stop" for g, c in zip(alone, together))
+
+
+async def test_seeded_sampling_is_reproducible_under_load(engine):
+    seeded = SamplingParams(temperature=1.2, top_k=0, top_p=1.0, seed=1234, num_predict=10)
+    alone = generated(await collect(engine, request("once upon", seeded)))
+    noisy = [request(p, SamplingParams(temperature=1.0, num_predict=10)) for p in PROMPTS]
+    results = await asyncio.gather(collect(engine, request("once upon", seeded)),
+                                   *(collect(engine, r) for r in noisy))
+    assert generated(results[0]) == alone
+
+
+async def test_metrics_are_measured(engine):
+    final = (await collect(engine, request("hello there")))[-1]
+    m = final.metrics
+    assert m.prompt_eval_count > 0 and m.eval_count > 0
+    assert m.prompt_eval_duration > 0 and m.eval_duration > 0
+    assert m.total_duration >= m.prompt_eval_duration + m.eval_duration
+    assert final.done_reason in ("stop", "length")
+
+
+async def test_second_turn_reuses_the_cached_prefix(engine):
+    first = (await collect(engine, request("the same long system prompt and a first question")))[-1]
+    follow = "".join(["the same long system prompt and a first question", " and more"])
+    second = (await collect(engine, request(follow)))[-1]
+    assert second.metrics.prompt_eval_count < first.metrics.prompt_eval_count
+
+
+async def test_cancel_frees_capacity(models_dir):
+    eng = create_engine(str(models_dir), num_parallel=1, default_keep_alive=60)
+    try:
+        endless = request("go on forever", SamplingParams(temperature=0, repeat_penalty=1.0, num_predict=-1))
+        stream = eng.generate(endless)
+        await stream.__anext__()
+        await stream.aclose()  # what the HTTP layer does when the client disconnects
+        chunks = await asyncio.wait_for(collect(eng, request("next")), timeout=60)
+        assert chunks[-1].done
+    finally:
+        eng.close()
+
+
+async def test_oversized_prompt_is_truncated_or_rejected(engine):
+    long_prompt = " ".join(["word"] * 400)
+    small = LoadOptions(num_ctx=64, num_batch=32)
+    final = (await collect(engine, request(long_prompt, load=small)))[-1]
+    assert final.metrics.prompt_eval_count <= 63
+    with pytest.raises(InvalidRequest, match="exceeds the context length"):
+        await collect(engine, request(long_prompt, load=small, truncate=False))
+
+
+async def test_stop_string_ends_generation_without_emitting_it(engine):
+    base = await collect(engine, request("hello world", SamplingParams(temperature=0, repeat_penalty=1.0, num_predict=12)))
+    text = "".join(c.content for c in base)
+    if len(text) < 4:
+        pytest.fail(f"model produced too little text to test stops: {text!r}")
+    stop = text[2:4]
+    stopped = await collect(engine, request("hello world", SamplingParams(
+        temperature=0, repeat_penalty=1.0, num_predict=12, stop=(stop,))))
+    out = "".join(c.content for c in stopped)
+    assert out == text[: text.find(stop)]
+    assert stopped[-1].done_reason == "stop"
+
+
+async def test_a_poisoned_request_fails_alone(engine, monkeypatch):
+    real_call = Sampler.__call__
+
+    def poisoned(self, logits, history):
+        if self.params.seed == 666:
+            raise ValueError("poison")
+        return real_call(self, logits, history)
+
+    monkeypatch.setattr(Sampler, "__call__", poisoned)
+    bad = request("x", SamplingParams(temperature=0, seed=666, num_predict=5))
+    good = [request(p) for p in PROMPTS[:2]]
+    results = await asyncio.gather(collect(engine, bad), *(collect(engine, r) for r in good),
+                                   return_exceptions=True)
+    assert isinstance(results[0], EngineError) and "poison" in str(results[0])
+    assert all(isinstance(r, list) and r[-1].done for r in results[1:])
+
+
+async def test_unknown_model_and_keep_alive(engine):
+    with pytest.raises(ModelNotFound):
+        await collect(engine, GenerateRequest(model="nope", prompt="x"))
+    await engine.load("tiny", LoadOptions(num_ctx=256), keep_alive=60)
+    assert [m.info.name for m in engine.running()] == ["tiny:latest"]
+    await engine.unload("tiny")
+    assert engine.running() == []
+
+
+async def test_embeddings_are_mean_pooled_hidden_states(engine):
+    result = await engine.embed("tiny", ["hello world", "another input"])
+    assert len(result.embeddings) == 2 and result.prompt_eval_count > 0
+    assert len({len(v) for v in result.embeddings}) == 1
+    assert result.embeddings[0] != result.embeddings[1]
