@@ -28,7 +28,10 @@ from .models import load_model
 from .scheduler import ScheduledItem, Scheduler
 from .sequence import Sequence
 from .text_output import TextOutput
+from .thinking import prompt_opens_thinking
 from .tokenizer import Tokenizer
+
+THINK_OPEN = "<think>"
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,14 @@ def physical_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _pool(hidden: torch.Tensor, pooling: int) -> torch.Tensor:  # [T, D] -> [D]
+    if pooling == 2:
+        return hidden[0]  # CLS: the first token
+    if pooling == 3:
+        return hidden[-1]  # the last token
+    return hidden.mean(dim=0)
+
+
 def chat_template_for(info: ModelInfo) -> ChatTemplate:
     """The model's template with its own bos/eos strings (needs the full vocabulary once)."""
     f = open_gguf(info.paths[0])
@@ -61,6 +72,9 @@ class LoadedModel:
         self.load = load
         self.tokenizer = Tokenizer.from_metadata(f.metadata)
         self.model = load_model(f)
+        # Embedding GGUFs declare how to pool (llama.cpp's pooling_type: 1 mean, 2 cls, 3 last);
+        # a generative model has none and gets mean pooling, as Ollama does.
+        self.pooling = int(f.metadata.get(f"{f.metadata.get('general.architecture')}.pooling_type", 1) or 1)
         train_ctx = info.context_length or load.num_ctx
         self.num_ctx = max(8, min(load.num_ctx, train_ctx))
         self.pool = CachePool(self.model.allocate_cache, config.num_parallel, self.num_ctx)
@@ -75,6 +89,8 @@ class LoadedModel:
         self.unload_requested = False
         self._live: dict[int, Sequence] = {}
         self._texts: dict[int, TextOutput] = {}
+        # R1-style models: "<think>" is one special token of the vocabulary.
+        self.can_think = any(t == THINK_OPEN for t in self.tokenizer.tokens)
 
     # ---- requests ----------------------------------------------------------------------
 
@@ -91,11 +107,20 @@ class LoadedModel:
         self.scheduler.add(seq)
         return seq
 
+    def _prompt_text(self, request: GenerateRequest) -> str:
+        """The prompt, with reasoning forced open when thinking was asked for: DeepSeek-R1 skips
+        "<think>" on some prompts and then answers without reasoning (KTransformers' force_think);
+        the parser starts in reasoning either way (TextOutput builds it opened)."""
+        if request.think and self.can_think and not prompt_opens_thinking(request.prompt):
+            return request.prompt + THINK_OPEN + "\n"
+        return request.prompt
+
     def _prompt_tokens(self, request: GenerateRequest) -> list[int]:
         tokens = list(request.context)
         # A rendered template usually spells out the BOS token itself; encode() adds one only
         # when the model asks for it and the text does not already start with it.
-        tokens += self.tokenizer.encode(request.prompt, add_special=not request.context, parse_special=True)
+        text = self._prompt_text(request)
+        tokens += self.tokenizer.encode(text, add_special=not request.context, parse_special=True)
         if not tokens:
             raise InvalidRequest("prompt is empty after tokenization")
         limit = self.num_ctx - 1  # leave room for at least one generated token
@@ -237,7 +262,7 @@ class LoadedModel:
             cache = self.model.allocate_cache(len(tokens))
             batch = ForwardBatch.single(len(tokens), cache)
             hidden = self.model.hidden_states(torch.tensor(tokens, dtype=torch.long), batch)  # [T, D]
-            vectors.append(hidden.float().mean(dim=0).tolist())  # mean pooling
+            vectors.append(_pool(hidden.float(), self.pooling).tolist())
             count += len(tokens)
         return vectors, count
 

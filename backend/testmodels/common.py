@@ -42,7 +42,7 @@ _FP16_FIELDS = {
 RANDOM_BLOCK_TYPES = set(_FP16_FIELDS) | {"IQ1_M"}
 SUPPORTED_QTYPES = {"F32", "F16"} | QUANTIZABLE | RANDOM_BLOCK_TYPES
 
-SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"

@@ -143,8 +143,51 @@ async def test_unknown_model_and_keep_alive(engine):
     assert engine.running() == []
 
 
-async def test_embeddings_are_mean_pooled_hidden_states(engine):
-    result = await engine.embed("tiny", ["hello world", "another input"])
-    assert len(result.embeddings) == 2 and result.prompt_eval_count > 0
-    assert len({len(v) for v in result.embeddings}) == 1
-    assert result.embeddings[0] != result.embeddings[1]
+async def test_embeddings_are_mean_pooled_hidden_states(engine, models_dir):
+    """Oracle: transformers' LlamaModel on the same weights, last (normed) hidden state, mean."""
+    import torch
+
+    from backend.testmodels.hf_state import hf_model
+
+    texts = ["hello world", "another input"]
+    result = await engine.embed("tiny", texts)
+    tokenizer = _tokenizer(engine)
+    ids = [tokenizer.encode(t) for t in texts]
+    assert result.prompt_eval_count == sum(map(len, ids))
+    hf = hf_model("llama", models_dir / "tiny.gguf", {"max_position_embeddings": 256})
+    for vector, tokens in zip(result.embeddings, ids):
+        with torch.no_grad():
+            hidden = hf.model(torch.tensor([tokens])).last_hidden_state[0]
+        expected = hidden.mean(dim=0)
+        torch.testing.assert_close(torch.tensor(vector), expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+
+
+async def test_requested_thinking_is_forced_open(engine):
+    """R1 sometimes answers without "<think>": asked to think, the engine opens the block itself
+    and everything up to "</think>" is reasoning, never content."""
+    plain = await collect(engine, request("hello world"))
+    forced = await collect(engine, request("hello world", think=True))
+    n = prompt_len(plain)
+    assert prompt_len(forced) == n + 2
+    tokenizer = _tokenizer(engine)
+    assert tokenizer.decode(forced[-1].context[n : n + 2]) == "<think>\n"
+    text = "".join(c.content for c in forced)
+    thinking = "".join(c.thinking for c in forced)
+    generated_text = tokenizer.decode(generated(forced))
+    if "</think>" not in generated_text:
+        assert text == "" and thinking.strip()
+    # A prompt that already opened the block is left alone.
+    opened = await collect(engine, request("hello world<think>\n", think=True))
+    assert prompt_len(opened) == n + 2
+
+
+def prompt_len(chunks):
+    final = chunks[-1]
+    return len(final.context) - final.metrics.eval_count
+
+
+def _tokenizer(engine):
+    from backend.gguf_model import open_gguf
+    from backend.tokenizer import Tokenizer
+
+    return Tokenizer.from_metadata(open_gguf(engine.get_model("tiny").paths[0]).metadata)
