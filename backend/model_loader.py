@@ -57,6 +57,32 @@ def _pool(hidden: torch.Tensor, pooling: int) -> torch.Tensor:  # [T, D] -> [D]
     return hidden.mean(dim=0)
 
 
+def available_memory() -> int:
+    """MemAvailable from /proc/meminfo in bytes (0 when unknown: no limit applied)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _fit_context(num_ctx: int, num_slots: int, bytes_per_token: int) -> int:
+    """num_ctx, lowered when every slot's full cache would not fit in 80 % of free memory
+    (slots are allocated on first use, so an overcommit would only fail mid-request)."""
+    free = available_memory()
+    if not free or num_ctx * num_slots * bytes_per_token <= 0.8 * free:
+        return num_ctx
+    fitted = int(0.8 * free) // (num_slots * bytes_per_token)
+    if fitted < 256:
+        need = 256 * num_slots * bytes_per_token / 2**30
+        raise EngineError(f"not enough memory for the KV cache: {need:.1f} GiB needed for 256 tokens per slot")
+    log.warning("num_ctx %d lowered to %d: the KV cache of %d slots must fit in memory", num_ctx, fitted, num_slots)
+    return fitted
+
+
 def chat_template_for(info: ModelInfo) -> ChatTemplate:
     """The model's template with its own bos/eos strings (needs the full vocabulary once)."""
     f = open_gguf(info.paths[0])
@@ -76,7 +102,8 @@ class LoadedModel:
         # a generative model has none and gets mean pooling, as Ollama does.
         self.pooling = int(f.metadata.get(f"{f.metadata.get('general.architecture')}.pooling_type", 1) or 1)
         train_ctx = info.context_length or load.num_ctx
-        self.num_ctx = max(8, min(load.num_ctx, train_ctx))
+        self.num_ctx = _fit_context(max(8, min(load.num_ctx, train_ctx)), config.num_parallel,
+                                    self.model.allocate_cache(1).nbytes())
         self.pool = CachePool(self.model.allocate_cache, config.num_parallel, self.num_ctx)
         self.scheduler = Scheduler(self.pool, load.num_batch)
         self.runner = ModelRunner(self.model)

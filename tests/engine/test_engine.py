@@ -191,3 +191,13 @@ def _tokenizer(engine):
     from backend.tokenizer import Tokenizer
 
     return Tokenizer.from_metadata(open_gguf(engine.get_model("tiny").paths[0]).metadata)
+
+
+def test_context_is_fitted_to_free_memory(monkeypatch):
+    from backend import model_loader
+
+    monkeypatch.setattr(model_loader, "available_memory", lambda: 10 * 2**20)
+    assert model_loader._fit_context(4096, 4, 100) == 4096  # 1.6 MB fits in 8 MB
+    assert model_loader._fit_context(4096, 4, 1000) == int(0.8 * 10 * 2**20) // 4000
+    with pytest.raises(EngineError, match="not enough memory for the KV cache"):
+        model_loader._fit_context(4096, 4, 100_000)
