@@ -11,6 +11,7 @@ import torch
 
 from .chat_template import ChatTemplate
 from .gguf_model import open_gguf
+from .grammar import GrammarCompiler, TokenMask
 from .interface import (
     Chunk,
     EngineError,
@@ -116,6 +117,8 @@ class LoadedModel:
         self.unload_requested = False
         self._live: dict[int, Sequence] = {}
         self._texts: dict[int, TextOutput] = {}
+        self._grammars: dict[int, TokenMask] = {}  # sequences with structured output
+        self.grammar_compiler = GrammarCompiler(self.tokenizer)
         # R1-style models: "<think>" is one special token of the vocabulary.
         self.can_think = any(t == THINK_OPEN for t in self.tokenizer.tokens)
 
@@ -127,9 +130,12 @@ class LoadedModel:
 
     def submit(self, request: GenerateRequest, emit, load_ns: int) -> Sequence:
         prompt = self._prompt_tokens(request)
+        grammar = self.grammar_compiler.compile(request.format)
         seq = Sequence(request, prompt, emit)
         seq.timings.load_ns = load_ns
         self._texts[seq.id] = TextOutput(self.tokenizer, request)
+        if grammar is not None:
+            self._grammars[seq.id] = grammar
         self._live[seq.id] = seq
         self.scheduler.add(seq)
         return seq
@@ -202,18 +208,24 @@ class LoadedModel:
             t.prompt_eval_count += item.num_tokens
 
     def _advance(self, seq: Sequence, logits: torch.Tensor) -> None:
+        text = self._texts[seq.id]
+        # A format constrains the answer only: reasoning before it stays free, as in Ollama.
+        grammar = self._grammars.get(seq.id) if text.answering else None
+        if grammar is not None:
+            logits = grammar.apply(logits)
         sample = seq.sampler(logits, seq.tokens)
         token = sample.token
         seq.tokens.append(token)
         seq.output.append(token)
-        text = self._texts[seq.id]
         if self.tokenizer.is_eog(token):
             return self._finish(seq, "stop")
+        if grammar is not None:
+            grammar.accept(token)
         delta = text.push(token)
         logprobs = self._logprobs(seq, sample) if seq.params.logprobs else ()
         if delta.content or delta.thinking or delta.tool_calls or logprobs:
             seq.emit(Chunk(content=delta.content, thinking=delta.thinking, tool_calls=delta.tool_calls, logprobs=logprobs))
-        if delta.stopped:
+        if delta.stopped or (grammar is not None and grammar.finished):
             return self._finish(seq, "stop")
         limit = seq.params.num_predict
         if limit >= 0 and len(seq.output) >= limit:
@@ -270,6 +282,7 @@ class LoadedModel:
     def _forget(self, seq: Sequence) -> None:
         self._live.pop(seq.id, None)
         self._texts.pop(seq.id, None)
+        self._grammars.pop(seq.id, None)
         if not self._live:
             self.became_idle = True
 

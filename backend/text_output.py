@@ -29,6 +29,11 @@ class TextOutput:
         self.thinking = ThinkingParser(opened=request.think) if request.think else None
         self.tools = ToolCallParser() if request.parse_tools else None
 
+    @property
+    def answering(self) -> bool:
+        """Past the reasoning block (or there is none): what comes now is the answer."""
+        return self.thinking is None or self.thinking.answering
+
     def push(self, token: int) -> Delta:
         raw, stopped = self.stop.push(self.detok.push(token))
         return self._split(raw, stopped, final=stopped)

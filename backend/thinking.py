@@ -42,6 +42,11 @@ class ThinkingParser:
         self._buf = ""
         self._strip = False  # drop whitespace until the next non-space char of the current field
 
+    @property
+    def answering(self) -> bool:
+        """The reasoning block is over (or was never there): the rest is content."""
+        return self._state == "content"
+
     def push(self, text: str) -> tuple[str, str]:
         self._buf += text
         thinking, content = [], []

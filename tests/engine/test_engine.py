@@ -201,3 +201,32 @@ def test_context_is_fitted_to_free_memory(monkeypatch):
     assert model_loader._fit_context(4096, 4, 1000) == int(0.8 * 10 * 2**20) // 4000
     with pytest.raises(EngineError, match="not enough memory for the KV cache"):
         model_loader._fit_context(4096, 4, 100_000)
+
+
+
+def test_grammar_mask_drives_random_logits_to_the_schema(tmp_path):
+    """The mask alone turns noise into a document that parses and fits a finite schema; rows
+    past the vocabulary (padded output heads) are never allowed."""
+    import json
+
+    import torch
+
+    from backend.gguf_model import open_gguf
+    from backend.grammar import GrammarCompiler
+    from backend.tokenizer import Tokenizer
+
+    write_model("llama", tmp_path / "t.gguf", seed=3)
+    tokenizer = Tokenizer.from_metadata(open_gguf(tmp_path / "t.gguf").metadata)
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"],
+              "additionalProperties": False}  # fmt: skip
+    compiler = GrammarCompiler(tokenizer)
+    for seed in range(5):
+        mask, noise, out = compiler.compile(schema), torch.Generator().manual_seed(seed), []
+        while not mask.finished:
+            logits = mask.apply(torch.randn(tokenizer.vocab_size + 3, generator=noise))
+            assert torch.isinf(logits[tokenizer.vocab_size :]).all()
+            token = int(logits.argmax())
+            mask.accept(token)
+            out.append(token)
+            assert len(out) < 64
+        assert json.loads(tokenizer.decode(out)) in ({"ok": True}, {"ok": False})

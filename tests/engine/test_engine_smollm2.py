@@ -47,3 +47,32 @@ async def test_eight_concurrent_streams_answer_like_one(engine):
     assert "Paris" in together[0] and "Berlin" in together[1]
     assert sum(city in text for city, text in zip(CITIES, together)) >= 6
     assert all(text.strip() for text in together)
+
+
+async def test_format_schema_constrains_the_answer(engine):
+    """Ollama's `format`: the output parses and has the schema's shape, on a model that would
+    otherwise answer in prose."""
+    import json
+
+    schema = {
+        "type": "object",
+        "properties": {"country": {"type": "string"}, "capital": {"type": "string"}},
+        "required": ["country", "capital"],
+    }
+    prompt = engine.render_chat("smollm2", [{"role": "user", "content": "What is the capital of France?"}])
+    sampling = SamplingParams(temperature=0, num_predict=60)
+    for fmt in (schema, "json"):
+        req = GenerateRequest("smollm2", prompt, sampling, load=LoadOptions(num_ctx=512), format=fmt)
+        chunks = [c async for c in engine.generate(req)]
+        answer = json.loads("".join(c.content for c in chunks))
+        assert isinstance(answer, dict) and chunks[-1].done_reason == "stop"
+        if fmt is schema:
+            assert set(answer) == {"country", "capital"} and "Paris" in answer["capital"]
+
+
+async def test_invalid_format_is_a_clear_error(engine):
+    from backend.interface import InvalidRequest
+
+    req = GenerateRequest("smollm2", "hi", GREEDY, load=LoadOptions(num_ctx=512), format="yaml")
+    with pytest.raises(InvalidRequest, match="invalid format"):
+        [c async for c in engine.generate(req)]
