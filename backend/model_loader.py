@@ -255,7 +255,7 @@ class LoadedModel:
         tail = self._texts[seq.id].finish()
         t = seq.timings
         metrics = Metrics(
-            total_duration=int((time.perf_counter() - t.submitted) * 1e9),
+            total_duration=int((time.perf_counter() - t.submitted) * 1e9) + t.load_ns,  # load came first
             load_duration=t.load_ns,
             prompt_eval_count=t.prompt_eval_count,
             prompt_eval_duration=t.prompt_eval_ns,

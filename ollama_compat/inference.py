@@ -1,0 +1,335 @@
+"""The cores of /api/chat, /api/generate and /api/embed: validate a body, run the engine, yield
+Ollama's response objects. The native handlers and the OpenAI translation both use them."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, AsyncIterator
+
+import orjson
+from aiohttp import web
+
+from backend.interface import Chunk, Engine, GenerateRequest, ModelInfo, ModelNotFound
+
+from . import options as opt
+from . import types as wire
+from .appkeys import ENGINE, SETTINGS
+from .errors import ApiError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Job:
+    """A validated request: `request` is None for a load or unload call (`action`)."""
+
+    model: str  # as the client sent it, echoed in every response
+    info: ModelInfo
+    request: GenerateRequest | None
+    action: str = ""  # "load" | "unload" when there is nothing to generate
+    raw: bool = False
+
+
+def resolve(engine: Engine, name: Any) -> ModelInfo:
+    if not isinstance(name, str):
+        raise ApiError(400, "invalid model name")
+    try:
+        return engine.get_model(name)
+    except ModelNotFound:
+        raise ApiError(404, f"model '{name}' not found") from None
+
+
+def _think(info: ModelInfo, model: str, body: dict) -> tuple[bool | str | None, bool]:
+    """(value for the template, split reasoning?). Unset on a thinking model means on."""
+    value = opt.think(body.get("think"))
+    capable = "thinking" in info.capabilities
+    if value not in (None, False) and not capable:
+        raise ApiError(400, f'"{model}" does not support thinking')
+    if value is None:
+        return (True if capable else None), capable
+    return value, bool(value)
+
+
+def _format(value: Any) -> str | dict | None:
+    if opt.unset(value):
+        return None
+    if value == "json" or isinstance(value, dict):
+        return value
+    shown = orjson.dumps(value).decode()
+    raise ApiError(400, f'invalid format: {shown}; expected "json" or a valid JSON Schema object')
+
+
+def _images(values: Any, info: ModelInfo, model: str) -> tuple[bytes, ...]:
+    if opt.unset(values) or values == []:
+        return ()
+    if not isinstance(values, list):
+        raise ApiError(400, "images must be an array of base64 strings")
+    if "vision" not in info.capabilities:
+        raise ApiError(400, f'"{model}" does not support images')
+    out = []
+    for item in values:
+        text = item.split(",", 1)[1] if isinstance(item, str) and item.startswith("data:") else item
+        try:
+            out.append(base64.b64decode(text, validate=True))
+        except (binascii.Error, TypeError, ValueError):
+            raise ApiError(400, "invalid image: not base64") from None
+    return tuple(out)
+
+
+def _common(app: web.Application, body: dict, info: ModelInfo) -> dict[str, Any]:
+    settings = app[SETTINGS]
+    merged = opt.merge_options(info.parameters, body.get("options"))
+    top = opt.top_logprobs(body.get("top_logprobs"))
+    truncate = body.get("truncate")
+    return {
+        "sampling": opt.sampling_params(merged, bool(body.get("logprobs")), top),
+        "load": opt.load_options(merged, settings),
+        "keep_alive": opt.keep_alive(body.get("keep_alive")),
+        "format": _format(body.get("format")),
+        "truncate": True if truncate is None else bool(truncate),
+    }
+
+
+def _message(m: Any) -> dict[str, Any]:
+    """Ollama's api.Message, made safe for the template: role lower-cased, content a string,
+    tool-call arguments an object (stringified ones are parsed, a leniency Ollama lacks)."""
+    if not isinstance(m, dict):
+        raise ApiError(400, "messages must be objects with a role and content")
+    out = dict(m)
+    out["role"] = str(m.get("role") or "").lower()
+    out["content"] = m.get("content") if isinstance(m.get("content"), str) else ""
+    calls = []
+    for call in m.get("tool_calls") or []:
+        fn = dict((call or {}).get("function") or {})
+        args = fn.get("arguments")
+        if isinstance(args, str):
+            try:
+                fn["arguments"] = orjson.loads(args) if args.strip() else {}
+            except orjson.JSONDecodeError:
+                raise ApiError(400, f"tool call arguments are not JSON: {args[:80]}") from None
+        calls.append({**call, "function": fn})
+    if calls:
+        out["tool_calls"] = calls
+    return out
+
+
+def prepare_chat(app: web.Application, body: dict) -> Job:
+    engine = app[ENGINE]
+    model = body.get("model")
+    if opt.unset(model):
+        raise ApiError(400, "model is required")
+    info = resolve(engine, model)
+    messages = body.get("messages")
+    if opt.unset(messages) or messages == []:
+        ka = opt.keep_alive(body.get("keep_alive"))
+        return Job(model, info, None, "unload" if ka == 0 else "load")
+    if not isinstance(messages, list):
+        raise ApiError(400, "messages must be an array")
+    messages = [_message(m) for m in messages]
+    tools = body.get("tools")
+    if not opt.unset(tools) and tools:
+        if "tools" not in info.capabilities:
+            raise ApiError(400, f"{info.name} does not support tools")
+    else:
+        tools = None
+    images = tuple(img for m in messages for img in _images(m.get("images"), info, model))
+    if info.system and (not messages or messages[0]["role"] != "system"):
+        messages.insert(0, {"role": "system", "content": info.system})
+    think_value, split_thinking = _think(info, model, body)
+    prompt = engine.render_chat(info.name, messages, tools=tools, think=think_value)
+    request = GenerateRequest(
+        model=info.name, prompt=prompt, images=images, think=split_thinking, parse_tools=bool(tools),
+        **_common(app, body, info),
+    )  # fmt: skip
+    return Job(model, info, request)
+
+
+def prepare_generate(app: web.Application, body: dict) -> Job:
+    engine = app[ENGINE]
+    model = body.get("model")
+    if opt.unset(model):
+        raise ApiError(404, "model '' not found")  # generate differs from chat here, as Ollama
+    info = resolve(engine, model)
+    prompt = body.get("prompt")
+    images = _images(body.get("images"), info, model)
+    if opt.unset(prompt) and not images:
+        ka = opt.keep_alive(body.get("keep_alive"))
+        return Job(model, info, None, "unload" if ka == 0 else "load")
+    if not isinstance(prompt, str):
+        raise ApiError(400, "prompt must be a string")
+    raw = bool(body.get("raw"))
+    system, template, context = body.get("system"), body.get("template"), body.get("context")
+    if raw and not (opt.unset(system) and opt.unset(template) and not context):
+        raise ApiError(400, "raw mode does not support template, system, or context")
+    if not opt.unset(body.get("suffix")) and "insert" not in info.capabilities:
+        raise ApiError(400, f"{info.name} does not support insert")
+    if not opt.unset(template):
+        # Our templates are the GGUF's Jinja ones; a Go template from the request cannot run here.
+        log.warning("generate: the request's Go template is ignored; the model's own template is used")
+    think_value, split_thinking = _think(info, model, body)
+    if raw:
+        text = prompt
+    else:
+        messages = []
+        system = info.system if opt.unset(system) else system
+        if system:
+            messages.append({"role": "system", "content": system})
+        messages.append({"role": "user", "content": prompt})
+        text = engine.render_chat(info.name, messages, think=think_value)
+    if context is not None and not (isinstance(context, list) and all(isinstance(t, int) for t in context)):
+        raise ApiError(400, "context must be an array of token ids")
+    request = GenerateRequest(
+        model=info.name, prompt=text, context=tuple(context or ()), images=images, think=split_thinking,
+        **_common(app, body, info),
+    )  # fmt: skip
+    return Job(model, info, request, raw=raw)
+
+
+async def run_action(app: web.Application, job: Job, body: dict) -> None:
+    engine = app[ENGINE]
+    if job.action == "unload":
+        await engine.unload(job.info.name)
+    else:
+        merged = opt.merge_options(job.info.parameters, body.get("options"))
+        await engine.load(job.info.name, opt.load_options(merged, app[SETTINGS]), opt.keep_alive(body.get("keep_alive")))
+
+
+async def chat_lines(app: web.Application, job: Job) -> AsyncIterator[dict]:
+    """Native chat objects: deltas on done:false lines (tool calls once each), then a done line
+    that always has `message` and never carries content (Page-Assist ignores it there)."""
+    index = 0
+    async for chunk in app[ENGINE].generate(job.request):
+        if chunk.content or chunk.thinking or chunk.tool_calls or chunk.logprobs:
+            message: dict[str, Any] = {"role": "assistant", "content": chunk.content}
+            if chunk.thinking:
+                message["thinking"] = chunk.thinking
+            if chunk.tool_calls:
+                message["tool_calls"] = wire.tool_calls(chunk.tool_calls, index)
+                index += len(chunk.tool_calls)
+            yield _line(job, {"message": message}, chunk, done=False)
+        if chunk.done:
+            yield _line(job, {"message": {"role": "assistant", "content": ""}}, chunk, done=True)
+
+
+async def generate_lines(app: web.Application, job: Job) -> AsyncIterator[dict]:
+    async for chunk in app[ENGINE].generate(job.request):
+        if chunk.content or chunk.thinking or chunk.logprobs:
+            fields: dict[str, Any] = {"response": chunk.content}
+            if chunk.thinking:
+                fields["thinking"] = chunk.thinking
+            yield _line(job, fields, chunk, done=False)
+        if chunk.done:
+            fields = {"response": ""}
+            line = _line(job, fields, chunk, done=True)
+            if not job.raw:
+                line["context"] = list(chunk.context)
+            yield line
+
+
+def _line(job: Job, fields: dict, chunk: Chunk, done: bool) -> dict[str, Any]:
+    line = {"model": job.model, "created_at": wire.utc_timestamp(), **fields, "done": done}
+    if done:
+        line.update(wire.chunk_fields(chunk))
+    elif chunk.logprobs:
+        line["logprobs"] = wire.logprobs(chunk.logprobs)
+    return line
+
+
+def action_line(job: Job, kind: str) -> dict[str, Any]:
+    body = {"message": {"role": "assistant", "content": ""}} if kind == "chat" else {"response": ""}
+    return {"model": job.model, "created_at": wire.utc_timestamp(), **body, "done": True, "done_reason": job.action}
+
+
+async def chat_responses(app: web.Application, body: dict) -> AsyncIterator[dict]:
+    """Contract for the OpenAI layer: native chat objects, ApiError before the first one."""
+    job = prepare_chat(app, body)
+    if job.request is None:
+        await run_action(app, job, body)
+        yield action_line(job, "chat")
+        return
+    async for line in chat_lines(app, job):
+        yield line
+
+
+async def generate_responses(app: web.Application, body: dict) -> AsyncIterator[dict]:
+    job = prepare_generate(app, body)
+    if job.request is None:
+        await run_action(app, job, body)
+        yield action_line(job, "generate")
+        return
+    async for line in generate_lines(app, job):
+        yield line
+
+
+def merge_chat(acc: dict, line: dict) -> dict:
+    """stream=false: content, thinking, tool calls and logprobs concatenated; the rest from the
+    done line."""
+    message = dict(acc["message"])
+    new = line["message"]
+    message["content"] = message.get("content", "") + new.get("content", "")
+    if new.get("thinking"):
+        message["thinking"] = message.get("thinking", "") + new["thinking"]
+    if new.get("tool_calls"):
+        message["tool_calls"] = message.get("tool_calls", []) + new["tool_calls"]
+    merged = {**line, "message": message}
+    if acc.get("logprobs") or line.get("logprobs"):
+        merged["logprobs"] = acc.get("logprobs", []) + line.get("logprobs", [])
+    return merged
+
+
+def merge_generate(acc: dict, line: dict) -> dict:
+    merged = {**line, "response": acc.get("response", "") + line.get("response", "")}
+    if acc.get("thinking") or line.get("thinking"):
+        merged["thinking"] = acc.get("thinking", "") + line.get("thinking", "")
+    if acc.get("logprobs") or line.get("logprobs"):
+        merged["logprobs"] = acc.get("logprobs", []) + line.get("logprobs", [])
+    return merged
+
+
+def _normalise(vector: list[float], dimensions: int | None) -> list[float]:
+    if dimensions:
+        vector = vector[:dimensions]
+    norm = math.sqrt(sum(v * v for v in vector))
+    return [v / norm for v in vector] if norm > 0 else vector
+
+
+async def embed_response(app: web.Application, body: dict) -> dict[str, Any]:
+    """/api/embed: L2-normalised vectors (truncated to `dimensions` first, then renormalised)."""
+    engine = app[ENGINE]
+    model = body.get("model")
+    if not isinstance(model, str):
+        raise ApiError(400, "invalid model name")
+    try:
+        info = engine.get_model(model)
+    except ModelNotFound:
+        raise ApiError(404, f'model "{model}" not found, try pulling it first') from None
+    inputs = body.get("input")
+    if inputs is None or inputs == "":
+        inputs = []
+    elif isinstance(inputs, str):
+        inputs = [inputs]
+    elif not isinstance(inputs, list) or not all(isinstance(s, str) for s in inputs):
+        raise ApiError(400, "invalid input type")
+    dimensions = body.get("dimensions")
+    if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 0):
+        raise ApiError(400, "dimensions must be a positive integer")
+    merged = opt.merge_options(info.parameters, body.get("options"))
+    load = opt.load_options(merged, app[SETTINGS])
+    keep_alive = opt.keep_alive(body.get("keep_alive"))
+    truncate = body.get("truncate")
+    if not inputs:
+        load_ns = await engine.load(info.name, load, keep_alive)
+        return {"model": model, "embeddings": [], "total_duration": load_ns, "load_duration": load_ns, "prompt_eval_count": 0}
+    result = await engine.embed(info.name, inputs, load=load, keep_alive=keep_alive,
+                                truncate=True if truncate is None else bool(truncate))  # fmt: skip
+    return {
+        "model": model,
+        "embeddings": [_normalise(v, dimensions) for v in result.embeddings],
+        "total_duration": int(result.total_duration),
+        "load_duration": int(result.load_duration),
+        "prompt_eval_count": int(result.prompt_eval_count),
+    }

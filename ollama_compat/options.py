@@ -1,0 +1,170 @@
+"""Request fields -> engine parameters with Ollama's type rules: options, keep_alive, think, stream."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from backend.interface import LoadOptions, SamplingParams
+
+from .errors import ApiError
+from .settings import Settings, parse_duration
+
+log = logging.getLogger(__name__)
+
+# api.DefaultOptions, predict-time. repeat_penalty 1.0 as in current Ollama (§4.5).
+_SAMPLING_DEFAULTS: dict[str, Any] = {
+    "temperature": 0.8,
+    "top_k": 40,
+    "top_p": 0.9,
+    "min_p": 0.0,
+    "typical_p": 1.0,
+    "repeat_penalty": 1.0,
+    "repeat_last_n": 64,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "seed": -1,
+    "stop": [],
+    "num_predict": -1,
+    "num_keep": 4,
+}
+_LOAD_DEFAULTS: dict[str, Any] = {
+    "num_ctx": 4096,
+    "num_batch": 512,
+    "num_thread": 0,
+    "num_gpu": -1,
+    "main_gpu": 0,
+    "use_mmap": None,
+}
+_INT = {"top_k", "repeat_last_n", "seed", "num_predict", "num_keep", "num_ctx", "num_batch", "num_thread",
+        "num_gpu", "main_gpu", "draft_num_predict"}  # fmt: skip
+_FLOAT = {"temperature", "top_p", "min_p", "typical_p", "repeat_penalty", "presence_penalty", "frequency_penalty"}
+_BOOL = {"use_mmap"}
+# Accepted for compatibility, with no effect on this engine (no draft model, no NUMA pinning).
+_ACCEPTED = {"draft_num_predict", "numa", "low_vram", "f16_kv", "logits_all", "vocab_only", "use_mlock",
+             "embedding_only", "tfs_z", "mirostat", "mirostat_eta", "mirostat_tau", "penalize_newline",
+             "num_gqa", "rope_frequency_base", "rope_frequency_scale"}  # fmt: skip
+THINK_LEVELS = ("low", "medium", "high", "max")
+
+
+def unset(value: Any) -> bool:
+    """null and "" mean "not given" (the Go CLI sends "" for every unset string)."""
+    return value is None or value == ""
+
+
+def _typed(key: str, value: Any) -> Any:
+    if key in _INT:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ApiError(400, f'option "{key}" must be of type integer')
+        return int(value)  # any JSON number, truncated (FromMap)
+    if key in _FLOAT:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ApiError(400, f'option "{key}" must be of type number')
+        return float(value)
+    if key in _BOOL:
+        if not isinstance(value, bool):
+            raise ApiError(400, f'option "{key}" must be of type boolean')
+        return value
+    if key == "stop":
+        if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+            raise ApiError(400, 'option "stop" must be of type array')
+        return value
+    return value
+
+
+def merge_options(*layers: dict[str, Any] | None) -> dict[str, Any]:
+    """Later layers win (defaults < Modelfile PARAMETERs < request); nulls are skipped and
+    unknown keys logged and dropped, as Ollama's FromMap does."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        if layer is None:
+            continue
+        if not isinstance(layer, dict):
+            raise ApiError(400, "options must be an object")
+        for key, value in layer.items():
+            if value is None:
+                continue
+            if key in _SAMPLING_DEFAULTS or key in _LOAD_DEFAULTS:
+                merged[key] = _typed(key, value)
+            elif key not in _ACCEPTED:
+                log.warning("invalid option provided: %s", key)
+    return merged
+
+
+def sampling_params(options: dict[str, Any], logprobs: bool = False, top_logprobs: int = 0) -> SamplingParams:
+    o = {**_SAMPLING_DEFAULTS, **{k: v for k, v in options.items() if k in _SAMPLING_DEFAULTS}}
+    seed = o["seed"]
+    return SamplingParams(
+        temperature=o["temperature"],
+        top_k=o["top_k"],
+        top_p=o["top_p"],
+        min_p=o["min_p"],
+        typical_p=o["typical_p"],
+        repeat_penalty=o["repeat_penalty"],
+        repeat_last_n=o["repeat_last_n"],
+        presence_penalty=o["presence_penalty"],
+        frequency_penalty=o["frequency_penalty"],
+        seed=None if seed < 0 else seed,
+        stop=tuple(o["stop"]),
+        num_predict=o["num_predict"],
+        num_keep=o["num_keep"],
+        logprobs=logprobs or top_logprobs > 0,
+        top_logprobs=top_logprobs,
+    )
+
+
+def load_options(options: dict[str, Any], settings: Settings) -> LoadOptions:
+    defaults = dict(_LOAD_DEFAULTS)
+    if settings.context_length:
+        defaults["num_ctx"] = settings.context_length  # OLLAMA_CONTEXT_LENGTH
+    if settings.num_thread:
+        defaults["num_thread"] = settings.num_thread
+    o = {**defaults, **{k: v for k, v in options.items() if k in _LOAD_DEFAULTS}}
+    if o["num_ctx"] < 1 or o["num_batch"] < 1:
+        raise ApiError(400, "num_ctx and num_batch must be positive")
+    if o["num_gpu"] not in (-1, 0):
+        log.info("num_gpu=%s: no GPU layers on this build, running on the CPU", o["num_gpu"])
+    return LoadOptions(o["num_ctx"], o["num_batch"], o["num_thread"], o["num_gpu"], o["main_gpu"], o["use_mmap"])
+
+
+def keep_alive(value: Any) -> float | None:
+    """Seconds, None for the server default. Numbers, Go durations and (a deliberate deviation,
+    since Open WebUI and others send it) unit-less numeric strings such as "-1"."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ApiError(400, f"Unsupported type: '{type(value).__name__}'")
+    try:
+        return parse_duration(value, default=0.0) if value != "" else None
+    except ValueError as e:
+        raise ApiError(400, str(e)) from None
+
+
+def think(value: Any) -> bool | str | None:
+    """None (unset), True/False, or a level; anything else is Ollama's 400."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value in THINK_LEVELS:
+        return value
+    shown = f'"{value}"' if isinstance(value, str) else str(value)
+    raise ApiError(400, f'invalid think value: {shown} (must be "high", "medium", "low", "max", true, or false)')
+
+
+def stream(value: Any) -> bool:
+    """Absent or null streams; "false"/"true" as strings too (our reference Slack bot sends them)."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        lowered = value.strip().lower()
+        if lowered in ("false", "0", "no", "off", ""):
+            return False
+        return True
+    return bool(value)
+
+
+def top_logprobs(value: Any) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= int(value) <= 20:
+        raise ApiError(400, "top_logprobs must be between 0 and 20")
+    return int(value)

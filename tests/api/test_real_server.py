@@ -1,0 +1,136 @@
+"""End to end: the real engine on SmolLM2 behind the real server, driven by the official `ollama`
+client and by raw HTTP for framing, disconnects and responsiveness."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+
+import aiohttp
+import ollama
+import orjson
+import pytest
+from aiohttp import web
+
+from backend.engine import create_engine
+from ollama_compat.app import create_app
+from ollama_compat.settings import Settings
+
+from .conftest import ndjson
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+GREEDY = {"temperature": 0, "num_predict": 16}
+
+
+class Server:
+    """The app on a real port, in a thread with its own event loop (as `serve` runs it)."""
+
+    def __init__(self, models_dir, num_parallel=1):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.engine = create_engine(str(models_dir), num_parallel=num_parallel)
+        settings = Settings.from_env({"OLLAMA_HOST": f"127.0.0.1:{self.port}", "OLLAMA_MODELS": str(models_dir)})
+        self.app = create_app(self.engine, settings)
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+
+        async def start():
+            self.runner = web.AppRunner(self.app, handler_cancellation=True)
+            await self.runner.setup()
+            await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+            started.set()
+
+        self.thread = threading.Thread(target=lambda: (self.loop.run_until_complete(start()), self.loop.run_forever()))
+        self.thread.start()
+        assert started.wait(30)
+
+    def close(self):
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+        self.engine.close()
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_gguf, tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    os.symlink(smollm2_gguf, root / "smollm2.gguf")
+    os.symlink(smollm2_gguf, root / "scratch.gguf")  # deleted by a test (only the link goes)
+    srv = Server(root)
+    yield srv
+    srv.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return ollama.Client(host=server.url)
+
+
+def test_official_client_chat_and_generate(client):
+    reply = client.chat(model="smollm2", messages=QUESTION, options=GREEDY)
+    assert "Paris" in reply.message.content and reply.done_reason == "stop"
+    assert reply.eval_count > 0 and reply.prompt_eval_count > 0 and reply.total_duration >= reply.eval_duration
+    parts = list(client.chat(model="smollm2", messages=QUESTION, options=GREEDY, stream=True))
+    assert "".join(p.message.content for p in parts) == reply.message.content  # same greedy answer
+    assert parts[-1].done and sum(p.done for p in parts) == 1
+    gen = client.generate(model="smollm2", prompt="What is the capital of France?", options=GREEDY)
+    assert "Paris" in gen.response and gen.context
+    streamed = "".join(p.response for p in client.generate(model="smollm2", prompt="What is the capital of France?",
+                                                           options=GREEDY, stream=True))  # fmt: skip
+    assert streamed == gen.response
+
+
+def test_official_client_listing_show_ps_embed(client):
+    names = [m.model for m in client.list().models]
+    assert "smollm2:latest" in names
+    shown = client.show("smollm2")
+    assert shown.modelinfo["general.architecture"] == "llama" and shown.details.quantization_level == "Q4_1"
+    assert "completion" in shown.capabilities
+    client.chat(model="smollm2", messages=QUESTION, options={"num_predict": 1})
+    assert [m.model for m in client.ps().models] == ["smollm2:latest"]
+    vectors = client.embed(model="smollm2", input=["Paris is in France.", "Berlin is in Germany."]).embeddings
+    assert len(vectors) == 2 and abs(sum(v * v for v in vectors[0]) - 1) < 1e-5
+    client.delete("scratch")
+    assert "scratch:latest" not in [m.model for m in client.list().models]
+    with pytest.raises(ollama.ResponseError) as e:
+        client.chat(model="does-not-exist", messages=QUESTION)
+    assert e.value.status_code == 404
+
+
+def test_format_schema_through_the_client(client):
+    schema = {"type": "object", "properties": {"capital": {"type": "string"}}, "required": ["capital"]}
+    reply = client.chat(model="smollm2", messages=QUESTION, options={"temperature": 0, "num_predict": 40}, format=schema)
+    assert "Paris" in orjson.loads(reply.message.content)["capital"]
+
+
+async def test_curl_style_stream_is_framed_per_token(server):
+    async with aiohttp.ClientSession() as session:
+        body = orjson.dumps({"model": "smollm2", "messages": QUESTION, "options": GREEDY})
+        async with session.post(f"{server.url}/api/chat", data=body,
+                                headers={"Content-Type": "application/x-www-form-urlencoded"}) as r:  # fmt: skip
+            assert r.headers["Content-Type"] == "application/x-ndjson"
+            lines = ndjson((await r.read()).decode())
+    assert len(lines) > 3 and "Paris" in "".join(line["message"]["content"] for line in lines)
+
+
+async def test_disconnect_frees_the_engine_and_listings_stay_instant(server):
+    """One slot (num_parallel=1): if the abandoned stream kept running, the next request would
+    wait for its 2,000 tokens."""
+    async with aiohttp.ClientSession() as session:
+        body = {"model": "smollm2", "messages": QUESTION, "options": {"num_predict": 2000, "temperature": 1}}
+        async with session.post(f"{server.url}/api/chat", json=body) as r:
+            await r.content.readline()
+            started = time.perf_counter()
+            async with session.get(f"{server.url}/api/tags") as tags:  # while it generates
+                assert tags.status == 200
+            assert time.perf_counter() - started < 2.0
+        # The response is closed here, mid-stream: the server cancels the sequence.
+        started = time.perf_counter()
+        async with session.post(f"{server.url}/api/chat", json={**body, "options": GREEDY, "stream": False}) as r:
+            assert "Paris" in (await r.json())["message"]["content"]
+        assert time.perf_counter() - started < 30
