@@ -6,7 +6,7 @@ from aiohttp import web
 
 from backend.interface import Engine
 
-from . import routes
+from . import openai, routes
 from .appkeys import ENGINE, SETTINGS
 from .cors import OriginPolicy, add_cors_headers, cors_middleware
 from .errors import error_middleware
@@ -23,10 +23,12 @@ def create_app(engine: Engine, settings: Settings) -> web.Application:
             cors_middleware(policy),  # before routing, as gin's: a preflight works on any path
             web.normalize_path_middleware(append_slash=False, remove_slash=True, merge_slashes=True),
             error_middleware,
+            openai.openai_errors,  # inner: /v1 errors in OpenAI's shape
         ],
     )
     app[ENGINE] = engine
     app[SETTINGS] = settings
     app.on_response_prepare.append(add_cors_headers)
     routes.add_routes(app)
+    openai.add_routes(app)
     return app

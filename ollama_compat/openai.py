@@ -1,0 +1,336 @@
+"""/v1/*: OpenAI requests translated to native ones, native responses translated back (as Ollama's
+openai/openai.go), so both APIs share one implementation of generation."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import struct
+import time
+from typing import Any, AsyncIterator
+
+import orjson
+from aiohttp import web
+
+from backend.interface import EngineError, ModelNotFound
+
+from . import inference
+from . import options as opt
+from .appkeys import ENGINE
+from .errors import ApiError
+
+EFFORT = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high", "max": "max",
+          "xhigh": "max", "ultra": "max"}  # fmt: skip
+
+
+def _error(status: int, message: str) -> web.Response:
+    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
+    body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+
+
+def _json(body: Any) -> web.Response:
+    return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+
+@web.middleware
+async def openai_errors(request: web.Request, handler):
+    """OpenAI's error shape on /v1 only; the status carries through."""
+    if not request.path.startswith("/v1/"):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except (ApiError, EngineError) as e:
+        return _error(e.status, e.message)
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    from .routes import read_json
+
+    return await read_json(request)
+
+
+def _options(body: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI sampling fields -> Ollama options; OpenAI's defaults (temperature and top_p 1.0)."""
+    options: dict[str, Any] = {
+        "temperature": 1.0 if body.get("temperature") is None else body["temperature"],
+        "top_p": 1.0 if body.get("top_p") is None else body["top_p"],
+    }
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    if limit is not None:
+        options["num_predict"] = limit
+    for key in ("seed", "frequency_penalty", "presence_penalty"):
+        if body.get(key) is not None:
+            options[key] = body[key]
+    stop = body.get("stop")
+    if stop is not None:
+        options["stop"] = [stop] if isinstance(stop, str) else stop
+    return options
+
+
+def _format(body: dict[str, Any]) -> str | dict | None:
+    fmt = body.get("response_format")
+    if not fmt:
+        return None
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return "json"
+    if kind == "json_schema":
+        schema = (fmt.get("json_schema") or {}).get("schema")
+        if isinstance(schema, dict):
+            return schema
+    raise ApiError(400, f"invalid response_format: {orjson.dumps(fmt).decode()}")
+
+
+def _think(body: dict[str, Any]) -> Any:
+    effort = body.get("reasoning_effort") or (body.get("reasoning") or {}).get("effort")
+    if effort is None:
+        return None
+    if effort not in EFFORT:
+        raise ApiError(400, f"invalid reasoning value: '{effort}' (must be one of {', '.join(EFFORT)})")
+    return EFFORT[effort]
+
+
+def _content(content: Any) -> tuple[str, list[str]]:
+    """A string, or parts: text joined; images as base64 data URIs only (no fetching URLs)."""
+    if content is None or isinstance(content, str):
+        return content or "", []
+    if not isinstance(content, list):
+        raise ApiError(400, "invalid message content")
+    texts, images = [], []
+    for part in content:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text":
+            texts.append(part.get("text") or "")
+        elif kind == "image_url":
+            url = part["image_url"]["url"] if isinstance(part.get("image_url"), dict) else part.get("image_url")
+            if not isinstance(url, str) or not url.startswith("data:") or ";base64," not in url:
+                raise ApiError(400, "image URLs are not currently supported, please use base64 encoded data instead")
+            images.append(url.split(";base64,", 1)[1])
+        else:
+            raise ApiError(400, f"invalid message part type: {kind}")
+    return "\n".join(texts), images
+
+
+def _messages(messages: Any) -> list[dict[str, Any]]:
+    if not isinstance(messages, list) or not messages:
+        raise ApiError(400, "[] is too short - 'messages'")
+    names: dict[str, str] = {}  # tool_call_id -> function name, for the tool results
+    out = []
+    for m in messages:
+        if not isinstance(m, dict):
+            raise ApiError(400, "invalid message")
+        text, images = _content(m.get("content"))
+        native: dict[str, Any] = {"role": m.get("role", ""), "content": text}
+        if images:
+            native["images"] = images
+        if m.get("reasoning") or m.get("reasoning_content"):
+            native["thinking"] = m.get("reasoning") or m.get("reasoning_content")
+        calls = []
+        for call in m.get("tool_calls") or []:
+            fn = call.get("function") or {}
+            names[call.get("id", "")] = fn.get("name", "")
+            calls.append({"function": {"name": fn.get("name", ""), "arguments": fn.get("arguments") or "{}"}})
+        if calls:
+            native["tool_calls"] = calls
+        if m.get("tool_call_id"):
+            native["tool_name"] = names.get(m["tool_call_id"], "")
+        out.append(native)
+    return out
+
+
+def _usage(line: dict[str, Any]) -> dict[str, int]:
+    prompt, completion = line.get("prompt_eval_count", 0), line.get("eval_count", 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def _openai_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Native object arguments become OpenAI's JSON strings."""
+    return [
+        {"id": c["id"], "index": c["function"]["index"], "type": "function",
+         "function": {"name": c["function"]["name"], "arguments": orjson.dumps(c["function"]["arguments"]).decode()}}
+        for c in calls
+    ]  # fmt: skip
+
+
+async def _sse(request: web.Request, events: AsyncIterator[dict]) -> web.StreamResponse:
+    """data: lines; the status is decided by the first event, as on the native API."""
+    try:
+        first = await anext(events)
+    except StopAsyncIteration:
+        first = None
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+    try:
+        if first is not None:
+            await response.write(b"data: " + orjson.dumps(first) + b"\n\n")
+            async for event in events:
+                await response.write(b"data: " + orjson.dumps(event) + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+    except (ApiError, EngineError) as e:
+        await response.write(b"data: " + orjson.dumps({"error": {"message": e.message}}) + b"\n\n")
+    except ConnectionError:
+        return response
+    finally:
+        await events.aclose()
+    await response.write_eof()
+    return response
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    body = await _body(request)
+    native = {
+        "model": body.get("model"),
+        "messages": _messages(body.get("messages")),
+        "options": _options(body),
+        "format": _format(body),
+        "tools": body.get("tools"),
+        "think": _think(body),
+        "logprobs": body.get("logprobs"),
+        "top_logprobs": body.get("top_logprobs"),
+        "keep_alive": body.get("keep_alive"),
+    }
+    lines = inference.chat_responses(request.app, native)
+    ident, created, model = f"chatcmpl-{secrets.randbelow(10**9)}", int(time.time()), body.get("model")
+    base = {"id": ident, "created": created, "model": model, "system_fingerprint": "fp_ollama"}
+    if not opt.stream(body.get("stream", False)):
+        return _json(await _chat_object(lines, base))
+    usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    return await _sse(request, _chat_chunks(lines, base, usage))
+
+
+async def _chat_object(lines: AsyncIterator[dict], base: dict) -> dict[str, Any]:
+    content, reasoning, calls, last = "", "", [], {}
+    async for line in lines:
+        msg = line.get("message", {})
+        content += msg.get("content", "")
+        reasoning += msg.get("thinking", "")
+        calls += msg.get("tool_calls", [])
+        last = line
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if reasoning:
+        message["reasoning"] = message["reasoning_content"] = reasoning
+    if calls:
+        message["tool_calls"] = _openai_calls(calls)
+    finish = "tool_calls" if calls else last.get("done_reason", "stop")
+    return {**base, "object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": _usage(last)}  # fmt: skip
+
+
+async def _chat_chunks(lines: AsyncIterator[dict], base: dict, include_usage: bool) -> AsyncIterator[dict]:
+    chunk = {**base, "object": "chat.completion.chunk"}
+    role_sent, had_calls = False, False
+
+    def event(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        nonlocal role_sent
+        if not role_sent:
+            delta = {"role": "assistant", **delta}
+            role_sent = True
+        return {**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    async for line in lines:
+        msg = line.get("message", {})
+        if msg.get("thinking"):
+            yield event({"reasoning": msg["thinking"], "reasoning_content": msg["thinking"]})
+        if msg.get("content"):
+            yield event({"content": msg["content"]})
+        if msg.get("tool_calls"):
+            had_calls = True
+            yield event({"tool_calls": _openai_calls(msg["tool_calls"])})
+        if line.get("done"):
+            finish = "tool_calls" if had_calls else line.get("done_reason", "stop")
+            yield event({}, finish)
+            if include_usage:
+                yield {**chunk, "choices": [], "usage": _usage(line)}
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    body = await _body(request)
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str):
+        raise ApiError(400, "prompt must be a string")
+    logprobs = body.get("logprobs")
+    native = {"model": body.get("model"), "prompt": prompt, "options": _options(body), "suffix": body.get("suffix"),
+              "raw": False, "format": _format(body), "keep_alive": body.get("keep_alive"),
+              "logprobs": bool(logprobs), "top_logprobs": logprobs if isinstance(logprobs, int) and logprobs > 0 else None}  # fmt: skip
+    if not prompt:
+        raise ApiError(400, "prompt is required")
+    lines = inference.generate_responses(request.app, native)
+    base = {"id": f"cmpl-{secrets.randbelow(10**9)}", "object": "text_completion", "created": int(time.time()),
+            "model": body.get("model"), "system_fingerprint": "fp_ollama"}  # fmt: skip
+    if not opt.stream(body.get("stream", False)):
+        text, last = "", {}
+        async for line in lines:
+            text += line.get("response", "")
+            last = line
+        choice = {"text": text, "index": 0, "finish_reason": last.get("done_reason", "stop"), "logprobs": None}
+        return _json({**base, "choices": [choice], "usage": _usage(last)})
+    usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+    async def events() -> AsyncIterator[dict]:
+        zero = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        async for line in lines:
+            if line.get("response") or line.get("done"):
+                finish = line.get("done_reason") if line.get("done") else None
+                event = {**base, "choices": [{"text": line.get("response", ""), "index": 0, "finish_reason": finish}]}
+                yield {**event, "usage": zero} if usage else event
+            if line.get("done") and usage:
+                yield {**base, "choices": [], "usage": _usage(line)}
+
+    return await _sse(request, events())
+
+
+def _model_entry(info, shown_id: str | None = None) -> dict[str, Any]:
+    namespace = info.name.split("/")[-2] if "/" in info.name else "library"
+    return {"id": shown_id or info.name, "object": "model", "created": int(info.modified_at), "owned_by": namespace}
+
+
+async def models(request: web.Request) -> web.Response:
+    infos = sorted(request.app[ENGINE].list_models(), key=lambda m: m.modified_at, reverse=True)
+    return _json({"object": "list", "data": [_model_entry(m) for m in infos]})
+
+
+async def model(request: web.Request) -> web.Response:
+    name = request.match_info["model"]
+    try:
+        info = request.app[ENGINE].get_model(name)
+    except ModelNotFound:
+        raise ApiError(404, f"model '{name}' not found") from None
+    return _json(_model_entry(info, name))
+
+
+async def embeddings(request: web.Request) -> web.Response:
+    body = await _body(request)
+    inputs = body.get("input")
+    if inputs == "":
+        inputs = [""]
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    if not isinstance(inputs, list) or not inputs or not all(isinstance(s, str) for s in inputs):
+        raise ApiError(400, "invalid input")
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise ApiError(400, f"Invalid value for 'encoding_format' = {encoding}. Supported values: ['float', 'base64'].")
+    result = await inference.embed_response(
+        request.app, {"model": body.get("model"), "input": inputs, "dimensions": body.get("dimensions")}
+    )
+
+    def encode(vector: list[float]):
+        if encoding == "float":
+            return vector
+        return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+    data = [{"object": "embedding", "embedding": encode(v), "index": i} for i, v in enumerate(result["embeddings"])]
+    tokens = result["prompt_eval_count"]
+    return _json({"object": "list", "data": data, "model": body.get("model"),
+                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})  # fmt: skip
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/v1/models/{model:.+}", model)
+    app.router.add_post("/v1/embeddings", embeddings)
