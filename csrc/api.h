@@ -11,3 +11,19 @@ MOE_API int moe_isa_detected(void);          // best level this CPU and OS suppo
 MOE_API int moe_isa_active(void);            // level in use (detected, or forced lower)
 MOE_API int moe_isa_force(int isa);          // 0 on success, -1 if the CPU cannot run it
 MOE_API const char *moe_isa_name(int isa);
+
+// Errors returned by the kernels (0 is success).
+enum moe_error { MOE_ERR_TYPE = -1, MOE_ERR_SHAPE = -2, MOE_ERR_SIZE = -3 };
+
+MOE_API int moe_type_supported(int ggml_type);
+MOE_API int moe_row_bytes(int ggml_type, int64_t k);  // bytes of one row of k weights, -1 if k is not whole blocks
+MOE_API int moe_set_num_threads(int n);               // 0: one per hardware thread
+MOE_API int moe_num_threads(void);
+
+// n weights of a GGUF tensor (n a multiple of the block size) -> float32, bit-identical to gguf-py.
+MOE_API int moe_dequantize(int ggml_type, const void *src, int64_t src_bytes, float *dst, int64_t n);
+
+// y[t, :] = W x[t, :] for t < num_tokens: W is n rows of k weights in GGUF layout (raw blocks,
+// never copied), x is [num_tokens, k] float32, y is [num_tokens, n] float32.
+MOE_API int moe_matmul(int ggml_type, const void *weight, int64_t weight_bytes, int64_t n, int64_t k,
+                       const float *x, int64_t num_tokens, float *y);

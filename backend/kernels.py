@@ -1,0 +1,183 @@
+"""The only module that loads the compiled kernels: typed wrappers that check every argument,
+each beside the plain reference it is tested against."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import glob
+import os
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType, quants
+
+ISAS = ("scalar", "avx2", "avx512")
+
+
+class KernelError(RuntimeError):
+    pass
+
+
+def _load() -> ctypes.CDLL:
+    from . import __path__ as package_dirs
+
+    for directory in package_dirs:
+        for path in glob.glob(os.path.join(directory, "libmoe_kernels*.so")):
+            lib = ctypes.CDLL(path)  # ctypes releases the GIL for the duration of each call
+            break
+        else:
+            continue
+        break
+    else:
+        raise KernelError("libmoe_kernels.so not found: build the package (pip install -e .)")
+    i64, vp, fp = ctypes.c_int64, ctypes.c_void_p, ctypes.POINTER(ctypes.c_float)
+    signatures = {
+        "moe_isa_detected": ([], ctypes.c_int),
+        "moe_isa_active": ([], ctypes.c_int),
+        "moe_isa_force": ([ctypes.c_int], ctypes.c_int),
+        "moe_isa_name": ([ctypes.c_int], ctypes.c_char_p),
+        "moe_type_supported": ([ctypes.c_int], ctypes.c_int),
+        "moe_row_bytes": ([ctypes.c_int, i64], ctypes.c_int),
+        "moe_set_num_threads": ([ctypes.c_int], ctypes.c_int),
+        "moe_num_threads": ([], ctypes.c_int),
+        "moe_dequantize": ([ctypes.c_int, vp, i64, fp, i64], ctypes.c_int),
+        "moe_matmul": ([ctypes.c_int, vp, i64, i64, i64, fp, i64, fp], ctypes.c_int),
+    }
+    for name, (args, result) in signatures.items():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, result
+    return lib
+
+
+_lib = _load()
+_ERRORS = {-1: "unsupported quant type", -2: "bad shape", -3: "buffer too small"}
+
+
+def type_name(ggml_type: int) -> str:
+    try:
+        return GGMLQuantizationType(ggml_type).name
+    except ValueError:
+        return f"type {ggml_type}"
+
+
+def _check(code: int, what: str) -> None:
+    if code != 0:
+        raise KernelError(f"{what}: {_ERRORS.get(code, f'error {code}')}")
+
+
+# ---- runtime ---------------------------------------------------------------------------
+
+
+def isa() -> str:
+    """The ISA level in use: the best the CPU and OS support, or what MOE_ISA / set_isa forced."""
+    return _lib.moe_isa_name(_lib.moe_isa_active()).decode()
+
+
+def detected_isa() -> str:
+    return _lib.moe_isa_name(_lib.moe_isa_detected()).decode()
+
+
+def set_isa(name: str) -> None:
+    if name not in ISAS or _lib.moe_isa_force(ISAS.index(name)) != 0:
+        raise KernelError(f"ISA {name!r} is not available on this CPU (detected: {detected_isa()})")
+
+
+@contextlib.contextmanager
+def use_isa(name: str) -> Iterator[None]:
+    previous = isa()
+    set_isa(name)
+    try:
+        yield
+    finally:
+        set_isa(previous)
+
+
+def set_num_threads(n: int) -> None:
+    """Kernel threads (0: one per hardware thread). The caller's thread is one of them."""
+    _check(_lib.moe_set_num_threads(int(n)), "set_num_threads")
+
+
+def num_threads() -> int:
+    return _lib.moe_num_threads()
+
+
+def supports(ggml_type: int) -> bool:
+    return bool(_lib.moe_type_supported(int(ggml_type)))
+
+
+# ---- dequantization --------------------------------------------------------------------
+
+
+def _raw(raw: np.ndarray) -> np.ndarray:
+    if raw.dtype != np.uint8:
+        raw = raw.view(np.uint8)
+    return raw if raw.flags.c_contiguous else np.ascontiguousarray(raw)
+
+
+def dequantize(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> np.ndarray:
+    """GGUF bytes -> float32 array of `shape`, bit-identical to gguf's dequantize."""
+    raw = _raw(raw)
+    n = int(np.prod(shape))
+    out = np.empty(shape, dtype=np.float32)
+    code = _lib.moe_dequantize(int(ggml_type), raw.ctypes.data, raw.nbytes, out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), n)
+    _check(code, f"dequantize {type_name(ggml_type)} {shape}")
+    return out
+
+
+def dequantize_reference(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> np.ndarray:
+    return quants.dequantize(_raw(raw), GGMLQuantizationType(ggml_type)).reshape(shape).astype(np.float32)
+
+
+# ---- matmul ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuantWeight:
+    """A [rows, cols] weight as its GGUF bytes (usually a read-only view of the mmap: the
+    kernels read blocks in place, so resident memory stays the file size)."""
+
+    raw: np.ndarray  # uint8, rows * row_bytes
+    ggml_type: int
+    shape: tuple[int, int]  # (rows = outputs, cols = inputs)
+
+    def __post_init__(self):
+        rows, cols = self.shape
+        row_bytes = _lib.moe_row_bytes(int(self.ggml_type), int(cols))
+        if row_bytes < 0:
+            raise KernelError(f"{type_name(self.ggml_type)}: {cols} columns are not whole blocks")
+        if self.raw.dtype != np.uint8 or not self.raw.flags.c_contiguous or self.raw.nbytes != rows * row_bytes:
+            raise KernelError(f"weight bytes: expected {rows * row_bytes} contiguous uint8, got {self.raw.nbytes}")
+
+    @property
+    def row_bytes(self) -> int:
+        return self.raw.nbytes // self.shape[0]
+
+    def rows(self, start: int, stop: int) -> "QuantWeight":
+        """Rows [start, stop) without a copy (one expert of a stacked [E * rows, cols] tensor)."""
+        rb = self.row_bytes
+        return QuantWeight(self.raw[start * rb : stop * rb], self.ggml_type, (stop - start, self.shape[1]))
+
+
+def matmul(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
+    """x [T, cols] float32 -> x @ W.T [T, rows] float32, W read in its quantized form."""
+    rows, cols = weight.shape
+    if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 2 or x.shape[1] != cols:
+        raise KernelError(f"matmul: x must be a CPU float32 [T, {cols}] tensor, got {x.dtype} {tuple(x.shape)}")
+    x = x.contiguous()
+    y = torch.empty((x.shape[0], rows), dtype=torch.float32)
+    fp = ctypes.POINTER(ctypes.c_float)
+    code = _lib.moe_matmul(
+        int(weight.ggml_type), weight.raw.ctypes.data, weight.raw.nbytes, rows, cols,
+        ctypes.cast(x.data_ptr(), fp), x.shape[0], ctypes.cast(y.data_ptr(), fp),
+    )  # fmt: skip
+    _check(code, f"matmul {type_name(weight.ggml_type)} {weight.shape}")
+    return y
+
+
+def matmul_reference(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
+    """float64 product with gguf-dequantized weights: the oracle for matmul."""
+    w = torch.from_numpy(dequantize_reference(weight.raw, weight.ggml_type, weight.shape)).double()
+    return x.double() @ w.T

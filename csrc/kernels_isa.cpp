@@ -1,0 +1,154 @@
+// The per-ISA kernels. This file is compiled once per ISA level with that level's flags and
+// MOE_ISA_NS naming its namespace (CMakeLists.txt); dispatch.cpp picks a table at run time.
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "kernels_isa.h"
+#include "quants/formats.h"
+#include "quants/tables.h"
+
+namespace moe {
+namespace MOE_ISA_NS {
+
+#include "quants/dequant_impl.h"
+
+// Every dot product below has one canonical order, whatever the ISA or batch shape: 16
+// running partial sums (lane i takes elements i, i+16, ...), fused multiply-adds, the tail
+// padded with zeros, then the 16 lanes summed left to right. So a token's output does not
+// depend on what else is in the batch, and the AVX2 and AVX-512 paths agree bit for bit.
+static inline float sum16(const float *lanes) {
+  float s = lanes[0];
+  for (int i = 1; i < 16; ++i) s += lanes[i];
+  return s;
+}
+
+#if defined(__AVX512F__)
+// rows x tokens dot products at once, sharing every load: y[t][r] = <w[r], x[t]>.
+template <int R, int T>
+static inline void dots(const float *const *w, const float *const *x, int64_t k, float out[R][T]) {
+  __m512 acc[R][T];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= k; i += 16) {
+    __m512 wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = _mm512_loadu_ps(w[r] + i);
+    for (int t = 0; t < T; ++t) {
+      const __m512 xv = _mm512_loadu_ps(x[t] + i);
+      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+    }
+  }
+  if (i < k) {
+    const __mmask16 m = (__mmask16)((1u << (k - i)) - 1);
+    __m512 wv[R];
+    for (int r = 0; r < R; ++r) wv[r] = _mm512_maskz_loadu_ps(m, w[r] + i);
+    for (int t = 0; t < T; ++t) {
+      const __m512 xv = _mm512_maskz_loadu_ps(m, x[t] + i);
+      for (int r = 0; r < R; ++r) acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+    }
+  }
+  alignas(64) float lanes[16];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) {
+      _mm512_store_ps(lanes, acc[r][t]);
+      out[r][t] = sum16(lanes);
+    }
+}
+#elif defined(__AVX2__)
+template <int R, int T>
+static inline void dots(const float *const *w, const float *const *x, int64_t k, float out[R][T]) {
+  __m256 lo[R][T], hi[R][T];  // lanes 0-7 and 8-15 of the canonical 16
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) lo[r][t] = hi[r][t] = _mm256_setzero_ps();
+  alignas(32) float wt[R][16], xt[T][16];
+  int64_t i = 0;
+  for (;; i += 16) {
+    const float *wp[R], *xp[T];
+    if (i + 16 <= k) {
+      for (int r = 0; r < R; ++r) wp[r] = w[r] + i;
+      for (int t = 0; t < T; ++t) xp[t] = x[t] + i;
+    } else if (i < k) {  // zero-padded tail, as the AVX-512 masked loads
+      for (int r = 0; r < R; ++r) {
+        memset(wt[r], 0, sizeof wt[r]);
+        memcpy(wt[r], w[r] + i, (size_t)(k - i) * 4);
+        wp[r] = wt[r];
+      }
+      for (int t = 0; t < T; ++t) {
+        memset(xt[t], 0, sizeof xt[t]);
+        memcpy(xt[t], x[t] + i, (size_t)(k - i) * 4);
+        xp[t] = xt[t];
+      }
+    } else {
+      break;
+    }
+    for (int t = 0; t < T; ++t) {
+      const __m256 x0 = _mm256_loadu_ps(xp[t]), x1 = _mm256_loadu_ps(xp[t] + 8);
+      for (int r = 0; r < R; ++r) {
+        lo[r][t] = _mm256_fmadd_ps(_mm256_loadu_ps(wp[r]), x0, lo[r][t]);
+        hi[r][t] = _mm256_fmadd_ps(_mm256_loadu_ps(wp[r] + 8), x1, hi[r][t]);
+      }
+    }
+    if (i + 16 > k) break;
+  }
+  alignas(32) float lanes[16];
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) {
+      _mm256_store_ps(lanes, lo[r][t]);
+      _mm256_store_ps(lanes + 8, hi[r][t]);
+      out[r][t] = sum16(lanes);
+    }
+}
+#else
+template <int R, int T>
+static inline void dots(const float *const *w, const float *const *x, int64_t k, float out[R][T]) {
+  for (int r = 0; r < R; ++r)
+    for (int t = 0; t < T; ++t) {
+      float lanes[16] = {0};
+      for (int64_t i = 0; i < k; ++i) lanes[i % 16] += w[r][i] * x[t][i];  // no FMA here
+      out[r][t] = sum16(lanes);
+    }
+}
+#endif
+
+#if defined(__AVX512F__)
+constexpr int kRows = 2, kTokens = 4;
+#elif defined(__AVX2__)
+constexpr int kRows = 1, kTokens = 4;
+#else
+constexpr int kRows = 1, kTokens = 1;
+#endif
+
+template <int R>
+static void tile_rows(const float *w_tile, int64_t k, const float *x, int64_t num_tokens, int64_t ldx, float *y,
+                      int64_t ldy) {
+  const float *w[R];
+  for (int r = 0; r < R; ++r) w[r] = w_tile + r * k;
+  int64_t t = 0;
+  for (; t + kTokens <= num_tokens; t += kTokens) {
+    const float *xs[kTokens];
+    for (int j = 0; j < kTokens; ++j) xs[j] = x + (t + j) * ldx;
+    float out[R][kTokens];
+    dots<R, kTokens>(w, xs, k, out);
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < kTokens; ++j) y[(t + j) * ldy + r] = out[r][j];
+  }
+  for (; t < num_tokens; ++t) {
+    const float *xs[1] = {x + t * ldx};
+    float out[R][1];
+    dots<R, 1>(w, xs, k, out);
+    for (int r = 0; r < R; ++r) y[t * ldy + r] = out[r][0];
+  }
+}
+
+void dequantize(int type, const uint8_t *src, float *dst, int64_t count) { dequant_fn(type)(src, dst, count); }
+
+void tile_matmul(const float *w_tile, int64_t rows, int64_t k, const float *x, int64_t num_tokens, int64_t ldx,
+                 float *y, int64_t ldy) {
+  int64_t r = 0;
+  for (; r + kRows <= rows; r += kRows) tile_rows<kRows>(w_tile + r * k, k, x, num_tokens, ldx, y + r, ldy);
+  for (; r < rows; ++r) tile_rows<1>(w_tile + r * k, k, x, num_tokens, ldx, y + r, ldy);
+}
+
+}  // namespace MOE_ISA_NS
+}  // namespace moe

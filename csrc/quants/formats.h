@@ -1,0 +1,89 @@
+// GGUF tensor types: ids, block geometry, and exact half/bfloat conversions.
+#pragma once
+#include <stdint.h>
+#include <string.h>
+
+namespace moe {
+
+// ggml_type ids as written in GGUF files.
+enum GgmlType : int {
+  kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ5_0 = 6, kQ5_1 = 7, kQ8_0 = 8,
+  kQ2_K = 10, kQ3_K = 11, kQ4_K = 12, kQ5_K = 13, kQ6_K = 14,
+  kIQ2_XXS = 16, kIQ2_XS = 17, kIQ3_XXS = 18, kIQ1_S = 19, kIQ4_NL = 20,
+  kIQ1_M = 29, kBF16 = 30, kIQ4_XS = 23,
+};
+
+constexpr int QK_K = 256;
+
+struct Geometry {
+  int block_size;  // weights per block
+  int type_size;   // bytes per block
+};
+
+// {0, 0} for a type we do not support.
+inline Geometry geometry(int type) {
+  switch (type) {
+    case kF32: return {1, 4};
+    case kF16: return {1, 2};
+    case kBF16: return {1, 2};
+    case kQ4_0: return {32, 18};
+    case kQ4_1: return {32, 20};
+    case kQ5_0: return {32, 22};
+    case kQ5_1: return {32, 24};
+    case kQ8_0: return {32, 34};
+    case kQ2_K: return {QK_K, 84};
+    case kQ3_K: return {QK_K, 110};
+    case kQ4_K: return {QK_K, 144};
+    case kQ5_K: return {QK_K, 176};
+    case kQ6_K: return {QK_K, 210};
+    case kIQ2_XXS: return {QK_K, 66};
+    case kIQ2_XS: return {QK_K, 74};
+    case kIQ3_XXS: return {QK_K, 98};
+    case kIQ1_S: return {QK_K, 50};
+    case kIQ1_M: return {QK_K, 56};
+    case kIQ4_NL: return {32, 18};
+    case kIQ4_XS: return {QK_K, 136};
+    default: return {0, 0};
+  }
+}
+
+// IEEE half -> float, exact for every input (subnormals, inf, NaN payloads), as numpy's astype.
+inline float half_to_float(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+  uint32_t exp = (h >> 10) & 0x1f;
+  uint32_t mant = h & 0x3ff;
+  uint32_t bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112) << 23) | (mant << 13);
+  } else if (mant == 0) {
+    bits = sign;
+  } else {  // subnormal half: normalise
+    int shift = 0;
+    while (!(mant & 0x400)) {
+      mant <<= 1;
+      ++shift;
+    }
+    bits = sign | ((uint32_t)(113 - shift) << 23) | ((mant & 0x3ff) << 13);
+  }
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline uint16_t load_u16(const uint8_t *p) {
+  uint16_t v;
+  memcpy(&v, p, 2);
+  return v;
+}
+
+inline uint32_t load_u32(const uint8_t *p) {
+  uint32_t v;
+  memcpy(&v, p, 4);
+  return v;
+}
+
+inline float load_half(const uint8_t *p) { return half_to_float(load_u16(p)); }
+
+}  // namespace moe

@@ -1,0 +1,48 @@
+"""Dequantization of every supported type, on every ISA path, bit-identical to gguf-py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from backend import kernels
+
+from .conftest import TYPES, random_tensor
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_bit_identical_to_gguf(name, isa):
+    rng = np.random.default_rng(sum(map(ord, name)))
+    qtype = GGMLQuantizationType[name]
+    block = GGML_QUANT_SIZES[qtype][0]
+    cols = 256 * 8 if block > 1 else 1000
+    raw = random_tensor(name, 64, cols, rng)  # 512 blocks of random bits per type and ISA
+    ours = kernels.dequantize(raw, qtype, (64, cols))
+    ref = kernels.dequantize_reference(raw, qtype, (64, cols))
+    assert np.isfinite(ref).all()
+    np.testing.assert_array_equal(ours.view(np.uint32), ref.view(np.uint32))
+
+
+def test_every_gguf_type_we_claim_is_supported():
+    for name in TYPES:
+        assert kernels.supports(GGMLQuantizationType[name]), name
+    assert not kernels.supports(GGMLQuantizationType.TQ1_0)
+
+
+def test_bad_arguments_are_refused():
+    raw = np.zeros(10, np.uint8)
+    with pytest.raises(kernels.KernelError, match="buffer too small"):
+        kernels.dequantize(raw, GGMLQuantizationType.Q4_K, (256,))
+    with pytest.raises(kernels.KernelError, match="bad shape"):
+        kernels.dequantize(np.zeros(144, np.uint8), GGMLQuantizationType.Q4_K, (100,))
+    with pytest.raises(kernels.KernelError, match="unsupported"):
+        kernels.dequantize(raw, 99, (1,))
+
+
+def test_isa_override():
+    assert kernels.isa() in kernels.ISAS
+    with kernels.use_isa("scalar"):
+        assert kernels.isa() == "scalar"
+    with pytest.raises(kernels.KernelError):
+        kernels.set_isa("neon")
