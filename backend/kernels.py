@@ -168,6 +168,8 @@ def matmul(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
         raise KernelError(f"matmul: x must be a CPU float32 [T, {cols}] tensor, got {x.dtype} {tuple(x.shape)}")
     x = x.contiguous()
     y = torch.empty((x.shape[0], rows), dtype=torch.float32)
+    if x.shape[0] == 0:
+        return y
     fp = ctypes.POINTER(ctypes.c_float)
     code = _lib.moe_matmul(
         int(weight.ggml_type), weight.raw.ctypes.data, weight.raw.nbytes, rows, cols,

@@ -108,9 +108,8 @@ class LoadedModel:
         self.pool = CachePool(self.model.allocate_cache, config.num_parallel, self.num_ctx)
         self.scheduler = Scheduler(self.pool, load.num_batch)
         self.runner = ModelRunner(self.model)
-        self.weights_nbytes = sum(p.numel() * p.element_size() for p in self.model.parameters()) + sum(
-            b.numel() * b.element_size() for b in self.model.buffers()
-        )
+        # Quantized weights are read in place from the mapped file; float tensors are our own.
+        self.weights_nbytes = info.size + sum(b.numel() * b.element_size() for b in self.model.buffers())
         self.keep_alive: float | None = None
         self.expires_at = math.inf
         self.became_idle = False

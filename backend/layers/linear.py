@@ -5,21 +5,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from gguf import GGMLQuantizationType, quants
 from torch import nn
 
+from .. import kernels
 from ..gguf_model import GGUFError, GGUFFile, TensorInfo
-
-
-def _dequantize(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> np.ndarray:
-    return quants.dequantize(raw, GGMLQuantizationType(ggml_type)).reshape(shape)
 
 
 def dequantize(info: TensorInfo) -> torch.Tensor:
     """float32 tensor of info.shape; the only place model code turns GGUF bytes into numbers."""
-    values = _dequantize(info.data, info.ggml_type, info.shape)
+    if not kernels.supports(info.ggml_type):
+        raise NotImplementedError(info.type_name)
     # Own the memory: a float32 view of the read-only memmap cannot back a torch tensor.
-    return torch.from_numpy(np.array(values, dtype=np.float32, copy=True))
+    return torch.from_numpy(kernels.dequantize(info.data, info.ggml_type, info.shape))
 
 
 def load(f: GGUFFile, name: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -31,26 +28,52 @@ def load(f: GGUFFile, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         raise GGUFError(f"{f.name}: tensor {name} has unsupported quant type {info.type_name}") from None
 
 
+def quantized(f: GGUFFile, name: str, shape: tuple[int, ...]) -> kernels.QuantWeight:
+    """Tensor `name` as its raw GGUF blocks (a view of the mmap), viewed as [rows, cols]."""
+    info = f.expect_shape(name, shape)
+    if not kernels.supports(info.ggml_type):
+        raise GGUFError(f"{f.name}: tensor {name} has unsupported quant type {info.type_name}")
+    rows = int(np.prod(shape[:-1]))
+    return kernels.QuantWeight(info.data.reshape(-1), info.ggml_type, (rows, shape[-1]))
+
+
 class Linear(nn.Module):
     """y = x @ W.T + b with W [N, K] from GGUF (rows = outputs, llama.cpp's ne = (K, N)).
 
-    Weights are dequantized to float32 at load for now; quantized CPU matmuls replace this
-    class's internals without touching the model files.
+    GGUF weights stay in their quantized blocks and run through the CPU kernels, so a model
+    takes about its file size in memory; a float weight (tied embeddings, tensors a model
+    splits or reshapes itself) runs through torch.
     """
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    def __init__(self, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                 qweight: kernels.QuantWeight | None = None):  # fmt: skip
         super().__init__()
-        self.register_buffer("weight", weight)
+        if (weight is None) == (qweight is None):
+            raise ValueError("Linear needs exactly one of a float weight and a quantized one")
+        self.qweight = qweight
+        self.register_buffer("_weight", weight)
         self.register_buffer("bias", bias)
 
     @classmethod
     def from_gguf(cls, f: GGUFFile, name: str, out_features: int, in_features: int, bias: bool = False) -> "Linear":
-        weight = load(f, f"{name}.weight", (out_features, in_features))
+        qweight = quantized(f, f"{name}.weight", (out_features, in_features))
         b = load(f, f"{name}.bias", (out_features,)) if bias else None
-        return cls(weight, b)
+        return cls(bias=b, qweight=qweight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, K] -> [T, N]
-        return F.linear(x, self.weight, self.bias)
+    @property
+    def weight(self) -> torch.Tensor:
+        """The float weight [N, K] (dequantized on demand for a quantized layer)."""
+        if self._weight is not None:
+            return self._weight
+        q = self.qweight
+        return torch.from_numpy(kernels.dequantize(q.raw, q.ggml_type, q.shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., K] -> [..., N]
+        if self.qweight is None or x.device.type != "cpu":
+            return F.linear(x, self.weight.to(x.device, x.dtype), self.bias)
+        n, k = self.qweight.shape
+        y = kernels.matmul(self.qweight, x.reshape(-1, k).float()).reshape(*x.shape[:-1], n).to(x.dtype)
+        return y if self.bias is None else y + self.bias
 
 
 class FeedForward(nn.Module):
@@ -64,3 +87,31 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, D] -> [T, D]
         return self.down(F.silu(self.gate(x)) * self.up(x))
+
+
+class Embedding(nn.Module):
+    """Token embeddings kept in their GGUF blocks: a step dequantizes only the rows it looks up
+    (DeepSeek-V3's table is 129k x 7168: 3.7 GB as float32, a quarter of that quantized)."""
+
+    def __init__(self, qweight: kernels.QuantWeight):
+        super().__init__()
+        self.qweight = qweight
+        self.register_buffer("_anchor", torch.empty(0))  # follows .to(device) for `device`
+
+    @classmethod
+    def from_gguf(cls, f: GGUFFile, name: str, vocab_size: int, dim: int) -> "Embedding":
+        return cls(quantized(f, f"{name}.weight", (vocab_size, dim)))
+
+    @property
+    def device(self) -> torch.device:
+        return self._anchor.device
+
+    def tied_output(self) -> Linear:
+        """The output head of models that reuse the embeddings (SmolLM, small Qwen2)."""
+        return Linear(qweight=self.qweight)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [T] -> [T, D]
+        q = self.qweight
+        unique, inverse = torch.unique(tokens.cpu(), return_inverse=True)
+        rows = np.stack([kernels.dequantize(q.rows(t, t + 1).raw, q.ggml_type, (q.shape[1],)) for t in unique.tolist()])
+        return torch.from_numpy(rows)[inverse].to(self.device)

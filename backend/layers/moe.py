@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..gguf_model import GGUFError, GGUFFile
-from .linear import FeedForward, Linear, load
+from .linear import FeedForward, Linear, load, quantized
 
 # Shape alphabet: T tokens, D hidden, E experts, A active experts per token, I expert FFN dim,
 # n tokens routed to one expert.
@@ -27,22 +27,27 @@ def route(router_logits: torch.Tensor, top_k: int, norm_topk_prob: bool) -> tupl
 
 
 class Experts(nn.Module):
-    """E SwiGLU experts as stacked 3-D weights (llama.cpp's ffn_{gate,up,down}_exps).
+    """E SwiGLU experts (llama.cpp's ffn_{gate,up,down}_exps), each a Linear over its slice of
+    the stacked GGUF tensor, so expert weights stay quantized in the mmap.
 
-    This is the reference computation the fused C++ MoE kernel replaces: it sees only
+    This is the reference computation a fused C++ MoE kernel replaces: it sees only
     (x, weights, ids), never the router.
     """
 
-    def __init__(self, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor):
+    def __init__(self, gate: list[Linear], up: list[Linear], down: list[Linear]):
         super().__init__()
-        self.register_buffer("gate", gate)  # [E, I, D]
-        self.register_buffer("up", up)  # [E, I, D]
-        self.register_buffer("down", down)  # [E, D, I]
+        self.gate, self.up, self.down = nn.ModuleList(gate), nn.ModuleList(up), nn.ModuleList(down)
+
+    @classmethod
+    def from_tensors(cls, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> "Experts":
+        """From float stacks gate/up [E, I, D] and down [E, D, I]."""
+        return cls([Linear(w) for w in gate], [Linear(w) for w in up], [Linear(w) for w in down])
 
     @classmethod
     def from_gguf(cls, f: GGUFFile, prefix: str, num_experts: int, dim: int, hidden_dim: int) -> "Experts":
         E, D, I = num_experts, dim, hidden_dim
-        return cls(_stacked(f, prefix, "gate", (E, I, D)), _stacked(f, prefix, "up", (E, I, D)), _stacked(f, prefix, "down", (E, D, I)))
+        return cls(_per_expert(f, prefix, "gate", (E, I, D)), _per_expert(f, prefix, "up", (E, I, D)),
+                   _per_expert(f, prefix, "down", (E, D, I)))  # fmt: skip
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         out = torch.zeros_like(x)  # [T, D]
@@ -51,17 +56,20 @@ class Experts(nn.Module):
         for e in ids.unique().tolist():
             tok, slot = (ids == e).nonzero(as_tuple=True)  # [n], [n]
             h = x[tok]  # [n, D]
-            h = F.silu(h @ self.gate[e].T) * (h @ self.up[e].T)  # [n, I]
-            out.index_add_(0, tok, (h @ self.down[e].T) * weights[tok, slot, None].to(x.dtype))  # [n, D]
+            h = F.silu(self.gate[e](h)) * self.up[e](h)  # [n, I]
+            out.index_add_(0, tok, self.down[e](h) * weights[tok, slot, None].to(x.dtype))  # [n, D]
         return out
 
 
-def _stacked(f: GGUFFile, prefix: str, kind: str, shape: tuple[int, int, int]) -> torch.Tensor:
-    """ffn_{kind}_exps [E, rows, cols], or the per-expert ffn_{kind}.{e} tensors of early Mixtral GGUFs."""
+def _per_expert(f: GGUFFile, prefix: str, kind: str, shape: tuple[int, int, int]) -> list[Linear]:
+    """One Linear per expert: row slices of ffn_{kind}_exps [E, rows, cols] (no copy), or the
+    per-expert ffn_{kind}.{e} tensors of early Mixtral GGUFs."""
+    E, rows, cols = shape
     name = f"{prefix}.ffn_{kind}_exps.weight"
     if f.has_tensor(name) or not f.has_tensor(f"{prefix}.ffn_{kind}.0.weight"):
-        return load(f, name, shape)
-    return torch.stack([load(f, f"{prefix}.ffn_{kind}.{e}.weight", shape[1:]) for e in range(shape[0])])
+        stacked = quantized(f, name, shape)  # [E * rows, cols]
+        return [Linear(qweight=stacked.rows(e * rows, (e + 1) * rows)) for e in range(E)]
+    return [Linear.from_gguf(f, f"{prefix}.ffn_{kind}.{e}", rows, cols) for e in range(E)]
 
 
 class SparseMoE(nn.Module):

@@ -10,7 +10,7 @@ from torch import nn
 from ..gguf_model import GGUFFile
 from ..kv_cache import ForwardBatch, SequenceCache
 from ..layers.attention import Attention
-from ..layers.linear import FeedForward, Linear, load
+from ..layers.linear import Embedding, FeedForward, Linear, load
 from ..layers.norm import RMSNorm
 from ..layers.rope import linear_scaling_factor, rope_inv_freq
 
@@ -72,12 +72,12 @@ class Model(nn.Module):
         super().__init__()
         self.args = args
         V, D = args.vocab_size, args.hidden_size
-        self.register_buffer("embed", load(f, "token_embd.weight", (V, D)))  # [V, D]
+        self.embed = Embedding.from_gguf(f, "token_embd", V, D)  # [V, D], quantized
         inv_freq = rope_inv_freq(args.head_dim, args.rope_theta) / args.rope_scaling_factor
         self.layers = nn.ModuleList(Block(f, args, i, inv_freq) for i in range(args.num_hidden_layers))
         self.norm = RMSNorm(load(f, "output_norm.weight", (D,)), args.rms_norm_eps)
         # The small Qwen2 models tie lm_head to the embeddings and ship no output.weight.
-        self.output = Linear.from_gguf(f, "output", V, D) if f.has_tensor("output.weight") else Linear(self.embed)
+        self.output = Linear.from_gguf(f, "output", V, D) if f.has_tensor("output.weight") else self.embed.tied_output()
 
     @classmethod
     def from_gguf(cls, f: GGUFFile) -> "Model":
@@ -90,7 +90,7 @@ class Model(nn.Module):
     def hidden_states(self, tokens: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         """tokens [T] -> final-normed hidden states [T, D]; writes the batch's caches, no advance."""
         positions = batch.positions()  # [T]
-        x = self.embed[tokens]  # [T, D]
+        x = self.embed(tokens)  # [T, D]
         for i, layer in enumerate(self.layers):
             x = layer(x, positions, batch, i)
         return self.norm(x)

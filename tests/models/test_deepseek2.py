@@ -86,7 +86,7 @@ def test_cache_holds_only_the_compressed_latent(tmp_path, config):
     model(tokens, batch)
     attn = model.layers[0].attn
     with torch.inference_mode():
-        x = model.layers[0].attn_norm(model.embed[tokens])
+        x = model.layers[0].attn_norm(model.embed(tokens))
         kv = attn.kv_a(x)
     assert torch.allclose(cache.layers[0][0][:7], attn.kv_a_norm(kv[:, :L]), atol=1e-5)
     assert not cache.layers[0][0][7:].any() and not cache.layers[0][1][7:].any()

@@ -29,7 +29,7 @@ def test_experts_match_per_token_float64():
     down = torch.randn(E, D, I, generator=g)
     x = torch.randn(T, D, generator=g)
     weights, ids = route(torch.randn(T, E, generator=g), A, norm_topk_prob=True)
-    got = Experts(gate, up, down)(x, weights, ids)  # [T, D]
+    got = Experts.from_tensors(gate, up, down)(x, weights, ids)  # [T, D]
     want = torch.zeros(T, D, dtype=torch.float64)
     for t in range(T):
         for a in range(A):
