@@ -16,9 +16,9 @@ namespace moe {
 
 const IsaKernels &active_kernels() {
   static const IsaKernels tables[] = {
-      {scalar::dequantize, scalar::tile_matmul},
-      {avx2::dequantize, avx2::tile_matmul},
-      {avx512::dequantize, avx512::tile_matmul},
+      {scalar::dequantize, scalar::tile_matmul, scalar::rows_matmul},
+      {avx2::dequantize, avx2::tile_matmul, avx2::rows_matmul},
+      {avx512::dequantize, avx512::tile_matmul, avx512::rows_matmul},
   };
   return tables[moe_isa_active()];
 }
@@ -104,6 +104,14 @@ MOE_API int moe_matmul(int type, const void *weight, int64_t weight_bytes, int64
   std::lock_guard<std::mutex> lock(rt.mutex);
   ThreadPool &pool = pool_locked(rt);
   const int64_t num_tiles = (n + kTileRows - 1) / kTileRows;
+  if (num_tokens <= kMaxDecodeTokens) {
+    pool.parallel_for(num_tiles, [&](int64_t tile) {
+      const int64_t row0 = tile * kTileRows, rows = std::min(kTileRows, n - row0);
+      kern.rows_matmul(type, (const uint8_t *)weight + row0 * row_bytes, row_bytes, rows, k, x, num_tokens, k,
+                       y + row0, n);
+    });
+    return 0;
+  }
   pool.parallel_for(num_tiles, [&](int64_t tile) {
     // Each thread's dequantized tile (16 rows), kept between calls.
     thread_local std::vector<float> w;

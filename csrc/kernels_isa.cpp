@@ -141,6 +141,72 @@ static void tile_rows(const float *w_tile, int64_t k, const float *x, int64_t nu
   }
 }
 
+// Few tokens (decoding): each row is dequantized 256 weights at a time into an L1 buffer and
+// consumed at once, never written out whole. The 16 lanes advance exactly as in dots(), so
+// this path and the tile path give the same bits.
+constexpr int kChunk = 256;
+
+struct Acc16 {
+#if defined(__AVX512F__)
+  __m512 v;
+  void zero() { v = _mm512_setzero_ps(); }
+  void fma16(const float *w, const float *x) { v = _mm512_fmadd_ps(_mm512_loadu_ps(w), _mm512_loadu_ps(x), v); }
+  void store(float *lanes) const { _mm512_storeu_ps(lanes, v); }
+#elif defined(__AVX2__)
+  __m256 lo, hi;
+  void zero() { lo = hi = _mm256_setzero_ps(); }
+  void fma16(const float *w, const float *x) {
+    lo = _mm256_fmadd_ps(_mm256_loadu_ps(w), _mm256_loadu_ps(x), lo);
+    hi = _mm256_fmadd_ps(_mm256_loadu_ps(w + 8), _mm256_loadu_ps(x + 8), hi);
+  }
+  void store(float *lanes) const {
+    _mm256_storeu_ps(lanes, lo);
+    _mm256_storeu_ps(lanes + 8, hi);
+  }
+#else
+  float l[16];
+  void zero() { memset(l, 0, sizeof l); }
+  void fma16(const float *w, const float *x) {
+    for (int i = 0; i < 16; ++i) l[i] += w[i] * x[i];
+  }
+  void store(float *lanes) const { memcpy(lanes, l, sizeof l); }
+#endif
+};
+
+void rows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, int64_t k, const float *x,
+                 int64_t num_tokens, int64_t ldx, float *y, int64_t ldy) {
+  const Geometry g = geometry(type);
+  const DequantFn dq = dequant_fn(type);
+  alignas(64) float buf[kChunk];
+  alignas(64) float xt[kMaxDecodeTokens][16];
+  Acc16 acc[kMaxDecodeTokens];
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint8_t *row = w + r * row_bytes;
+    for (int64_t t = 0; t < num_tokens; ++t) acc[t].zero();
+    for (int64_t c0 = 0; c0 < k; c0 += kChunk) {
+      const int64_t n = k - c0 < kChunk ? k - c0 : kChunk;
+      dq(row + c0 / g.block_size * g.type_size, buf, g.block_size == 1 ? n : n / g.block_size);
+      int64_t j = 0;
+      for (; j + 16 <= n; j += 16)
+        for (int64_t t = 0; t < num_tokens; ++t) acc[t].fma16(buf + j, x + t * ldx + c0 + j);
+      if (j < n) {  // zero-padded tail, as in dots()
+        const int64_t m = n - j;
+        for (int64_t i = m; i < 16; ++i) buf[j + i] = 0.0f;
+        for (int64_t t = 0; t < num_tokens; ++t) {
+          memset(xt[t], 0, sizeof xt[t]);
+          memcpy(xt[t], x + t * ldx + c0 + j, (size_t)m * 4);
+          acc[t].fma16(buf + j, xt[t]);
+        }
+      }
+    }
+    alignas(64) float lanes[16];
+    for (int64_t t = 0; t < num_tokens; ++t) {
+      acc[t].store(lanes);
+      y[t * ldy + r] = sum16(lanes);
+    }
+  }
+}
+
 void dequantize(int type, const uint8_t *src, float *dst, int64_t count) { dequant_fn(type)(src, dst, count); }
 
 void tile_matmul(const float *w_tile, int64_t rows, int64_t k, const float *x, int64_t num_tokens, int64_t ldx,

@@ -21,10 +21,9 @@ static void dq_q4_0(const uint8_t *src, float *dst, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b, src += 18, dst += 32) {
     const float d = load_half(src);
     const uint8_t *qs = src + 2;
-    for (int j = 0; j < 16; ++j) {
-      dst[j] = d * (float)((int)(qs[j] & 0xF) - 8);
-      dst[j + 16] = d * (float)((int)(qs[j] >> 4) - 8);
-    }
+    // Two passes of 16 contiguous outputs vectorize; one interleaved pass does not.
+    for (int j = 0; j < 16; ++j) dst[j] = d * (float)((int)(qs[j] & 0xF) - 8);
+    for (int j = 0; j < 16; ++j) dst[j + 16] = d * (float)((int)(qs[j] >> 4) - 8);
   }
 }
 
@@ -32,10 +31,8 @@ static void dq_q4_1(const uint8_t *src, float *dst, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b, src += 20, dst += 32) {
     const float d = load_half(src), m = load_half(src + 2);
     const uint8_t *qs = src + 4;
-    for (int j = 0; j < 16; ++j) {
-      dst[j] = d * (float)(qs[j] & 0xF) + m;
-      dst[j + 16] = d * (float)(qs[j] >> 4) + m;
-    }
+    for (int j = 0; j < 16; ++j) dst[j] = d * (float)(qs[j] & 0xF) + m;
+    for (int j = 0; j < 16; ++j) dst[j + 16] = d * (float)(qs[j] >> 4) + m;
   }
 }
 
@@ -44,12 +41,8 @@ static void dq_q5_0(const uint8_t *src, float *dst, int64_t nb) {
     const float d = load_half(src);
     const uint32_t qh = load_u32(src + 2);
     const uint8_t *qs = src + 6;
-    for (int j = 0; j < 16; ++j) {
-      const int lo = (qs[j] & 0xF) | (((qh >> j) & 1) << 4);
-      const int hi = (qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
-      dst[j] = d * (float)(lo - 16);
-      dst[j + 16] = d * (float)(hi - 16);
-    }
+    for (int j = 0; j < 16; ++j) dst[j] = d * (float)((int)((qs[j] & 0xF) | (((qh >> j) & 1) << 4)) - 16);
+    for (int j = 0; j < 16; ++j) dst[j + 16] = d * (float)((int)((qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16);
   }
 }
 
@@ -58,12 +51,8 @@ static void dq_q5_1(const uint8_t *src, float *dst, int64_t nb) {
     const float d = load_half(src), m = load_half(src + 2);
     const uint32_t qh = load_u32(src + 4);
     const uint8_t *qs = src + 8;
-    for (int j = 0; j < 16; ++j) {
-      const int lo = (qs[j] & 0xF) | (((qh >> j) & 1) << 4);
-      const int hi = (qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4);
-      dst[j] = d * (float)lo + m;
-      dst[j + 16] = d * (float)hi + m;
-    }
+    for (int j = 0; j < 16; ++j) dst[j] = d * (float)((qs[j] & 0xF) | (((qh >> j) & 1) << 4)) + m;
+    for (int j = 0; j < 16; ++j) dst[j + 16] = d * (float)((qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) + m;
   }
 }
 
@@ -79,10 +68,10 @@ static void dq_q2_k(const uint8_t *src, float *dst, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b, src += 84, dst += QK_K) {
     const uint8_t *scales = src, *qs = src + 16;
     const float d = load_half(src + 80), dmin = load_half(src + 82);
-    for (int e = 0; e < QK_K; ++e) {
-      const int c = e / 128, s = (e / 32) % 4, i = e % 32, sb = e / 16;
+    for (int sb = 0; sb < 16; ++sb) {  // 16 groups of 16 weights
+      const int c = sb / 8, s = (sb / 2) % 4, i0 = (sb % 2) * 16;
       const float dl = d * (float)(scales[sb] & 0xF), ml = dmin * (float)(scales[sb] >> 4);
-      dst[e] = dl * (float)((qs[c * 32 + i] >> (2 * s)) & 3) - ml;
+      for (int i = 0; i < 16; ++i) dst[sb * 16 + i] = dl * (float)((qs[c * 32 + i0 + i] >> (2 * s)) & 3) - ml;
     }
   }
 }
@@ -96,16 +85,17 @@ static void dq_q3_k(const uint8_t *src, float *dst, int64_t nb) {
       const int lo = (sc[k % 8] >> (4 * (k / 8))) & 0xF, hi = (sc[8 + k % 4] >> (2 * (k / 4))) & 3;
       dl[k] = d * (float)((int8_t)(lo | (hi << 4)) - 32);
     }
-    for (int e = 0; e < QK_K; ++e) {
-      const int c = e / 128, s = (e / 32) % 4, i = e % 32;
-      const int ql = (qs[c * 32 + i] >> (2 * s)) & 3;
-      const int qh = ((hmask[i] >> (e / 32)) & 1) ^ 1;  // the offset applies when the bit is 0
-      dst[e] = dl[e / 16] * (float)(ql - (qh << 2));
+    for (int sb = 0; sb < 16; ++sb) {
+      const int c = sb / 8, s = (sb / 2) % 4, i0 = (sb % 2) * 16, bit = sb / 2;
+      for (int i = 0; i < 16; ++i) {
+        const int ql = (qs[c * 32 + i0 + i] >> (2 * s)) & 3;
+        const int qh = ((hmask[i0 + i] >> bit) & 1) ^ 1;  // the offset applies when the bit is 0
+        dst[sb * 16 + i] = dl[sb] * (float)(ql - (qh << 2));
+      }
     }
   }
 }
 
-// 6-bit scales and mins of Q4_K/Q5_K, packed in 12 bytes.
 static inline void kq_scale_min(const uint8_t *s, int j, int *sc, int *m) {
   if (j < 4) {
     *sc = s[j] & 0x3F;
@@ -152,11 +142,18 @@ static void dq_q6_k(const uint8_t *src, float *dst, int64_t nb) {
     const uint8_t *ql = src, *qh = src + 128;
     const int8_t *scales = (const int8_t *)(src + 192);
     const float d = load_half(src + 208);
-    for (int e = 0; e < QK_K; ++e) {
-      const int c = e / 128, r = e % 128;
-      const int lo = (ql[c * 64 + r % 64] >> (4 * (r / 64))) & 0xF;
-      const int hi = (qh[c * 32 + r % 32] >> (2 * (r / 32))) & 3;
-      dst[e] = (d * (float)scales[e / 16]) * (float)((int8_t)(lo | (hi << 4)) - 32);
+    for (int c = 0; c < 2; ++c) {       // halves of 128
+      for (int s = 0; s < 4; ++s) {     // quarters of 32: low/high nibbles of ql, 2-bit fields of qh
+        for (int h = 0; h < 2; ++h) {   // the two 16-wide scale groups of a quarter
+          const float ds = d * (float)scales[c * 8 + s * 2 + h];
+          const uint8_t *l = ql + c * 64 + (s % 2) * 32 + h * 16, *hb = qh + c * 32 + h * 16;
+          float *out = dst + c * 128 + s * 32 + h * 16;
+          for (int i = 0; i < 16; ++i) {
+            const int q = ((l[i] >> (4 * (s / 2))) & 0xF) | (((hb[i] >> (2 * s)) & 3) << 4);
+            out[i] = ds * (float)(q - 32);
+          }
+        }
+      }
     }
   }
 }
@@ -173,7 +170,7 @@ static void dq_iq2_xxs(const uint8_t *src, float *dst, int64_t nb) {
         const uint8_t signs = kSigns[(aux >> (7 * l)) & 127];
         for (int j = 0; j < 8; ++j) {
           const float v = db * (float)g[j];
-          dst[ib * 32 + l * 8 + j] = (signs >> j) & 1 ? -v : v;
+          dst[ib * 32 + l * 8 + j] = flip_sign(v, (signs >> j) & 1);
         }
       }
     }
@@ -192,7 +189,7 @@ static void dq_iq2_xs(const uint8_t *src, float *dst, int64_t nb) {
       const uint8_t signs = kSigns[q >> 9];
       for (int j = 0; j < 8; ++j) {
         const float v = db * (float)g[j];
-        dst[k * 8 + j] = (signs >> j) & 1 ? -v : v;
+        dst[k * 8 + j] = flip_sign(v, (signs >> j) & 1);
       }
     }
   }
@@ -209,7 +206,7 @@ static void dq_iq3_xxs(const uint8_t *src, float *dst, int64_t nb) {
         const uint8_t signs = kSigns[(aux >> (7 * l)) & 127];
         for (int j = 0; j < 8; ++j) {
           const float v = db * (float)kIq3xxsGrid[qs[8 * ib + 2 * l + j / 4]][j % 4];
-          dst[ib * 32 + l * 8 + j] = (signs >> j) & 1 ? -v : v;
+          dst[ib * 32 + l * 8 + j] = flip_sign(v, (signs >> j) & 1);
         }
       }
     }
@@ -255,10 +252,8 @@ static void dq_iq4_nl(const uint8_t *src, float *dst, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b, src += 18, dst += 32) {
     const float d = load_half(src);
     const uint8_t *qs = src + 2;
-    for (int j = 0; j < 16; ++j) {
-      dst[j] = d * (float)kIq4nlValues[qs[j] & 0xF];
-      dst[j + 16] = d * (float)kIq4nlValues[qs[j] >> 4];
-    }
+    for (int j = 0; j < 16; ++j) dst[j] = d * (float)kIq4nlValues[qs[j] & 0xF];
+    for (int j = 0; j < 16; ++j) dst[j + 16] = d * (float)kIq4nlValues[qs[j] >> 4];
   }
 }
 
@@ -270,10 +265,8 @@ static void dq_iq4_xs(const uint8_t *src, float *dst, int64_t nb) {
     for (int ib = 0; ib < 8; ++ib) {
       const int lo = (scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF, hi = (scales_h >> (2 * ib)) & 3;
       const float dl = d * (float)((int8_t)(lo | (hi << 4)) - 32);
-      for (int j = 0; j < 16; ++j) {
-        dst[ib * 32 + j] = dl * (float)kIq4nlValues[qs[ib * 16 + j] & 0xF];
-        dst[ib * 32 + j + 16] = dl * (float)kIq4nlValues[qs[ib * 16 + j] >> 4];
-      }
+      for (int j = 0; j < 16; ++j) dst[ib * 32 + j] = dl * (float)kIq4nlValues[qs[ib * 16 + j] & 0xF];
+      for (int j = 0; j < 16; ++j) dst[ib * 32 + j + 16] = dl * (float)kIq4nlValues[qs[ib * 16 + j] >> 4];
     }
   }
 }
