@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from . import kernels
 from .chat_template import ChatTemplate
 from .gguf_model import open_gguf
 from .grammar import GrammarCompiler, TokenMask
@@ -93,7 +94,10 @@ def chat_template_for(info: ModelInfo) -> ChatTemplate:
 class LoadedModel:
     def __init__(self, info: ModelInfo, load: LoadOptions, config):
         threads = load.num_thread or config.num_thread or physical_cores()
-        torch.set_num_threads(threads)
+        # Every projection and expert runs on the kernels' pool; torch's OpenMP threads would only
+        # spin against it between ops (measured on SmolLM2, 2 cores: 92 -> 31 ms per token).
+        kernels.set_num_threads(threads)
+        torch.set_num_threads(1)
         f = open_gguf(info.paths[0])
         self.info = info
         self.load = load
