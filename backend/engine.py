@@ -21,6 +21,7 @@ from .interface import (
     RunningModel,
     ServerBusy,
 )
+from . import store_admin
 from .store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,23 @@ class LocalEngine:
             with self._pending_lock:
                 self._pending -= 1
             self._wake.set()
+
+    # ---- model management: plain file work, run by the caller in a thread ----------------
+
+    def has_blob(self, digest: str) -> bool:
+        return store_admin.has_blob(self.store, digest)
+
+    def blob_writer(self, digest: str) -> store_admin.BlobWriter:
+        return store_admin.BlobWriter(self.store, digest)
+
+    def create_model(self, name: str, **spec: Any) -> None:
+        store_admin.create(self.store, name, **spec)
+
+    def copy_model(self, source: str, destination: str) -> None:
+        store_admin.copy(self.store, source, destination)
+
+    def pull_model(self, name: str, progress: Callable[[dict], None]) -> None:
+        store_admin.pull(self.store, name, progress)
 
     def close(self) -> None:
         self._stopping = True

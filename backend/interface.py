@@ -201,3 +201,22 @@ class Engine(Protocol):
 
     def delete_model(self, name: str) -> None:
         """Remove a model from the store (unloading it first). Raises ModelNotFound."""
+
+    # ---- model management (file work: call from a worker thread, never the event loop) ----
+
+    def has_blob(self, digest: str) -> bool:
+        """Whether blobs/ holds `digest` ("sha256:<hex>"). InvalidRequest for a malformed digest."""
+
+    def blob_writer(self, digest: str) -> Any:
+        """A writer with write(bytes), commit() (verifies the sha256) and abort()."""
+
+    def create_model(self, name: str, **spec: Any) -> None:
+        """Ollama's /api/create: spec has source, files, system, template, parameters, messages,
+        license, status (a callback for progress lines)."""
+
+    def copy_model(self, source: str, destination: str) -> None:
+        """Another name for the same blobs."""
+
+    def pull_model(self, name: str, progress: Any) -> None:
+        """Fetch a model this server knows how to get; progress(dict) gets Ollama's statuses."""
+

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from backend.interface import Engine
 
-from . import openai, routes
+from . import management, openai, routes
 from .appkeys import ENGINE, SETTINGS
 from .cors import OriginPolicy, add_cors_headers, cors_middleware
 from .errors import error_middleware
@@ -30,5 +30,6 @@ def create_app(engine: Engine, settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app.on_response_prepare.append(add_cors_headers)
     routes.add_routes(app)
+    management.add_routes(app)
     openai.add_routes(app)
     return app

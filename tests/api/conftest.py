@@ -27,9 +27,9 @@ async def client(aiohttp_client, engine):
 
 def ndjson(text: str) -> list[dict]:
     """Parses a stream and checks Ollama's framing on the way: whole lines, no blank ones, a
-    trailing newline on the last, exactly one done:true and it comes last."""
+    trailing newline on the last, exactly one done:true (or status success) and it comes last."""
     assert text.endswith("\n") and "\n\n" not in text
     lines = [orjson.loads(line) for line in text[:-1].split("\n")]
-    done = [i for i, line in enumerate(lines) if line.get("done")]
-    assert done == [len(lines) - 1] or "error" in lines[-1]
+    done = [i for i, line in enumerate(lines) if line.get("done") or line.get("status") == "success"]
+    assert done == [len(lines) - 1] or "error" in lines[-1]  # progress streams end in "success"
     return lines

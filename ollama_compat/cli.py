@@ -1,0 +1,334 @@
+"""The `ollama`-style client verbs (run, list, ps, show, pull, create, cp, rm, stop) against a
+running server chosen by OLLAMA_HOST. Standard library only: no engine, no torch."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+from .settings import parse_host
+from .types import VERSION
+
+
+class CliError(Exception):
+    pass
+
+
+class Client:
+    def __init__(self, base_url: str):
+        self.base = base_url.rstrip("/")
+
+    def _open(self, method: str, path: str, body: Any = None, data: bytes | None = None):
+        payload = data if data is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(self.base + path, data=payload, method=method,
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        try:
+            return urllib.request.urlopen(req, timeout=None)
+        except urllib.error.HTTPError as e:
+            text = e.read().decode(errors="replace")
+            try:
+                message = json.loads(text).get("error", text)
+            except ValueError:
+                message = text or e.reason
+            raise CliError(f"Error: {message}") from None
+        except urllib.error.URLError as e:
+            raise CliError(f"Error: could not connect to ollama-compat at {self.base} ({e.reason}); "
+                           "is `ollama-compat serve` running?") from None  # fmt: skip
+
+    def json(self, method: str, path: str, body: Any = None) -> Any:
+        with self._open(method, path, body) as r:
+            text = r.read().decode()
+        return json.loads(text) if text.strip() else {}
+
+    def stream(self, path: str, body: Any) -> Iterator[dict]:
+        with self._open("POST", path, body) as r:
+            for raw in r:
+                if not raw.strip():
+                    continue
+                line = json.loads(raw)
+                if "error" in line:
+                    raise CliError(f"Error: {line['error']}")
+                yield line
+
+    def upload(self, path: Path) -> str:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        digest = "sha256:" + h.hexdigest()
+        try:
+            self._open("HEAD", f"/api/blobs/{digest}").close()
+        except CliError:
+            with open(path, "rb") as f:
+                self._open("POST", f"/api/blobs/{digest}", data=f.read()).close()
+        return digest
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def _table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("    ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip())
+
+
+def cmd_list(client: Client, args) -> None:
+    rows = [["NAME", "ID", "SIZE", "MODIFIED"]]
+    for m in client.json("GET", "/api/tags")["models"]:
+        rows.append([m["name"], m["digest"][:12], _size(m["size"]), m["modified_at"][:19].replace("T", " ")])
+    _table(rows)
+
+
+def cmd_ps(client: Client, args) -> None:
+    rows = [["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]]
+    for m in client.json("GET", "/api/ps")["models"]:
+        rows.append([m["name"], m["digest"][:12], _size(m["size"]), "100% CPU", str(m["context_length"]),
+                     m["expires_at"][:19].replace("T", " ")])  # fmt: skip
+    _table(rows)
+
+
+def cmd_show(client: Client, args) -> None:
+    info = client.json("POST", "/api/show", {"model": args.model})
+    if args.modelfile:
+        print(info["modelfile"], end="")
+        return
+    d, mi = info["details"], info["model_info"]
+    arch = mi.get("general.architecture", d["family"])
+    print("  Model")
+    for key, value in [("architecture", arch), ("parameters", d["parameter_size"]),
+                       ("context length", mi.get(f"{arch}.context_length", "")),
+                       ("embedding length", mi.get(f"{arch}.embedding_length", "")),
+                       ("quantization", d["quantization_level"])]:  # fmt: skip
+        print(f"    {key:<20}{value}")
+    print("\n  Capabilities")
+    for cap in info.get("capabilities", []):
+        print(f"    {cap}")
+    if info.get("parameters"):
+        print("\n  Parameters\n" + "\n".join("    " + line for line in info["parameters"].splitlines()))
+    if info.get("system"):
+        print("\n  System\n    " + info["system"])
+
+
+def _progress(lines: Iterator[dict]) -> None:
+    for line in lines:
+        status = line.get("status", "")
+        if line.get("total"):
+            pct = 100 * line.get("completed", 0) // max(1, line["total"])
+            bar = "█" * (pct // 5) + "▏" * (20 - pct // 5)
+            print(f"\r{status} {pct:3d}% {bar} {_size(line['total'])}", end="", flush=True)
+            if pct == 100:
+                print()
+        else:
+            print(status, flush=True)
+
+
+def cmd_pull(client: Client, args) -> None:
+    _progress(client.stream("/api/pull", {"model": args.model}))
+
+
+def parse_modelfile(text: str, base: Path) -> dict[str, Any]:
+    """FROM, PARAMETER, SYSTEM, TEMPLATE, MESSAGE, LICENSE; values may be \"\"\"-quoted over lines."""
+    spec: dict[str, Any] = {"parameters": {}, "messages": []}
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].strip()
+        i += 1
+        if not line or line.startswith("#"):
+            continue
+        command, _, rest = line.partition(" ")
+        rest = rest.strip()
+        if rest.startswith('"""'):
+            body = rest[3:]
+            while not body.endswith('"""') and i < len(lines):
+                body += "\n" + lines[i]
+                i += 1
+            rest = body[:-3] if body.endswith('"""') else body
+        elif len(rest) >= 2 and rest[0] == rest[-1] == '"':
+            rest = rest[1:-1]
+        command = command.upper()
+        if command == "FROM":
+            path = (base / rest).expanduser() if not os.path.isabs(rest) else Path(rest)
+            spec["from"] = str(path.resolve()) if path.exists() else rest
+        elif command == "PARAMETER":
+            key, _, value = rest.partition(" ")
+            value = value.strip()
+            try:
+                parsed: Any = json.loads(value)
+            except ValueError:
+                parsed = value.strip('"')
+            if key == "stop":
+                spec["parameters"].setdefault("stop", []).append(str(parsed))
+            else:
+                spec["parameters"][key] = parsed
+        elif command in ("SYSTEM", "TEMPLATE", "LICENSE"):
+            spec[command.lower()] = rest
+        elif command == "MESSAGE":
+            role, _, content = rest.partition(" ")
+            spec["messages"].append({"role": role, "content": content.strip()})
+        else:
+            raise CliError(f"Error: unknown Modelfile command {command!r}")
+    if "from" not in spec:
+        raise CliError("Error: no FROM line in the Modelfile")
+    return spec
+
+
+def cmd_create(client: Client, args) -> None:
+    modelfile = Path(args.file)
+    spec = parse_modelfile(modelfile.read_text(), modelfile.parent)
+    body: dict[str, Any] = {"model": args.model, **{k: v for k, v in spec.items() if v and k != "from"}}
+    source = Path(spec["from"])
+    if source.is_file():  # upload the weights, so a remote server works too
+        print("gathering model components", flush=True)
+        body["files"] = {source.name: client.upload(source)}
+    else:
+        body["from"] = spec["from"]
+    _progress(client.stream("/api/create", body))
+
+
+def cmd_cp(client: Client, args) -> None:
+    client.json("POST", "/api/copy", {"source": args.source, "destination": args.destination})
+    print(f"copied '{args.source}' to '{args.destination}'")
+
+
+def cmd_rm(client: Client, args) -> None:
+    for name in args.models:
+        client.json("DELETE", "/api/delete", {"model": name})
+        print(f"deleted '{name}'")
+
+
+def cmd_stop(client: Client, args) -> None:
+    client.json("POST", "/api/generate", {"model": args.model, "keep_alive": 0})
+
+
+def _chat(client: Client, model: str, messages: list[dict], think: bool | None) -> str:
+    body: dict[str, Any] = {"model": model, "messages": messages}
+    if think is not None:
+        body["think"] = think
+    content, thinking_shown = [], False
+    for line in client.stream("/api/chat", body):
+        message = line.get("message", {})
+        if message.get("thinking"):
+            if not thinking_shown:
+                print("Thinking...", flush=True)
+                thinking_shown = True
+            print(f"\033[2m{message['thinking']}\033[0m" if sys.stdout.isatty() else message["thinking"],
+                  end="", flush=True)  # fmt: skip
+        if message.get("content"):
+            if thinking_shown and not content:
+                print("\n...done thinking.\n", flush=True)
+            content.append(message["content"])
+            print(message["content"], end="", flush=True)
+    print("\n" if sys.stdout.isatty() else "", flush=True)
+    return "".join(content)
+
+
+def _read_prompt() -> str | None:
+    """One message: a line, or several between \"\"\" marks. None at end of input."""
+    prompt = ">>> " if sys.stdin.isatty() else ""
+    try:
+        line = input(prompt)
+    except EOFError:
+        return None
+    if not line.startswith('"""'):
+        return line
+    parts = [line[3:]]
+    while True:
+        try:
+            more = input("... " if prompt else "")
+        except EOFError:
+            break
+        if more.endswith('"""'):
+            parts.append(more[:-3])
+            break
+        parts.append(more)
+    return "\n".join(parts).strip("\n")
+
+
+def cmd_run(client: Client, args) -> None:
+    try:
+        client.json("POST", "/api/show", {"model": args.model})
+    except CliError as e:
+        if "not found" not in str(e):
+            raise
+        _progress(client.stream("/api/pull", {"model": args.model}))
+    think = True if args.think else (False if args.nothink else None)
+    if args.prompt:
+        _chat(client, args.model, [{"role": "user", "content": " ".join(args.prompt)}], think)
+        return
+    client.json("POST", "/api/generate", {"model": args.model})  # load now, as Ollama's run does
+    messages: list[dict] = []
+    while (text := _read_prompt()) is not None:
+        if text.strip() in ("/bye", "/exit"):
+            break
+        if not text.strip():
+            continue
+        if text.startswith("/"):
+            print("Available commands: /bye, \"\"\" for multi-line input")
+            continue
+        messages.append({"role": "user", "content": text})
+        messages.append({"role": "assistant", "content": _chat(client, args.model, messages, think)})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ollama-compat", description="Ollama-compatible server for MoE models on CPU.")
+    p.add_argument("-v", "--version", action="store_true", help="show the version")
+    sub = p.add_subparsers(dest="command")
+    sub.add_parser("serve", help="start the server (ollama-compat serve --help)")
+    run = sub.add_parser("run", help="chat with a model")
+    run.add_argument("model")
+    run.add_argument("prompt", nargs="*")
+    run.add_argument("--think", action="store_true", help="ask for reasoning")
+    run.add_argument("--nothink", action="store_true", help="ask for no reasoning")
+    sub.add_parser("list", aliases=["ls"], help="list models")
+    sub.add_parser("ps", help="list loaded models")
+    show = sub.add_parser("show", help="show a model")
+    show.add_argument("model")
+    show.add_argument("--modelfile", action="store_true")
+    sub.add_parser("pull", help="fetch a model").add_argument("model")
+    create = sub.add_parser("create", help="create a model from a Modelfile")
+    create.add_argument("model")
+    create.add_argument("-f", "--file", default="Modelfile")
+    cp = sub.add_parser("cp", help="copy a model")
+    cp.add_argument("source")
+    cp.add_argument("destination")
+    sub.add_parser("rm", help="remove models").add_argument("models", nargs="+")
+    sub.add_parser("stop", help="unload a model").add_argument("model")
+    return p
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "ls": cmd_list, "ps": cmd_ps, "show": cmd_show, "pull": cmd_pull,
+            "create": cmd_create, "cp": cmd_cp, "rm": cmd_rm, "stop": cmd_stop}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        print(f"ollama-compat version is {VERSION}")
+        return 0
+    if not args.command:
+        parser.print_help()
+        return 0
+    client = Client(parse_host(os.environ.get("OLLAMA_HOST")).url)
+    try:
+        COMMANDS[args.command](client, args)
+    except CliError as e:
+        print(e, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
