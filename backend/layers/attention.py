@@ -17,12 +17,14 @@ from .rope import apply_rope, rope_cos_sin
 
 
 def causal_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: ForwardBatch, layer: int, scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: ForwardBatch, layer: int, scale: float,
+    window: int | None = None,
 ) -> torch.Tensor:
     """q [T, H, Dh], k/v [T, K, Dh] -> [T, H, Dv]; writes k/v at each sequence's next positions.
 
     The cache tuple of `layer` is (keys [capacity, K, Dh], values [capacity, K, Dv]). Sequences
     run one by one: their lengths differ, and padding would cost more than the loop on CPU.
+    `window` (sliding-window layers, Gemma 3): query i sees only keys j with i - j < window.
     """
     out = q.new_empty(q.shape[0], q.shape[1], v.shape[-1])
     for (start, end), cache in zip(batch.spans(), batch.caches):
@@ -35,7 +37,11 @@ def causal_attention(
         # The two common cases need no mask, which keeps sdpa on its fused CPU kernel: a fresh
         # prefill is square (top-left causal is the same thing), a decode step sees every key.
         mask, causal = None, False
-        if n > 1 and past == 0:
+        if window is not None and past + n > window:
+            pos = torch.arange(past, past + n)[:, None]  # [n, 1]
+            key = torch.arange(past + n)[None, :]  # [1, S]
+            mask = (key <= pos) & (pos - key < window)  # [n, S]
+        elif n > 1 and past == 0:
             causal = True
         elif n > 1:
             mask = torch.ones(n, past + n, dtype=torch.bool).tril(diagonal=past)  # [n, S]
@@ -68,9 +74,13 @@ class Attention(nn.Module):
         neox: bool,
         qkv_bias: bool = False,
         qk_norm_eps: float | None = None,
+        scale: float | None = None,
+        sliding_window: int | None = None,
     ):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.scale = head_dim**-0.5 if scale is None else scale
+        self.sliding_window = sliding_window
         self.neox = neox
         self.register_buffer("inv_freq", inv_freq)
         self.q = Linear.from_gguf(f, f"{prefix}.attn_q", num_heads * head_dim, hidden_size, bias=qkv_bias)
@@ -87,11 +97,11 @@ class Attention(nn.Module):
         q = self.q(x).view(T, self.num_heads, self.head_dim)  # [T, H, Dh]
         k = self.k(x).view(T, self.num_kv_heads, self.head_dim)  # [T, K, Dh]
         v = self.v(x).view(T, self.num_kv_heads, self.head_dim)  # [T, K, Dh]
-        if self.q_norm is not None:  # per-head norm before rope (Qwen3)
+        if self.q_norm is not None:  # per-head norm before rope (Qwen3, Gemma 3)
             q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = rope_cos_sin(positions, self.inv_freq)  # [T, Dh/2]
         q, k = apply_rope(q, cos, sin, self.neox), apply_rope(k, cos, sin, self.neox)
-        o = causal_attention(q, k, v, batch, layer, self.head_dim**-0.5)  # [T, H, Dh]
+        o = causal_attention(q, k, v, batch, layer, self.scale, self.sliding_window)  # [T, H, Dh]
         return self.o(o.reshape(T, self.num_heads * self.head_dim))
 
     def allocate(self, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:

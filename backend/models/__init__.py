@@ -15,6 +15,7 @@ _MODULES: dict[str, str] = {
     "qwen2moe": "qwen_moe",
     "qwen3moe": "qwen_moe",
     "deepseek2": "deepseek2",
+    "gemma3": "gemma3",
 }
 
 
