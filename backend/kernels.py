@@ -7,6 +7,7 @@ import contextlib
 import ctypes
 import glob
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -45,6 +46,8 @@ def _load() -> ctypes.CDLL:
         "moe_num_threads": ([], ctypes.c_int),
         "moe_dequantize": ([ctypes.c_int, vp, i64, fp, i64], ctypes.c_int),
         "moe_matmul": ([ctypes.c_int, vp, i64, i64, i64, fp, i64, fp], ctypes.c_int),
+        "moe_experts": ([i64, i64, i64, i64, i64, fp, vp, fp, vp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp,
+                         ctypes.c_int, i64, fp], ctypes.c_int),  # fmt: skip
     }
     for name, (args, result) in signatures.items():
         fn = getattr(lib, name)
@@ -183,3 +186,67 @@ def matmul_reference(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
     """float64 product with gguf-dequantized weights: the oracle for matmul."""
     w = torch.from_numpy(dequantize_reference(weight.raw, weight.ggml_type, weight.shape)).double()
     return x.double() @ w.T
+
+
+# ---- the MoE layer -------------------------------------------------------------------------
+
+
+def moe_experts(
+    x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, gate: QuantWeight, up: QuantWeight,
+    down: QuantWeight, num_experts: int,
+) -> torch.Tensor:  # fmt: skip
+    """x [T, D], ids/weights [T, A] -> [T, D]: sum_a weights[t, a] * expert ids[t, a] (SwiGLU).
+
+    gate/up are the stacked [E * I, D] tensors and down [E * D, I], as views of the mmap. Each
+    expert's weights are read once per call, whatever the number of tokens that chose it.
+    """
+    T, D = x.shape
+    I = gate.shape[0] // num_experts
+    if (gate.shape != (num_experts * I, D) or up.shape != gate.shape or down.shape != (num_experts * D, I)
+            or ids.shape != weights.shape or ids.shape[0] != T):  # fmt: skip
+        raise KernelError(f"moe_experts: shapes x {tuple(x.shape)}, ids {tuple(ids.shape)}, gate {gate.shape}, "
+                          f"up {up.shape}, down {down.shape} do not fit {num_experts} experts")  # fmt: skip
+    x = x.float().contiguous()
+    ids32 = ids.to(torch.int32).contiguous()
+    w32 = weights.float().contiguous()
+    out = torch.empty((T, D), dtype=torch.float32)
+    if T == 0:
+        return out
+    fp = ctypes.POINTER(ctypes.c_float)
+    code = _lib.moe_experts(
+        T, D, I, num_experts, ids.shape[1], ctypes.cast(x.data_ptr(), fp), ids32.data_ptr(),
+        ctypes.cast(w32.data_ptr(), fp), gate.raw.ctypes.data, int(gate.ggml_type), gate.raw.nbytes,
+        up.raw.ctypes.data, int(up.ggml_type), up.raw.nbytes, down.raw.ctypes.data, int(down.ggml_type),
+        down.raw.nbytes, ctypes.cast(out.data_ptr(), fp),
+    )  # fmt: skip
+    _check(code, "moe_experts")
+    return out
+
+
+_MOE_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moe")
+
+
+def moe_experts_async(*args, **kwargs) -> Future:
+    """moe_experts on a background thread, so the caller (attention or shared experts on a GPU)
+    overlaps the CPU experts: the kernel releases the GIL. `.result()` waits for it."""
+    return _MOE_THREAD.submit(moe_experts, *args, **kwargs)
+
+
+def moe_experts_reference(
+    x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, gate: QuantWeight, up: QuantWeight,
+    down: QuantWeight, num_experts: int,
+) -> torch.Tensor:  # fmt: skip
+    """float64 per token and slot, with gguf-dequantized weights: the oracle for moe_experts."""
+    T, D = x.shape
+    I = gate.shape[0] // num_experts
+    g = torch.from_numpy(dequantize_reference(gate.raw, gate.ggml_type, gate.shape)).double().view(num_experts, I, D)
+    u = torch.from_numpy(dequantize_reference(up.raw, up.ggml_type, up.shape)).double().view(num_experts, I, D)
+    d = torch.from_numpy(dequantize_reference(down.raw, down.ggml_type, down.shape)).double().view(num_experts, D, I)
+    out = torch.zeros(T, D, dtype=torch.float64)
+    for t in range(T):
+        for a in range(ids.shape[1]):
+            e = int(ids[t, a])
+            h = torch.nn.functional.silu(g[e] @ x[t].double()) * (u[e] @ x[t].double())
+            out[t] += float(weights[t, a]) * (d[e] @ h)
+    return out
+

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernels_isa.h"
+#include "moe.h"
 #include "quants/formats.h"
 #include "threadpool.h"
 
@@ -49,10 +50,23 @@ ThreadPool &pool_locked(Runtime &rt) {
   return *rt.pool;
 }
 
-// Rows per task: enough to amortise the tile's dequantization, few enough to balance 2..64 threads.
-constexpr int64_t kTileRows = 16;
-
 }  // namespace
+
+void gemm_rows(const IsaKernels &kern, int type, const uint8_t *w, int64_t row_bytes, int64_t rows, int64_t k,
+               const float *const *x, int64_t num_tokens, float *y, int64_t ldy) {
+  if (num_tokens <= kMaxDecodeTokens) {
+    kern.rows_matmul(type, w, row_bytes, rows, k, x, num_tokens, y, ldy);
+    return;
+  }
+  // Many tokens: dequantize the rows once into this thread's tile and share it among them.
+  const Geometry g = geometry(type);
+  const int64_t count_per_row = g.block_size == 1 ? k : k / g.block_size;
+  thread_local std::vector<float> tile;
+  if ((int64_t)tile.size() < rows * k) tile.resize(rows * k);
+  for (int64_t r = 0; r < rows; ++r) kern.dequantize(type, w + r * row_bytes, tile.data() + r * k, count_per_row);
+  kern.tile_matmul(tile.data(), rows, k, x, num_tokens, y, ldy);
+}
+
 }  // namespace moe
 
 using namespace moe;
@@ -99,27 +113,41 @@ MOE_API int moe_matmul(int type, const void *weight, int64_t weight_bytes, int64
   if (weight_bytes < n * row_bytes) return MOE_ERR_SIZE;
   if (num_tokens == 0) return 0;
   const IsaKernels &kern = active_kernels();
-  const int64_t count_per_row = g.block_size == 1 ? k : k / g.block_size;
   Runtime &rt = runtime();
   std::lock_guard<std::mutex> lock(rt.mutex);
   ThreadPool &pool = pool_locked(rt);
   const int64_t num_tiles = (n + kTileRows - 1) / kTileRows;
-  if (num_tokens <= kMaxDecodeTokens) {
-    pool.parallel_for(num_tiles, [&](int64_t tile) {
-      const int64_t row0 = tile * kTileRows, rows = std::min(kTileRows, n - row0);
-      kern.rows_matmul(type, (const uint8_t *)weight + row0 * row_bytes, row_bytes, rows, k, x, num_tokens, k,
-                       y + row0, n);
-    });
-    return 0;
-  }
+  std::vector<const float *> rows_of_x(num_tokens);
+  for (int64_t t = 0; t < num_tokens; ++t) rows_of_x[t] = x + t * k;
   pool.parallel_for(num_tiles, [&](int64_t tile) {
-    // Each thread's dequantized tile (16 rows), kept between calls.
-    thread_local std::vector<float> w;
-    if ((int64_t)w.size() < kTileRows * k) w.resize(kTileRows * k);
     const int64_t row0 = tile * kTileRows, rows = std::min(kTileRows, n - row0);
-    const uint8_t *src = (const uint8_t *)weight + row0 * row_bytes;
-    for (int64_t r = 0; r < rows; ++r) kern.dequantize(type, src + r * row_bytes, w.data() + r * k, count_per_row);
-    kern.tile_matmul(w.data(), rows, k, x, num_tokens, k, y + row0, n);
+    gemm_rows(kern, type, (const uint8_t *)weight + row0 * row_bytes, row_bytes, rows, k, rows_of_x.data(),
+              num_tokens, y + row0, n);
   });
   return 0;
 }
+
+MOE_API int moe_experts(int64_t num_tokens, int64_t dim, int64_t hidden, int64_t num_experts, int64_t top_k,
+                        const float *x, const int32_t *ids, const float *weights, const void *gate, int gate_type,
+                        int64_t gate_bytes, const void *up, int up_type, int64_t up_bytes, const void *down,
+                        int down_type, int64_t down_bytes, float *out) {
+  const Geometry gg = geometry(gate_type), gu = geometry(up_type), gd = geometry(down_type);
+  if (!gg.block_size || !gu.block_size || !gd.block_size) return MOE_ERR_TYPE;
+  if (num_tokens < 0 || dim <= 0 || hidden <= 0 || num_experts <= 0 || top_k <= 0 || !x || !ids || !weights ||
+      !gate || !up || !down || !out || dim % gg.block_size || dim % gu.block_size || hidden % gd.block_size)
+    return MOE_ERR_SHAPE;
+  if (gate_bytes < num_experts * hidden * (dim / gg.block_size * gg.type_size) ||
+      up_bytes < num_experts * hidden * (dim / gu.block_size * gu.type_size) ||
+      down_bytes < num_experts * dim * (hidden / gd.block_size * gd.type_size))
+    return MOE_ERR_SIZE;
+  for (int64_t p = 0; p < num_tokens * top_k; ++p)
+    if (ids[p] < 0 || ids[p] >= num_experts) return MOE_ERR_SHAPE;
+  if (num_tokens == 0) return 0;
+  Runtime &rt = runtime();
+  std::lock_guard<std::mutex> lock(rt.mutex);
+  MoeArgs args{num_tokens, dim, hidden, num_experts, top_k, x, ids, weights,
+               (const uint8_t *)gate, (const uint8_t *)up, (const uint8_t *)down, gate_type, up_type, down_type, out};
+  moe_forward(pool_locked(rt), active_kernels(), args);
+  return 0;
+}
+

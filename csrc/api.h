@@ -27,3 +27,12 @@ MOE_API int moe_dequantize(int ggml_type, const void *src, int64_t src_bytes, fl
 // never copied), x is [num_tokens, k] float32, y is [num_tokens, n] float32.
 MOE_API int moe_matmul(int ggml_type, const void *weight, int64_t weight_bytes, int64_t n, int64_t k,
                        const float *x, int64_t num_tokens, float *y);
+
+// The routed experts of one MoE layer for num_tokens tokens: out[t] = sum over slots a of
+// weights[t, a] * down_e(silu(gate_e x[t]) * up_e x[t]) with e = ids[t, a]. gate/up are
+// [E, hidden, dim] and down [E, dim, hidden] stacked GGUF tensors, read in place.
+MOE_API int moe_experts(int64_t num_tokens, int64_t dim, int64_t hidden, int64_t num_experts, int64_t top_k,
+                        const float *x, const int32_t *ids, const float *weights, const void *gate, int gate_type,
+                        int64_t gate_bytes, const void *up, int up_type, int64_t up_bytes, const void *down,
+                        int down_type, int64_t down_bytes, float *out);
+

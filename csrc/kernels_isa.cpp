@@ -120,21 +120,21 @@ constexpr int kRows = 1, kTokens = 1;
 #endif
 
 template <int R>
-static void tile_rows(const float *w_tile, int64_t k, const float *x, int64_t num_tokens, int64_t ldx, float *y,
+static void tile_rows(const float *w_tile, int64_t k, const float *const *x, int64_t num_tokens, float *y,
                       int64_t ldy) {
   const float *w[R];
   for (int r = 0; r < R; ++r) w[r] = w_tile + r * k;
   int64_t t = 0;
   for (; t + kTokens <= num_tokens; t += kTokens) {
     const float *xs[kTokens];
-    for (int j = 0; j < kTokens; ++j) xs[j] = x + (t + j) * ldx;
+    for (int j = 0; j < kTokens; ++j) xs[j] = x[t + j];
     float out[R][kTokens];
     dots<R, kTokens>(w, xs, k, out);
     for (int r = 0; r < R; ++r)
       for (int j = 0; j < kTokens; ++j) y[(t + j) * ldy + r] = out[r][j];
   }
   for (; t < num_tokens; ++t) {
-    const float *xs[1] = {x + t * ldx};
+    const float *xs[1] = {x[t]};
     float out[R][1];
     dots<R, 1>(w, xs, k, out);
     for (int r = 0; r < R; ++r) y[t * ldy + r] = out[r][0];
@@ -173,8 +173,8 @@ struct Acc16 {
 #endif
 };
 
-void rows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, int64_t k, const float *x,
-                 int64_t num_tokens, int64_t ldx, float *y, int64_t ldy) {
+void rows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, int64_t k, const float *const *x,
+                 int64_t num_tokens, float *y, int64_t ldy) {
   const Geometry g = geometry(type);
   const DequantFn dq = dequant_fn(type);
   alignas(64) float buf[kChunk];
@@ -188,13 +188,13 @@ void rows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, in
       dq(row + c0 / g.block_size * g.type_size, buf, g.block_size == 1 ? n : n / g.block_size);
       int64_t j = 0;
       for (; j + 16 <= n; j += 16)
-        for (int64_t t = 0; t < num_tokens; ++t) acc[t].fma16(buf + j, x + t * ldx + c0 + j);
+        for (int64_t t = 0; t < num_tokens; ++t) acc[t].fma16(buf + j, x[t] + c0 + j);
       if (j < n) {  // zero-padded tail, as in dots()
         const int64_t m = n - j;
         for (int64_t i = m; i < 16; ++i) buf[j + i] = 0.0f;
         for (int64_t t = 0; t < num_tokens; ++t) {
           memset(xt[t], 0, sizeof xt[t]);
-          memcpy(xt[t], x + t * ldx + c0 + j, (size_t)m * 4);
+          memcpy(xt[t], x[t] + c0 + j, (size_t)m * 4);
           acc[t].fma16(buf + j, xt[t]);
         }
       }
@@ -209,11 +209,11 @@ void rows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, in
 
 void dequantize(int type, const uint8_t *src, float *dst, int64_t count) { dequant_fn(type)(src, dst, count); }
 
-void tile_matmul(const float *w_tile, int64_t rows, int64_t k, const float *x, int64_t num_tokens, int64_t ldx,
-                 float *y, int64_t ldy) {
+void tile_matmul(const float *w_tile, int64_t rows, int64_t k, const float *const *x, int64_t num_tokens, float *y,
+                 int64_t ldy) {
   int64_t r = 0;
-  for (; r + kRows <= rows; r += kRows) tile_rows<kRows>(w_tile + r * k, k, x, num_tokens, ldx, y + r, ldy);
-  for (; r < rows; ++r) tile_rows<1>(w_tile + r * k, k, x, num_tokens, ldx, y + r, ldy);
+  for (; r + kRows <= rows; r += kRows) tile_rows<kRows>(w_tile + r * k, k, x, num_tokens, y + r, ldy);
+  for (; r < rows; ++r) tile_rows<1>(w_tile + r * k, k, x, num_tokens, y + r, ldy);
 }
 
 }  // namespace MOE_ISA_NS

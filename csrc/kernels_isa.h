@@ -7,10 +7,10 @@ namespace moe {
 #define MOE_DECLARE_ISA(ns)                                                                          \
   namespace ns {                                                                                     \
   void dequantize(int type, const uint8_t *src, float *dst, int64_t count);                          \
-  void tile_matmul(const float *w_tile, int64_t rows, int64_t k, const float *x, int64_t num_tokens, \
-                   int64_t ldx, float *y, int64_t ldy);                                              \
+  void tile_matmul(const float *w_tile, int64_t rows, int64_t k, const float *const *x,            \
+                   int64_t num_tokens, float *y, int64_t ldy);                                       \
   void rows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, int64_t k,           \
-                   const float *x, int64_t num_tokens, int64_t ldx, float *y, int64_t ldy);          \
+                   const float *const *x, int64_t num_tokens, float *y, int64_t ldy);                \
   }
 
 MOE_DECLARE_ISA(scalar)
@@ -21,14 +21,22 @@ MOE_DECLARE_ISA(avx512)
 // Up to this many tokens, rows are streamed through L1 (rows_matmul); beyond, a dequantized
 // tile is shared by all tokens (tile_matmul). Both give identical bits.
 constexpr int kMaxDecodeTokens = 8;
+// Rows per parallel task: enough to amortise a tile's dequantization, few enough to balance threads.
+constexpr int64_t kTileRows = 16;
 
 struct IsaKernels {
   void (*dequantize)(int type, const uint8_t *src, float *dst, int64_t count);
-  void (*tile_matmul)(const float *w_tile, int64_t rows, int64_t k, const float *x, int64_t num_tokens,
-                      int64_t ldx, float *y, int64_t ldy);
-  void (*rows_matmul)(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, int64_t k, const float *x,
-                      int64_t num_tokens, int64_t ldx, float *y, int64_t ldy);
+  // x: one pointer per token row (a token gather costs nothing); y[t * ldy + r] for row r.
+  void (*tile_matmul)(const float *w_tile, int64_t rows, int64_t k, const float *const *x, int64_t num_tokens,
+                      float *y, int64_t ldy);
+  void (*rows_matmul)(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, int64_t k, const float *const *x,
+                      int64_t num_tokens, float *y, int64_t ldy);
 };
+
+// rows x k weights of `type` times num_tokens gathered rows: y[t * ldy + r]. Picks the streaming
+// or the tile path (identical bits); runs on the calling thread.
+void gemm_rows(const IsaKernels &kern, int type, const uint8_t *w, int64_t row_bytes, int64_t rows, int64_t k,
+               const float *const *x, int64_t num_tokens, float *y, int64_t ldy);
 
 const IsaKernels &active_kernels();  // the table of the ISA dispatch.cpp selected
 

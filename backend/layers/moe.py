@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from ..gguf_model import GGUFError, GGUFFile
 from .linear import FeedForward, Linear, load, quantized
 
@@ -34,9 +35,11 @@ class Experts(nn.Module):
     (x, weights, ids), never the router.
     """
 
-    def __init__(self, gate: list[Linear], up: list[Linear], down: list[Linear]):
+    def __init__(self, gate: list[Linear], up: list[Linear], down: list[Linear],
+                 stacked: tuple[kernels.QuantWeight, ...] | None = None):  # fmt: skip
         super().__init__()
         self.gate, self.up, self.down = nn.ModuleList(gate), nn.ModuleList(up), nn.ModuleList(down)
+        self.stacked = stacked  # (gate [E*I, D], up [E*I, D], down [E*D, I]) for the fused kernel
 
     @classmethod
     def from_tensors(cls, gate: torch.Tensor, up: torch.Tensor, down: torch.Tensor) -> "Experts":
@@ -46,10 +49,22 @@ class Experts(nn.Module):
     @classmethod
     def from_gguf(cls, f: GGUFFile, prefix: str, num_experts: int, dim: int, hidden_dim: int) -> "Experts":
         E, D, I = num_experts, dim, hidden_dim
-        return cls(_per_expert(f, prefix, "gate", (E, I, D)), _per_expert(f, prefix, "up", (E, I, D)),
-                   _per_expert(f, prefix, "down", (E, D, I)))  # fmt: skip
+        shapes = {"gate": (E, I, D), "up": (E, I, D), "down": (E, D, I)}
+        names = [f"{prefix}.ffn_{kind}_exps.weight" for kind in shapes]
+        stacked = None
+        if all(f.has_tensor(n) for n in names):
+            stacked = tuple(quantized(f, n, shape) for n, shape in zip(names, shapes.values()))
+        return cls(*(_per_expert(f, prefix, kind, shape) for kind, shape in shapes.items()), stacked=stacked)
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        if self.stacked is not None and x.device.type == "cpu":
+            # One fused call: experts in expert-major order, each one's weights read once.
+            out = kernels.moe_experts(x, ids, weights, *self.stacked, len(self.gate))
+            return out.to(x.dtype)
+        return self.reference(x, weights, ids)
+
+    def reference(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The same layer as a loop of per-expert matmuls (float weights, other devices)."""
         out = torch.zeros_like(x)  # [T, D]
         # Loop over the experts that were hit, not over tokens: each expert's weights are read
         # once per batch, which is what bounds MoE speed (memory traffic, not flops).

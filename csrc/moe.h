@@ -1,0 +1,24 @@
+// The fused MoE layer: routed experts (and shared ones, as experts every token visits).
+#pragma once
+#include <stdint.h>
+
+#include "kernels_isa.h"
+#include "threadpool.h"
+
+namespace moe {
+
+struct MoeArgs {
+  int64_t num_tokens, dim, hidden, num_experts, top_k;
+  const float *x;         // [T, D]
+  const int32_t *ids;     // [T, A] expert of each (token, slot)
+  const float *weights;   // [T, A] its routing weight
+  const uint8_t *gate;    // [E, I, D] GGUF blocks
+  const uint8_t *up;      // [E, I, D]
+  const uint8_t *down;    // [E, D, I]
+  int gate_type, up_type, down_type;
+  float *out;             // [T, D]
+};
+
+void moe_forward(ThreadPool &pool, const IsaKernels &kern, const MoeArgs &a);
+
+}  // namespace moe

@@ -1,0 +1,84 @@
+"""The fused MoE layer against a float64 per-token reference built from gguf-dequantized weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType
+
+from backend import kernels
+
+from .conftest import random_tensor
+
+E, D, I = 8, 256, 512
+
+
+def stacked(name: str, rows: int, cols: int, seed: int) -> kernels.QuantWeight:
+    raw = random_tensor(name, rows, cols, np.random.default_rng(seed), small=True)
+    return kernels.QuantWeight(raw.reshape(-1), GGMLQuantizationType[name], (rows, cols))
+
+
+def layer(gate_type: str, down_type: str):
+    return stacked(gate_type, E * I, D, 1), stacked(gate_type, E * I, D, 2), stacked(down_type, E * D, I, 3)
+
+
+def routing(T: int, A: int, seed: int, skewed: bool = False):
+    g = torch.Generator().manual_seed(seed)
+    if skewed:  # a hot expert every token picks, plus one other
+        ids = torch.stack([torch.tensor([0, 1 + t % (E - 1)]) for t in range(T)])[:, :A]
+    else:
+        ids = torch.stack([torch.randperm(E, generator=g)[:A] for _ in range(T)])
+    return ids, torch.rand(T, A, generator=g)
+
+
+def assert_close(out: torch.Tensor, ref: torch.Tensor) -> None:
+    # float32 sums of I and D products of O(|w||x|) terms: relative to the largest output.
+    assert (out.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+@pytest.mark.parametrize("gate_type,down_type", [("Q4_K", "Q5_0"), ("Q4_K", "Q8_0"), ("Q4_K", "Q6_K"),
+                                                  ("IQ1_S", "IQ2_XXS"), ("IQ2_XXS", "Q4_K")])  # fmt: skip
+@pytest.mark.parametrize("T", [1, 3, 20])  # one decode, a few sequences, a prompt chunk (tile path)
+def test_close_to_float64(gate_type, down_type, T, isa):
+    gate, up, down = layer(gate_type, down_type)
+    x = torch.randn(T, D, generator=torch.Generator().manual_seed(T)) * 0.02
+    ids, w = routing(T, 2, T)
+    out = kernels.moe_experts(x, ids, w, gate, up, down, E)
+    assert_close(out, kernels.moe_experts_reference(x, ids, w, gate, up, down, E))
+
+
+def test_skewed_routing_and_batch_independence():
+    gate, up, down = layer("Q4_K", "Q6_K")
+    x = torch.randn(12, D) * 0.02
+    ids, w = routing(12, 2, 0, skewed=True)
+    together = kernels.moe_experts(x, ids, w, gate, up, down, E)
+    assert_close(together, kernels.moe_experts_reference(x, ids, w, gate, up, down, E))
+    for t in (0, 5, 11):  # a token's result does not depend on who else is in the batch
+        alone = kernels.moe_experts(x[t : t + 1], ids[t : t + 1], w[t : t + 1], gate, up, down, E)
+        assert torch.equal(alone[0], together[t])
+
+
+def test_thread_count_and_async_form_change_nothing():
+    gate, up, down = layer("Q4_K", "Q8_0")
+    x = torch.randn(9, D) * 0.02
+    ids, w = routing(9, 3, 1)
+    try:
+        kernels.set_num_threads(1)
+        one = kernels.moe_experts(x, ids, w, gate, up, down, E)
+        kernels.set_num_threads(2)
+        two = kernels.moe_experts(x, ids, w, gate, up, down, E)
+    finally:
+        kernels.set_num_threads(0)
+    assert torch.equal(one, two)
+    future = kernels.moe_experts_async(x, ids, w, gate, up, down, E)
+    assert torch.equal(future.result(), one)
+
+
+def test_bad_routing_is_refused():
+    gate, up, down = layer("Q8_0", "Q8_0")
+    x = torch.randn(2, D)
+    with pytest.raises(kernels.KernelError, match="bad shape"):
+        kernels.moe_experts(x, torch.tensor([[0, E]]).expand(2, 2), torch.ones(2, 2), gate, up, down, E)
+    with pytest.raises(kernels.KernelError, match="do not fit"):
+        kernels.moe_experts(x, torch.zeros(2, 2, dtype=torch.long), torch.ones(2, 2), gate, up, down, E + 1)
