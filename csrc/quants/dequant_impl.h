@@ -4,20 +4,20 @@
 // vectorizes the same source for each target; element-wise IEEE ops give identical bits.
 #pragma once
 
-static void dq_f32(const uint8_t *src, float *dst, int64_t n) { memcpy(dst, src, (size_t)n * 4); }
+static void dq_f32(const uint8_t *__restrict src, float *__restrict dst, int64_t n) { memcpy(dst, src, (size_t)n * 4); }
 
-static void dq_f16(const uint8_t *src, float *dst, int64_t n) {
+static void dq_f16(const uint8_t *__restrict src, float *__restrict dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = half_to_float(load_u16(src + 2 * i));
 }
 
-static void dq_bf16(const uint8_t *src, float *dst, int64_t n) {
+static void dq_bf16(const uint8_t *__restrict src, float *__restrict dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) {
     uint32_t bits = (uint32_t)load_u16(src + 2 * i) << 16;
     memcpy(dst + i, &bits, 4);
   }
 }
 
-static void dq_q4_0(const uint8_t *src, float *dst, int64_t nb) {
+static void dq_q4_0(const uint8_t *__restrict src, float *__restrict dst, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b, src += 18, dst += 32) {
     const float d = load_half(src);
     const uint8_t *qs = src + 2;
@@ -27,7 +27,7 @@ static void dq_q4_0(const uint8_t *src, float *dst, int64_t nb) {
   }
 }
 
-static void dq_q4_1(const uint8_t *src, float *dst, int64_t nb) {
+static void dq_q4_1(const uint8_t *__restrict src, float *__restrict dst, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b, src += 20, dst += 32) {
     const float d = load_half(src), m = load_half(src + 2);
     const uint8_t *qs = src + 4;
@@ -36,7 +36,7 @@ static void dq_q4_1(const uint8_t *src, float *dst, int64_t nb) {
   }
 }
 
-static void dq_q5_0(const uint8_t *src, float *dst, int64_t nb) {
+static void dq_q5_0(const uint8_t *__restrict src, float *__restrict dst, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b, src += 22, dst += 32) {
     const float d = load_half(src);
     const uint32_t qh = load_u32(src + 2);
@@ -46,7 +46,7 @@ static void dq_q5_0(const uint8_t *src, float *dst, int64_t nb) {
   }
 }
 
-static void dq_q5_1(const uint8_t *src, float *dst, int64_t nb) {
+static void dq_q5_1(const uint8_t *__restrict src, float *__restrict dst, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b, src += 24, dst += 32) {
     const float d = load_half(src), m = load_half(src + 2);
     const uint32_t qh = load_u32(src + 4);
@@ -56,7 +56,7 @@ static void dq_q5_1(const uint8_t *src, float *dst, int64_t nb) {
   }
 }
 
-static void dq_q8_0(const uint8_t *src, float *dst, int64_t nb) {
+static void dq_q8_0(const uint8_t *__restrict src, float *__restrict dst, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b, src += 34, dst += 32) {
     const float d = load_half(src);
     const int8_t *qs = (const int8_t *)(src + 2);
@@ -64,7 +64,7 @@ static void dq_q8_0(const uint8_t *src, float *dst, int64_t nb) {
   }
 }
 
-static void dq_q2_k(const uint8_t *src, float *dst, int64_t nb) {
+static void dq_q2_k(const uint8_t *__restrict src, float *__restrict dst, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b, src += 84, dst += QK_K) {
     const uint8_t *scales = src, *qs = src + 16;
     const float d = load_half(src + 80), dmin = load_half(src + 82);
@@ -76,7 +76,7 @@ static void dq_q2_k(const uint8_t *src, float *dst, int64_t nb) {
   }
 }
 
-static void dq_q3_k(const uint8_t *src, float *dst, int64_t nb) {
+static void dq_q3_k(const uint8_t *__restrict src, float *__restrict dst, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b, src += 110, dst += QK_K) {
     const uint8_t *hmask = src, *qs = src + 32, *sc = src + 96;
     const float d = load_half(src + 108);
@@ -106,7 +106,7 @@ static inline void kq_scale_min(const uint8_t *s, int j, int *sc, int *m) {
   }
 }
 
-static void dq_q4_k(const uint8_t *src, float *dst, int64_t nb) {
+static void dq_q4_k(const uint8_t *__restrict src, float *__restrict dst, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b, src += 144, dst += QK_K) {
     const float d = load_half(src), dmin = load_half(src + 2);
     const uint8_t *qs = src + 16;
@@ -120,7 +120,7 @@ static void dq_q4_k(const uint8_t *src, float *dst, int64_t nb) {
   }
 }
 
-static void dq_q5_k(const uint8_t *src, float *dst, int64_t nb) {
+static void dq_q5_k(const uint8_t *__restrict src, float *__restrict dst, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b, src += 176, dst += QK_K) {
     const float d = load_half(src), dmin = load_half(src + 2);
     const uint8_t *qh = src + 16, *qs = src + 48;
@@ -137,7 +137,7 @@ static void dq_q5_k(const uint8_t *src, float *dst, int64_t nb) {
   }
 }
 
-static void dq_q6_k(const uint8_t *src, float *dst, int64_t nb) {
+static void dq_q6_k(const uint8_t *__restrict src, float *__restrict dst, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b, src += 210, dst += QK_K) {
     const uint8_t *ql = src, *qh = src + 128;
     const int8_t *scales = (const int8_t *)(src + 192);
@@ -158,7 +158,7 @@ static void dq_q6_k(const uint8_t *src, float *dst, int64_t nb) {
   }
 }
 
-static void dq_iq2_xxs(const uint8_t *src, float *dst, int64_t nb) {
+static void dq_iq2_xxs(const uint8_t *__restrict src, float *__restrict dst, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b, src += 66, dst += QK_K) {
     const float d = load_half(src);
     for (int ib = 0; ib < 8; ++ib) {
@@ -177,7 +177,7 @@ static void dq_iq2_xxs(const uint8_t *src, float *dst, int64_t nb) {
   }
 }
 
-static void dq_iq2_xs(const uint8_t *src, float *dst, int64_t nb) {
+static void dq_iq2_xs(const uint8_t *__restrict src, float *__restrict dst, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b, src += 74, dst += QK_K) {
     const float d = load_half(src);
     const uint8_t *scales = src + 66;
@@ -195,7 +195,7 @@ static void dq_iq2_xs(const uint8_t *src, float *dst, int64_t nb) {
   }
 }
 
-static void dq_iq3_xxs(const uint8_t *src, float *dst, int64_t nb) {
+static void dq_iq3_xxs(const uint8_t *__restrict src, float *__restrict dst, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b, src += 98, dst += QK_K) {
     const float d = load_half(src);
     const uint8_t *qs = src + 2;
@@ -213,7 +213,7 @@ static void dq_iq3_xxs(const uint8_t *src, float *dst, int64_t nb) {
   }
 }
 
-static void dq_iq1_s(const uint8_t *src, float *dst, int64_t nb) {
+static void dq_iq1_s(const uint8_t *__restrict src, float *__restrict dst, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b, src += 50, dst += QK_K) {
     const float d = load_half(src);
     const uint8_t *qs = src + 2;
@@ -229,7 +229,7 @@ static void dq_iq1_s(const uint8_t *src, float *dst, int64_t nb) {
   }
 }
 
-static void dq_iq1_m(const uint8_t *src, float *dst, int64_t nb) {
+static void dq_iq1_m(const uint8_t *__restrict src, float *__restrict dst, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b, src += 56, dst += QK_K) {
     const uint8_t *qs = src, *qh = src + 32;
     uint16_t sc[4];
@@ -248,7 +248,7 @@ static void dq_iq1_m(const uint8_t *src, float *dst, int64_t nb) {
   }
 }
 
-static void dq_iq4_nl(const uint8_t *src, float *dst, int64_t nb) {
+static void dq_iq4_nl(const uint8_t *__restrict src, float *__restrict dst, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b, src += 18, dst += 32) {
     const float d = load_half(src);
     const uint8_t *qs = src + 2;
@@ -257,7 +257,7 @@ static void dq_iq4_nl(const uint8_t *src, float *dst, int64_t nb) {
   }
 }
 
-static void dq_iq4_xs(const uint8_t *src, float *dst, int64_t nb) {
+static void dq_iq4_xs(const uint8_t *__restrict src, float *__restrict dst, int64_t nb) {
   for (int64_t b = 0; b < nb; ++b, src += 136, dst += QK_K) {
     const float d = load_half(src);
     const uint16_t scales_h = load_u16(src + 2);
