@@ -85,6 +85,7 @@ class ModelInfo:
     parameters: dict[str, Any] = field(default_factory=dict)  # Modelfile PARAMETERs
     license: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)  # GGUF key/values for model_info
+    messages: tuple[dict[str, Any], ...] = ()  # Modelfile MESSAGEs, put before a chat's own
 
 
 @dataclass(frozen=True)

@@ -161,15 +161,20 @@ class ModelStore:
         return info
 
     def _with_manifest(self, info: ModelInfo, manifest: Manifest) -> ModelInfo:
-        params_text = mf.read_text_layer(self.root, manifest, mf.MEDIA_PARAMS)
+        params = _json_layer(self.root, manifest, mf.MEDIA_PARAMS)
+        messages = _json_layer(self.root, manifest, mf.MEDIA_MESSAGES)
         return replace(
             info,
             size=manifest.size(),
             digest=manifest.digest,
             modified_at=manifest.mtime,
+            # A Go template (every model Ollama itself pulled has one) is shown by /api/show;
+            # the chat template loader falls back to the GGUF's Jinja one for rendering.
+            template=mf.read_text_layer(self.root, manifest, mf.MEDIA_TEMPLATE) or info.template,
             system=mf.read_text_layer(self.root, manifest, mf.MEDIA_SYSTEM),
-            parameters=json.loads(params_text) if params_text.strip() else {},
+            parameters=params if isinstance(params, dict) else {},
             license=mf.read_text_layer(self.root, manifest, mf.MEDIA_LICENSE) or info.license,
+            messages=tuple(m for m in messages if isinstance(m, dict)) if isinstance(messages, list) else (),
         )
 
     def list(self) -> list[ModelInfo]:
@@ -215,6 +220,15 @@ class ModelStore:
                 return  # an unreadable manifest might reference anything: keep everything
         for digest in candidates:
             mf.blob_path(self.root, digest).unlink(missing_ok=True)
+
+
+def _json_layer(root: Path, manifest: Manifest, media_type: str) -> Any:
+    """A params or messages layer; a damaged one counts as absent rather than hiding the model."""
+    text = mf.read_text_layer(root, manifest, media_type)
+    try:
+        return json.loads(text) if text.strip() else None
+    except ValueError:
+        return None
 
 
 def _digests(doc: dict) -> set[str]:

@@ -91,7 +91,12 @@ def _model_layer(store: ModelStore, source: str) -> tuple[dict[str, Any], dict[s
         raise ModelNotFound(f"model '{source}' not found") from None
     if len(info.paths) > 1:
         raise InvalidRequest(f"model '{source}' is split over {len(info.paths)} files; create from a single GGUF")
-    inherited = {"system": info.system, "parameters": info.parameters, "license": info.license}
+    # Ollama copies the source's layers and lets the request replace each kind; a template is
+    # inherited only from a manifest (a loose GGUF's own template needs no layer).
+    manifest = _manifest_of(store, info.name)
+    template = mf.read_text_layer(store.root, manifest, mf.MEDIA_TEMPLATE) if manifest else ""
+    inherited = {"system": info.system, "parameters": info.parameters, "license": info.license,
+                 "template": template, "messages": list(info.messages)}  # fmt: skip
     blob = Path(info.paths[0])
     if blob.parent == store.root / "blobs" and blob.name.startswith("sha256-"):
         layer = {"mediaType": mf.MEDIA_MODEL, "digest": "sha256:" + blob.name[7:], "size": blob.stat().st_size}
@@ -130,7 +135,7 @@ def create(
         raise InvalidRequest("neither 'from' nor 'files' was specified")
     layers = [layer]
     texts = {
-        mf.MEDIA_TEMPLATE: template,
+        mf.MEDIA_TEMPLATE: template or inherited.get("template"),
         mf.MEDIA_SYSTEM: system if system is not None else inherited.get("system"),
         mf.MEDIA_LICENSE: "\n".join(license) if isinstance(license, list) else (license or inherited.get("license")),
     }
@@ -140,6 +145,7 @@ def create(
             layers.append({"mediaType": media_type, **mf.write_blob(store.root, text.encode())})
     if params:
         layers.append({"mediaType": mf.MEDIA_PARAMS, **mf.write_blob(store.root, json.dumps(params).encode())})
+    messages = messages or inherited.get("messages")
     if messages:
         layers.append({"mediaType": mf.MEDIA_MESSAGES, **mf.write_blob(store.root, json.dumps(messages).encode())})
     status("writing manifest")

@@ -129,7 +129,9 @@ def prepare_chat(app: web.Application, body: dict) -> Job:
         return Job(model, info, None, "unload" if ka == 0 else "load")
     if not isinstance(messages, list):
         raise ApiError(400, "messages must be an array")
-    messages = [_message(m) for m in messages]
+    own = [_message(m) for m in messages]
+    # As Ollama's ChatHandler: the model's Modelfile MESSAGEs come before the request's own.
+    messages = [_message(m) for m in info.messages] + own
     tools = body.get("tools")
     if not opt.unset(tools) and tools:
         if "tools" not in info.capabilities:
@@ -137,7 +139,7 @@ def prepare_chat(app: web.Application, body: dict) -> Job:
     else:
         tools = None
     images = tuple(img for m in messages for img in _images(m.get("images"), info, model))
-    if info.system and (not messages or messages[0]["role"] != "system"):
+    if info.system and own[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": info.system})
     think_value, split_thinking = _think(info, model, body)
     prompt = engine.render_chat(info.name, messages, tools=tools, think=think_value)
