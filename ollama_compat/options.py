@@ -141,7 +141,9 @@ def keep_alive(value: Any) -> float | None:
 
 
 def think(value: Any) -> bool | str | None:
-    """None (unset), True/False, or a level; anything else is Ollama's 400."""
+    """None (unset, also for ""), True/False, or a level; anything else is Ollama's 400."""
+    if value == "":
+        return None
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str) and value in THINK_LEVELS:
@@ -150,15 +152,13 @@ def think(value: Any) -> bool | str | None:
     raise ApiError(400, f'invalid think value: {shown} (must be "high", "medium", "low", "max", true, or false)')
 
 
-def stream(value: Any) -> bool:
-    """Absent or null streams; "false"/"true" as strings too (our reference Slack bot sends them)."""
-    if value is None:
-        return True
+def stream(value: Any, default: bool = True) -> bool:
+    """Absent, null or "" gives `default` (native /api streams, OpenAI's /v1 does not);
+    "false"/"true" as strings too (our reference Slack bot sends them)."""
+    if unset(value) or (isinstance(value, str) and not value.strip()):
+        return default
     if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in ("false", "0", "no", "off", ""):
-            return False
-        return True
+        return value.strip().lower() not in ("false", "0", "no", "off")
     return bool(value)
 
 

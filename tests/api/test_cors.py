@@ -58,6 +58,8 @@ async def test_preflight(aiohttp_client, engine):
     assert r.headers["Access-Control-Allow-Methods"] == "GET,POST,PUT,PATCH,DELETE,HEAD,OPTIONS"
     assert "Authorization" in r.headers["Access-Control-Allow-Headers"]
     assert r.headers["Access-Control-Max-Age"] == "43200"
+    assert r.headers.getall("Vary") == ["Origin", "Access-Control-Request-Method", "Access-Control-Request-Headers"]
+    assert await r.read() == b""
     r = await client.options("/anything", headers={**headers, "Origin": "https://evil.com"})
     assert r.status == 403 and await r.read() == b""
 
@@ -70,13 +72,40 @@ async def test_configured_origins(aiohttp_client, engine):
     assert r.status == 200
     star = await serve(aiohttp_client, engine, {"OLLAMA_ORIGINS": "*"})
     r = await star.get("/api/tags", headers={**LOCAL, "Origin": "https://anything.example"})
-    assert r.headers["Access-Control-Allow-Origin"] == "*"
+    assert r.headers["Access-Control-Allow-Origin"] == "*" and "Vary" not in r.headers  # gin-cors: no Vary with *
+    r = await star.options("/api/chat", headers={**LOCAL, "Origin": "https://x.example",
+                                                 "Access-Control-Request-Method": "POST"})  # fmt: skip
+    assert r.status == 204 and r.headers["Access-Control-Allow-Origin"] == "*" and "Vary" not in r.headers
+
+
+async def test_quoted_origins_value(aiohttp_client, engine):
+    """envconfig trims quotes off the whole OLLAMA_ORIGINS value (a common .env habit)."""
+    client = await serve(aiohttp_client, engine, {"OLLAMA_ORIGINS": '"https://a.example,HTTPS://B.example"'})
+    for origin in ("https://a.example", "https://b.example"):
+        r = await client.get("/api/tags", headers={**LOCAL, "Origin": origin})
+        assert r.headers["Access-Control-Allow-Origin"] == origin
+
+
+async def test_empty_and_same_origin_are_not_cors(aiohttp_client, engine):
+    client = await serve(aiohttp_client, engine)
+    for origin in ("", "http://127.0.0.1:11434"):
+        r = await client.get("/api/tags", headers={**LOCAL, "Origin": origin})
+        assert r.status == 200 and "Access-Control-Allow-Origin" not in r.headers
+
+
+async def test_options_without_origin(aiohttp_client, engine):
+    """allowedHostsMiddleware answers OPTIONS itself only for allowed names; an IP Host goes on
+    to routing, where no route takes OPTIONS (gin: 405)."""
+    client = await serve(aiohttp_client, engine)
+    assert (await client.options("/api/chat", headers={"Host": "localhost:11434"})).status == 204
+    assert (await client.options("/api/chat", headers=LOCAL)).status == 405
 
 
 @pytest.mark.parametrize(
     "host,status",
     [("127.0.0.1:11434", 200), ("localhost:11434", 200), ("foo.localhost:11434", 200), ("10.0.0.5:11434", 200),
-     ("printer.local", 200), ("[::1]:11434", 200), ("evil.example.com", 403), ("8.8.8.8:11434", 403)],
+     ("printer.local", 200), ("[::1]:11434", 200), ("::1", 200), ("", 200), ("evil.example.com", 403),
+     ("8.8.8.8:11434", 403), ("172.32.0.1", 403), ("100.64.0.1", 403)],  # Go's IsPrivate, not Python's
 )  # fmt: skip
 async def test_dns_rebinding_guard_on_loopback(aiohttp_client, engine, host, status):
     client = await serve(aiohttp_client, engine)
