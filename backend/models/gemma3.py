@@ -37,6 +37,7 @@ class ModelArgs:
     sliding_window: int
     query_pre_attn_scalar: float
     max_position_embeddings: int
+    final_logit_softcapping: float | None = None  # Gemma 2 style tanh cap; absent in Gemma 3 files
 
     @classmethod
     def from_gguf(cls, f: GGUFFile) -> "ModelArgs":
@@ -57,6 +58,7 @@ class ModelArgs:
             # llama.cpp scales queries by 1/sqrt(head_dim) for every size but 27B (hidden/heads).
             query_pre_attn_scalar=float(hidden // heads if head_dim * heads != hidden and heads == 32 else head_dim),
             max_position_embeddings=f.arch_get("context_length", 32768),
+            final_logit_softcapping=f.arch_get("final_logit_softcapping", None),
         )
 
     def is_sliding(self, i: int) -> bool:
@@ -128,4 +130,7 @@ class Model(nn.Module):
         x = self.hidden_states(tokens, batch)  # [T, D]
         if logits_indices is not None:
             x = x[logits_indices]  # [L, D]
-        return self.output(x).float()
+        logits = self.output(x).float()  # [L, V]
+        if cap := self.args.final_logit_softcapping:
+            logits = cap * torch.tanh(logits / cap)
+        return logits

@@ -18,6 +18,7 @@ FAMILIES: dict[str, str] = {
     "qwen2moe": "qwen",
     "qwen3moe": "qwen",
     "deepseek2": "deepseek2",
+    "gemma3": "gemma3",
 }
 
 
