@@ -28,12 +28,18 @@ async def oai(client, engine):
 
 async def test_chat_completion(oai, engine):
     reply = await oai.chat.completions.create(model="mymoe", messages=[{"role": "user", "content": "hi"}],
-                                              max_tokens=5, seed=3, stop="x", temperature=0.2)  # fmt: skip
+                                              max_tokens=5, seed=3, stop="x", temperature=0.2,
+                                              presence_penalty=0.5, frequency_penalty=0.25)  # fmt: skip
     assert reply.object == "chat.completion" and reply.choices[0].message.content == "Hello wörld"
     assert reply.choices[0].finish_reason == "stop"
     assert (reply.usage.prompt_tokens, reply.usage.completion_tokens, reply.usage.total_tokens) == (3, 2, 5)
     s = engine.requests[-1].sampling
     assert (s.num_predict, s.seed, s.stop, s.temperature, s.top_p) == (5, 3, ("x",), 0.2, 1.0)
+    assert (s.presence_penalty, s.frequency_penalty) == (0.5, 0.25)
+    await oai.chat.completions.create(model="mymoe", messages=[{"role": "user", "content": "hi"}],
+                                      max_completion_tokens=7, stop=["a", "b"], top_p=0.5)  # fmt: skip
+    s = engine.requests[-1].sampling
+    assert (s.num_predict, s.stop, s.top_p, s.temperature) == (7, ("a", "b"), 0.5, 1.0)  # OpenAI's default 1.0
 
 
 async def test_chat_completion_stream_with_usage(oai, engine):
