@@ -46,6 +46,8 @@ def _load() -> ctypes.CDLL:
         "moe_num_threads": ([], ctypes.c_int),
         "moe_dequantize": ([ctypes.c_int, vp, i64, fp, i64], ctypes.c_int),
         "moe_matmul": ([ctypes.c_int, vp, i64, i64, i64, fp, i64, fp], ctypes.c_int),
+        "moe_matmul_q8": ([ctypes.c_int, vp, i64, i64, i64, fp, i64, fp], ctypes.c_int),
+        "moe_quantize_activations": ([ctypes.c_int, fp, i64, i64, vp, fp], ctypes.c_int),
         "moe_experts": ([i64, i64, i64, i64, i64, fp, vp, fp, vp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp,
                          ctypes.c_int, i64, fp], ctypes.c_int),  # fmt: skip
     }
@@ -186,6 +188,88 @@ def matmul_reference(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
     """float64 product with gguf-dequantized weights: the oracle for matmul."""
     w = torch.from_numpy(dequantize_reference(weight.raw, weight.ggml_type, weight.shape)).double()
     return x.double() @ w.T
+
+
+FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
+Q8_0_TYPES = tuple(GGMLQuantizationType[n] for n in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"))
+
+
+def activation_block(ggml_type: int) -> int:
+    """32 (Q8_0 activations) for the 32-weight types, 256 (Q8_K) for K and IQ types."""
+    if ggml_type in FLOAT_TYPES:
+        raise KernelError(f"{type_name(ggml_type)} weights take float activations")
+    return 32 if ggml_type in Q8_0_TYPES else 256
+
+
+def _check_x(x: torch.Tensor, cols: int, what: str) -> torch.Tensor:
+    if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 2 or x.shape[1] != cols:
+        raise KernelError(f"{what}: x must be a CPU float32 [T, {cols}] tensor, got {x.dtype} {tuple(x.shape)}")
+    return x.contiguous()
+
+
+def quantize_activations(x: torch.Tensor, ggml_type: int) -> tuple[np.ndarray, np.ndarray]:
+    """x [T, K] -> (q int8 [T, K], d float32 [T, K / block]): the 8-bit activations that
+    matmul_q8 pairs with `ggml_type` weights (Q8_0 or Q8_K, see activation_block)."""
+    block = activation_block(ggml_type)
+    x = _check_x(x, x.shape[-1] if x.dim() == 2 else -1, "quantize_activations")
+    T, K = x.shape
+    if K % block:
+        raise KernelError(f"quantize_activations: {K} is not a multiple of {block}")
+    q = np.empty((T, K), np.int8)
+    d = np.empty((T, K // block), np.float32)
+    fp = ctypes.POINTER(ctypes.c_float)
+    code = _lib.moe_quantize_activations(int(ggml_type), ctypes.cast(x.data_ptr(), fp), T, K, q.ctypes.data,
+                                         d.ctypes.data_as(fp))  # fmt: skip
+    _check(code, "quantize_activations")
+    return q, d
+
+
+def quantize_activations_reference(x: torch.Tensor, ggml_type: int) -> tuple[np.ndarray, np.ndarray]:
+    """numpy: Q8_0 d = amax / 127, q = rint(x / d); Q8_K iscale = -127 / (signed value of the
+    largest magnitude), q = min(127, rint(iscale * x)), d = 1 / iscale. Ties to even."""
+    block = activation_block(ggml_type)
+    xb = x.numpy().astype(np.float32).reshape(x.shape[0], -1, block)
+    amax = np.abs(xb).max(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if block == 32:
+            d = amax / np.float32(127)
+            inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
+            q = np.rint(xb * inv)
+        else:
+            mx = np.take_along_axis(xb, np.abs(xb).argmax(axis=-1)[..., None], axis=-1)
+            iscale = np.where(amax == 0, np.float32(0), np.float32(-127) / mx).astype(np.float32)
+            q = np.minimum(np.rint(iscale * xb), 127)
+            d = np.where(amax == 0, np.float32(0), np.float32(1) / iscale).astype(np.float32)
+    return q.astype(np.int8).reshape(x.shape), d[..., 0].astype(np.float32)
+
+
+def matmul_q8(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
+    """x [T, cols] -> [T, rows] as llama.cpp computes it: x quantized once to 8 bits
+    (quantize_activations), integer dot products per 16 weights, float scales. Same bits on
+    every ISA and thread count. Float weights (F32/F16/BF16) run matmul."""
+    rows, cols = weight.shape
+    x = _check_x(x, cols, "matmul_q8")
+    y = torch.empty((x.shape[0], rows), dtype=torch.float32)
+    if x.shape[0] == 0:
+        return y
+    fp = ctypes.POINTER(ctypes.c_float)
+    code = _lib.moe_matmul_q8(
+        int(weight.ggml_type), weight.raw.ctypes.data, weight.raw.nbytes, rows, cols,
+        ctypes.cast(x.data_ptr(), fp), x.shape[0], ctypes.cast(y.data_ptr(), fp),
+    )  # fmt: skip
+    _check(code, f"matmul_q8 {type_name(weight.ggml_type)} {weight.shape}")
+    return y
+
+
+def matmul_q8_reference(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
+    """float64 product of gguf-dequantized weights with the reference-quantized activations."""
+    if weight.ggml_type in FLOAT_TYPES:
+        return matmul_reference(weight, x)
+    q, d = quantize_activations_reference(x, weight.ggml_type)
+    block = activation_block(weight.ggml_type)
+    xq = torch.from_numpy((q.astype(np.float64).reshape(q.shape[0], -1, block) * d[..., None]).reshape(q.shape))
+    w = torch.from_numpy(dequantize_reference(weight.raw, weight.ggml_type, weight.shape)).double()
+    return xq @ w.T
 
 
 # ---- the MoE layer -------------------------------------------------------------------------

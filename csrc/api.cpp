@@ -10,6 +10,7 @@
 
 #include "kernels_isa.h"
 #include "moe.h"
+#include "qmatmul.h"
 #include "quants/formats.h"
 #include "threadpool.h"
 
@@ -151,3 +152,35 @@ MOE_API int moe_experts(int64_t num_tokens, int64_t dim, int64_t hidden, int64_t
   return 0;
 }
 
+
+MOE_API int moe_matmul_q8(int type, const void *weight, int64_t weight_bytes, int64_t n, int64_t k, const float *x,
+                          int64_t num_tokens, float *y) {
+  if (geometry(type).block_size == 1) return moe_matmul(type, weight, weight_bytes, n, k, x, num_tokens, y);
+  const Geometry g = geometry(type);
+  if (g.block_size == 0) return MOE_ERR_TYPE;
+  if (!weight || !x || !y || n <= 0 || k <= 0 || num_tokens < 0 || k % g.block_size) return MOE_ERR_SHAPE;
+  if (weight_bytes < n * (k / g.block_size * g.type_size)) return MOE_ERR_SIZE;
+  if (num_tokens == 0) return 0;
+  Runtime &rt = runtime();
+  std::lock_guard<std::mutex> lock(rt.mutex);
+  qmatmul(pool_locked(rt), moe_isa_active(), type, (const uint8_t *)weight, n, k, x, num_tokens, y);
+  return 0;
+}
+
+MOE_API int moe_quantize_activations(int type, const float *x, int64_t num_tokens, int64_t k, int8_t *q, float *d) {
+  const int kind = act_kind_for(type);
+  if (kind < 0) return MOE_ERR_TYPE;
+  const int block = kind == kActQ8_0 ? 32 : kChunkQ;
+  if (!x || !q || !d || num_tokens < 0 || k <= 0 || k % block) return MOE_ERR_SHAPE;
+  const int64_t chunks = act_chunks(k);
+  std::vector<int8_t> pq(chunks * kChunkQ);
+  std::vector<int32_t> bsum(chunks * kSubQ);
+  std::vector<float> scale(chunks * kSubQ);
+  const QActView v{k, chunks, pq.data(), bsum.data(), scale.data()};
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    quantize_act_row(kind, x + t * k, 0, v);
+    for (int64_t i = 0; i < k; ++i) q[t * k + i] = pq[i];
+    for (int64_t b = 0; b < k / block; ++b) d[t * (k / block) + b] = scale[b * block / 16];
+  }
+  return 0;
+}

@@ -1,0 +1,32 @@
+// Integer-activation matmul driver: quantize the activations once, then rows in tasks of
+// kQRows on the pool (each task owns its outputs, so threads never change results).
+#include "qmatmul.h"
+
+#include <algorithm>
+#include <vector>
+
+#include "quants/formats.h"
+#include "threadpool.h"
+
+namespace moe {
+
+constexpr int64_t kQRows = 16;
+
+void qmatmul(ThreadPool &pool, int isa, int type, const uint8_t *w, int64_t n, int64_t k, const float *x,
+             int64_t num_tokens, float *y) {
+  const Geometry g = geometry(type);
+  const int64_t row_bytes = k / g.block_size * g.type_size, chunks = act_chunks(k);
+  std::vector<int8_t> q(num_tokens * chunks * kChunkQ);
+  std::vector<int32_t> bsum(num_tokens * chunks * kSubQ);
+  std::vector<float> scale(num_tokens * chunks * kSubQ);
+  const QActView a{k, chunks, q.data(), bsum.data(), scale.data()};
+  const int kind = act_kind_for(type);
+  pool.parallel_for(num_tokens, [&](int64_t t) { quantize_act_row(kind, x + t * k, t, a); });
+  auto rows_fn = isa == 2 ? avx512::qrows_matmul : isa == 1 ? avx2::qrows_matmul : scalar::qrows_matmul;
+  pool.parallel_for((n + kQRows - 1) / kQRows, [&](int64_t task) {
+    const int64_t row0 = task * kQRows, rows = std::min(kQRows, n - row0);
+    rows_fn(type, w + row0 * row_bytes, row_bytes, rows, a, num_tokens, y + row0, n);
+  });
+}
+
+}  // namespace moe

@@ -1,0 +1,28 @@
+// Integer-activation matmul: activations quantized once (quants/qact.h), weights unpacked to
+// int8 per 256-chunk (quants/unpack_impl.h), integer dot products per 16-weight sub-block.
+#pragma once
+#include <stdint.h>
+
+#include "quants/qact.h"
+
+namespace moe {
+
+class ThreadPool;
+
+#define MOE_DECLARE_QISA(ns)                                                                               \
+  namespace ns {                                                                                           \
+  void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,          \
+                    int64_t num_tokens, float *y, int64_t ldy);                                            \
+  void qchunk_isums(const int8_t *wq, const int8_t *aq, const int32_t *bsum, int32_t *isum);               \
+  }
+MOE_DECLARE_QISA(scalar)
+MOE_DECLARE_QISA(avx2)
+MOE_DECLARE_QISA(avx512)
+#undef MOE_DECLARE_QISA
+
+// y[t * n + r] = <W row r, x[t]> with x quantized as act_kind_for(type). Quantized weight types
+// only. Same bits for every ISA, thread count and batch composition.
+void qmatmul(ThreadPool &pool, int isa, int type, const uint8_t *w, int64_t n, int64_t k, const float *x,
+             int64_t num_tokens, float *y);
+
+}  // namespace moe

@@ -1,0 +1,118 @@
+// Per-ISA part of the integer-activation matmul (compiled once per ISA level, as
+// kernels_isa.cpp). Only the 16 sub-block integer sums of a chunk differ between ISAs, and
+// integers are exact; the float combination below is the same scalar-order code everywhere,
+// so every ISA gives the same bits.
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <vector>
+
+#include "qmatmul.h"
+#include "quants/formats.h"
+#include "quants/tables.h"
+
+namespace moe {
+namespace MOE_ISA_NS {
+
+#include "quants/dequant_impl.h"
+#include "quants/unpack_impl.h"
+
+// isum[s] = sum over sub-block s (16 quants) of wq * aq. bsum: the activation's sub-block sums.
+void qchunk_isums(const int8_t *wq, const int8_t *aq, const int32_t *bsum, int32_t *isum) {
+#if defined(__AVX512VNNI__)
+  // dpbusd wants an unsigned operand: (w + 128) * a, then subtract 128 * sum(a), exactly.
+  // Vector p covers sub-blocks 4p..4p+3, four 32-bit lanes each; two unpack+add rounds leave
+  // lane 4g + p = sub-block 4p + g, and one permute puts them in order.
+  const __m512i flip = _mm512_set1_epi8((char)0x80);
+  __m512i v[4];
+  for (int p = 0; p < 4; ++p)
+    v[p] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(_mm512_loadu_si512(wq + 64 * p), flip),
+                               _mm512_loadu_si512(aq + 64 * p));
+  const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(v[0], v[1]), _mm512_unpackhi_epi32(v[0], v[1]));
+  const __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2], v[3]), _mm512_unpackhi_epi32(v[2], v[3]));
+  __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
+  u = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), u);
+  _mm512_storeu_si512(isum, _mm512_sub_epi32(u, _mm512_slli_epi32(_mm512_loadu_si512(bsum), 7)));
+#elif defined(__AVX2__)
+  // |w| * (a signed by w): |w| <= 128 and |a| <= 127, so maddubs's int16 pairs cannot saturate.
+  // Vector i holds sub-blocks 2i (low half) and 2i+1; two hadds per four vectors, then a permute.
+  const __m256i ones = _mm256_set1_epi16(1);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  for (int h = 0; h < 2; ++h) {
+    __m256i v[4];
+    for (int i = 0; i < 4; ++i) {
+      const __m256i w = _mm256_loadu_si256((const __m256i *)(wq + 128 * h + 32 * i));
+      const __m256i a = _mm256_loadu_si256((const __m256i *)(aq + 128 * h + 32 * i));
+      v[i] = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(a, w)), ones);
+    }
+    const __m256i r = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    _mm256_storeu_si256((__m256i *)(isum + 8 * h), _mm256_permutevar8x32_epi32(r, order));
+  }
+  (void)bsum;
+#else
+  for (int s = 0; s < 16; ++s) {
+    int32_t sum = 0;
+    for (int j = 0; j < 16; ++j) sum += (int32_t)wq[16 * s + j] * aq[16 * s + j];
+    isum[s] = sum;
+  }
+  (void)bsum;
+#endif
+}
+
+// acc[s] += ad[s] * (ws[s] * isum[s] + wo[s] * bsum[s]): plain multiplies and adds (the build
+// has -ffp-contract=off), lane by lane, identical on every ISA.
+static inline void combine(float *acc, const float *ad, const float *ws, const float *wo, const int32_t *isum,
+                           const int32_t *bsum) {
+  for (int s = 0; s < 16; ++s) acc[s] += ad[s] * (ws[s] * (float)isum[s] + wo[s] * (float)bsum[s]);
+}
+
+constexpr int kTokenTile = 8;
+
+void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,
+                  int64_t num_tokens, float *y, int64_t ldy) {
+  const Geometry g = geometry(type);
+  const UnpackFn unpack = unpack_fn(type);
+  const int64_t chunks = a.chunks, blocks = a.k / g.block_size;
+  const int per_chunk = kChunkQ / g.block_size;  // 8 legacy blocks or 1 K block
+  // The rows of this task as int8 + scales, unpacked once and shared by every token.
+  thread_local std::vector<int8_t> qbuf;
+  thread_local std::vector<float> sbuf;
+  if ((int64_t)qbuf.size() < rows * chunks * kChunkQ) qbuf.resize(rows * chunks * kChunkQ);
+  if ((int64_t)sbuf.size() < 2 * rows * chunks * kSubQ) sbuf.resize(2 * rows * chunks * kSubQ);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < chunks; ++c) {
+      int8_t *q = qbuf.data() + (r * chunks + c) * kChunkQ;
+      float *ws = sbuf.data() + (r * chunks + c) * 2 * kSubQ, *wo = ws + kSubQ;
+      const int64_t nblk = blocks - c * per_chunk < per_chunk ? blocks - c * per_chunk : per_chunk;
+      memset(ws, 0, 2 * kSubQ * sizeof(float));
+      if (nblk < per_chunk) memset(q, 0, kChunkQ);
+      unpack(w + r * row_bytes + c * per_chunk * g.type_size, (int)nblk, q, ws, wo);
+    }
+  alignas(64) int32_t isum[kSubQ];
+  alignas(64) float acc[kTokenTile][kSubQ];
+  for (int64_t t0 = 0; t0 < num_tokens; t0 += kTokenTile) {
+    const int64_t nt = num_tokens - t0 < kTokenTile ? num_tokens - t0 : kTokenTile;
+    for (int64_t r = 0; r < rows; ++r) {
+      memset(acc, 0, sizeof acc);
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int8_t *q = qbuf.data() + (r * chunks + c) * kChunkQ;
+        const float *ws = sbuf.data() + (r * chunks + c) * 2 * kSubQ, *wo = ws + kSubQ;
+        for (int64_t j = 0; j < nt; ++j) {
+          const int64_t t = t0 + j, off = t * chunks + c;
+          const int32_t *bsum = a.bsum + off * kSubQ;
+          qchunk_isums(q, a.q + off * kChunkQ, bsum, isum);
+          combine(acc[j], a.scale + off * kSubQ, ws, wo, isum, bsum);
+        }
+      }
+      for (int64_t j = 0; j < nt; ++j) {
+        float s = acc[j][0];
+        for (int i = 1; i < kSubQ; ++i) s += acc[j][i];
+        y[(t0 + j) * ldy + r] = s;
+      }
+    }
+  }
+}
+
+}  // namespace MOE_ISA_NS
+}  // namespace moe

@@ -1,0 +1,242 @@
+// Weight blocks -> small integers and per-16 float scale/offset, for the integer dot products:
+// every supported type is, per sub-block s of 16 weights, w = ws[s] * q + wo[s] with q an int8.
+// Then <w, a> over a chunk = sum_s ad[s] * (ws[s] * <q, aq>_s + wo[s] * bsum_s), the integer
+// part exact. IQ1_S/IQ1_M's +-1/8 shift is folded into q (8 g +- 1, scale dl / 8: both exact).
+// The scale arithmetic repeats the dequantizers' float ops, so ws * q equals gguf's value.
+// Included once per ISA namespace.
+#pragma once
+
+#define QP(i) q[i]
+
+// Legacy 32-blocks: `nblk` (<= 8) blocks of this chunk, the rest left as the caller's zeros.
+static void up_q4_0(const uint8_t *b, int nblk, int8_t *q, float *ws, float *wo) {
+  for (int k = 0; k < nblk; ++k, b += 18) {
+    ws[2 * k] = ws[2 * k + 1] = load_half(b);
+    for (int j = 0; j < 16; ++j) QP(32 * k + j) = (int8_t)((b[2 + j] & 0xF) - 8), QP(32 * k + 16 + j) = (int8_t)((b[2 + j] >> 4) - 8);
+  }
+  (void)wo;
+}
+
+static void up_q4_1(const uint8_t *b, int nblk, int8_t *q, float *ws, float *wo) {
+  for (int k = 0; k < nblk; ++k, b += 20) {
+    ws[2 * k] = ws[2 * k + 1] = load_half(b);
+    wo[2 * k] = wo[2 * k + 1] = load_half(b + 2);
+    for (int j = 0; j < 16; ++j) QP(32 * k + j) = (int8_t)(b[4 + j] & 0xF), QP(32 * k + 16 + j) = (int8_t)(b[4 + j] >> 4);
+  }
+}
+
+static void up_q5_0(const uint8_t *b, int nblk, int8_t *q, float *ws, float *wo) {
+  for (int k = 0; k < nblk; ++k, b += 22) {
+    ws[2 * k] = ws[2 * k + 1] = load_half(b);
+    const uint32_t qh = load_u32(b + 2);
+    for (int j = 0; j < 16; ++j) {
+      QP(32 * k + j) = (int8_t)(((b[6 + j] & 0xF) | (((qh >> j) & 1) << 4)) - 16);
+      QP(32 * k + 16 + j) = (int8_t)(((b[6 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - 16);
+    }
+  }
+  (void)wo;
+}
+
+static void up_q5_1(const uint8_t *b, int nblk, int8_t *q, float *ws, float *wo) {
+  for (int k = 0; k < nblk; ++k, b += 24) {
+    ws[2 * k] = ws[2 * k + 1] = load_half(b);
+    wo[2 * k] = wo[2 * k + 1] = load_half(b + 2);
+    const uint32_t qh = load_u32(b + 4);
+    for (int j = 0; j < 16; ++j) {
+      QP(32 * k + j) = (int8_t)((b[8 + j] & 0xF) | (((qh >> j) & 1) << 4));
+      QP(32 * k + 16 + j) = (int8_t)((b[8 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4));
+    }
+  }
+}
+
+static void up_q8_0(const uint8_t *b, int nblk, int8_t *q, float *ws, float *wo) {
+  for (int k = 0; k < nblk; ++k, b += 34) {
+    ws[2 * k] = ws[2 * k + 1] = load_half(b);
+    for (int j = 0; j < 32; ++j) QP(32 * k + j) = (int8_t)b[2 + j];
+  }
+  (void)wo;
+}
+
+static void up_iq4_nl(const uint8_t *b, int nblk, int8_t *q, float *ws, float *wo) {
+  for (int k = 0; k < nblk; ++k, b += 18) {
+    ws[2 * k] = ws[2 * k + 1] = load_half(b);
+    for (int j = 0; j < 16; ++j)
+      QP(32 * k + j) = kIq4nlValues[b[2 + j] & 0xF], QP(32 * k + 16 + j) = kIq4nlValues[b[2 + j] >> 4];
+  }
+  (void)wo;
+}
+
+// 256-blocks: one block per chunk.
+static void up_q2_k(const uint8_t *b, int, int8_t *q, float *ws, float *wo) {
+  const uint8_t *scales = b, *qs = b + 16;
+  const float d = load_half(b + 80), dmin = load_half(b + 82);
+  for (int sb = 0; sb < 16; ++sb) {
+    const int c = sb / 8, s = (sb / 2) % 4, i0 = (sb % 2) * 16;
+    ws[sb] = d * (float)(scales[sb] & 0xF);
+    wo[sb] = -(dmin * (float)(scales[sb] >> 4));
+    for (int i = 0; i < 16; ++i) QP(sb * 16 + i) = (int8_t)((qs[c * 32 + i0 + i] >> (2 * s)) & 3);
+  }
+}
+
+static void up_q3_k(const uint8_t *b, int, int8_t *q, float *ws, float *) {
+  const uint8_t *hmask = b, *qs = b + 32, *sc = b + 96;
+  const float d = load_half(b + 108);
+  for (int sb = 0; sb < 16; ++sb) {
+    const int lo = (sc[sb % 8] >> (4 * (sb / 8))) & 0xF, hi = (sc[8 + sb % 4] >> (2 * (sb / 4))) & 3;
+    ws[sb] = d * (float)((int8_t)(lo | (hi << 4)) - 32);
+    const int c = sb / 8, s = (sb / 2) % 4, i0 = (sb % 2) * 16, bit = sb / 2;
+    for (int i = 0; i < 16; ++i) {
+      const int ql = (qs[c * 32 + i0 + i] >> (2 * s)) & 3, qh = ((hmask[i0 + i] >> bit) & 1) ^ 1;
+      QP(sb * 16 + i) = (int8_t)(ql - (qh << 2));
+    }
+  }
+}
+
+static void up_q4_k(const uint8_t *b, int, int8_t *q, float *ws, float *wo) {
+  const float d = load_half(b), dmin = load_half(b + 2);
+  const uint8_t *qs = b + 16;
+  for (int sb = 0; sb < 8; ++sb) {
+    int sc, m;
+    kq_scale_min(b + 4, sb, &sc, &m);
+    ws[2 * sb] = ws[2 * sb + 1] = d * (float)sc;
+    wo[2 * sb] = wo[2 * sb + 1] = -(dmin * (float)m);
+    const int c = sb / 2, h = sb % 2;
+    for (int i = 0; i < 32; ++i) QP(sb * 32 + i) = (int8_t)((qs[c * 32 + i] >> (4 * h)) & 0xF);
+  }
+}
+
+static void up_q5_k(const uint8_t *b, int, int8_t *q, float *ws, float *wo) {
+  const float d = load_half(b), dmin = load_half(b + 2);
+  const uint8_t *qh = b + 16, *qs = b + 48;
+  for (int sb = 0; sb < 8; ++sb) {
+    int sc, m;
+    kq_scale_min(b + 4, sb, &sc, &m);
+    ws[2 * sb] = ws[2 * sb + 1] = d * (float)sc;
+    wo[2 * sb] = wo[2 * sb + 1] = -(dmin * (float)m);
+    const int c = sb / 2, h = sb % 2;
+    for (int i = 0; i < 32; ++i) QP(sb * 32 + i) = (int8_t)(((qs[c * 32 + i] >> (4 * h)) & 0xF) | (((qh[i] >> sb) & 1) << 4));
+  }
+}
+
+static void up_q6_k(const uint8_t *b, int, int8_t *q, float *ws, float *) {
+  const uint8_t *ql = b, *qh = b + 128;
+  const int8_t *scales = (const int8_t *)(b + 192);
+  const float d = load_half(b + 208);
+  for (int c = 0; c < 2; ++c)
+    for (int s = 0; s < 4; ++s)
+      for (int h = 0; h < 2; ++h) {
+        const int sb = c * 8 + s * 2 + h;  // the output position c*128 + s*32 + h*16 is sub-block sb
+        ws[sb] = d * (float)scales[sb];
+        const uint8_t *l = ql + c * 64 + (s % 2) * 32 + h * 16, *hb = qh + c * 32 + h * 16;
+        for (int i = 0; i < 16; ++i)
+          QP(sb * 16 + i) = (int8_t)((((l[i] >> (4 * (s / 2))) & 0xF) | (((hb[i] >> (2 * s)) & 3) << 4)) - 32);
+      }
+}
+
+static inline int8_t signed_by(int8_t v, uint8_t signs, int j) { return (signs >> j) & 1 ? (int8_t)-v : v; }
+
+static void up_iq2_xxs(const uint8_t *b, int, int8_t *q, float *ws, float *) {
+  const float d = load_half(b);
+  for (int ib = 0; ib < 8; ++ib) {
+    const uint8_t *ids = b + 2 + 8 * ib;
+    const uint32_t aux = load_u32(b + 6 + 8 * ib);
+    ws[2 * ib] = ws[2 * ib + 1] = d * (0.5f + (float)(aux >> 28)) * 0.25f;
+    for (int l = 0; l < 4; ++l) {
+      const uint8_t signs = kSigns[(aux >> (7 * l)) & 127];
+      for (int j = 0; j < 8; ++j) QP(ib * 32 + l * 8 + j) = signed_by(kIq2xxsGrid[ids[l]][j], signs, j);
+    }
+  }
+}
+
+static void up_iq2_xs(const uint8_t *b, int, int8_t *q, float *ws, float *) {
+  const float d = load_half(b);
+  const uint8_t *scales = b + 66;
+  for (int k = 0; k < 32; ++k) {
+    const uint16_t v = load_u16(b + 2 + 2 * k);
+    ws[k / 2] = d * (0.5f + (float)((scales[k / 4] >> (4 * ((k / 2) % 2))) & 0xF)) * 0.25f;
+    const uint8_t signs = kSigns[v >> 9];
+    for (int j = 0; j < 8; ++j) QP(k * 8 + j) = signed_by(kIq2xsGrid[v & 511][j], signs, j);
+  }
+}
+
+static void up_iq3_xxs(const uint8_t *b, int, int8_t *q, float *ws, float *) {
+  const float d = load_half(b);
+  const uint8_t *qs = b + 2;
+  for (int ib = 0; ib < 8; ++ib) {
+    const uint32_t aux = load_u32(b + 66 + 4 * ib);
+    ws[2 * ib] = ws[2 * ib + 1] = d * (0.5f + (float)(aux >> 28)) * 0.5f;
+    for (int l = 0; l < 4; ++l) {
+      const uint8_t signs = kSigns[(aux >> (7 * l)) & 127];
+      for (int j = 0; j < 8; ++j)
+        QP(ib * 32 + l * 8 + j) = signed_by(kIq3xxsGrid[qs[8 * ib + 2 * l + j / 4]][j % 4], signs, j);
+    }
+  }
+}
+
+static void up_iq1_s(const uint8_t *b, int, int8_t *q, float *ws, float *) {
+  const float d = load_half(b);
+  const uint8_t *qs = b + 2;
+  for (int ib = 0; ib < 8; ++ib) {
+    const uint16_t qh = load_u16(b + 34 + 2 * ib);
+    ws[2 * ib] = ws[2 * ib + 1] = d * (float)(2 * ((qh >> 12) & 7) + 1) * 0.125f;
+    const int delta = qh & 0x8000 ? -1 : 1;
+    for (int l = 0; l < 4; ++l) {
+      const int8_t *g = kIq1sGrid[qs[4 * ib + l] | (((qh >> (3 * l)) & 7) << 8)];
+      for (int j = 0; j < 8; ++j) QP(ib * 32 + l * 8 + j) = (int8_t)(8 * g[j] + delta);
+    }
+  }
+}
+
+static void up_iq1_m(const uint8_t *b, int, int8_t *q, float *ws, float *) {
+  const uint8_t *qs = b, *qh = b + 32;
+  uint16_t sc[4];
+  for (int i = 0; i < 4; ++i) sc[i] = load_u16(b + 48 + 2 * i);
+  const uint16_t packed = (uint16_t)((sc[0] >> 12) | ((sc[1] >> 8) & 0xF0) | ((sc[2] >> 4) & 0xF00) | (sc[3] & 0xF000));
+  const float d = half_to_float(packed);
+  for (int k = 0; k < 32; ++k) {
+    const int half = k / 2;
+    ws[half] = d * (float)(2 * ((sc[half / 4] >> (3 * (half % 4))) & 7) + 1) * 0.125f;
+    const int nib = (qh[k / 2] >> (4 * (k % 2))) & 0xF, delta = nib & 8 ? -1 : 1;
+    const int8_t *g = kIq1sGrid[qs[k] | ((nib & 7) << 8)];
+    for (int j = 0; j < 8; ++j) QP(k * 8 + j) = (int8_t)(8 * g[j] + delta);
+  }
+}
+
+static void up_iq4_xs(const uint8_t *b, int, int8_t *q, float *ws, float *) {
+  const float d = load_half(b);
+  const uint16_t scales_h = load_u16(b + 2);
+  const uint8_t *scales_l = b + 4, *qs = b + 8;
+  for (int ib = 0; ib < 8; ++ib) {
+    const int lo = (scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF, hi = (scales_h >> (2 * ib)) & 3;
+    ws[2 * ib] = ws[2 * ib + 1] = d * (float)((int8_t)(lo | (hi << 4)) - 32);
+    for (int j = 0; j < 16; ++j)
+      QP(ib * 32 + j) = kIq4nlValues[qs[ib * 16 + j] & 0xF], QP(ib * 32 + 16 + j) = kIq4nlValues[qs[ib * 16 + j] >> 4];
+  }
+}
+
+#undef QP
+
+typedef void (*UnpackFn)(const uint8_t *blocks, int nblk, int8_t *q, float *ws, float *wo);
+
+static UnpackFn unpack_fn(int type) {
+  switch (type) {
+    case kQ4_0: return up_q4_0;
+    case kQ4_1: return up_q4_1;
+    case kQ5_0: return up_q5_0;
+    case kQ5_1: return up_q5_1;
+    case kQ8_0: return up_q8_0;
+    case kIQ4_NL: return up_iq4_nl;
+    case kQ2_K: return up_q2_k;
+    case kQ3_K: return up_q3_k;
+    case kQ4_K: return up_q4_k;
+    case kQ5_K: return up_q5_k;
+    case kQ6_K: return up_q6_k;
+    case kIQ2_XXS: return up_iq2_xxs;
+    case kIQ2_XS: return up_iq2_xs;
+    case kIQ3_XXS: return up_iq3_xxs;
+    case kIQ1_S: return up_iq1_s;
+    case kIQ1_M: return up_iq1_m;
+    case kIQ4_XS: return up_iq4_xs;
+    default: return nullptr;
+  }
+}

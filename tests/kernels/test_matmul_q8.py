@@ -1,0 +1,95 @@
+"""Matmul with 8-bit activations (llama.cpp's arithmetic): activation quants equal numpy's,
+results within float rounding of float64 over the same quants, the same bits on every ISA,
+thread count and batch composition."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGMLQuantizationType
+
+from backend import kernels
+
+from .conftest import AVAILABLE_ISAS, FP16_FIELDS, random_tensor
+
+QUANT_TYPES = list(FP16_FIELDS)
+
+
+def weight(name: str, rows: int, cols: int, seed: int = 0) -> kernels.QuantWeight:
+    raw = random_tensor(name, rows, cols, np.random.default_rng(seed), small=True)
+    return kernels.QuantWeight(raw.reshape(-1), GGMLQuantizationType[name], (rows, cols))
+
+
+def cols_for(name: str) -> int:  # 32-block types: 288 leaves a part-filled 256-chunk
+    return 288 if kernels.activation_block(GGMLQuantizationType[name]) == 32 else 512
+
+
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_K"])  # the Q8_0 and the Q8_K activation formats
+def test_activation_quants_equal_numpy(name):
+    x = torch.randn(5, 512) * torch.logspace(-3, 3, 5)[:, None]
+    x[1, :256] = 0  # an all-zero block
+    x[2, 7] = -50.0  # a negative extreme (Q8_K's scale sign)
+    x[3, :64] = torch.arange(64) / 2 - 16  # exact halves: ties round to even
+    q, d = kernels.quantize_activations(x, GGMLQuantizationType[name])
+    q_ref, d_ref = kernels.quantize_activations_reference(x, GGMLQuantizationType[name])
+    np.testing.assert_array_equal(q, q_ref)
+    np.testing.assert_array_equal(d, d_ref)
+
+
+@pytest.mark.parametrize("name", QUANT_TYPES)
+@pytest.mark.parametrize("tokens", [1, 3, 11])  # GEMV, a few columns, more than one token tile
+def test_close_to_float64_over_the_same_quants(name, tokens, isa):
+    w = weight(name, 37, cols_for(name))
+    x = torch.randn(tokens, w.shape[1], generator=torch.Generator().manual_seed(tokens))
+    ours = kernels.matmul_q8(w, x).double()
+    ref = kernels.matmul_q8_reference(w, x)
+    # Integer sums are exact; what remains is float32 rounding of scales and 16-lane sums.
+    q, d = kernels.quantize_activations_reference(x, w.ggml_type)
+    block = kernels.activation_block(w.ggml_type)
+    xq = np.abs(q.astype(np.float64).reshape(tokens, -1, block) * d[..., None]).reshape(tokens, -1)
+    wd = np.abs(kernels.dequantize_reference(w.raw, w.ggml_type, w.shape).astype(np.float64))
+    bound = torch.from_numpy(xq @ wd.T)
+    assert ((ours - ref).abs() <= 2e-6 * bound + 1e-30).all()
+
+
+@pytest.mark.parametrize("name", QUANT_TYPES)
+def test_every_isa_gives_the_same_bits(name):
+    w = weight(name, 21, cols_for(name), seed=1)
+    x = torch.randn(5, w.shape[1])
+    results = []
+    for level in AVAILABLE_ISAS:
+        with kernels.use_isa(level):
+            results.append(kernels.matmul_q8(w, x))
+    assert all(torch.equal(results[0], r) for r in results[1:])
+
+
+@pytest.mark.parametrize("name", ["Q4_K", "IQ1_S", "Q8_0"])
+def test_threads_and_batch_do_not_change_bits(name):
+    w = weight(name, 70, 512, seed=2)
+    x = torch.randn(13, 512)
+    try:
+        kernels.set_num_threads(1)
+        one = kernels.matmul_q8(w, x)
+        kernels.set_num_threads(2)
+        assert torch.equal(kernels.matmul_q8(w, x), one)
+        for t in (0, 8, 12):
+            assert torch.equal(kernels.matmul_q8(w, x[t : t + 1])[0], one[t])
+    finally:
+        kernels.set_num_threads(0)
+
+
+def test_float_weights_take_the_float_path():
+    w = weight("F16", 9, 64)
+    x = torch.randn(2, 64)
+    assert torch.equal(kernels.matmul_q8(w, x), kernels.matmul(w, x))
+    with pytest.raises(kernels.KernelError, match="float activations"):
+        kernels.quantize_activations(x, GGMLQuantizationType.F16)
+
+
+def test_close_to_the_float_product():
+    """8-bit activations cost about 1% of a dot product's scale, as in llama.cpp."""
+    w = weight("Q6_K", 64, 1024)
+    x = torch.randn(4, 1024)
+    ours, exact = kernels.matmul_q8(w, x).double(), kernels.matmul_reference(w, x)
+    assert (ours - exact).abs().max() <= 2e-2 * exact.abs().max()
