@@ -35,7 +35,7 @@ class Job:
 
 
 def resolve(engine: Engine, name: Any) -> ModelInfo:
-    if not isinstance(name, str):
+    if not isinstance(name, str) or not wire.valid_name(name):
         raise ApiError(400, "invalid model name")
     try:
         return engine.get_model(name)
@@ -117,18 +117,34 @@ def _message(m: Any) -> dict[str, Any]:
     return out
 
 
+def _completion(info: ModelInfo, model: str, endpoint: str) -> None:
+    if "completion" not in info.capabilities:  # an embedding-only model
+        raise ApiError(400, f'"{model}" does not support {endpoint}')
+
+
+def _action(info: ModelInfo, model: str, body: dict, endpoint: str) -> Job:
+    """A load or unload call. Unload comes first in Ollama's handlers; a load is checked like
+    a generation (capability, think) before it happens."""
+    if opt.keep_alive(body.get("keep_alive")) == 0:
+        return Job(model, info, None, "unload")
+    _completion(info, model, endpoint)
+    _think(info, model, body)
+    return Job(model, info, None, "load")
+
+
 def prepare_chat(app: web.Application, body: dict) -> Job:
     engine = app[ENGINE]
     model = body.get("model")
     if opt.unset(model):
         raise ApiError(400, "model is required")
+    opt.top_logprobs(body.get("top_logprobs"))  # Ollama checks it before anything else
     info = resolve(engine, model)
     messages = body.get("messages")
     if opt.unset(messages) or messages == []:
-        ka = opt.keep_alive(body.get("keep_alive"))
-        return Job(model, info, None, "unload" if ka == 0 else "load")
+        return _action(info, model, body, "chat")
     if not isinstance(messages, list):
         raise ApiError(400, "messages must be an array")
+    _completion(info, model, "chat")
     own = [_message(m) for m in messages]
     # As Ollama's ChatHandler: the model's Modelfile MESSAGEs come before the request's own.
     messages = [_message(m) for m in info.messages] + own
@@ -155,12 +171,13 @@ def prepare_generate(app: web.Application, body: dict) -> Job:
     model = body.get("model")
     if opt.unset(model):
         raise ApiError(404, "model '' not found")  # generate differs from chat here, as Ollama
+    opt.top_logprobs(body.get("top_logprobs"))
     info = resolve(engine, model)
     prompt = body.get("prompt")
     images = _images(body.get("images"), info, model)
     if opt.unset(prompt) and not images:
-        ka = opt.keep_alive(body.get("keep_alive"))
-        return Job(model, info, None, "unload" if ka == 0 else "load")
+        return _action(info, model, body, "generate")
+    _completion(info, model, "generate")
     if not isinstance(prompt, str):
         raise ApiError(400, "prompt must be a string")
     raw = bool(body.get("raw"))
@@ -180,6 +197,8 @@ def prepare_generate(app: web.Application, body: dict) -> Job:
         system = info.system if opt.unset(system) else system
         if system:
             messages.append({"role": "system", "content": system})
+        if context is None:  # as Ollama: the Modelfile MESSAGEs, unless continuing a context
+            messages += [_message(m) for m in info.messages]
         messages.append({"role": "user", "content": prompt})
         text = engine.render_chat(info.name, messages, think=think_value)
     if context is not None and not (isinstance(context, list) and all(isinstance(t, int) for t in context)):
@@ -303,7 +322,9 @@ async def embed_response(app: web.Application, body: dict) -> dict[str, Any]:
     """/api/embed: L2-normalised vectors (truncated to `dimensions` first, then renormalised)."""
     engine = app[ENGINE]
     model = body.get("model")
-    if not isinstance(model, str):
+    if opt.unset(model):
+        raise ApiError(404, "model '' not found")  # as Ollama's EmbedHandler for an empty name
+    if not isinstance(model, str) or not wire.valid_name(model):
         raise ApiError(400, "invalid model name")
     try:
         info = engine.get_model(model)

@@ -45,16 +45,36 @@ def main(argv: list[str] | None = None) -> int:
         ensure_default_model(settings.models_dir)
     app = create_app(engine, settings)
 
-    async def close_engine(_app: web.Application) -> None:
-        engine.close()
+    async def engine_lifetime(_app: web.Application):
+        yield
+        engine.close()  # after the last handler: the worker thread stops and frees the models
 
-    app.on_cleanup.append(close_engine)
-    log.info("Listening on %s (version %s)", settings.host.url, _version())
+    app.cleanup_ctx.append(engine_lifetime)
+    log.info("server config env=%s", _config_line(settings))
+    host = settings.host.host or "0.0.0.0"
+    shown = f"[{host}]" if ":" in host else host
+    log.info("Listening on %s:%d (version %s)", shown, settings.host.port, _version())
     # handler_cancellation: a client that disconnects cancels its handler, which closes the
     # engine's stream and frees the sequence at the next step.
     web.run_app(app, host=settings.host.host or None, port=settings.host.port, print=None,
                 handler_cancellation=True, access_log=None)  # fmt: skip
     return 0
+
+
+def _config_line(settings: Settings) -> str:
+    """The settings in force, as Ollama's "server config" line (OLLAMA_* names)."""
+    values = {
+        "OLLAMA_HOST": settings.host.url,
+        "OLLAMA_MODELS": str(settings.models_dir),
+        "OLLAMA_ORIGINS": list(settings.origins),
+        "OLLAMA_KEEP_ALIVE": f"{settings.keep_alive:g}s",
+        "OLLAMA_NUM_PARALLEL": settings.num_parallel,
+        "OLLAMA_MAX_QUEUE": settings.max_queue,
+        "OLLAMA_CONTEXT_LENGTH": settings.context_length,
+        "OLLAMA_NUM_THREAD": settings.num_thread,
+        "OLLAMA_DEBUG": settings.debug,
+    }
+    return "map[" + " ".join(f"{k}:{v}" for k, v in values.items()) + "]"
 
 
 def _version() -> str:

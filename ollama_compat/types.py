@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 import secrets
 import string
 import time
@@ -90,6 +91,19 @@ def logprobs(entries: tuple[TokenLogprob, ...]) -> list[dict[str, Any]]:
 
 
 _ID_ALPHABET = string.ascii_lowercase + string.digits
+_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}")  # model and tag
+_NAMESPACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,79}")
+_HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}")
+
+
+def valid_name(name: str) -> bool:
+    """types/model/name.go's IsValid over `[host/][namespace/]model[:tag]` (defaults filled in)."""
+    head, _, last = name.rpartition("/")
+    model, colon, tag = last.partition(":")
+    parts = head.split("/") if head else []
+    if len(parts) > 2 or (parts and not (_NAMESPACE.fullmatch(parts[-1]) and _HOST.fullmatch(parts[0]))):
+        return False
+    return bool(_PART.fullmatch(model)) and (not colon or bool(_PART.fullmatch(tag)))
 
 
 def tool_calls(calls: tuple[dict[str, Any], ...], first_index: int = 0) -> list[dict[str, Any]]:

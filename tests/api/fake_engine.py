@@ -59,6 +59,15 @@ class FakeEngine:
         self.cancelled = 0
         self.fail_after: int | None = None
 
+    def add_embedding_model(self) -> None:
+        """A model without the completion capability (as an embedding-only GGUF would be)."""
+        self.models["embedder:latest"] = replace(PLAIN, name="embedder:latest", capabilities=("embedding",))
+
+    def set_modelfile(self, name: str, **fields: Any) -> None:
+        """What /api/create would have stored: system, messages, parameters..."""
+        info = self.get_model(name)
+        self.models[info.name] = replace(info, **fields)
+
     def list_models(self) -> list[ModelInfo]:
         return list(self.models.values())
 

@@ -304,3 +304,70 @@ async def test_trailing_and_double_slashes(client):
     base = str(client.make_url("/")).rstrip("/")
     async with client.session.get(base + "//api/tags") as r:  # a pasted base URL with a trailing /
         assert r.status == 200 and "models" in await r.json()
+
+
+@pytest.mark.parametrize(
+    "method,path,body,status,error",
+    [
+        ("POST", "/api/chat", {**CHAT, "model": "../etc/passwd"}, 400, "invalid model name"),
+        ("POST", "/api/generate", {"model": "a b", "prompt": "x"}, 400, "invalid model name"),
+        ("POST", "/api/show", {"model": "x:"}, 400, "invalid model name"),
+        ("DELETE", "/api/delete", {"model": "../x"}, 400, 'name "../x" is invalid'),
+        ("POST", "/api/embed", {"input": "a"}, 404, "model '' not found"),
+        ("POST", "/api/generate", {"model": "mymoe", "top_logprobs": 21}, 400, "top_logprobs must be between 0 and 20"),
+        ("POST", "/api/generate", {"model": "plain", "think": True}, 400, '"plain" does not support thinking'),
+        ("POST", "/api/chat", {**CHAT, "model": "embedder"}, 400, '"embedder" does not support chat'),
+        ("POST", "/api/generate", {"model": "embedder", "prompt": "x"}, 400, '"embedder" does not support generate'),
+        ("POST", "/api/generate", {"model": "embedder"}, 400, '"embedder" does not support generate'),
+    ],
+)  # fmt: skip
+async def test_name_and_capability_errors(client, engine, method, path, body, status, error):
+    engine.add_embedding_model()
+    r = await client.request(method, path, json=body)
+    assert (r.status, await r.json()) == (status, {"error": error})
+
+
+async def test_unload_needs_no_capability_check(client, engine):
+    engine.add_embedding_model()
+    r = await client.post("/api/generate", json={"model": "embedder", "keep_alive": 0})
+    assert (await r.json())["done_reason"] == "unload"
+
+
+async def test_empty_strings_mean_unset(client, engine):
+    lines = ndjson(await (await client.post("/api/chat", json={**CHAT, "stream": "", "think": ""})).text())
+    assert lines[-1]["done"] is True  # "" streams, as absent does
+    assert engine.rendered[-1]["think"] is True  # "" think is unset: on for a thinking model
+
+
+async def test_debug_render_only(client, engine):
+    r = await client.post("/api/chat", json={**CHAT, "_debug_render_only": True})
+    body = await r.json()
+    assert r.headers["Content-Type"] == JSON and body["_debug_info"] == {"rendered_template": "user:hi"}
+    assert body["message"]["content"] == "" and engine.requests == []  # nothing generated
+    body = await (await client.post("/api/generate", json={"model": "mymoe", "prompt": "p", "system": "s",
+                                                           "_debug_render_only": True})).json()  # fmt: skip
+    assert body["_debug_info"]["rendered_template"] == "system:s|user:p" and body["response"] == ""
+
+
+async def test_modelfile_messages_and_system(client, engine):
+    engine.set_modelfile("mymoe", system="be terse", messages=({"role": "user", "content": "m1"},))
+    await client.post("/api/chat", json={**CHAT, "stream": False})
+    assert [m["content"] for m in engine.rendered[-1]["messages"]] == ["be terse", "m1", "hi"]
+    await client.post("/api/generate", json={"model": "mymoe", "prompt": "p", "stream": False})
+    assert [m["content"] for m in engine.rendered[-1]["messages"]] == ["be terse", "m1", "p"]
+    await client.post("/api/generate", json={"model": "mymoe", "prompt": "p", "context": [1], "stream": False})
+    assert [m["content"] for m in engine.rendered[-1]["messages"]] == ["be terse", "p"]  # context replaces them
+
+
+async def test_show_echoes_request_options(client):
+    body = await (await client.post("/api/show", json={"model": "mymoe", "options": {"temperature": 0.2}})).json()
+    assert "temperature" in body["parameters"] and "PARAMETER temperature 0.2" in body["modelfile"]
+
+
+async def test_large_bodies_and_head_listing(client, engine):
+    big = "x" * (3 * 2**20)  # base64 images run to megabytes; aiohttp's default limit is 1 MiB
+    r = await client.post("/api/chat", json={"model": "mymoe", "messages": [{"role": "user", "content": big}],
+                                             "stream": False})  # fmt: skip
+    assert r.status == 200 and engine.rendered[-1]["messages"][0]["content"] == big
+    r = await client.head("/api/tags")
+    assert r.status == 200 and r.headers["Content-Type"] == JSON
