@@ -25,10 +25,10 @@ class Client:
     def __init__(self, base_url: str):
         self.base = base_url.rstrip("/")
 
-    def _open(self, method: str, path: str, body: Any = None, data: bytes | None = None):
+    def _open(self, method: str, path: str, body: Any = None, data: Any = None, headers: dict | None = None):
         payload = data if data is not None else (json.dumps(body).encode() if body is not None else None)
         req = urllib.request.Request(self.base + path, data=payload, method=method,
-                                     headers={"Content-Type": "application/json"})  # fmt: skip
+                                     headers={"Content-Type": "application/json", **(headers or {})})  # fmt: skip
         try:
             return urllib.request.urlopen(req, timeout=None)
         except urllib.error.HTTPError as e:
@@ -66,8 +66,10 @@ class Client:
         try:
             self._open("HEAD", f"/api/blobs/{digest}").close()
         except CliError:
+            # The open file is the body: urllib streams it, so a 100 GB GGUF never sits in memory.
             with open(path, "rb") as f:
-                self._open("POST", f"/api/blobs/{digest}", data=f.read()).close()
+                headers = {"Content-Type": "application/octet-stream", "Content-Length": str(path.stat().st_size)}
+                self._open("POST", f"/api/blobs/{digest}", data=f, headers=headers).close()
         return digest
 
 
@@ -95,9 +97,20 @@ def cmd_list(client: Client, args) -> None:
 def cmd_ps(client: Client, args) -> None:
     rows = [["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]]
     for m in client.json("GET", "/api/ps")["models"]:
-        rows.append([m["name"], m["digest"][:12], _size(m["size"]), "100% CPU", str(m["context_length"]),
+        rows.append([m["name"], m["digest"][:12], _size(m["size"]), _processor(m), str(m["context_length"]),
                      m["expires_at"][:19].replace("T", " ")])  # fmt: skip
     _table(rows)
+
+
+def _processor(m: dict) -> str:
+    """Ollama's PROCESSOR column: the share of the model in GPU memory."""
+    size, vram = m.get("size") or 0, m.get("size_vram") or 0
+    if vram <= 0 or size <= 0:
+        return "100% CPU"
+    if vram >= size:
+        return "100% GPU"
+    gpu = round(100 * vram / size)
+    return f"{100 - gpu}%/{gpu}% CPU/GPU"
 
 
 def cmd_show(client: Client, args) -> None:
@@ -272,15 +285,38 @@ def cmd_run(client: Client, args) -> None:
     client.json("POST", "/api/generate", {"model": args.model})  # load now, as Ollama's run does
     messages: list[dict] = []
     while (text := _read_prompt()) is not None:
-        if text.strip() in ("/bye", "/exit"):
+        command = text.strip()
+        if command in ("/bye", "/exit"):
             break
-        if not text.strip():
+        if not command:
             continue
-        if text.startswith("/"):
-            print("Available commands: /bye, \"\"\" for multi-line input")
+        if command == "/clear":
+            messages.clear()
+            print("Cleared session context")
+            continue
+        if command in ("/set think", "/set nothink"):
+            think = command == "/set think"
+            print(f"Set '{'think' if think else 'nothink'}' mode.")
+            continue
+        if command.startswith("/"):
+            print(HELP)
             continue
         messages.append({"role": "user", "content": text})
-        messages.append({"role": "assistant", "content": _chat(client, args.model, messages, think)})
+        try:
+            messages.append({"role": "assistant", "content": _chat(client, args.model, messages, think)})
+        except KeyboardInterrupt:  # Ctrl-C stops this answer (closing the stream cancels it), not the session
+            messages.pop()
+            print()
+
+
+HELP = """Available Commands:
+  /set think      Ask for reasoning
+  /set nothink    Ask for no reasoning
+  /clear          Clear session context
+  /bye            Exit
+  /?, /help       Help for a command
+
+Use \"\"\" to begin a multi-line message."""
 
 
 def build_parser() -> argparse.ArgumentParser:
