@@ -6,7 +6,8 @@ runs, medians, ratios, and the derived share of measured bandwidth and of the ro
 
 Writes bench/results/<UTC time>.json and .md. Each measurement is a fresh process
 (bench/worker.py), so load time and peak RSS are that engine's alone; the 1-minute load average
-is recorded around every measurement, because a busy neighbour skews one side of a pair.
+and the cores other processes kept busy are recorded around every measurement (each waits up to
+--quiet-wait seconds for a quiet machine), because a busy neighbour skews one side of a pair.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -44,14 +46,38 @@ def resolve(model: str) -> str:
     return str(fetch(model))
 
 
+def busy_cores(seconds: float = 1.0) -> float:
+    """Cores busy (not idle or iowait) over the next `seconds`, from /proc/stat."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        return sum(fields), fields[3] + fields[4]
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return (os.cpu_count() or 1) * (1 - (idle1 - idle0) / max(1, total1 - total0))
+
+
+def wait_quiet(a) -> float:
+    """Waits (at most --quiet-wait s) until other processes keep fewer than --quiet cores busy."""
+    deadline = time.monotonic() + a.quiet_wait
+    busy = busy_cores()
+    while busy > a.quiet and time.monotonic() < deadline:
+        busy = busy_cores(2.0)
+    return busy
+
+
 def measure(engine: str, path: str, a) -> dict:
     cmd = [sys.executable, str(ROOT / "worker.py"), engine, path, "--decode", str(a.decode), "--threads", str(a.threads)]
+    busy = wait_quiet(a)
     load_before = os.getloadavg()[0]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT.parent, timeout=a.timeout)
     if out.returncode:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["loadavg"] = [load_before, os.getloadavg()[0]]
+    result["busy_cores_before"] = busy
     return result
 
 
@@ -69,7 +95,7 @@ def bench_model(model: str, a, bw: float) -> dict:
         ok = [r for r in runs if "error" not in r]
         if not ok:
             continue
-        med = {k: statistics.median(r[k] for r in ok) for k in ok[0] if k != "loadavg"}
+        med = {k: statistics.median(r[k] for r in ok) for k in ok[0] if k not in ("loadavg", "busy_cores_before")}
         tg = med[f"tg{a.decode}_tps"]
         med["decode_gbs"] = tg * roof["bytes_per_token"] / 1e9
         med["pct_bandwidth"] = 100 * med["decode_gbs"] / bw  # = % of the bandwidth roofline tok/s
@@ -111,6 +137,8 @@ def main() -> None:
     p.add_argument("--decode", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--timeout", type=int, default=1800, help="seconds per fresh-process measurement")
+    p.add_argument("--quiet", type=float, default=0.3, help="start a measurement once fewer cores than this are busy")
+    p.add_argument("--quiet-wait", type=float, default=60, help="... or after this many seconds (recorded either way)")
     p.add_argument("--note", default="")
     a = p.parse_args()
     now = dt.datetime.now(dt.timezone.utc)
