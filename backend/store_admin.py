@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from . import manifest as mf
-from .interface import InvalidRequest, ModelNotFound
+from .interface import EngineError, InvalidRequest, ModelNotFound
 from .store import ModelStore
 
 _CHUNK = 1 << 20
@@ -187,9 +187,15 @@ def pull(store: ModelStore, name: str, progress: Callable[[dict[str, Any]], None
     ref = mf.parse_name(name)
     key = f"{ref.model}:{ref.tag}".lower() if ref.tag != mf.DEFAULT_TAG else ref.model.lower()
     progress({"status": "pulling manifest"})
+
+    def fetching(status: str, completed: int, total: int) -> None:
+        progress({"status": status, "total": total, "completed": completed} if total else {"status": status})
+
     try:
-        path = fetch(key)
+        path = fetch(key, fetching)
     except FetchError as e:
+        if key in MODELS or any(m.split(":")[0] == key for m in MODELS):
+            raise EngineError(f"pull {name}: {e}") from None  # a known model that failed to arrive
         known = ", ".join(sorted(MODELS))
         raise InvalidRequest(f"pull model manifest: model '{name}' is not available here (no registry is "
                              f"reachable); models this server can fetch: {known}") from e  # fmt: skip

@@ -136,16 +136,24 @@ def cmd_show(client: Client, args) -> None:
 
 
 def _progress(lines: Iterator[dict]) -> None:
+    """One bar per status, redrawn in place; a new status starts a new line."""
+    open_bar = ""  # the status whose bar is on the current line, unfinished
     for line in lines:
         status = line.get("status", "")
+        if open_bar and open_bar != status:
+            print()
+            open_bar = ""
         if line.get("total"):
             pct = 100 * line.get("completed", 0) // max(1, line["total"])
             bar = "█" * (pct // 5) + "▏" * (20 - pct // 5)
             print(f"\r{status} {pct:3d}% {bar} {_size(line['total'])}", end="", flush=True)
+            open_bar = status if pct < 100 else ""
             if pct == 100:
                 print()
         else:
             print(status, flush=True)
+    if open_bar:
+        print()
 
 
 def cmd_pull(client: Client, args) -> None:
