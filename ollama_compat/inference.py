@@ -3,6 +3,7 @@ Ollama's response objects. The native handlers and the OpenAI translation both u
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -132,6 +133,9 @@ def _action(info: ModelInfo, model: str, body: dict, endpoint: str) -> Job:
     return Job(model, info, None, "load")
 
 
+# prepare_chat and prepare_generate run in a worker thread (asyncio.to_thread): a model's first
+# render reads and compiles its chat template from the GGUF (and imports the model stack in a
+# fresh process): measured 2.8 s on the event loop before, every other client waiting.
 def prepare_chat(app: web.Application, body: dict) -> Job:
     engine = app[ENGINE]
     model = body.get("model")
@@ -267,7 +271,7 @@ def action_line(job: Job, kind: str) -> dict[str, Any]:
 
 async def chat_responses(app: web.Application, body: dict) -> AsyncIterator[dict]:
     """Contract for the OpenAI layer: native chat objects, ApiError before the first one."""
-    job = prepare_chat(app, body)
+    job = await asyncio.to_thread(prepare_chat, app, body)
     if job.request is None:
         await run_action(app, job, body)
         yield action_line(job, "chat")
@@ -277,7 +281,7 @@ async def chat_responses(app: web.Application, body: dict) -> AsyncIterator[dict
 
 
 async def generate_responses(app: web.Application, body: dict) -> AsyncIterator[dict]:
-    job = prepare_generate(app, body)
+    job = await asyncio.to_thread(prepare_generate, app, body)
     if job.request is None:
         await run_action(app, job, body)
         yield action_line(job, "generate")

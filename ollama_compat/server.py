@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
@@ -38,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         default_keep_alive=settings.keep_alive,
         num_thread=settings.num_thread,
     )
+    # The model stack (torch) is imported now, before listening: imported at the first request,
+    # its C initialisation would hold the GIL for seconds while other clients wait.
+    importlib.import_module("backend.model_loader")
     if not args.no_default_model and not engine.list_models():
         from backend.pypi_models import ensure_default_model
 

@@ -3,6 +3,7 @@ client and by raw HTTP for framing, disconnects and responsiveness."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 
@@ -96,3 +97,27 @@ async def test_disconnect_frees_the_engine_and_listings_stay_instant(server):
         async with session.post(f"{server.url}/api/chat", json={**body, "options": GREEDY, "stream": False}) as r:
             assert "Paris" in (await r.json())["message"]["content"]
         assert time.perf_counter() - started < 30
+
+
+async def test_listings_answer_while_a_long_prompt_is_processed(server):
+    """Prefill runs on the engine's thread: the event loop keeps answering /api/tags, /api/ps
+    and / while a long prompt is being read."""
+    prompt = " ".join(f"item {i} is a town;" for i in range(60)) + " Name one."
+    body = {"model": "smollm2", "prompt": prompt, "stream": False, "options": {"num_predict": 1}}
+    async with aiohttp.ClientSession() as session:
+        warm = {**body, "prompt": "Hi"}  # the model loaded first: this test is about the prompt
+        async with session.post(f"{server.url}/api/generate", json=warm) as r:
+            assert r.status == 200
+        pending = asyncio.ensure_future(session.post(f"{server.url}/api/generate", json=body))
+        await asyncio.sleep(0.3)  # the prompt is in the engine now
+        slowest = 0.0
+        for path in ("/api/tags", "/api/ps", "/", "/api/version"):
+            started = time.perf_counter()
+            async with session.get(server.url + path) as r:
+                assert r.status == 200
+            slowest = max(slowest, time.perf_counter() - started)
+        still_running = not pending.done()
+        async with await pending as r:
+            done = await r.json()
+    assert still_running, "the prompt finished too soon to prove anything; make it longer"
+    assert done["prompt_eval_count"] > 300 and slowest < 0.5, slowest
