@@ -60,6 +60,9 @@ async def create(request: web.Request) -> web.StreamResponse:
     name = body.get("model") if not opt.unset(body.get("model")) else body.get("name")
     if opt.unset(name) or not isinstance(name, str):
         raise ApiError(400, "model is required")
+    for unsupported in ("quantize", "quantization", "adapters"):
+        if body.get(unsupported):  # silently storing unquantized weights or no LoRA would mislead
+            raise ApiError(400, f"create: '{unsupported}' is not supported by this server")
     files = body.get("files")
     if files is not None and not (isinstance(files, dict) and all(isinstance(v, str) for v in files.values())):
         raise ApiError(400, "files must map file names to sha256 digests")

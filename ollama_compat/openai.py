@@ -179,8 +179,14 @@ async def _sse(request: web.Request, events: AsyncIterator[dict]) -> web.StreamR
     return response
 
 
+def _one_choice(body: dict[str, Any]) -> None:
+    if body.get("n") not in (None, 1):
+        raise ApiError(400, "n > 1 is not supported: ask once per choice")
+
+
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await _body(request)
+    _one_choice(body)
     native = {
         "model": body.get("model"),
         "messages": _messages(body.get("messages")),
@@ -248,6 +254,7 @@ async def _chat_chunks(lines: AsyncIterator[dict], base: dict, include_usage: bo
 
 async def completions(request: web.Request) -> web.StreamResponse:
     body = await _body(request)
+    _one_choice(body)
     prompt = body.get("prompt")
     if not isinstance(prompt, str):
         raise ApiError(400, "prompt must be a string")

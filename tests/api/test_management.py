@@ -86,6 +86,9 @@ async def test_create_copy_delete_round_trip(client, store):
     assert (await client.delete("/api/delete", json={"model": "pirate"})).status == 200
     shown = await (await client.post("/api/show", json={"model": "pirate2"})).json()
     assert shown["system"] == "Talk like a pirate."  # the copy's blobs survived the delete
+    for unsupported in ({"quantize": "q4_K_M"}, {"adapters": {"a.gguf": digest}}):
+        r = await client.post("/api/create", json={"model": "q", "from": "mymoe:7b", **unsupported})
+        assert r.status == 400 and "not supported" in (await r.json())["error"]
     r = await client.post("/api/copy", json={"source": "nope", "destination": "x"})
     assert r.status == 404 and (await r.json())["error"] == 'model "nope" not found'
 

@@ -89,6 +89,10 @@ async def test_errors_have_openai_shape(client):
     assert r.status == 400 and (await r.json())["error"]["type"] == "invalid_request_error"
     r = await client.post("/v1/embeddings", json={"model": "mymoe", "input": "a", "encoding_format": "hex"})
     assert r.status == 400
+    for path, extra in [("/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}]}),
+                        ("/v1/completions", {"prompt": "x"})]:  # fmt: skip
+        r = await client.post(path, json={"model": "mymoe", "n": 2, **extra})
+        assert r.status == 400 and "n > 1" in (await r.json())["error"]["message"]
 
 
 async def test_base64_embeddings(client):
