@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import re
 
@@ -371,3 +372,21 @@ async def test_large_bodies_and_head_listing(client, engine):
     assert r.status == 200 and engine.rendered[-1]["messages"][0]["content"] == big
     r = await client.head("/api/tags")
     assert r.status == 200 and r.headers["Content-Type"] == JSON
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_disconnect_closes_the_engine_stream(client, engine, stream):
+    """A client that goes away mid-generation cancels it (Page-Assist's abort()), streaming or not."""
+    engine.delay = 0.2
+    engine.script = [Chunk(content=str(i)) for i in range(50)] + [Chunk(done=True, metrics=METRICS)]
+    request = asyncio.ensure_future(client.post("/api/chat", json={**CHAT, "stream": stream}))
+    if stream:
+        (await request).close()  # after the headers and the first line
+    else:
+        await asyncio.sleep(0.5)
+        request.cancel()
+    for _ in range(40):
+        if engine.cancelled:
+            break
+        await asyncio.sleep(0.05)
+    assert engine.cancelled == 1

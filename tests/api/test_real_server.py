@@ -121,3 +121,13 @@ async def test_listings_answer_while_a_long_prompt_is_processed(server):
             done = await r.json()
     assert still_running, "the prompt finished too soon to prove anything; make it longer"
     assert done["prompt_eval_count"] > 300 and slowest < 0.5, slowest
+
+
+def test_keep_alive_expiry_unloads(client):
+    """Last in this module: it leaves the model unloaded."""
+    client.generate(model="smollm2", prompt="", keep_alive="1s")  # a load call
+    assert [m.model for m in client.ps().models] == ["smollm2:latest"]
+    deadline = time.time() + 10
+    while client.ps().models and time.time() < deadline:
+        time.sleep(0.25)
+    assert client.ps().models == []
