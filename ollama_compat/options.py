@@ -122,8 +122,13 @@ def load_options(options: dict[str, Any], settings: Settings) -> LoadOptions:
     o = {**defaults, **{k: v for k, v in options.items() if k in _LOAD_DEFAULTS}}
     if o["num_ctx"] < 1 or o["num_batch"] < 1:
         raise ApiError(400, "num_ctx and num_batch must be positive")
+    # Accepted with Ollama's types, but this engine has nothing to apply them to: said in the log.
     if o["num_gpu"] not in (-1, 0):
         log.info("num_gpu=%s: no GPU layers on this build, running on the CPU", o["num_gpu"])
+    if o["main_gpu"]:
+        log.info("main_gpu=%s ignored: no GPU on this build", o["main_gpu"])
+    if o["use_mmap"] is False:
+        log.info("use_mmap=false ignored: GGUF weights are always memory-mapped (their quantized blocks are used in place)")
     return LoadOptions(o["num_ctx"], o["num_batch"], o["num_thread"], o["num_gpu"], o["main_gpu"], o["use_mmap"])
 
 

@@ -193,13 +193,30 @@ async def test_body_errors_and_leniency(client, engine):
 async def test_options_reach_the_engine(client, engine):
     options = {"temperature": 0, "top_k": 5, "top_p": 0.5, "min_p": 0.1, "typical_p": 0.9, "repeat_penalty": 1.2,
                "repeat_last_n": 32, "presence_penalty": 0.3, "frequency_penalty": 0.4, "seed": 42, "stop": ["\n\n"],
-               "num_predict": 7, "num_keep": 2, "num_ctx": 1024.0, "num_batch": 64, "num_thread": 1}  # fmt: skip
+               "num_predict": 7, "num_keep": 2, "num_ctx": 1024.0, "num_batch": 64, "num_thread": 1, "num_gpu": 0,
+               "main_gpu": 0, "use_mmap": True, "draft_num_predict": 4, "top_p_unknown": 1}  # fmt: skip
     await client.post("/api/chat", json={**CHAT, "options": options, "stream": False})
     s, load = engine.requests[-1].sampling, engine.requests[-1].load
     assert (s.temperature, s.top_k, s.top_p, s.min_p, s.typical_p) == (0, 5, 0.5, 0.1, 0.9)
     assert (s.repeat_penalty, s.repeat_last_n, s.presence_penalty, s.frequency_penalty) == (1.2, 32, 0.3, 0.4)
     assert (s.seed, s.stop, s.num_predict, s.num_keep) == (42, ("\n\n",), 7, 2)
-    assert (load.num_ctx, load.num_batch, load.num_thread) == (1024, 64, 1)
+    assert (load.num_ctx, load.num_batch, load.num_thread, load.num_gpu, load.use_mmap) == (1024, 64, 1, 0, True)
+
+
+@pytest.mark.parametrize(
+    "options,error",
+    [({"temperature": "hot"}, 'option "temperature" must be of type number'),
+     ({"num_ctx": "4k"}, 'option "num_ctx" must be of type integer'),
+     ({"use_mmap": 1}, 'option "use_mmap" must be of type boolean'),
+     ({"stop": ["a", 1]}, 'option "stop" must be of type array'),
+     ({"temperature": None, "seed": None}, None)],  # null values are skipped
+)  # fmt: skip
+async def test_option_types(client, engine, options, error):
+    r = await client.post("/api/chat", json={**CHAT, "options": options, "stream": False})
+    if error is None:
+        assert r.status == 200 and engine.requests[-1].sampling.temperature == 0.8
+    else:
+        assert (r.status, await r.json()) == (400, {"error": error})
 
 
 async def test_thinking_defaults_on_for_thinking_models(client, engine):
