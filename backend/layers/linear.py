@@ -37,13 +37,23 @@ def quantized(f: GGUFFile, name: str, shape: tuple[int, ...]) -> kernels.QuantWe
     return kernels.QuantWeight(info.data.reshape(-1), info.ggml_type, (rows, shape[-1]))
 
 
+# How a quantized Linear treats its input on the CPU:
+#   "q8"    x quantized to 8 bits once per call and integer dot products (kernels.matmul_q8):
+#           llama.cpp's arithmetic and the fast path; results within ~1e-2 relative of exact.
+#   "float" x kept float32 (kernels.matmul): exact to float rounding, for oracle comparisons.
+ACTIVATIONS = ("q8", "float")
+
+
 class Linear(nn.Module):
     """y = x @ W.T + b with W [N, K] from GGUF (rows = outputs, llama.cpp's ne = (K, N)).
 
     GGUF weights stay in their quantized blocks and run through the CPU kernels, so a model
     takes about its file size in memory; a float weight (tied embeddings, tensors a model
-    splits or reshapes itself) runs through torch.
+    splits or reshapes itself), or any weight on another device, runs through torch.
+    `activations` (see ACTIVATIONS) is set for a whole model by set_activations.
     """
+
+    activations = "q8"
 
     def __init__(self, weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
                  qweight: kernels.QuantWeight | None = None):  # fmt: skip
@@ -72,8 +82,19 @@ class Linear(nn.Module):
         if self.qweight is None or x.device.type != "cpu":
             return F.linear(x, self.weight.to(x.device, x.dtype), self.bias)
         n, k = self.qweight.shape
-        y = kernels.matmul(self.qweight, x.reshape(-1, k).float()).reshape(*x.shape[:-1], n).to(x.dtype)
+        matmul = kernels.matmul_q8 if self.activations == "q8" else kernels.matmul
+        y = matmul(self.qweight, x.reshape(-1, k).float()).reshape(*x.shape[:-1], n).to(x.dtype)
         return y if self.bias is None else y + self.bias
+
+
+def set_activations(model: nn.Module, mode: str) -> nn.Module:
+    """Every Linear of `model` takes `mode` activations (ACTIVATIONS); returns the model."""
+    if mode not in ACTIVATIONS:
+        raise ValueError(f"activations must be one of {ACTIVATIONS}, got {mode!r}")
+    for module in model.modules():
+        if isinstance(module, Linear):
+            module.activations = mode
+    return model
 
 
 class FeedForward(nn.Module):

@@ -6,6 +6,7 @@ import importlib
 from collections.abc import Iterator, Mapping
 
 from ..gguf_model import GGUFError, GGUFFile
+from ..layers.linear import set_activations
 
 # general.architecture -> module in this package defining `Model`. Modules load on first use so one
 # architecture's import cost (or a teammate's work in progress) never affects another.
@@ -35,8 +36,9 @@ class _Architectures(Mapping):
 ARCHITECTURES: Mapping[str, type] = _Architectures()
 
 
-def load_model(f: GGUFFile):
-    """The Model for f's architecture, weights loaded from f."""
+def load_model(f: GGUFFile, activations: str = "q8"):
+    """The Model for f's architecture, weights loaded from f. activations: "q8" (8-bit
+    activations, integer kernels: the engine's default) or "float" (exact; oracle tests)."""
     if f.architecture not in _MODULES:
         raise GGUFError(f"{f.name}: unsupported architecture '{f.architecture}'")
-    return ARCHITECTURES[f.architecture].from_gguf(f)
+    return set_activations(ARCHITECTURES[f.architecture].from_gguf(f), activations)
