@@ -13,6 +13,7 @@ from typing import Any
 
 import gguf
 
+from .chat_template import _is_go_template
 from .gguf_model import GGUFError, open_gguf
 from .interface import InvalidRequest, ModelInfo, ModelNotFound
 from . import manifest as mf
@@ -163,6 +164,10 @@ class ModelStore:
     def _with_manifest(self, info: ModelInfo, manifest: Manifest) -> ModelInfo:
         params = _json_layer(self.root, manifest, mf.MEDIA_PARAMS)
         messages = _json_layer(self.root, manifest, mf.MEDIA_MESSAGES)
+        template = mf.read_text_layer(self.root, manifest, mf.MEDIA_TEMPLATE)
+        # A Jinja template from the Modelfile is the one that renders, so it decides whether the
+        # model takes tools or thinks; a Go one cannot run here and the GGUF's still decides.
+        usable = bool(template) and not _is_go_template(template)
         return replace(
             info,
             size=manifest.size(),
@@ -170,7 +175,8 @@ class ModelStore:
             modified_at=manifest.mtime,
             # A Go template (every model Ollama itself pulled has one) is shown by /api/show;
             # the chat template loader falls back to the GGUF's Jinja one for rendering.
-            template=mf.read_text_layer(self.root, manifest, mf.MEDIA_TEMPLATE) or info.template,
+            template=template or info.template,
+            capabilities=capabilities(info.architecture, template) if usable else info.capabilities,
             system=mf.read_text_layer(self.root, manifest, mf.MEDIA_SYSTEM),
             parameters=params if isinstance(params, dict) else {},
             license=mf.read_text_layer(self.root, manifest, mf.MEDIA_LICENSE) or info.license,

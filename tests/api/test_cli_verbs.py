@@ -89,3 +89,14 @@ def test_pull_shows_progress_and_unknown_models_fail_clearly(server, smollm2_ggu
     assert "smollm2:135m" in cli(server, "list").stdout
     failed = cli(server, "pull", "llama3:70b")
     assert failed.returncode == 1 and "not available here" in failed.stderr and "smollm2:135m" in failed.stderr
+
+
+def test_run_shows_thinking(server, tmp_path):
+    write_model("llama", tmp_path / "tiny.gguf", config={"max_position_embeddings": 256}, seed=9)
+    template = "{% for m in messages %}{{ m['content'] }}\\n{% endfor %}<think>\\n"
+    (tmp_path / "Modelfile").write_text(f'FROM ./tiny.gguf\nPARAMETER num_predict 4\nTEMPLATE """{template}"""\n')
+    assert cli(server, "create", "thinker", cwd=tmp_path).returncode == 0
+    done = cli(server, "run", "thinker", "hello")
+    assert done.returncode == 0 and done.stdout.startswith("Thinking...\n") and len(done.stdout) > len("Thinking...\n")
+    assert cli(server, "run", "tiny-missing", "hello").returncode == 1  # not pullable: a clear error
+    assert cli(server, "rm", "thinker").returncode == 0

@@ -78,3 +78,19 @@ async def test_a_go_template_is_shown_but_the_gguf_template_renders(client):
     shown = await (await client.post("/api/show", json={"model": "gotmpl"})).json()
     assert shown["template"] == go
     assert (await chat(client, "gotmpl"))["prompt_eval_count"] == (await chat(client, "base"))["prompt_eval_count"]
+
+
+THINKING = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}assistant: <think>\n{% endif %}")  # fmt: skip
+
+
+async def test_a_jinja_template_decides_the_capabilities(client):
+    shown = await (await client.post("/api/show", json={"model": "base"})).json()
+    assert "thinking" not in shown["capabilities"]
+    await create(client, model="thinker", **{"from": "base"}, template=THINKING)
+    shown = await (await client.post("/api/show", json={"model": "thinker"})).json()
+    assert "thinking" in shown["capabilities"]
+    reply = await chat(client, "thinker", num_predict=4)  # a random model never closes </think>
+    assert reply["message"]["thinking"] and reply["message"]["content"] == ""
+    r = await client.post("/api/chat", json={"model": "base", "think": True, "messages": [{"role": "user", "content": "x"}]})
+    assert r.status == 400 and "does not support thinking" in (await r.json())["error"]
