@@ -83,7 +83,7 @@ def metrics(m: Metrics | None) -> dict[str, int]:
 def logprobs(entries: tuple[TokenLogprob, ...]) -> list[dict[str, Any]]:
     def one(e: TokenLogprob, nested: bool) -> dict[str, Any]:
         out: dict[str, Any] = {"token": e.token, "logprob": e.logprob, "bytes": list(e.bytes)}
-        if nested:
+        if nested and e.top_logprobs:  # omitempty in api.Logprob: absent unless top_logprobs > 0
             out["top_logprobs"] = [one(t, False) for t in e.top_logprobs]
         return out
 
