@@ -19,7 +19,7 @@ namespace MOE_ISA_NS {
 #include "quants/unpack_impl.h"
 
 // isum[s] = sum over sub-block s (16 quants) of wq * aq. bsum: the activation's sub-block sums.
-void qchunk_isums(const int8_t *wq, const int8_t *aq, const int32_t *bsum, int32_t *isum) {
+static inline __attribute__((always_inline)) void isums(const int8_t *wq, const int8_t *aq, const int32_t *bsum, int32_t *isum) {
 #if defined(__AVX512VNNI__)
   // dpbusd wants an unsigned operand: (w + 128) * a, then subtract 128 * sum(a), exactly.
   // Vector p covers sub-blocks 4p..4p+3, four 32-bit lanes each; two unpack+add rounds leave
@@ -62,6 +62,10 @@ void qchunk_isums(const int8_t *wq, const int8_t *aq, const int32_t *bsum, int32
 
 // acc[s] += ad[s] * (ws[s] * isum[s] + wo[s] * bsum[s]): plain multiplies and adds (the build
 // has -ffp-contract=off), lane by lane, identical on every ISA.
+void qchunk_isums(const int8_t *wq, const int8_t *aq, const int32_t *bsum, int32_t *isum) {
+  isums(wq, aq, bsum, isum);
+}
+
 static inline void combine(float *acc, const float *ad, const float *ws, const float *wo, const int32_t *isum,
                            const int32_t *bsum) {
   for (int s = 0; s < 16; ++s) acc[s] += ad[s] * (ws[s] * (float)isum[s] + wo[s] * (float)bsum[s]);
@@ -69,27 +73,65 @@ static inline void combine(float *acc, const float *ad, const float *ws, const f
 
 constexpr int kTokenTile = 8;
 
+struct Unpacker {
+  UnpackFn fn;
+  int64_t blocks;
+  int per_chunk, type_size;
+  // Chunk c of a row into q[256] and ws/wo[16] (zeros past the row's last block).
+  inline void operator()(const uint8_t *row, int64_t c, int8_t *q, float *ws, float *wo) const {
+    const int64_t nblk = blocks - c * per_chunk < per_chunk ? blocks - c * per_chunk : per_chunk;
+    memset(ws, 0, 2 * kSubQ * sizeof(float));
+    if (nblk < per_chunk) memset(q, 0, kChunkQ);
+    fn(row + c * per_chunk * type_size, (int)nblk, q, ws, wo);
+  }
+};
+
+static inline void finish(const float (*acc)[kSubQ], int64_t nt, float *y, int64_t ldy) {
+  for (int64_t j = 0; j < nt; ++j) {
+    float s = acc[j][0];
+    for (int i = 1; i < kSubQ; ++i) s += acc[j][i];
+    y[j * ldy] = s;
+  }
+}
+
+// Few tokens (decoding): each chunk is unpacked into L1 and used at once by every token.
+static void stream_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,
+                        int64_t nt, float *y, int64_t ldy) {
+  alignas(64) int8_t q[kChunkQ];
+  alignas(64) float sc[2 * kSubQ];
+  alignas(64) int32_t is[kSubQ];
+  alignas(64) float acc[kTokenTile][kSubQ];
+  for (int64_t r = 0; r < rows; ++r) {
+    memset(acc, 0, sizeof acc);
+    for (int64_t c = 0; c < a.chunks; ++c) {
+      up(w + r * row_bytes, c, q, sc, sc + kSubQ);
+      for (int64_t t = 0; t < nt; ++t) {
+        const int64_t off = t * a.chunks + c;
+        isums(q, a.q + off * kChunkQ, a.bsum + off * kSubQ, is);
+        combine(acc[t], a.scale + off * kSubQ, sc, sc + kSubQ, is, a.bsum + off * kSubQ);
+      }
+    }
+    finish(acc, nt, y + r, ldy);
+  }
+}
+
 void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,
                   int64_t num_tokens, float *y, int64_t ldy) {
   const Geometry g = geometry(type);
-  const UnpackFn unpack = unpack_fn(type);
-  const int64_t chunks = a.chunks, blocks = a.k / g.block_size;
-  const int per_chunk = kChunkQ / g.block_size;  // 8 legacy blocks or 1 K block
-  // The rows of this task as int8 + scales, unpacked once and shared by every token.
+  const Unpacker up{unpack_fn(type), a.k / g.block_size, kChunkQ / g.block_size, g.type_size};
+  if (num_tokens <= kTokenTile) return stream_rows(up, w, row_bytes, rows, a, num_tokens, y, ldy);
+  const int64_t chunks = a.chunks;
+  // Many tokens: this task's rows unpacked once into a buffer, shared by every token tile.
   thread_local std::vector<int8_t> qbuf;
   thread_local std::vector<float> sbuf;
   if ((int64_t)qbuf.size() < rows * chunks * kChunkQ) qbuf.resize(rows * chunks * kChunkQ);
   if ((int64_t)sbuf.size() < 2 * rows * chunks * kSubQ) sbuf.resize(2 * rows * chunks * kSubQ);
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < chunks; ++c) {
-      int8_t *q = qbuf.data() + (r * chunks + c) * kChunkQ;
-      float *ws = sbuf.data() + (r * chunks + c) * 2 * kSubQ, *wo = ws + kSubQ;
-      const int64_t nblk = blocks - c * per_chunk < per_chunk ? blocks - c * per_chunk : per_chunk;
-      memset(ws, 0, 2 * kSubQ * sizeof(float));
-      if (nblk < per_chunk) memset(q, 0, kChunkQ);
-      unpack(w + r * row_bytes + c * per_chunk * g.type_size, (int)nblk, q, ws, wo);
+      float *ws = sbuf.data() + (r * chunks + c) * 2 * kSubQ;
+      up(w + r * row_bytes, c, qbuf.data() + (r * chunks + c) * kChunkQ, ws, ws + kSubQ);
     }
-  alignas(64) int32_t isum[kSubQ];
+  alignas(64) int32_t is[kSubQ];
   alignas(64) float acc[kTokenTile][kSubQ];
   for (int64_t t0 = 0; t0 < num_tokens; t0 += kTokenTile) {
     const int64_t nt = num_tokens - t0 < kTokenTile ? num_tokens - t0 : kTokenTile;
@@ -97,19 +139,14 @@ void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, c
       memset(acc, 0, sizeof acc);
       for (int64_t c = 0; c < chunks; ++c) {
         const int8_t *q = qbuf.data() + (r * chunks + c) * kChunkQ;
-        const float *ws = sbuf.data() + (r * chunks + c) * 2 * kSubQ, *wo = ws + kSubQ;
+        const float *ws = sbuf.data() + (r * chunks + c) * 2 * kSubQ;
         for (int64_t j = 0; j < nt; ++j) {
-          const int64_t t = t0 + j, off = t * chunks + c;
-          const int32_t *bsum = a.bsum + off * kSubQ;
-          qchunk_isums(q, a.q + off * kChunkQ, bsum, isum);
-          combine(acc[j], a.scale + off * kSubQ, ws, wo, isum, bsum);
+          const int64_t off = (t0 + j) * chunks + c;
+          isums(q, a.q + off * kChunkQ, a.bsum + off * kSubQ, is);
+          combine(acc[j], a.scale + off * kSubQ, ws, ws + kSubQ, is, a.bsum + off * kSubQ);
         }
       }
-      for (int64_t j = 0; j < nt; ++j) {
-        float s = acc[j][0];
-        for (int i = 1; i < kSubQ; ++i) s += acc[j][i];
-        y[(t0 + j) * ldy + r] = s;
-      }
+      finish(acc, nt, y + t0 * ldy + r, ldy);
     }
   }
 }
