@@ -104,7 +104,8 @@ class FakeEngine:
             Chunk(done=True, done_reason="stop", metrics=METRICS, context=(1, 2, 3)),
         ]
         if request.sampling.logprobs:
-            lp = TokenLogprob("x", -0.5, (120,), (TokenLogprob("x", -0.5, (120,)),))
+            top = (TokenLogprob("x", -0.5, (120,)),) * request.sampling.top_logprobs
+            lp = TokenLogprob("x", -0.5, (120,), top)
             chunks = [replace(c, logprobs=(lp,)) if not c.done else c for c in chunks]
         try:
             for i, chunk in enumerate(chunks):

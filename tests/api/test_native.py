@@ -268,6 +268,8 @@ async def test_logprobs_on_content_lines(client):
     assert lines[0]["logprobs"] == [{"token": "x", "logprob": -0.5, "bytes": [120],
                                      "top_logprobs": [{"token": "x", "logprob": -0.5, "bytes": [120]}]}]  # fmt: skip
     assert "logprobs" not in lines[-1]
+    body = await (await client.post("/api/chat", json={**CHAT, "logprobs": True, "stream": False})).json()
+    assert body["logprobs"] == [{"token": "x", "logprob": -0.5, "bytes": [120]}] * 2  # no top_logprobs key
 
 
 async def test_error_after_the_first_byte_is_a_line(client, engine):
