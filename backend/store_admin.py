@@ -60,6 +60,13 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def _check_gguf(path: Path, shown: str) -> None:
+    """A model layer must be a GGUF: anything else would be stored, then silently never listed."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise InvalidRequest(f"{shown} is not GGUF (bad magic)")
+
+
 def import_file(store: ModelStore, path: Path) -> dict[str, Any]:
     """A GGUF file as a model layer: hashed once, then hard-linked into blobs/ (copied when the
     file lives on another file system), so the weights are never stored twice on one disk."""
@@ -84,6 +91,7 @@ def _model_layer(store: ModelStore, source: str) -> tuple[dict[str, Any], dict[s
     local GGUF path."""
     path = Path(source).expanduser()
     if source.endswith(".gguf") and path.is_file():
+        _check_gguf(path, source)
         return import_file(store, path), {}
     try:
         info = store.resolve(source)
@@ -127,6 +135,7 @@ def create(
         if not has_blob(store, ggufs[0]):
             raise InvalidRequest(f"blob {ggufs[0]} not found: upload it with POST /api/blobs/{ggufs[0]}")
         path = mf.blob_path(store.root, ggufs[0])
+        _check_gguf(path, f"blob {ggufs[0]}")
         layer = {"mediaType": mf.MEDIA_MODEL, "digest": "sha256:" + path.name[7:], "size": path.stat().st_size}
     elif source:
         status("parsing GGUF")

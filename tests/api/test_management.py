@@ -86,6 +86,14 @@ async def test_create_copy_delete_round_trip(client, store):
     assert (await client.delete("/api/delete", json={"model": "pirate"})).status == 200
     shown = await (await client.post("/api/show", json={"model": "pirate2"})).json()
     assert shown["system"] == "Talk like a pirate."  # the copy's blobs survived the delete
+    text = b"not a model"
+    text_digest = "sha256:" + hashlib.sha256(text).hexdigest()
+    assert (await client.post(f"/api/blobs/{text_digest}", data=text)).status == 201
+    r = await client.post("/api/create", json={"model": "t", "files": {"t.gguf": text_digest}, "stream": False})
+    assert r.status == 400 and (await r.json())["error"].endswith("is not GGUF (bad magic)")
+    (root / "fake.gguf").write_bytes(text)
+    r = await client.post("/api/create", json={"model": "t", "from": str(root / "fake.gguf"), "stream": False})
+    assert r.status == 400 and "not GGUF" in (await r.json())["error"]
     for unsupported in ({"quantize": "q4_K_M"}, {"adapters": {"a.gguf": digest}}):
         r = await client.post("/api/create", json={"model": "q", "from": "mymoe:7b", **unsupported})
         assert r.status == 400 and "not supported" in (await r.json())["error"]
