@@ -171,7 +171,10 @@ def parse_modelfile(text: str, base: Path) -> dict[str, Any]:
         if not line or line.startswith("#"):
             continue
         command, _, rest = line.partition(" ")
-        rest = rest.strip()
+        command, rest, role = command.upper(), rest.strip(), ""
+        if command == "MESSAGE":  # the role comes before the (possibly """-quoted) content
+            role, _, rest = rest.partition(" ")
+            rest = rest.strip()
         if rest.startswith('"""'):
             body = rest[3:]
             while not body.endswith('"""') and i < len(lines):
@@ -180,7 +183,6 @@ def parse_modelfile(text: str, base: Path) -> dict[str, Any]:
             rest = body[:-3] if body.endswith('"""') else body
         elif len(rest) >= 2 and rest[0] == rest[-1] == '"':
             rest = rest[1:-1]
-        command = command.upper()
         if command == "FROM":
             path = (base / rest).expanduser() if not os.path.isabs(rest) else Path(rest)
             spec["from"] = str(path.resolve()) if path.exists() else rest
@@ -198,8 +200,7 @@ def parse_modelfile(text: str, base: Path) -> dict[str, Any]:
         elif command in ("SYSTEM", "TEMPLATE", "LICENSE"):
             spec[command.lower()] = rest
         elif command == "MESSAGE":
-            role, _, content = rest.partition(" ")
-            spec["messages"].append({"role": role, "content": content.strip()})
+            spec["messages"].append({"role": role, "content": rest})
         else:
             raise CliError(f"Error: unknown Modelfile command {command!r}")
     if "from" not in spec:

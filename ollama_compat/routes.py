@@ -75,8 +75,13 @@ async def show(request: web.Request) -> web.Response:
     if system:
         modelfile.append(f'SYSTEM """{system}"""')
     modelfile += [f"PARAMETER {line}" for line in _parameter_lines(shown_parameters, pad=False)]
+    for m in info.messages:  # Modelfile MESSAGEs, as Ollama's show writes them back
+        content = str(m.get("content", ""))
+        modelfile.append(f'MESSAGE {m.get("role", "")} ' + (f'"""{content}"""' if "\n" in content else content))
+    extra = {"messages": list(info.messages)} if info.messages else {}  # omitempty, as Ollama
     return json_response(
         {
+            **extra,
             "license": info.license,
             "modelfile": "\n".join(modelfile) + "\n",
             "parameters": parameters,

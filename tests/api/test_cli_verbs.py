@@ -25,6 +25,8 @@ in one line."""
 TEMPLATE "{% for m in messages %}{{ m['content'] }}{% endfor %}"
 MESSAGE user Who are you?
 MESSAGE assistant A tiny model.
+MESSAGE user """Two
+lines."""
 '''
 
 
@@ -36,7 +38,8 @@ def test_modelfile_parser(tmp_path):
     assert spec["system"] == "You answer\nin one line."
     assert spec["template"] == "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     assert spec["messages"] == [{"role": "user", "content": "Who are you?"},
-                                {"role": "assistant", "content": "A tiny model."}]  # fmt: skip
+                                {"role": "assistant", "content": "A tiny model."},
+                                {"role": "user", "content": "Two\nlines."}]  # fmt: skip
     assert parse_modelfile("FROM smollm2:135m\n", tmp_path)["from"] == "smollm2:135m"  # a model, not a file
     with pytest.raises(CliError, match="ADAPTER"):
         parse_modelfile("FROM x\nADAPTER ./lora.gguf\n", tmp_path)
@@ -72,10 +75,18 @@ def test_create_uploads_a_local_gguf_and_keeps_the_modelfile(server, tmp_path):
     blobs = server.engine.store.root / "blobs"
     assert not [p for p in blobs.iterdir() if p.name.startswith(".upload-")]
     info = server.engine.get_model("tiny")
-    assert info.system == "You answer\nin one line." and len(info.messages) == 2
+    assert info.system == "You answer\nin one line." and len(info.messages) == 3
     assert info.parameters["num_predict"] == 3 and "{% for m in messages %}" in info.template
     shown = cli(server, "show", "tiny", "--modelfile").stdout
     assert 'SYSTEM """You answer\nin one line."""' in shown and "PARAMETER num_predict 3" in shown
+    assert shown.endswith('MESSAGE assistant A tiny model.\nMESSAGE user """Two\nlines."""\n')
+    # What show writes, create reads back to the same model.
+    (tmp_path / "Shown").write_text(shown.replace(shown.splitlines()[1], "FROM tiny"))
+    assert cli(server, "create", "tiny2", "-f", "Shown", cwd=tmp_path).returncode == 0
+    again = server.engine.get_model("tiny2")
+    assert (again.messages, again.system, again.template, again.parameters) == (
+        info.messages, info.system, info.template, info.parameters)
+    assert cli(server, "rm", "tiny2").returncode == 0
     chat = cli(server, "run", "tiny", stdin="/?\n/set nothink\n/clear\nhello\n/bye\n")
     assert chat.returncode == 0, chat.stderr
     assert "Available Commands" in chat.stdout and "Cleared session context" in chat.stdout

@@ -56,6 +56,9 @@ async def test_created_settings_apply_at_generation(client):
     await create(client, model="primed", **{"from": "base"}, messages=history)
     primed = (await chat(client, "primed"))["prompt_eval_count"]
     assert primed > base
+    shown = await (await client.post("/api/show", json={"model": "primed"})).json()
+    assert shown["messages"] == history and "MESSAGE assistant A pirate." in shown["modelfile"]
+    assert "messages" not in await (await client.post("/api/show", json={"model": "base"})).json()
 
     await create(client, model="bare", **{"from": "base"}, template=BARE)
     shown = await (await client.post("/api/show", json={"model": "bare"})).json()
