@@ -78,7 +78,9 @@ async def test_curl_style_stream_is_framed_per_token(server):
                                 headers={"Content-Type": "application/x-www-form-urlencoded"}) as r:  # fmt: skip
             assert r.headers["Content-Type"] == "application/x-ndjson"
             lines = ndjson((await r.read()).decode())
-    assert len(lines) > 3 and "Paris" in "".join(line["message"]["content"] for line in lines)
+    # One line per token: the framing is the point here (test_official_client_chat_and_generate
+    # checks what the model says).
+    assert len(lines) > 3 and all(line["message"]["content"] for line in lines[:-1])
 
 
 async def test_disconnect_frees_the_engine_and_listings_stay_instant(server):
@@ -95,7 +97,8 @@ async def test_disconnect_frees_the_engine_and_listings_stay_instant(server):
         # The response is closed here, mid-stream: the server cancels the sequence.
         started = time.perf_counter()
         async with session.post(f"{server.url}/api/chat", json={**body, "options": GREEDY, "stream": False}) as r:
-            assert "Paris" in (await r.json())["message"]["content"]
+            reply = await r.json()
+        assert reply["message"]["content"] and reply["eval_count"] > 0
         assert time.perf_counter() - started < 30
 
 
