@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Iterator
 
+from .modelfile import ModelfileError, parse_modelfile
 from .settings import parse_host
 from .types import VERSION
 
@@ -160,57 +161,12 @@ def cmd_pull(client: Client, args) -> None:
     _progress(client.stream("/api/pull", {"model": args.model}))
 
 
-def parse_modelfile(text: str, base: Path) -> dict[str, Any]:
-    """FROM, PARAMETER, SYSTEM, TEMPLATE, MESSAGE, LICENSE; values may be \"\"\"-quoted over lines."""
-    spec: dict[str, Any] = {"parameters": {}, "messages": []}
-    lines = text.splitlines()
-    i = 0
-    while i < len(lines):
-        line = lines[i].strip()
-        i += 1
-        if not line or line.startswith("#"):
-            continue
-        command, _, rest = line.partition(" ")
-        command, rest, role = command.upper(), rest.strip(), ""
-        if command == "MESSAGE":  # the role comes before the (possibly """-quoted) content
-            role, _, rest = rest.partition(" ")
-            rest = rest.strip()
-        if rest.startswith('"""'):
-            body = rest[3:]
-            while not body.endswith('"""') and i < len(lines):
-                body += "\n" + lines[i]
-                i += 1
-            rest = body[:-3] if body.endswith('"""') else body
-        elif len(rest) >= 2 and rest[0] == rest[-1] == '"':
-            rest = rest[1:-1]
-        if command == "FROM":
-            path = (base / rest).expanduser() if not os.path.isabs(rest) else Path(rest)
-            spec["from"] = str(path.resolve()) if path.exists() else rest
-        elif command == "PARAMETER":
-            key, _, value = rest.partition(" ")
-            value = value.strip()
-            try:
-                parsed: Any = json.loads(value)
-            except ValueError:
-                parsed = value.strip('"')
-            if key == "stop":
-                spec["parameters"].setdefault("stop", []).append(str(parsed))
-            else:
-                spec["parameters"][key] = parsed
-        elif command in ("SYSTEM", "TEMPLATE", "LICENSE"):
-            spec[command.lower()] = rest
-        elif command == "MESSAGE":
-            spec["messages"].append({"role": role, "content": rest})
-        else:
-            raise CliError(f"Error: unknown Modelfile command {command!r}")
-    if "from" not in spec:
-        raise CliError("Error: no FROM line in the Modelfile")
-    return spec
-
-
 def cmd_create(client: Client, args) -> None:
     modelfile = Path(args.file)
-    spec = parse_modelfile(modelfile.read_text(), modelfile.parent)
+    try:
+        spec = parse_modelfile(modelfile.read_text(), modelfile.parent)
+    except (OSError, ModelfileError) as e:
+        raise CliError(f"Error: {e}") from None
     body: dict[str, Any] = {"model": args.model, **{k: v for k, v in spec.items() if v and k != "from"}}
     source = Path(spec["from"])
     if source.is_file():  # upload the weights, so a remote server works too

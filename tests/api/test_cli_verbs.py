@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from backend.testmodels import write_model
-from ollama_compat.cli import CliError, _processor, parse_modelfile
+from ollama_compat.cli import _processor
+from ollama_compat.modelfile import ModelfileError, parse_modelfile
 
 from .live_server import Server
 
@@ -41,9 +42,11 @@ def test_modelfile_parser(tmp_path):
                                 {"role": "assistant", "content": "A tiny model."},
                                 {"role": "user", "content": "Two\nlines."}]  # fmt: skip
     assert parse_modelfile("FROM smollm2:135m\n", tmp_path)["from"] == "smollm2:135m"  # a model, not a file
-    with pytest.raises(CliError, match="ADAPTER"):
+    with pytest.raises(ModelfileError, match="MESSAGE role must be one of system, user, assistant"):
+        parse_modelfile("FROM x\nMESSAGE bot hi\n", tmp_path)
+    with pytest.raises(ModelfileError, match="ADAPTER"):
         parse_modelfile("FROM x\nADAPTER ./lora.gguf\n", tmp_path)
-    with pytest.raises(CliError, match="no FROM"):
+    with pytest.raises(ModelfileError, match="no FROM"):
         parse_modelfile("SYSTEM hi\n", tmp_path)
 
 
