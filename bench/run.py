@@ -147,15 +147,18 @@ def main() -> None:
     meta = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_name(), "cores": os.cpu_count(), "threads": a.threads,
             "runs": a.runs, "decode": a.decode, "engines": a.engines, "bandwidth_gbs": bw, "loadavg_start": loadavg,
             "note": a.note}  # fmt: skip
-    rows = [bench_model(m, a, bw[str(a.threads)]) for m in a.models]
-    meta["loadavg_end"] = os.getloadavg()[0]
-    meta["bandwidth_gbs_end"] = {str(n): read_gbs(n) for n in sorted({1, a.threads})}
     out = ROOT / "results"
     out.mkdir(exist_ok=True)
     stem = now.strftime("%Y-%m-%dT%H%M")
+    rows = []
+    for model in a.models:  # results rewritten after each model: an interrupted run keeps what it measured
+        rows.append(bench_model(model, a, bw[str(a.threads)]))
+        meta["loadavg_end"] = os.getloadavg()[0]
+        (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+        text = markdown(meta, rows, a.decode)
+        (out / f"{stem}.md").write_text(text)
+    meta["bandwidth_gbs_end"] = {str(n): read_gbs(n) for n in sorted({1, a.threads})}
     (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    text = markdown(meta, rows, a.decode)
-    (out / f"{stem}.md").write_text(text)
     print(text)
 
 
