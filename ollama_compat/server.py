@@ -6,6 +6,7 @@ import argparse
 import importlib
 import logging
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if args.models:
-        settings = settings.replace(models_dir=settings.models_dir.__class__(args.models).expanduser())
+        settings = settings.replace(models_dir=Path(args.models).expanduser())
     logging.basicConfig(
         level=logging.DEBUG if settings.debug else logging.INFO,
         format="time=%(asctime)s level=%(levelname)s source=%(name)s msg=%(message)s",
