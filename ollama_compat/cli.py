@@ -7,9 +7,12 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
+import time
 import urllib.error
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -82,6 +85,36 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def _human_time(stamp: str, now: float) -> str:
+    """Ollama's format.HumanTime: "3 minutes ago", "About an hour from now", "Forever"."""
+    text = re.sub(r"(\.\d{6})\d+", r"\1", stamp.replace("Z", "+00:00"))  # Go writes nanoseconds
+    try:
+        delta = datetime.fromisoformat(text).timestamp() - now
+    except ValueError:
+        return stamp
+    if delta > 10 * 365 * 86400:
+        return "Forever"
+    return f"{_human_duration(abs(delta))} {'from now' if delta > 0 else 'ago'}"
+
+
+def _human_duration(seconds: float) -> str:
+    """Ollama's format.humanDuration: whole seconds and minutes, then rounded hours."""
+    if seconds < 1:
+        return "Less than a second"
+    if seconds < 60:
+        return "1 second" if int(seconds) == 1 else f"{int(seconds)} seconds"
+    if seconds < 3600:
+        return "About a minute" if int(seconds // 60) == 1 else f"{int(seconds // 60)} minutes"
+    hours = round(seconds / 3600)
+    if hours == 1:
+        return "About an hour"
+    for limit, size, unit in ((48, 1, "hours"), (24 * 14, 24, "days"), (24 * 60, 24 * 7, "weeks"),
+                              (24 * 730, 24 * 30, "months")):  # fmt: skip
+        if hours < limit:
+            return f"{hours // size} {unit}"
+    return f"{int(seconds // (365 * 86400))} years"
+
+
 def _table(rows: list[list[str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
@@ -91,7 +124,7 @@ def _table(rows: list[list[str]]) -> None:
 def cmd_list(client: Client, args) -> None:
     rows = [["NAME", "ID", "SIZE", "MODIFIED"]]
     for m in client.json("GET", "/api/tags")["models"]:
-        rows.append([m["name"], m["digest"][:12], _size(m["size"]), m["modified_at"][:19].replace("T", " ")])
+        rows.append([m["name"], m["digest"][:12], _size(m["size"]), _human_time(m["modified_at"], time.time())])
     _table(rows)
 
 
@@ -99,7 +132,7 @@ def cmd_ps(client: Client, args) -> None:
     rows = [["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]]
     for m in client.json("GET", "/api/ps")["models"]:
         rows.append([m["name"], m["digest"][:12], _size(m["size"]), _processor(m), str(m["context_length"]),
-                     m["expires_at"][:19].replace("T", " ")])  # fmt: skip
+                     _human_time(m["expires_at"], time.time())])  # fmt: skip
     _table(rows)
 
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from backend.testmodels import write_model
-from ollama_compat.cli import _processor
+from ollama_compat.cli import _human_time, _processor
 from ollama_compat.modelfile import ModelfileError, parse_modelfile
 
 from .live_server import Server
@@ -54,6 +54,16 @@ def test_processor_column():
     assert _processor({"size": 100, "size_vram": 0}) == "100% CPU"
     assert _processor({"size": 100, "size_vram": 100}) == "100% GPU"
     assert _processor({"size": 100, "size_vram": 52}) == "48%/52% CPU/GPU"
+
+
+def test_times_read_as_ollama_prints_them():
+    now = 1_700_000_000.0
+    assert _human_time("2023-11-14T22:10:19.923456789Z", now) == "3 minutes ago"
+    assert _human_time("2023-11-14T23:13:20+01:00", now) == "Less than a second ago"
+    assert _human_time("2023-11-14T23:13:20.5+00:00", now) == "About an hour from now"
+    assert _human_time("2323-11-14T22:13:20+00:00", now) == "Forever"
+    assert _human_time("2023-11-11T22:13:20+00:00", now) == "3 days ago"
+    assert _human_time("yesterday", now) == "yesterday"
 
 
 @pytest.fixture(scope="module")
