@@ -94,6 +94,58 @@ static inline void finish(const float (*acc)[kSubQ], int64_t nt, float *y, int64
   }
 }
 
+#if defined(__AVX512VNNI__)
+// Sub-block sums of weights already in registers (unsigned bytes) against one token's quants;
+// `shift` = 128 when the weights were offset by +128 (then 128 * bsum comes off).
+static inline __attribute__((always_inline)) void isums_regs(const __m512i *q, const int8_t *aq, const int32_t *bsum,
+                                                            bool shift, int32_t *isum) {
+  __m512i v[4];
+  for (int p = 0; p < 4; ++p) v[p] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[p], _mm512_loadu_si512(aq + 64 * p));
+  const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(v[0], v[1]), _mm512_unpackhi_epi32(v[0], v[1]));
+  const __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2], v[3]), _mm512_unpackhi_epi32(v[2], v[3]));
+  __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
+  u = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), u);
+  if (shift) u = _mm512_sub_epi32(u, _mm512_slli_epi32(_mm512_loadu_si512(bsum), 7));
+  _mm512_store_si512(isum, u);
+}
+
+// Q4_K without the int8 buffer: its nibbles are already unsigned, so dpbusd takes them as
+// they are (no +128 shift); piece p of the natural order is [low nibbles, high nibbles] of
+// qs[32p .. 32p + 31]. The integer sums equal the generic path's, so the bits do too.
+static void stream_q4_k(const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, int64_t nt, float *y,
+                        int64_t ldy) {
+  const __m256i mask = _mm256_set1_epi8(0x0F);
+  alignas(64) float ws[kSubQ], wo[kSubQ];
+  alignas(64) int32_t is[kSubQ];
+  alignas(64) float acc[kTokenTile][kSubQ];
+  for (int64_t r = 0; r < rows; ++r) {
+    memset(acc, 0, sizeof acc);
+    for (int64_t c = 0; c < a.chunks; ++c) {
+      const uint8_t *b = w + r * row_bytes + c * 144;
+      const float d = load_half(b), dmin = load_half(b + 2);
+      for (int sb = 0; sb < 8; ++sb) {
+        int sc, m;
+        kq_scale_min(b + 4, sb, &sc, &m);
+        ws[2 * sb] = ws[2 * sb + 1] = d * (float)sc;
+        wo[2 * sb] = wo[2 * sb + 1] = -(dmin * (float)m);
+      }
+      __m512i q[4];
+      for (int p = 0; p < 4; ++p) {
+        const __m256i raw = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * p));
+        const __m256i lo = _mm256_and_si256(raw, mask), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+        q[p] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+      }
+      for (int64_t t = 0; t < nt; ++t) {
+        const int64_t off = t * a.chunks + c;
+        isums_regs(q, a.q + off * kChunkQ, nullptr, false, is);
+        combine(acc[t], a.scale + off * kSubQ, ws, wo, is, a.bsum + off * kSubQ);
+      }
+    }
+    finish(acc, nt, y + r, ldy);
+  }
+}
+#endif
+
 // Few tokens (decoding): each chunk is unpacked into L1 and used at once by every token.
 static void stream_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,
                         int64_t nt, float *y, int64_t ldy) {
@@ -105,9 +157,18 @@ static void stream_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes,
     memset(acc, 0, sizeof acc);
     for (int64_t c = 0; c < a.chunks; ++c) {
       up(w + r * row_bytes, c, q, sc, sc + kSubQ);
+#if defined(__AVX512VNNI__)
+      const __m512i flip = _mm512_set1_epi8((char)0x80);
+      __m512i qv[4];
+      for (int p = 0; p < 4; ++p) qv[p] = _mm512_xor_si512(_mm512_load_si512(q + 64 * p), flip);
+#endif
       for (int64_t t = 0; t < nt; ++t) {
         const int64_t off = t * a.chunks + c;
+#if defined(__AVX512VNNI__)
+        isums_regs(qv, a.q + off * kChunkQ, a.bsum + off * kSubQ, true, is);
+#else
         isums(q, a.q + off * kChunkQ, a.bsum + off * kSubQ, is);
+#endif
         combine(acc[t], a.scale + off * kSubQ, sc, sc + kSubQ, is, a.bsum + off * kSubQ);
       }
     }
@@ -119,6 +180,9 @@ void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, c
                   int64_t num_tokens, float *y, int64_t ldy) {
   const Geometry g = geometry(type);
   const Unpacker up{unpack_fn(type), a.k / g.block_size, kChunkQ / g.block_size, g.type_size};
+#if defined(__AVX512VNNI__)
+  if (num_tokens <= kTokenTile && type == kQ4_K) return stream_q4_k(w, row_bytes, rows, a, num_tokens, y, ldy);
+#endif
   if (num_tokens <= kTokenTile) return stream_rows(up, w, row_bytes, rows, a, num_tokens, y, ldy);
   const int64_t chunks = a.chunks;
   // Many tokens: this task's rows unpacked once into a buffer, shared by every token tile.

@@ -6,7 +6,7 @@ import importlib
 from collections.abc import Iterator, Mapping
 
 from ..gguf_model import GGUFError, GGUFFile
-from ..layers.linear import set_activations
+from ..layers.linear import DEFAULT_ACTIVATIONS, set_activations
 
 # general.architecture -> module in this package defining `Model`. Modules load on first use so one
 # architecture's import cost (or a teammate's work in progress) never affects another.
@@ -36,9 +36,9 @@ class _Architectures(Mapping):
 ARCHITECTURES: Mapping[str, type] = _Architectures()
 
 
-def load_model(f: GGUFFile, activations: str = "q8"):
+def load_model(f: GGUFFile, activations: str | None = None):
     """The Model for f's architecture, weights loaded from f. activations: "q8" (8-bit
-    activations, integer kernels: the engine's default) or "float" (exact; oracle tests)."""
+    activations, integer kernels) or "float" (exact; oracle tests); None: MOE_ACTIVATIONS."""
     if f.architecture not in _MODULES:
         raise GGUFError(f"{f.name}: unsupported architecture '{f.architecture}'")
-    return set_activations(ARCHITECTURES[f.architecture].from_gguf(f), activations)
+    return set_activations(ARCHITECTURES[f.architecture].from_gguf(f), activations or DEFAULT_ACTIVATIONS)

@@ -1,4 +1,4 @@
-"""The engine's default: 8-bit activations through the integer kernels (llama.cpp's arithmetic).
+"""8-bit activations through the integer kernels (llama.cpp's arithmetic; MOE_ACTIVATIONS=q8).
 Exact oracle tests run on float activations (conftest); this bounds the quantized path's
 distance from that oracle-verified result."""
 
@@ -22,7 +22,7 @@ Q8_RTOL = 5e-2
 @pytest.mark.parametrize("arch,qtype", [("llama", "Q4_K"), ("qwen3moe", "Q8_0"), ("deepseek2", "Q4_K"), ("deepseek2", "Q8_0"), ("llama", "IQ2_XXS")])
 def test_q8_activations_stay_close_to_exact(arch, qtype, tmp_path):
     path = write_model(arch, tmp_path / "m.gguf", qtype=qtype)
-    exact, fast = load_model(open_gguf(path), activations="float"), load_model(open_gguf(path))
+    exact, fast = (load_model(open_gguf(path), activations=mode) for mode in ("float", "q8"))
     assert all(m.activations == "q8" for m in fast.modules() if isinstance(m, Linear))
     vocab = model_config(arch, None)["vocab_size"]
     prompt = torch.randint(0, vocab, (24,), generator=torch.Generator().manual_seed(0))
