@@ -92,3 +92,21 @@ async def test_unknown_model_and_bad_response_format_are_openai_errors(oai):
     with pytest.raises(openai.BadRequestError) as e:
         await oai.chat.completions.create(model="deepseek-r1", messages=QUESTION, response_format={"type": "xml"})
     assert "response_format" in str(e.value)
+
+
+async def test_reasoning_arrives_as_reasoning_content(client, oai):
+    """A model whose template opens <think> reasons first; a random model never closes it, so
+    everything it writes is reasoning and the answer stays empty."""
+    template = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}<think>\n"
+    r = await client.post("/api/create", json={"model": "r1think", "from": "deepseek-r1", "template": template,
+                                              "stream": False})  # fmt: skip
+    assert r.status == 200
+    reply = await oai.chat.completions.create(model="r1think", messages=QUESTION, max_tokens=5, temperature=0)
+    message = reply.choices[0].message
+    assert message.model_extra["reasoning_content"] and message.content == ""
+    assert reply.usage.completion_tokens == 5
+    stream = await oai.chat.completions.create(model="r1think", messages=QUESTION, max_tokens=5, temperature=0,
+                                               stream=True)  # fmt: skip
+    deltas = [c.choices[0].delta for c in [c async for c in stream] if c.choices]
+    reasoning = "".join(d.model_extra.get("reasoning_content") or "" for d in deltas)
+    assert reasoning == message.model_extra["reasoning_content"]
