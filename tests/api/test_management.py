@@ -3,6 +3,7 @@ blob upload, create, copy, delete, pull, and names that try to escape the store.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -129,3 +130,24 @@ async def test_pull_of_a_packaged_model(client, smollm2_gguf):
     assert "smollm2:135m" in await names(client)
     r = await client.post("/api/push", json={"model": "smollm2:135m"})
     assert r.status == 400
+
+
+async def test_an_upload_cut_off_midway_leaves_nothing(client, store):
+    root, _ = store
+    before = sorted(os.listdir(root / "blobs"))
+    digest = "sha256:" + "1" * 64
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    head = f"POST /api/blobs/{digest} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000000\r\n\r\n"
+    writer.write(head.encode() + b"G" * 1000)  # a thousandth of the announced body, then gone
+    await writer.drain()
+    for _ in range(300):  # until the handler has opened its temporary file
+        if len(os.listdir(root / "blobs")) > len(before):
+            break
+        await asyncio.sleep(0.01)
+    assert any(name.startswith(".upload-") for name in os.listdir(root / "blobs"))
+    writer.close()
+    for _ in range(200):
+        if sorted(os.listdir(root / "blobs")) == before:
+            break
+        await asyncio.sleep(0.01)
+    assert sorted(os.listdir(root / "blobs")) == before
