@@ -201,7 +201,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     lines = inference.chat_responses(request.app, native)
     ident, created, model = f"chatcmpl-{secrets.randbelow(10**9)}", int(time.time()), body.get("model")
     base = {"id": ident, "created": created, "model": model, "system_fingerprint": "fp_ollama"}
-    if not opt.stream(body.get("stream", False)):
+    if not opt.stream(body.get("stream"), default=False):
         return _json(await _chat_object(lines, base))
     usage = bool((body.get("stream_options") or {}).get("include_usage"))
     return await _sse(request, _chat_chunks(lines, base, usage))
@@ -267,7 +267,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
     lines = inference.generate_responses(request.app, native)
     base = {"id": f"cmpl-{secrets.randbelow(10**9)}", "object": "text_completion", "created": int(time.time()),
             "model": body.get("model"), "system_fingerprint": "fp_ollama"}  # fmt: skip
-    if not opt.stream(body.get("stream", False)):
+    if not opt.stream(body.get("stream"), default=False):
         text, last = "", {}
         async for line in lines:
             text += line.get("response", "")
