@@ -133,8 +133,70 @@ static void up_q6_k(const uint8_t *b, int, int8_t *q, float *ws, float *) {
       }
 }
 
-static inline int8_t signed_by(int8_t v, uint8_t signs, int j) { return (signs >> j) & 1 ? (int8_t)-v : v; }
+// v negated where bit j of signs is set, without a branch: (v ^ -b) + b.
+static inline int8_t signed_by(int8_t v, uint8_t signs, int j) {
+  const int b = (signs >> j) & 1;
+  return (int8_t)((v ^ -b) + b);
+}
 
+#if defined(__AVX512BW__) && defined(__AVX512VL__)
+// The grid types with AVX-512BW: four 8-byte (or eight 4-byte) codebook rows per 32 weights
+// gathered into one register, the 32 sign bits applied as a byte mask. Same integers as below.
+static inline uint64_t row8(const int8_t *p) {
+  uint64_t v;
+  memcpy(&v, p, 8);
+  return v;
+}
+
+static inline uint32_t signs32(uint32_t aux) {
+  return kSigns[aux & 127] | (uint32_t)kSigns[(aux >> 7) & 127] << 8 | (uint32_t)kSigns[(aux >> 14) & 127] << 16 |
+         (uint32_t)kSigns[(aux >> 21) & 127] << 24;
+}
+
+static void up_iq2_xxs(const uint8_t *b, int, int8_t *q, float *ws, float *) {
+  const float d = load_half(b);
+  for (int ib = 0; ib < 8; ++ib) {
+    const uint8_t *ids = b + 2 + 8 * ib;
+    const uint32_t aux = load_u32(b + 6 + 8 * ib);
+    ws[2 * ib] = ws[2 * ib + 1] = d * (0.5f + (float)(aux >> 28)) * 0.25f;
+    __m256i g = _mm256_setr_epi64x((long long)row8(kIq2xxsGrid[ids[0]]), (long long)row8(kIq2xxsGrid[ids[1]]),
+                                   (long long)row8(kIq2xxsGrid[ids[2]]), (long long)row8(kIq2xxsGrid[ids[3]]));
+    g = _mm256_mask_sub_epi8(g, (__mmask32)signs32(aux), _mm256_setzero_si256(), g);
+    _mm256_storeu_si256((__m256i *)(q + 32 * ib), g);
+  }
+}
+
+static void up_iq3_xxs(const uint8_t *b, int, int8_t *q, float *ws, float *) {
+  const float d = load_half(b);
+  const uint8_t *qs = b + 2;
+  for (int ib = 0; ib < 8; ++ib) {
+    const uint32_t aux = load_u32(b + 66 + 4 * ib);
+    ws[2 * ib] = ws[2 * ib + 1] = d * (0.5f + (float)(aux >> 28)) * 0.5f;
+    int32_t r[8];
+    for (int j = 0; j < 8; ++j) memcpy(&r[j], kIq3xxsGrid[qs[8 * ib + j]], 4);
+    __m256i g = _mm256_loadu_si256((const __m256i *)r);
+    g = _mm256_mask_sub_epi8(g, (__mmask32)signs32(aux), _mm256_setzero_si256(), g);
+    _mm256_storeu_si256((__m256i *)(q + 32 * ib), g);
+  }
+}
+
+static void up_iq1_s(const uint8_t *b, int, int8_t *q, float *ws, float *) {
+  const float d = load_half(b);
+  const uint8_t *qs = b + 2;
+  for (int ib = 0; ib < 8; ++ib) {
+    const uint16_t qh = load_u16(b + 34 + 2 * ib);
+    ws[2 * ib] = ws[2 * ib + 1] = d * (float)(2 * ((qh >> 12) & 7) + 1) * 0.125f;
+    long long r[4];
+    for (int l = 0; l < 4; ++l) r[l] = (long long)row8(kIq1sGrid[qs[4 * ib + l] | (((qh >> (3 * l)) & 7) << 8)]);
+    __m256i g = _mm256_setr_epi64x(r[0], r[1], r[2], r[3]);
+    g = _mm256_add_epi8(g, g);
+    g = _mm256_add_epi8(g, g);
+    g = _mm256_add_epi8(g, g);  // 8 g, exact in int8 (|g| <= 1)
+    g = _mm256_add_epi8(g, _mm256_set1_epi8(qh & 0x8000 ? -1 : 1));
+    _mm256_storeu_si256((__m256i *)(q + 32 * ib), g);
+  }
+}
+#else
 static void up_iq2_xxs(const uint8_t *b, int, int8_t *q, float *ws, float *) {
   const float d = load_half(b);
   for (int ib = 0; ib < 8; ++ib) {
@@ -148,6 +210,8 @@ static void up_iq2_xxs(const uint8_t *b, int, int8_t *q, float *ws, float *) {
   }
 }
 
+#endif
+
 static void up_iq2_xs(const uint8_t *b, int, int8_t *q, float *ws, float *) {
   const float d = load_half(b);
   const uint8_t *scales = b + 66;
@@ -159,6 +223,7 @@ static void up_iq2_xs(const uint8_t *b, int, int8_t *q, float *ws, float *) {
   }
 }
 
+#if !(defined(__AVX512BW__) && defined(__AVX512VL__))
 static void up_iq3_xxs(const uint8_t *b, int, int8_t *q, float *ws, float *) {
   const float d = load_half(b);
   const uint8_t *qs = b + 2;
@@ -186,6 +251,8 @@ static void up_iq1_s(const uint8_t *b, int, int8_t *q, float *ws, float *) {
     }
   }
 }
+
+#endif
 
 static void up_iq1_m(const uint8_t *b, int, int8_t *q, float *ws, float *) {
   const uint8_t *qs = b, *qh = b + 32;
