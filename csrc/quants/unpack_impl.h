@@ -118,6 +118,26 @@ static void up_q5_k(const uint8_t *b, int, int8_t *q, float *ws, float *wo) {
   }
 }
 
+#if defined(__AVX2__)
+// Q6_K with AVX2: quarter s of half c is 32 contiguous outputs, low 4 bits from one ql row
+// (nibble s / 2) and high 2 bits from the qh row (bits 2s), as the scalar version below.
+static void up_q6_k(const uint8_t *b, int, int8_t *q, float *ws, float *) {
+  const int8_t *scales = (const int8_t *)(b + 192);
+  const float d = load_half(b + 208);
+  for (int sb = 0; sb < 16; ++sb) ws[sb] = d * (float)scales[sb];
+  const __m256i m4 = _mm256_set1_epi8(0x0F), m2 = _mm256_set1_epi8(0x03), k32 = _mm256_set1_epi8(32);
+  for (int c = 0; c < 2; ++c) {
+    const __m256i hb = _mm256_loadu_si256((const __m256i *)(b + 128 + c * 32));
+    for (int s = 0; s < 4; ++s) {
+      __m256i lo = _mm256_loadu_si256((const __m256i *)(b + c * 64 + (s % 2) * 32));
+      if (s / 2) lo = _mm256_srli_epi16(lo, 4);
+      lo = _mm256_and_si256(lo, m4);
+      const __m256i hi = _mm256_slli_epi16(_mm256_and_si256(_mm256_srl_epi16(hb, _mm_cvtsi32_si128(2 * s)), m2), 4);
+      _mm256_storeu_si256((__m256i *)(q + c * 128 + s * 32), _mm256_sub_epi8(_mm256_or_si256(lo, hi), k32));
+    }
+  }
+}
+#else
 static void up_q6_k(const uint8_t *b, int, int8_t *q, float *ws, float *) {
   const uint8_t *ql = b, *qh = b + 128;
   const int8_t *scales = (const int8_t *)(b + 192);
@@ -134,6 +154,8 @@ static void up_q6_k(const uint8_t *b, int, int8_t *q, float *ws, float *) {
 }
 
 // v negated where bit j of signs is set, without a branch: (v ^ -b) + b.
+#endif
+
 static inline int8_t signed_by(int8_t v, uint8_t signs, int j) {
   const int b = (signs >> j) & 1;
   return (int8_t)((v ^ -b) + b);
