@@ -13,7 +13,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from gguf import GGMLQuantizationType, quants
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 
 ISAS = ("scalar", "avx2", "avx512")
 
@@ -47,7 +47,7 @@ def _load() -> ctypes.CDLL:
         "moe_dequantize": ([ctypes.c_int, vp, i64, fp, i64], ctypes.c_int),
         "moe_matmul": ([ctypes.c_int, vp, i64, i64, i64, fp, i64, fp], ctypes.c_int),
         "moe_matmul_q8": ([ctypes.c_int, vp, i64, i64, i64, fp, i64, fp], ctypes.c_int),
-        "moe_quantize_activations": ([ctypes.c_int, fp, i64, i64, vp, fp], ctypes.c_int),
+        "moe_quantize_activations": ([ctypes.c_int, fp, i64, i64, vp, fp, fp], ctypes.c_int),
         "moe_experts": ([i64, i64, i64, i64, i64, fp, vp, fp, vp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp,
                          ctypes.c_int, i64, fp], ctypes.c_int),  # fmt: skip
     }
@@ -191,14 +191,15 @@ def matmul_reference(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
 
 
 FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
-Q8_0_TYPES = tuple(GGMLQuantizationType[n] for n in ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "IQ4_NL"))
+Q8_0_TYPES = tuple(GGMLQuantizationType[n] for n in ("Q4_0", "Q5_0", "Q8_0", "IQ4_NL"))
+Q8_1_TYPES = (GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q5_1)  # weights with an offset m
 
 
 def activation_block(ggml_type: int) -> int:
-    """32 (Q8_0 activations) for the 32-weight types, 256 (Q8_K) for K and IQ types."""
+    """32 (Q8_0 / Q8_1 activations) for the 32-weight types, 256 (Q8_K) for K and IQ types."""
     if ggml_type in FLOAT_TYPES:
         raise KernelError(f"{type_name(ggml_type)} weights take float activations")
-    return 32 if ggml_type in Q8_0_TYPES else 256
+    return 32 if ggml_type in Q8_0_TYPES + Q8_1_TYPES else 256
 
 
 def _check_x(x: torch.Tensor, cols: int, what: str) -> torch.Tensor:
@@ -207,9 +208,10 @@ def _check_x(x: torch.Tensor, cols: int, what: str) -> torch.Tensor:
     return x.contiguous()
 
 
-def quantize_activations(x: torch.Tensor, ggml_type: int) -> tuple[np.ndarray, np.ndarray]:
-    """x [T, K] -> (q int8 [T, K], d float32 [T, K / block]): the 8-bit activations that
-    matmul_q8 pairs with `ggml_type` weights (Q8_0 or Q8_K, see activation_block)."""
+def quantize_activations(x: torch.Tensor, ggml_type: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x [T, K] -> (q int8 [T, K], d float32 [T, K / block], s float32 [T, K / block]): the
+    8-bit activations that matmul_q8 pairs with `ggml_type` weights (see activation_block);
+    s is Q8_1's scaled block sum (zeros for Q8_0 and Q8_K)."""
     block = activation_block(ggml_type)
     x = _check_x(x, x.shape[-1] if x.dim() == 2 else -1, "quantize_activations")
     T, K = x.shape
@@ -217,30 +219,36 @@ def quantize_activations(x: torch.Tensor, ggml_type: int) -> tuple[np.ndarray, n
         raise KernelError(f"quantize_activations: {K} is not a multiple of {block}")
     q = np.empty((T, K), np.int8)
     d = np.empty((T, K // block), np.float32)
+    s = np.empty((T, K // block), np.float32)
     fp = ctypes.POINTER(ctypes.c_float)
     code = _lib.moe_quantize_activations(int(ggml_type), ctypes.cast(x.data_ptr(), fp), T, K, q.ctypes.data,
-                                         d.ctypes.data_as(fp))  # fmt: skip
+                                         d.ctypes.data_as(fp), s.ctypes.data_as(fp))  # fmt: skip
     _check(code, "quantize_activations")
-    return q, d
+    return q, d, s
 
 
-def quantize_activations_reference(x: torch.Tensor, ggml_type: int) -> tuple[np.ndarray, np.ndarray]:
-    """numpy: Q8_0 d = amax / 127, q = rint(x / d); Q8_K iscale = -127 / (signed value of the
-    largest magnitude), q = min(127, rint(iscale * x)), d = 1 / iscale. Ties to even."""
+def quantize_activations_reference(x: torch.Tensor, ggml_type: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """numpy, as llama.cpp's x86 code: Q8_0 q = rint(x * (127 / amax)), d = fp16(amax / 127);
+    Q8_1 also s = fp16(amax / 127 * sum q); Q8_K iscale = -127 / (signed value of the largest
+    magnitude), q = min(127, rint(iscale * x)), d = 1 / iscale (float). Ties to even."""
     block = activation_block(ggml_type)
     xb = x.numpy().astype(np.float32).reshape(x.shape[0], -1, block)
     amax = np.abs(xb).max(axis=-1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    s = np.zeros(amax.shape, np.float32)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if block == 32:
-            d = amax / np.float32(127)
-            inv = np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
+            inv = np.where(amax == 0, np.float32(0), np.float32(127) / amax).astype(np.float32)
             q = np.rint(xb * inv)
+            d32 = (amax / np.float32(127)).astype(np.float32)
+            d = d32.astype(np.float16).astype(np.float32)
+            if ggml_type in Q8_1_TYPES:
+                s = (d32 * q.sum(axis=-1, keepdims=True).astype(np.float32)).astype(np.float16).astype(np.float32)
         else:
             mx = np.take_along_axis(xb, np.abs(xb).argmax(axis=-1)[..., None], axis=-1)
             iscale = np.where(amax == 0, np.float32(0), np.float32(-127) / mx).astype(np.float32)
             q = np.minimum(np.rint(iscale * xb), 127)
             d = np.where(amax == 0, np.float32(0), np.float32(1) / iscale).astype(np.float32)
-    return q.astype(np.int8).reshape(x.shape), d[..., 0].astype(np.float32)
+    return q.astype(np.int8).reshape(x.shape), d[..., 0].astype(np.float32), s[..., 0]
 
 
 def matmul_q8(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
@@ -262,14 +270,24 @@ def matmul_q8(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
 
 
 def matmul_q8_reference(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
-    """float64 product of gguf-dequantized weights with the reference-quantized activations."""
+    """float64 over gguf-dequantized weights and the reference-quantized activations, with
+    llama.cpp's formula per 32-block for Q4_1/Q5_1 (d_w * d_a * sum q_w q_a + m_w * s_a, where
+    s_a is rounded to fp16 rather than d_a * sum q_a)."""
     if weight.ggml_type in FLOAT_TYPES:
         return matmul_reference(weight, x)
-    q, d = quantize_activations_reference(x, weight.ggml_type)
+    q, d, s = quantize_activations_reference(x, weight.ggml_type)
     block = activation_block(weight.ggml_type)
-    xq = torch.from_numpy((q.astype(np.float64).reshape(q.shape[0], -1, block) * d[..., None]).reshape(q.shape))
+    qb = q.astype(np.float64).reshape(q.shape[0], -1, block)
+    xq = torch.from_numpy((qb * d[..., None]).reshape(q.shape))
     w = torch.from_numpy(dequantize_reference(weight.raw, weight.ggml_type, weight.shape)).double()
-    return xq @ w.T
+    y = xq @ w.T
+    if weight.ggml_type in Q8_1_TYPES:  # m_w * (s_a - d_a * sum q_a), per block
+        rows, cols = weight.shape
+        size = GGML_QUANT_SIZES[weight.ggml_type][1]
+        m = weight.raw.reshape(rows, cols // 32, size)[:, :, 2:4].copy().view(np.float16)[..., 0]
+        corr = s.astype(np.float64) - d.astype(np.float64) * qb.sum(axis=-1)
+        y += torch.from_numpy(corr @ m.astype(np.float64).T)
+    return y
 
 
 # ---- the MoE layer -------------------------------------------------------------------------

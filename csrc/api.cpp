@@ -167,20 +167,21 @@ MOE_API int moe_matmul_q8(int type, const void *weight, int64_t weight_bytes, in
   return 0;
 }
 
-MOE_API int moe_quantize_activations(int type, const float *x, int64_t num_tokens, int64_t k, int8_t *q, float *d) {
+MOE_API int moe_quantize_activations(int type, const float *x, int64_t num_tokens, int64_t k, int8_t *q, float *d,
+                                     float *s) {
   const int kind = act_kind_for(type);
   if (kind < 0) return MOE_ERR_TYPE;
-  const int block = kind == kActQ8_0 ? 32 : kChunkQ;
-  if (!x || !q || !d || num_tokens < 0 || k <= 0 || k % block) return MOE_ERR_SHAPE;
-  const int64_t chunks = act_chunks(k);
-  std::vector<int8_t> pq(chunks * kChunkQ);
-  std::vector<int32_t> bsum(chunks * kSubQ);
-  std::vector<float> scale(chunks * kSubQ);
-  const QActView v{k, chunks, pq.data(), bsum.data(), scale.data()};
+  const int block = kind == kActQ8_K ? kChunkQ : 32;
+  if (!x || !q || !d || !s || num_tokens < 0 || k <= 0 || k % block) return MOE_ERR_SHAPE;
+  const QActBuffers one(1, k);
+  const QActView &v = one.view;
   for (int64_t t = 0; t < num_tokens; ++t) {
     quantize_act_row(kind, x + t * k, 0, v);
-    for (int64_t i = 0; i < k; ++i) q[t * k + i] = pq[i];
-    for (int64_t b = 0; b < k / block; ++b) d[t * (k / block) + b] = scale[b * block / 16];
+    memcpy(q + t * k, v.q, (size_t)k);
+    for (int64_t b = 0; b < k / block; ++b) {
+      d[t * (k / block) + b] = v.scale[b * block / 16];
+      s[t * (k / block) + b] = kind == kActQ8_1 ? v.asum[b * block / 16] : 0.0f;
+    }
   }
   return 0;
 }

@@ -37,13 +37,14 @@ MOE_API int moe_experts(int64_t num_tokens, int64_t dim, int64_t hidden, int64_t
                         int down_type, int64_t down_bytes, float *out);
 
 
-// As moe_matmul, with x quantized to 8 bits once (Q8_0 blocks of 32 for the 32-weight types,
-// Q8_K blocks of 256 for K/IQ types) and integer dot products: llama.cpp's arithmetic, faster,
+// As moe_matmul, with x quantized to 8 bits once (Q8_0 or Q8_1 blocks of 32 for the 32-weight
+// types, Q8_K blocks of 256 for K/IQ types) and integer dot products: llama.cpp's arithmetic, faster,
 // within ~1e-2 relative of the float product. Float weights (F32/F16/BF16) run moe_matmul.
 MOE_API int moe_matmul_q8(int ggml_type, const void *weight, int64_t weight_bytes, int64_t n, int64_t k,
                           const float *x, int64_t num_tokens, float *y);
 
 // The activation quants moe_matmul_q8 uses for ggml_type: q [num_tokens, k] int8 in natural
-// order, d [num_tokens, k / block] scales (block 32 or 256). For tests against numpy.
+// order, d [num_tokens, k / block] scales (block 32 or 256), s [num_tokens, k / block] Q8_1's
+// scaled block sums (0 for the other formats). For tests against numpy.
 MOE_API int moe_quantize_activations(int ggml_type, const float *x, int64_t num_tokens, int64_t k, int8_t *q,
-                                     float *d);
+                                     float *d, float *s);

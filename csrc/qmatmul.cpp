@@ -15,11 +15,9 @@ constexpr int64_t kQRows = 16;
 void qmatmul(ThreadPool &pool, int isa, int type, const uint8_t *w, int64_t n, int64_t k, const float *x,
              int64_t num_tokens, float *y) {
   const Geometry g = geometry(type);
-  const int64_t row_bytes = k / g.block_size * g.type_size, chunks = act_chunks(k);
-  std::vector<int8_t> q(num_tokens * chunks * kChunkQ);
-  std::vector<int32_t> bsum(num_tokens * chunks * kSubQ);
-  std::vector<float> scale(num_tokens * chunks * kSubQ);
-  const QActView a{k, chunks, q.data(), bsum.data(), scale.data()};
+  const int64_t row_bytes = k / g.block_size * g.type_size;
+  const QActBuffers buffers(num_tokens, k);
+  const QActView &a = buffers.view;
   const int kind = act_kind_for(type);
   pool.parallel_for(num_tokens, [&](int64_t t) { quantize_act_row(kind, x + t * k, t, a); });
   auto rows_fn = isa == 2 ? avx512::qrows_matmul : isa == 1 ? avx2::qrows_matmul : scalar::qrows_matmul;

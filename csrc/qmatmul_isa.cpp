@@ -60,15 +60,16 @@ static inline __attribute__((always_inline)) void isums(const int8_t *wq, const 
 #endif
 }
 
-// acc[s] += ad[s] * (ws[s] * isum[s] + wo[s] * bsum[s]): plain multiplies and adds (the build
-// has -ffp-contract=off), lane by lane, identical on every ISA.
+
 void qchunk_isums(const int8_t *wq, const int8_t *aq, const int32_t *bsum, int32_t *isum) {
   isums(wq, aq, bsum, isum);
 }
 
+// acc[s] += (ad[s] * ws[s]) * isum[s] + wo[s] * as[s], llama.cpp's (d_w * d_a) * sumi + m_w * s_a:
+// plain multiplies and adds (the build has -ffp-contract=off), lane by lane, identical on every ISA.
 static inline void combine(float *acc, const float *ad, const float *ws, const float *wo, const int32_t *isum,
-                           const int32_t *bsum) {
-  for (int s = 0; s < 16; ++s) acc[s] += ad[s] * (ws[s] * (float)isum[s] + wo[s] * (float)bsum[s]);
+                           const float *as) {
+  for (int s = 0; s < 16; ++s) acc[s] += (ad[s] * ws[s]) * (float)isum[s] + wo[s] * as[s];
 }
 
 constexpr int kTokenTile = 8;
@@ -138,7 +139,7 @@ static void stream_q4_k(const uint8_t *w, int64_t row_bytes, int64_t rows, const
       for (int64_t t = 0; t < nt; ++t) {
         const int64_t off = t * a.chunks + c;
         isums_regs(q, a.q + off * kChunkQ, nullptr, false, is);
-        combine(acc[t], a.scale + off * kSubQ, ws, wo, is, a.bsum + off * kSubQ);
+        combine(acc[t], a.scale + off * kSubQ, ws, wo, is, a.asum + off * kSubQ);
       }
     }
     finish(acc, nt, y + r, ldy);
@@ -169,7 +170,7 @@ static void stream_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes,
 #else
         isums(q, a.q + off * kChunkQ, a.bsum + off * kSubQ, is);
 #endif
-        combine(acc[t], a.scale + off * kSubQ, sc, sc + kSubQ, is, a.bsum + off * kSubQ);
+        combine(acc[t], a.scale + off * kSubQ, sc, sc + kSubQ, is, a.asum + off * kSubQ);
       }
     }
     finish(acc, nt, y + r, ldy);
@@ -207,7 +208,7 @@ void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, c
         for (int64_t j = 0; j < nt; ++j) {
           const int64_t off = (t0 + j) * chunks + c;
           isums(q, a.q + off * kChunkQ, a.bsum + off * kSubQ, is);
-          combine(acc[j], a.scale + off * kSubQ, ws, ws + kSubQ, is, a.bsum + off * kSubQ);
+          combine(acc[j], a.scale + off * kSubQ, ws, ws + kSubQ, is, a.asum + off * kSubQ);
         }
       }
       finish(acc, nt, y + t0 * ldy + r, ldy);

@@ -75,6 +75,28 @@ inline float half_to_float(uint16_t h) {
   return f;
 }
 
+// float -> IEEE half, rounded to nearest even as F16C and numpy's astype(float16): the
+// exponent is rebiased and the dropped 13 bits rounded in integers; halves' subnormals are
+// rounded by one float add of 0.5 (whose ulp is the half subnormal step, 2^-24).
+inline uint16_t float_to_half(float f) {
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  const uint32_t sign = (x >> 16) & 0x8000, ax = x & 0x7fffffffu;
+  if (ax >= 0x7f800000u) return (uint16_t)(sign | 0x7c00 | (ax > 0x7f800000u ? 0x200 : 0));  // inf, NaN
+  if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00);  // 65520 and up round to inf
+  if (ax < 0x38800000u) {                                  // below 2^-14: a half subnormal or zero
+    float v;
+    memcpy(&v, &ax, 4);
+    v += 0.5f;
+    uint32_t r;
+    memcpy(&r, &v, 4);
+    return (uint16_t)(sign | (r - 0x3f000000u));
+  }
+  return (uint16_t)(sign | ((ax + 0xc8000fffu + ((ax >> 13) & 1)) >> 13));
+}
+
+inline float round_to_half(float f) { return half_to_float(float_to_half(f)); }
+
 inline uint16_t load_u16(const uint8_t *p) {
   uint16_t v;
   memcpy(&v, p, 2);

@@ -11,14 +11,21 @@ namespace moe {
 
 int act_kind_for(int type) {
   switch (type) {
-    case kQ4_0: case kQ4_1: case kQ5_0: case kQ5_1: case kQ8_0: case kIQ4_NL: return kActQ8_0;
+    case kQ4_0: case kQ5_0: case kQ8_0: case kIQ4_NL: return kActQ8_0;
+    case kQ4_1: case kQ5_1: return kActQ8_1;
     case kQ2_K: case kQ3_K: case kQ4_K: case kQ5_K: case kQ6_K: case kIQ2_XXS: case kIQ2_XS: case kIQ3_XXS:
     case kIQ1_S: case kIQ1_M: case kIQ4_XS: return kActQ8_K;
     default: return -1;
   }
 }
 
-// One block of n (32 or 256) floats -> n quants in natural order and the block's scale.
+QActBuffers::QActBuffers(int64_t num_tokens, int64_t k)
+    : q(num_tokens * act_chunks(k) * kChunkQ), bsum(num_tokens * act_chunks(k) * kSubQ),
+      scale(bsum.size()), asum(bsum.size()),
+      view{k, act_chunks(k), q.data(), bsum.data(), scale.data(), asum.data()} {}
+
+// One block of n (32 or 256) floats -> n quants in natural order and the block's float scale
+// (before any fp16 rounding).
 static float quantize_block(int kind, const float *x, int n, int8_t *q) {
   float amax = 0.0f, max = 0.0f;
   for (int i = 0; i < n; ++i) {
@@ -32,10 +39,10 @@ static float quantize_block(int kind, const float *x, int n, int8_t *q) {
     memset(q, 0, (size_t)n);
     return 0.0f;
   }
-  if (kind == kActQ8_0) {
-    const float d = amax / 127.0f, id = 1.0f / d;
+  if (kind != kActQ8_K) {
+    const float id = 127.0f / amax;
     for (int i = 0; i < n; ++i) q[i] = (int8_t)nearbyintf(x[i] * id);
-    return d;
+    return amax / 127.0f;
   }
   const float iscale = -127.0f / max;
   for (int i = 0; i < n; ++i) {
@@ -46,23 +53,30 @@ static float quantize_block(int kind, const float *x, int n, int8_t *q) {
 }
 
 void quantize_act_row(int kind, const float *x, int64_t t, const QActView &v) {
-  const int block = kind == kActQ8_0 ? 32 : kChunkQ;
+  const int block = kind == kActQ8_K ? kChunkQ : 32;
+  const int64_t n16 = v.chunks * kSubQ;  // sub-blocks of 16 in a token row
   int8_t *qrow = v.q + t * v.chunks * kChunkQ;
-  int32_t *bsum = v.bsum + t * v.chunks * kSubQ;
-  float *scale = v.scale + t * v.chunks * kSubQ;
+  int32_t *bsum = v.bsum + t * n16;
+  float *scale = v.scale + t * n16, *asum = v.asum + t * n16;
   memset(qrow, 0, (size_t)(v.chunks * kChunkQ));
-  memset(bsum, 0, sizeof(int32_t) * (size_t)(v.chunks * kSubQ));
-  memset(scale, 0, sizeof(float) * (size_t)(v.chunks * kSubQ));
+  memset(bsum, 0, sizeof(int32_t) * (size_t)n16);
+  memset(scale, 0, sizeof(float) * (size_t)n16);
+  memset(asum, 0, sizeof(float) * (size_t)n16);
   int8_t q[kChunkQ];
   for (int64_t b0 = 0; b0 < v.k; b0 += block) {
     const float d = quantize_block(kind, x + b0, block, q);
-    for (int i = 0; i < block; ++i) {
-      const int64_t g = b0 + i, c = g / kChunkQ;
-      const int in_chunk = (int)(g % kChunkQ);
-      qrow[g] = q[i];
-      bsum[c * kSubQ + in_chunk / 16] += q[i];
-      scale[c * kSubQ + in_chunk / 16] = d;
+    const int64_t s0 = b0 / 16;  // first sub-block of this block
+    memcpy(qrow + b0, q, (size_t)block);
+    int32_t total = 0;
+    for (int s = 0; s < block / 16; ++s) {
+      int32_t sum = 0;
+      for (int i = 0; i < 16; ++i) sum += q[16 * s + i];
+      bsum[s0 + s] = sum;
+      total += sum;
+      scale[s0 + s] = kind == kActQ8_K ? d : round_to_half(d);
+      asum[s0 + s] = kind == kActQ8_K ? d * (float)sum : 0.0f;
     }
+    if (kind == kActQ8_1) asum[s0] = round_to_half(d * (float)total);
   }
 }
 

@@ -1,23 +1,26 @@
 // Activations quantized to 8 bits once per input, in the layout the integer dot products read.
 //
-// Pairing as llama.cpp: 32-weight block types (Q4_0..Q8_0, IQ4_NL) take Q8_0 activations (one
-// scale per 32, round(x * 127 / amax)); the 256-weight K and IQ types take Q8_K (one scale per
-// 256, iscale = -127 / (the signed value of largest magnitude)). Every block also keeps the
-// integer sum of each 16 quants (Q8_K's bsums; for the 32-blocks this is Q8_1's sum, so Q4_1
-// and Q5_1 use the same buffer). Rounding is to nearest, ties to even (numpy's rint), so the
-// numpy reference in backend/kernels.py reproduces the quants exactly.
+// Pairing and arithmetic as llama.cpp's x86 code, so our logits follow its rounding: Q4_0, Q5_0,
+// Q8_0 and IQ4_NL take Q8_0 activations (one scale per 32: q = rint(x * 127 / amax), scale
+// stored as fp16 (amax / 127)); Q4_1 and Q5_1 take Q8_1 (the same, plus fp16(d * sum of the 32
+// quants), which multiplies the weights' offset); the 256-weight K and IQ types take Q8_K (one
+// float scale per 256, iscale = -127 / (the signed value of largest magnitude)). Rounding is to
+// nearest, ties to even (numpy's rint and astype(float16)), so the numpy reference in
+// backend/kernels.py reproduces every quant and scale exactly.
 //
 // Layout per token: K padded to chunks of 256 (zeros), quants in natural order, so weight
 // unpacking stays contiguous and vectorizes; the SIMD dot products regroup lanes per 16.
 #pragma once
 #include <stdint.h>
 
+#include <vector>
+
 namespace moe {
 
 constexpr int kChunkQ = 256;  // weights per chunk of the integer path
 constexpr int kSubQ = 16;     // sub-blocks per chunk
 
-enum ActKind : int { kActQ8_0 = 0, kActQ8_K = 1 };
+enum ActKind : int { kActQ8_0 = 0, kActQ8_K = 1, kActQ8_1 = 2 };
 
 // Which activation format a weight type pairs with; -1 for float weights.
 int act_kind_for(int ggml_type);
@@ -25,8 +28,20 @@ int act_kind_for(int ggml_type);
 struct QActView {
   int64_t k = 0, chunks = 0;
   int8_t *q = nullptr;      // [T][chunks * 256], zero padded
-  int32_t *bsum = nullptr;  // [T][chunks * 16]
+  int32_t *bsum = nullptr;  // [T][chunks * 16]: integer sum of each sub-block's quants
   float *scale = nullptr;   // [T][chunks * 16]: the activation block scale of each sub-block
+  // [T][chunks * 16]: what a weight offset (w = ws * q + wo) multiplies: Q8_K d * bsum; Q8_1
+  // its fp16 block sum in the block's first sub-block and 0 in the second; Q8_0 zeros.
+  float *asum = nullptr;
+};
+
+// The activation buffers of T tokens of width k, owned.
+struct QActBuffers {
+  std::vector<int8_t> q;
+  std::vector<int32_t> bsum;
+  std::vector<float> scale, asum;
+  QActView view;
+  QActBuffers(int64_t num_tokens, int64_t k);
 };
 
 inline int64_t act_chunks(int64_t k) { return (k + kChunkQ - 1) / kChunkQ; }

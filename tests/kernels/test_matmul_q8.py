@@ -25,16 +25,23 @@ def cols_for(name: str) -> int:  # 32-block types: 288 leaves a part-filled 256-
     return 288 if kernels.activation_block(GGMLQuantizationType[name]) == 32 else 512
 
 
-@pytest.mark.parametrize("name", ["Q4_0", "Q4_K"])  # the Q8_0 and the Q8_K activation formats
+@pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q4_K"])  # the Q8_0, Q8_1 and Q8_K activation formats
 def test_activation_quants_equal_numpy(name):
-    x = torch.randn(5, 512) * torch.logspace(-3, 3, 5)[:, None]
+    x = torch.randn(7, 512) * torch.logspace(-3, 3, 7)[:, None]
     x[1, :256] = 0  # an all-zero block
     x[2, 7] = -50.0  # a negative extreme (Q8_K's scale sign)
     x[3, :64] = torch.arange(64) / 2 - 16  # exact halves: ties round to even
-    q, d = kernels.quantize_activations(x, GGMLQuantizationType[name])
-    q_ref, d_ref = kernels.quantize_activations_reference(x, GGMLQuantizationType[name])
+    x[4] *= 1e-6  # fp16 scales far below 2^-14: half subnormals (Q8_0 / Q8_1)
+    x[5] *= 1e4  # fp16 block sums past 65504 round to inf (Q8_1), as llama.cpp's
+    q, d, s = kernels.quantize_activations(x, GGMLQuantizationType[name])
+    q_ref, d_ref, s_ref = kernels.quantize_activations_reference(x, GGMLQuantizationType[name])
     np.testing.assert_array_equal(q, q_ref)
     np.testing.assert_array_equal(d, d_ref)
+    np.testing.assert_array_equal(s, s_ref)
+    if name != "Q4_K":  # scales are stored as fp16, so some fall between fp32 and fp16 values
+        assert (d != (x.abs().reshape(7, -1, 32).amax(-1) / 127).numpy()).any()
+    if name == "Q4_1":
+        assert np.isinf(s).any()
 
 
 @pytest.mark.parametrize("name", QUANT_TYPES)
@@ -45,7 +52,7 @@ def test_close_to_float64_over_the_same_quants(name, tokens, isa):
     ours = kernels.matmul_q8(w, x).double()
     ref = kernels.matmul_q8_reference(w, x)
     # Integer sums are exact; what remains is float32 rounding of scales and 16-lane sums.
-    q, d = kernels.quantize_activations_reference(x, w.ggml_type)
+    q, d, _ = kernels.quantize_activations_reference(x, w.ggml_type)
     block = kernels.activation_block(w.ggml_type)
     xq = np.abs(q.astype(np.float64).reshape(tokens, -1, block) * d[..., None]).reshape(tokens, -1)
     wd = np.abs(kernels.dequantize_reference(w.raw, w.ggml_type, w.shape).astype(np.float64))

@@ -10,13 +10,25 @@ import torch
 from backend.gguf_model import open_gguf
 from backend.kv_cache import ForwardBatch
 from backend.layers.linear import Linear
+from backend.layers.moe import Experts
 from backend.models import load_model
 from backend.testmodels import model_config, write_model
 
 # Measured (x max|logit|, 24-token prefill): llama Q4_K 9e-4, deepseek2 Q4_K 6e-4, qwen3moe Q8_0
-# 1.1e-2, deepseek2 Q8_0 1.4e-2, llama IQ2_XXS 3.3e-2 (deepseek2 IQ2_XXS reaches 7e-2: random
-# 2-bit blocks amplify the rounding through its layers). llama.cpp makes the same trade.
+# 9e-3, deepseek2 Q8_0 1.3e-2, llama IQ2_XXS 3.3e-2 (deepseek2 IQ2_XXS reaches 7e-2: random
+# 2-bit blocks amplify the rounding through its layers). llama.cpp makes the same trade. A token
+# whose expert choice flips between the two paths (a near-tie in the router's scores: deepseek2
+# Q8_0 has one, at 6e-2) takes other experts' outputs and is compared no further.
 Q8_RTOL = 5e-2
+
+
+def record_routing(model) -> list[torch.Tensor]:
+    """The expert ids every MoE layer picks for each token, appended as the model runs."""
+    seen: list[torch.Tensor] = []
+    for module in model.modules():
+        if isinstance(module, Experts):
+            module.register_forward_pre_hook(lambda _m, args: seen.append(args[2].sort(-1).values.clone()))
+    return seen
 
 
 @pytest.mark.parametrize("arch,qtype", [("llama", "Q4_K"), ("qwen3moe", "Q8_0"), ("deepseek2", "Q4_K"), ("deepseek2", "Q8_0"), ("llama", "IQ2_XXS")])
@@ -24,13 +36,18 @@ def test_q8_activations_stay_close_to_exact(arch, qtype, tmp_path):
     path = write_model(arch, tmp_path / "m.gguf", qtype=qtype)
     exact, fast = (load_model(open_gguf(path), activations=mode) for mode in ("float", "q8"))
     assert all(m.activations == "q8" for m in fast.modules() if isinstance(m, Linear))
+    routes = [record_routing(m) for m in (exact, fast)]
     vocab = model_config(arch, None)["vocab_size"]
     prompt = torch.randint(0, vocab, (24,), generator=torch.Generator().manual_seed(0))
     logits = []
     for model in (exact, fast):
         cache = model.allocate_cache(24)
         logits.append(model(prompt, ForwardBatch.single(24, cache)))
-    err = (logits[1] - logits[0]).abs().max().item()
+    same_route = torch.ones(24, dtype=torch.bool)
+    for a, b in zip(*routes):
+        same_route &= (a == b).all(-1)
+    assert same_route.sum() >= 20  # flips are rare near-ties, not the rule
+    err = (logits[1] - logits[0])[same_route].abs().max().item()
     scale = logits[0].abs().max().item()
-    print(f"{arch} {qtype}: q8 vs exact {err / scale:.2e} x max|logit|")
+    print(f"{arch} {qtype}: q8 vs exact {err / scale:.2e} x max|logit|, {24 - int(same_route.sum())} routing flips")
     assert 0 < err <= Q8_RTOL * scale
