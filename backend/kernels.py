@@ -49,7 +49,7 @@ def _load() -> ctypes.CDLL:
         "moe_matmul_q8": ([ctypes.c_int, vp, i64, i64, i64, fp, i64, fp], ctypes.c_int),
         "moe_quantize_activations": ([ctypes.c_int, fp, i64, i64, vp, fp, fp], ctypes.c_int),
         "moe_experts": ([i64, i64, i64, i64, i64, fp, vp, fp, vp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp,
-                         ctypes.c_int, i64, fp], ctypes.c_int),  # fmt: skip
+                         ctypes.c_int, i64, fp, ctypes.c_int], ctypes.c_int),  # fmt: skip
     }
     for name, (args, result) in signatures.items():
         fn = getattr(lib, name)
@@ -295,13 +295,16 @@ def matmul_q8_reference(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
 
 def moe_experts(
     x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, gate: QuantWeight, up: QuantWeight,
-    down: QuantWeight, num_experts: int,
+    down: QuantWeight, num_experts: int, activations: str = "float",
 ) -> torch.Tensor:  # fmt: skip
     """x [T, D], ids/weights [T, A] -> [T, D]: sum_a weights[t, a] * expert ids[t, a] (SwiGLU).
 
     gate/up are the stacked [E * I, D] tensors and down [E * D, I], as views of the mmap. Each
     expert's weights are read once per call, whatever the number of tokens that chose it.
+    activations "q8": x and the SwiGLU output quantized to 8 bits as matmul_q8 does; "float": not.
     """
+    if activations not in ("float", "q8"):
+        raise KernelError(f"moe_experts: activations must be 'float' or 'q8', got {activations!r}")
     T, D = x.shape
     I = gate.shape[0] // num_experts
     if (gate.shape != (num_experts * I, D) or up.shape != gate.shape or down.shape != (num_experts * D, I)
@@ -319,7 +322,7 @@ def moe_experts(
         T, D, I, num_experts, ids.shape[1], ctypes.cast(x.data_ptr(), fp), ids32.data_ptr(),
         ctypes.cast(w32.data_ptr(), fp), gate.raw.ctypes.data, int(gate.ggml_type), gate.raw.nbytes,
         up.raw.ctypes.data, int(up.ggml_type), up.raw.nbytes, down.raw.ctypes.data, int(down.ggml_type),
-        down.raw.nbytes, ctypes.cast(out.data_ptr(), fp),
+        down.raw.nbytes, ctypes.cast(out.data_ptr(), fp), int(activations == "q8"),
     )  # fmt: skip
     _check(code, "moe_experts")
     return out
@@ -336,19 +339,25 @@ def moe_experts_async(*args, **kwargs) -> Future:
 
 def moe_experts_reference(
     x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, gate: QuantWeight, up: QuantWeight,
-    down: QuantWeight, num_experts: int,
+    down: QuantWeight, num_experts: int, activations: str = "float",
 ) -> torch.Tensor:  # fmt: skip
-    """float64 per token and slot, with gguf-dequantized weights: the oracle for moe_experts."""
+    """float64 per token and slot, with gguf-dequantized weights: the oracle for moe_experts.
+    With "q8" each projection's input is first quantized as quantize_activations_reference
+    does (the SwiGLU output rounded to float32 first, as the kernel holds it)."""
     T, D = x.shape
     I = gate.shape[0] // num_experts
-    g = torch.from_numpy(dequantize_reference(gate.raw, gate.ggml_type, gate.shape)).double().view(num_experts, I, D)
-    u = torch.from_numpy(dequantize_reference(up.raw, up.ggml_type, up.shape)).double().view(num_experts, I, D)
-    d = torch.from_numpy(dequantize_reference(down.raw, down.ggml_type, down.shape)).double().view(num_experts, D, I)
+
+    def project(w: QuantWeight, e: int, rows: int, v: torch.Tensor) -> torch.Tensor:
+        block = w.raw.reshape(num_experts, -1)[e]  # expert e's rows, as their own weight
+        return matmul_q8_reference(QuantWeight(block, w.ggml_type, (rows, w.shape[1])), v[None].float())[0] \
+            if activations == "q8" and w.ggml_type not in FLOAT_TYPES else \
+            torch.from_numpy(dequantize_reference(block, w.ggml_type, (rows, w.shape[1]))).double() @ v.double()
+
     out = torch.zeros(T, D, dtype=torch.float64)
     for t in range(T):
         for a in range(ids.shape[1]):
             e = int(ids[t, a])
-            h = torch.nn.functional.silu(g[e] @ x[t].double()) * (u[e] @ x[t].double())
-            out[t] += float(weights[t, a]) * (d[e] @ h)
+            h = torch.nn.functional.silu(project(gate, e, I, x[t])) * project(up, e, I, x[t])
+            out[t] += float(weights[t, a]) * project(down, e, D, h.float() if activations == "q8" else h)
     return out
 

@@ -55,13 +55,15 @@ def expert_bytes(f, prefix: str, E: int) -> int:
     return sum(int(f.tensor(f"{prefix}.ffn_{k}_exps.weight").nbytes) // E for k in ("gate", "up", "down"))
 
 
-def ours(path: str, tokens: list[int], kinds: list[str], num_layers: int, reps: int) -> list[dict]:
+def ours(path: str, tokens: list[int], kinds: list[str], num_layers: int, reps: int, activations: str) -> list[dict]:
     f = open_gguf(path)
     E, A = f.arch_get("expert_count"), f.arch_get("expert_used_count")
     D, I = f.arch_get("embedding_length"), f.arch_get("expert_feed_forward_length")
     prefixes = [f"blk.{i}" for i in range(f.arch_get("block_count")) if f.has_tensor(f"blk.{i}.ffn_gate_exps.weight")]
     prefixes = prefixes[:num_layers]
     layers = [Experts.from_gguf(f, p, E, D, I) for p in prefixes]
+    for layer in layers:
+        layer.activations = activations
     per_expert = expert_bytes(f, prefixes[0], E)
     rng = torch.Generator().manual_seed(0)
     rows = []
@@ -79,7 +81,7 @@ def ours(path: str, tokens: list[int], kinds: list[str], num_layers: int, reps: 
                 times.append((time.perf_counter() - start) / len(layers))
             t = statistics.median(times)
             hit = statistics.mean(len(ids.unique()) for _, ids in routes)
-            rows.append({"routing": kind, "T": T, "us_per_layer": 1e6 * t, "experts_hit": hit,
+            rows.append({"activations": activations, "routing": kind, "T": T, "us_per_layer": 1e6 * t, "experts_hit": hit,
                          "weight_gbs": hit * per_expert / t / 1e9, "gmacs": T * A * 3 * D * I / t / 1e9})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
     return rows
@@ -138,10 +140,12 @@ def main() -> None:
     p.add_argument("--extra-layers", type=int, default=4)
     p.add_argument("--workdir", type=Path, default=Path("/work/bench-models"))
     p.add_argument("--out", type=Path, help="JSON results file")
+    p.add_argument("--activations", nargs="+", default=["q8", "float"], choices=["q8", "float"])
     a = p.parse_args()
     kernels.set_num_threads(a.threads)
     torch.set_num_threads(1)
-    result = {"model": a.model, "threads": a.threads, "ours": ours(a.model, a.tokens, a.routing, a.layers, a.reps)}
+    rows = [r for act in a.activations for r in ours(a.model, a.tokens, a.routing, a.layers, a.reps, act)]
+    result = {"model": a.model, "threads": a.threads, "ours": rows}
     if a.llama:
         result["differential"] = differential(a.llama, a.tokens, a.extra_layers, a.reps, a.threads, a.workdir)
     if a.out:

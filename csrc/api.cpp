@@ -131,7 +131,7 @@ MOE_API int moe_matmul(int type, const void *weight, int64_t weight_bytes, int64
 MOE_API int moe_experts(int64_t num_tokens, int64_t dim, int64_t hidden, int64_t num_experts, int64_t top_k,
                         const float *x, const int32_t *ids, const float *weights, const void *gate, int gate_type,
                         int64_t gate_bytes, const void *up, int up_type, int64_t up_bytes, const void *down,
-                        int down_type, int64_t down_bytes, float *out) {
+                        int down_type, int64_t down_bytes, float *out, int q8) {
   const Geometry gg = geometry(gate_type), gu = geometry(up_type), gd = geometry(down_type);
   if (!gg.block_size || !gu.block_size || !gd.block_size) return MOE_ERR_TYPE;
   if (num_tokens < 0 || dim <= 0 || hidden <= 0 || num_experts <= 0 || top_k <= 0 || !x || !ids || !weights ||
@@ -147,8 +147,9 @@ MOE_API int moe_experts(int64_t num_tokens, int64_t dim, int64_t hidden, int64_t
   Runtime &rt = runtime();
   std::lock_guard<std::mutex> lock(rt.mutex);
   MoeArgs args{num_tokens, dim, hidden, num_experts, top_k, x, ids, weights,
-               (const uint8_t *)gate, (const uint8_t *)up, (const uint8_t *)down, gate_type, up_type, down_type, out};
-  moe_forward(pool_locked(rt), active_kernels(), args);
+               (const uint8_t *)gate, (const uint8_t *)up, (const uint8_t *)down, gate_type, up_type, down_type, out,
+               q8 != 0};
+  moe_forward(pool_locked(rt), active_kernels(), qrows_kernel(moe_isa_active()), args);
   return 0;
 }
 

@@ -3,6 +3,7 @@
 #include <stdint.h>
 
 #include "kernels_isa.h"
+#include "qmatmul.h"
 #include "threadpool.h"
 
 namespace moe {
@@ -17,8 +18,9 @@ struct MoeArgs {
   const uint8_t *down;    // [E, D, I]
   int gate_type, up_type, down_type;
   float *out;             // [T, D]
+  bool q8;                // 8-bit activations for the quantized projections (else float)
 };
 
-void moe_forward(ThreadPool &pool, const IsaKernels &kern, const MoeArgs &a);
+void moe_forward(ThreadPool &pool, const IsaKernels &kern, QRowsFn qrows, const MoeArgs &a);
 
 }  // namespace moe

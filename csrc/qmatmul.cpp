@@ -12,6 +12,15 @@ namespace moe {
 
 constexpr int64_t kQRows = 16;
 
+QRowsFn qrows_kernel(int isa) {
+  return isa == 2 ? avx512::qrows_matmul : isa == 1 ? avx2::qrows_matmul : scalar::qrows_matmul;
+}
+
+QActView act_slots(const QActView &v, int64_t s0) {
+  const int64_t n16 = v.chunks * kSubQ;
+  return {v.k, v.chunks, v.q + s0 * v.chunks * kChunkQ, v.bsum + s0 * n16, v.scale + s0 * n16, v.asum + s0 * n16};
+}
+
 void qmatmul(ThreadPool &pool, int isa, int type, const uint8_t *w, int64_t n, int64_t k, const float *x,
              int64_t num_tokens, float *y) {
   const Geometry g = geometry(type);
@@ -20,7 +29,7 @@ void qmatmul(ThreadPool &pool, int isa, int type, const uint8_t *w, int64_t n, i
   const QActView &a = buffers.view;
   const int kind = act_kind_for(type);
   pool.parallel_for(num_tokens, [&](int64_t t) { quantize_act_row(kind, x + t * k, t, a); });
-  auto rows_fn = isa == 2 ? avx512::qrows_matmul : isa == 1 ? avx2::qrows_matmul : scalar::qrows_matmul;
+  const QRowsFn rows_fn = qrows_kernel(isa);
   pool.parallel_for((n + kQRows - 1) / kQRows, [&](int64_t task) {
     const int64_t row0 = task * kQRows, rows = std::min(kQRows, n - row0);
     rows_fn(type, w + row0 * row_bytes, row_bytes, rows, a, num_tokens, y + row0, n);

@@ -20,6 +20,15 @@ MOE_DECLARE_QISA(avx2)
 MOE_DECLARE_QISA(avx512)
 #undef MOE_DECLARE_QISA
 
+// The active ISA's row kernel: rows x k weights of `type` against num_tokens quantized
+// activations (a view, token t at slot t), y[t * ldy + r]. Runs on the calling thread.
+using QRowsFn = void (*)(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,
+                         int64_t num_tokens, float *y, int64_t ldy);
+QRowsFn qrows_kernel(int isa);
+
+// Slots s0.. of a view (tokens s0, s0 + 1, ...), without a copy.
+QActView act_slots(const QActView &v, int64_t s0);
+
 // y[t * n + r] = <W row r, x[t]> with x quantized as act_kind_for(type). Quantized weight types
 // only. Same bits for every ISA, thread count and batch composition.
 void qmatmul(ThreadPool &pool, int isa, int type, const uint8_t *w, int64_t n, int64_t k, const float *x,

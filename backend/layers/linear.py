@@ -96,11 +96,12 @@ class Linear(nn.Module):
 
 
 def set_activations(model: nn.Module, mode: str) -> nn.Module:
-    """Every Linear of `model` takes `mode` activations (ACTIVATIONS); returns the model."""
+    """Every Linear of `model`, and every module that declares `activations` as Linear does
+    (the fused experts), takes `mode` activations (ACTIVATIONS); returns the model."""
     if mode not in ACTIVATIONS:
         raise ValueError(f"activations must be one of {ACTIVATIONS}, got {mode!r}")
     for module in model.modules():
-        if isinstance(module, Linear):
+        if isinstance(getattr(type(module), "activations", None), str):
             module.activations = mode
     return model
 

@@ -8,7 +8,7 @@ from torch import nn
 
 from .. import kernels
 from ..gguf_model import GGUFError, GGUFFile
-from .linear import FeedForward, Linear, load, quantized
+from .linear import DEFAULT_ACTIVATIONS, FeedForward, Linear, load, quantized
 
 # Shape alphabet: T tokens, D hidden, E experts, A active experts per token, I expert FFN dim,
 # n tokens routed to one expert.
@@ -32,8 +32,10 @@ class Experts(nn.Module):
     the stacked GGUF tensor, so expert weights stay quantized in the mmap.
 
     This is the reference computation a fused C++ MoE kernel replaces: it sees only
-    (x, weights, ids), never the router.
+    (x, weights, ids), never the router. `activations` as Linear's (set_activations).
     """
+
+    activations = DEFAULT_ACTIVATIONS
 
     def __init__(self, gate: list[Linear], up: list[Linear], down: list[Linear],
                  stacked: tuple[kernels.QuantWeight, ...] | None = None):  # fmt: skip
@@ -59,7 +61,7 @@ class Experts(nn.Module):
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         if self.stacked is not None and x.device.type == "cpu":
             # One fused call: experts in expert-major order, each one's weights read once.
-            out = kernels.moe_experts(x, ids, weights, *self.stacked, len(self.gate))
+            out = kernels.moe_experts(x, ids, weights, *self.stacked, len(self.gate), self.activations)
             return out.to(x.dtype)
         return self.reference(x, weights, ids)
 

@@ -32,6 +32,48 @@ static void up_q4_0(const uint8_t *b, int nblk, int8_t *q, float *ws, float *wo)
 }
 #endif
 
+#if defined(__AVX2__)
+// 32 bits of qh -> 32 bytes of 0x10 where bit i is set (byte i <- qh byte i / 8, tested
+// against its own bit).
+static inline __m256i q5_high_bits(uint32_t qh) {
+  const __m256i shuf = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                        2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+  const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ULL);
+  const __m256i t = _mm256_and_si256(_mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), shuf), bit);
+  return _mm256_and_si256(_mm256_cmpeq_epi8(t, bit), _mm256_set1_epi8(0x10));
+}
+
+// 16 bytes of nibbles -> 32 quants: low nibbles first, then high (the 32-blocks' order).
+static inline __m256i nibbles32(const uint8_t *p) {
+  const __m128i m4 = _mm_set1_epi8(0x0F), v = _mm_loadu_si128((const __m128i *)p);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m4), _mm_and_si128(v, m4));
+}
+
+static void up_q4_1(const uint8_t *b, int nblk, int8_t *q, float *ws, float *wo) {
+  for (int k = 0; k < nblk; ++k, b += 20) {
+    ws[2 * k] = ws[2 * k + 1] = load_half(b);
+    wo[2 * k] = wo[2 * k + 1] = load_half(b + 2);
+    _mm256_storeu_si256((__m256i *)(q + 32 * k), nibbles32(b + 4));
+  }
+}
+
+static void up_q5_0(const uint8_t *b, int nblk, int8_t *q, float *ws, float *wo) {
+  for (int k = 0; k < nblk; ++k, b += 22) {
+    ws[2 * k] = ws[2 * k + 1] = load_half(b);
+    const __m256i v = _mm256_or_si256(nibbles32(b + 6), q5_high_bits(load_u32(b + 2)));
+    _mm256_storeu_si256((__m256i *)(q + 32 * k), _mm256_sub_epi8(v, _mm256_set1_epi8(16)));
+  }
+  (void)wo;
+}
+
+static void up_q5_1(const uint8_t *b, int nblk, int8_t *q, float *ws, float *wo) {
+  for (int k = 0; k < nblk; ++k, b += 24) {
+    ws[2 * k] = ws[2 * k + 1] = load_half(b);
+    wo[2 * k] = wo[2 * k + 1] = load_half(b + 2);
+    _mm256_storeu_si256((__m256i *)(q + 32 * k), _mm256_or_si256(nibbles32(b + 8), q5_high_bits(load_u32(b + 4))));
+  }
+}
+#else
 static void up_q4_1(const uint8_t *b, int nblk, int8_t *q, float *ws, float *wo) {
   for (int k = 0; k < nblk; ++k, b += 20) {
     ws[2 * k] = ws[2 * k + 1] = load_half(b);
@@ -63,6 +105,8 @@ static void up_q5_1(const uint8_t *b, int nblk, int8_t *q, float *ws, float *wo)
     }
   }
 }
+
+#endif
 
 static void up_q8_0(const uint8_t *b, int nblk, int8_t *q, float *ws, float *wo) {
   for (int k = 0; k < nblk; ++k, b += 34) {

@@ -14,11 +14,12 @@ from backend.layers.moe import Experts
 from backend.models import load_model
 from backend.testmodels import model_config, write_model
 
-# Measured (x max|logit|, 24-token prefill): llama Q4_K 9e-4, deepseek2 Q4_K 6e-4, qwen3moe Q8_0
-# 9e-3, deepseek2 Q8_0 1.3e-2, llama IQ2_XXS 3.3e-2 (deepseek2 IQ2_XXS reaches 7e-2: random
-# 2-bit blocks amplify the rounding through its layers). llama.cpp makes the same trade. A token
-# whose expert choice flips between the two paths (a near-tie in the router's scores: deepseek2
-# Q8_0 has one, at 6e-2) takes other experts' outputs and is compared no further.
+# Measured (x max|logit|, 24-token prefill, experts on the fused kernel): llama Q4_K 9e-4,
+# deepseek2 Q4_K 5e-4, qwen3moe Q8_0 1.1e-2, deepseek2 Q8_0 1.3e-2, llama IQ2_XXS 3.3e-2
+# (deepseek2 IQ2_XXS reaches 7e-2: random 2-bit blocks amplify the rounding through its layers).
+# llama.cpp makes the same trade. A token whose expert choice flips between the two paths (a
+# near-tie in the router's scores, seen once while the scale format changed) takes other
+# experts' outputs and is compared no further.
 Q8_RTOL = 5e-2
 
 
@@ -35,7 +36,8 @@ def record_routing(model) -> list[torch.Tensor]:
 def test_q8_activations_stay_close_to_exact(arch, qtype, tmp_path):
     path = write_model(arch, tmp_path / "m.gguf", qtype=qtype)
     exact, fast = (load_model(open_gguf(path), activations=mode) for mode in ("float", "q8"))
-    assert all(m.activations == "q8" for m in fast.modules() if isinstance(m, Linear))
+    assert all(m.activations == "q8" for m in fast.modules() if isinstance(m, (Linear, Experts)))
+    assert any(isinstance(m, Experts) for m in fast.modules()) == (arch != "llama")
     routes = [record_routing(m) for m in (exact, fast)]
     vocab = model_config(arch, None)["vocab_size"]
     prompt = torch.randint(0, vocab, (24,), generator=torch.Generator().manual_seed(0))
