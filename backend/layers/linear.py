@@ -41,13 +41,14 @@ def quantized(f: GGUFFile, name: str, shape: tuple[int, ...]) -> kernels.QuantWe
 
 # How a quantized Linear treats its input on the CPU:
 #   "q8"    x quantized to 8 bits once per call and integer dot products (kernels.matmul_q8):
-#           llama.cpp's arithmetic and the fast path; results within ~1e-2 relative of exact.
+#           llama.cpp's arithmetic (so Ollama's answers) and the fast path; results within
+#           ~1e-2 relative of exact. The default.
 #   "float" x kept float32 (kernels.matmul): exact to float rounding, for oracle comparisons.
-# The default comes from MOE_ACTIVATIONS (as MOE_ISA picks the ISA), "float" when unset: q8
-# changes SmolLM2-135M's first answer token to its float runner-up on tests/api's OpenAI-client
-# prompt (a near-tie), so switching the engine's default is left to a decision on real models.
+# MOE_ACTIVATIONS overrides the default (as MOE_ISA picks the ISA). On SmolLM2-135M the two
+# differ where the model is on a knife's edge: asked for the capital of France, llama.cpp and q8
+# both start "L'Étoile, la Marseillaise, la femme", float answers "Paris".
 ACTIVATIONS = ("q8", "float")
-DEFAULT_ACTIVATIONS = os.environ.get("MOE_ACTIVATIONS", "float")
+DEFAULT_ACTIVATIONS = os.environ.get("MOE_ACTIVATIONS", "q8")
 if DEFAULT_ACTIVATIONS not in ACTIVATIONS:
     raise ValueError(f"MOE_ACTIVATIONS must be one of {ACTIVATIONS}, got {DEFAULT_ACTIVATIONS!r}")
 

@@ -15,14 +15,17 @@ from backend.models import load_model
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
 STEPS = 32  # greedy tokens compared with llama.cpp's
-# llama.cpp quantizes activations to 8 bits inside its matmuls and keeps the KV cache in f16; we
-# multiply in float32 with the weights' exact values. Measured worst top-5 deviation over the
-# golden positions: SmolLM2 (Q4_1) 0.25 nats, Gemma 3 270M (Q4_K_M mix) 0.65 nats. The model math
-# itself agrees: on F32-dequantized copies with an F32 KV cache (tools/parity_probe.py --f32) the
-# teacher-forced deviation is 2.5e-5 nats (SmolLM2) and 1.2e-2 (Gemma 3); these small models
-# amplify 8-bit activation noise (our own q8 vs float paths differ by up to 1.1 nats on SmolLM2).
-TOLERANCE = {"smollm2": 0.3, "gemma3": 0.75}
-LOGPROB_TOLERANCE = TOLERANCE["smollm2"]
+# llama.cpp quantizes activations to 8 bits inside its matmuls and keeps the KV cache in f16.
+# We run both our arithmetics: "float" (float32 activations, the weights' exact values) and "q8"
+# (the default: activations quantized as llama.cpp's x86 code does). Measured worst top-5
+# deviation over the golden positions: float SmolLM2 (Q4_1) 0.25 nats, Gemma 3 270M (Q4_K_M mix)
+# 0.65; q8 0.46 and 0.42. The model math itself agrees: on F32-dequantized copies with an F32 KV
+# cache (tools/parity_probe.py --f32) the teacher-forced deviation is 2.5e-5 nats (SmolLM2) and
+# 1.2e-2 (Gemma 3). q8 does not get closer on SmolLM2 because these small models amplify which
+# side of a rounding boundary single activations land on, and that depends on float summation
+# order upstream (ours is not ggml's); our own q8 and float paths differ by up to 1.1 nats there.
+TOLERANCE = {("smollm2", "float"): 0.3, ("gemma3", "float"): 0.75, ("smollm2", "q8"): 0.5, ("gemma3", "q8"): 0.5}
+MODES = ("float", "q8")
 
 
 def golden(name: str) -> dict:
@@ -46,8 +49,17 @@ def greedy(model, prompt: list[int], steps: int) -> tuple[list[int], list[torch.
 
 
 @pytest.fixture(scope="module")
-def smollm2(smollm2_gguf):
-    return load_model(open_gguf(smollm2_gguf), activations="float")  # tolerances measured on float activations
+def models(request):
+    """(name, mode) -> the loaded model, each loaded once for the module."""
+    loaded = {}
+
+    def get(name: str, mode: str):
+        if (name, mode) not in loaded:
+            path = request.getfixturevalue(f"{name}_gguf")
+            loaded[name, mode] = load_model(open_gguf(path), activations=mode)
+        return loaded[name, mode]
+
+    return get
 
 
 def cases(name: str) -> list[tuple[str, dict]]:
@@ -66,16 +78,14 @@ def agreeing_prefix(ours: list[int], want: list[int], logprobs: list[torch.Tenso
     return min(len(ours), len(want))
 
 
-@pytest.fixture(scope="module")
-def gemma3(gemma3_gguf):
-    return load_model(open_gguf(gemma3_gguf), activations="float")
 
 
 @pytest.mark.parametrize(
-    "model_name,case", [pytest.param(m, c, id=f"{m}-{i}") for m in TOLERANCE for i, c in cases(m)]
+    "model_name,case", [pytest.param(m, c, id=f"{m}-{i}") for m in ("smollm2", "gemma3") for i, c in cases(m)]
 )
-def test_matches_llama_cpp(request, model_name, case):
-    model, tolerance = request.getfixturevalue(model_name), TOLERANCE[model_name]
+@pytest.mark.parametrize("mode", MODES)
+def test_matches_llama_cpp(models, model_name, case, mode):
+    model, tolerance = models(model_name, mode), TOLERANCE[model_name, mode]
     ours, logprobs = greedy(model, case["prompt_tokens"], STEPS)
     want = case["greedy_tokens"][:STEPS]  # shorter when llama.cpp reached end-of-generation
     agreed = agreeing_prefix(ours, want, logprobs, tolerance)
@@ -87,15 +97,19 @@ def test_matches_llama_cpp(request, model_name, case):
             assert abs(float(logprobs[p][token]) - expected) <= tolerance, (p, token)
 
 
-@pytest.mark.parametrize("model_name,minimum", [("smollm2", 4), ("gemma3", 3)])
-def test_most_prompts_agree_for_all_32_tokens(request, model_name, minimum):
-    """Measured: SmolLM2 4 of 5 (raw-0 splits at token 5 on a 0.22-nat tie); Gemma 3 3 of 5
-    (raw-0 at token 15 on a 0.012-nat tie, raw-2 at token 3)."""
-    model = request.getfixturevalue(model_name)
+@pytest.mark.parametrize("model_name", ["smollm2", "gemma3"])
+@pytest.mark.parametrize("mode", MODES)
+def test_most_prompts_agree_for_all_32_tokens(models, model_name, mode):
+    """Measured, float: SmolLM2 4 of 5 (raw-0 splits at token 5 on a 0.22-nat tie); Gemma 3 3 of 5
+    (raw-0 at token 15 on a 0.012-nat tie, raw-2 at token 3). q8: SmolLM2 2 of 5 (raw-0, raw-1
+    and raw-2 split at tokens 5, 21 and 16), Gemma 3 3 of 5 (raw-0 at 11, raw-2 at 3). Every
+    split is at a near-tie (checked by agreeing_prefix)."""
+    model = models(model_name, mode)
+    minimum = {("smollm2", "float"): 4, ("gemma3", "float"): 3, ("smollm2", "q8"): 2, ("gemma3", "q8"): 3}[model_name, mode]
     data = golden(model_name)["completions"]
     full = 0
     for case in data["raw"] + data["chat"]:
         ours, logprobs = greedy(model, case["prompt_tokens"], STEPS)
         want = case["greedy_tokens"][:STEPS]
-        full += agreeing_prefix(ours, want, logprobs, TOLERANCE[model_name]) == len(want)
+        full += agreeing_prefix(ours, want, logprobs, TOLERANCE[model_name, mode]) == len(want)
     assert full >= minimum
