@@ -98,8 +98,8 @@ static inline void finish(const float (*acc)[kSubQ], int64_t nt, float *y, int64
 #if defined(__AVX512VNNI__)
 // Sub-block sums of weights already in registers (unsigned bytes) against one token's quants;
 // `shift` = 128 when the weights were offset by +128 (then 128 * bsum comes off).
-static inline __attribute__((always_inline)) void isums_regs(const __m512i *q, const int8_t *aq, const int32_t *bsum,
-                                                            bool shift, int32_t *isum) {
+static inline __attribute__((always_inline)) __m512i isums_regs(const __m512i *q, const int8_t *aq,
+                                                               const int32_t *bsum, bool shift) {
   __m512i v[4];
   for (int p = 0; p < 4; ++p) v[p] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[p], _mm512_loadu_si512(aq + 64 * p));
   const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(v[0], v[1]), _mm512_unpackhi_epi32(v[0], v[1]));
@@ -107,29 +107,56 @@ static inline __attribute__((always_inline)) void isums_regs(const __m512i *q, c
   __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
   u = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), u);
   if (shift) u = _mm512_sub_epi32(u, _mm512_slli_epi32(_mm512_loadu_si512(bsum), 7));
-  _mm512_store_si512(isum, u);
+  return u;
+}
+
+// combine() on registers, the same operations in the same order per lane.
+static inline __attribute__((always_inline)) __m512 combine_regs(__m512 acc, const float *ad, __m512 ws, __m512 wo,
+                                                                __m512i isum, const float *as) {
+  const __m512 x = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(ad), ws), _mm512_cvtepi32_ps(isum));
+  return _mm512_add_ps(acc, _mm512_add_ps(x, _mm512_mul_ps(wo, _mm512_loadu_ps(as))));
+}
+
+// Q4_K's 16 sub-block scales (d * sc) and offsets (-(dmin * m)) straight into registers: the
+// 12 packed bytes give 8 six-bit scales and 8 mins with a few 32-bit operations (bytes 0-3 and
+// 4-7 hold scales/mins 0-3 in their low 6 bits and the top 2 bits of scales/mins 4-7, whose low
+// 4 bits are the nibbles of bytes 8-11), each duplicated for the two 16-halves of its 32.
+static inline __attribute__((always_inline)) void q4_k_scales(const uint8_t *b, __m512 *ws, __m512 *wo) {
+  const uint32_t u0 = load_u32(b + 4), u1 = load_u32(b + 8), u2 = load_u32(b + 12);
+  const uint64_t sc = (u0 & 0x3f3f3f3fu) | (uint64_t)((u2 & 0x0f0f0f0fu) | ((u0 >> 2) & 0x30303030u)) << 32;
+  const uint64_t mn = (u1 & 0x3f3f3f3fu) | (uint64_t)(((u2 >> 4) & 0x0f0f0f0fu) | ((u1 >> 2) & 0x30303030u)) << 32;
+  const __m128i s8 = _mm_cvtsi64_si128((long long)sc), m8 = _mm_cvtsi64_si128((long long)mn);
+  const __m512 fs = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(s8, s8)));
+  const __m512 fm = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(m8, m8)));
+  *ws = _mm512_mul_ps(_mm512_set1_ps(load_half(b)), fs);
+  const __m512 dm = _mm512_mul_ps(_mm512_set1_ps(load_half(b + 2)), fm);
+  *wo = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(dm), _mm512_set1_epi32((int)0x80000000u)));
+}
+
+static inline void finish_regs(const __m512 *acc, int64_t nt, float *y, int64_t ldy) {
+  alignas(64) float lanes[kSubQ];
+  for (int64_t j = 0; j < nt; ++j) {
+    _mm512_store_ps(lanes, acc[j]);
+    float s = lanes[0];
+    for (int i = 1; i < kSubQ; ++i) s += lanes[i];
+    y[j * ldy] = s;
+  }
 }
 
 // Q4_K without the int8 buffer: its nibbles are already unsigned, so dpbusd takes them as
 // they are (no +128 shift); piece p of the natural order is [low nibbles, high nibbles] of
-// qs[32p .. 32p + 31]. The integer sums equal the generic path's, so the bits do too.
+// qs[32p .. 32p + 31]. The integer sums and the float operations equal the generic path's, so
+// the bits do too.
 static void stream_q4_k(const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, int64_t nt, float *y,
                         int64_t ldy) {
   const __m256i mask = _mm256_set1_epi8(0x0F);
-  alignas(64) float ws[kSubQ], wo[kSubQ];
-  alignas(64) int32_t is[kSubQ];
-  alignas(64) float acc[kTokenTile][kSubQ];
+  __m512 acc[kTokenTile];
   for (int64_t r = 0; r < rows; ++r) {
-    memset(acc, 0, sizeof acc);
+    for (int64_t t = 0; t < nt; ++t) acc[t] = _mm512_setzero_ps();
     for (int64_t c = 0; c < a.chunks; ++c) {
       const uint8_t *b = w + r * row_bytes + c * 144;
-      const float d = load_half(b), dmin = load_half(b + 2);
-      for (int sb = 0; sb < 8; ++sb) {
-        int sc, m;
-        kq_scale_min(b + 4, sb, &sc, &m);
-        ws[2 * sb] = ws[2 * sb + 1] = d * (float)sc;
-        wo[2 * sb] = wo[2 * sb + 1] = -(dmin * (float)m);
-      }
+      __m512 ws, wo;
+      q4_k_scales(b, &ws, &wo);
       __m512i q[4];
       for (int p = 0; p < 4; ++p) {
         const __m256i raw = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * p));
@@ -138,42 +165,62 @@ static void stream_q4_k(const uint8_t *w, int64_t row_bytes, int64_t rows, const
       }
       for (int64_t t = 0; t < nt; ++t) {
         const int64_t off = t * a.chunks + c;
-        isums_regs(q, a.q + off * kChunkQ, nullptr, false, is);
-        combine(acc[t], a.scale + off * kSubQ, ws, wo, is, a.asum + off * kSubQ);
+        acc[t] = combine_regs(acc[t], a.scale + off * kSubQ, ws, wo, isums_regs(q, a.q + off * kChunkQ, nullptr, false),
+                              a.asum + off * kSubQ);
       }
     }
-    finish(acc, nt, y + r, ldy);
+    finish_regs(acc, nt, y + r, ldy);
   }
 }
 #endif
 
-// Few tokens (decoding): each chunk is unpacked into L1 and used at once by every token.
+// Few tokens (decoding): a row is unpacked whole into L1, then used by every token. Unpacking
+// the whole row first (not chunk by chunk) matters: the unpackers write quants and scales in
+// small stores, and reading them back at once as 64-byte vectors stalls on store forwarding.
 static void stream_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,
                         int64_t nt, float *y, int64_t ldy) {
-  alignas(64) int8_t q[kChunkQ];
-  alignas(64) float sc[2 * kSubQ];
+  thread_local std::vector<int8_t> qrow;
+  thread_local std::vector<float> srow;
+  if ((int64_t)qrow.size() < a.chunks * kChunkQ) qrow.resize(a.chunks * kChunkQ), srow.resize(a.chunks * 2 * kSubQ);
+#if defined(__AVX512VNNI__)
+  __m512 accv[kTokenTile];
+#else
   alignas(64) int32_t is[kSubQ];
   alignas(64) float acc[kTokenTile][kSubQ];
+#endif
   for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < a.chunks; ++c)
+      up(w + r * row_bytes, c, qrow.data() + c * kChunkQ, srow.data() + c * 2 * kSubQ, srow.data() + c * 2 * kSubQ + kSubQ);
+#if defined(__AVX512VNNI__)
+    for (int64_t t = 0; t < nt; ++t) accv[t] = _mm512_setzero_ps();
+#else
     memset(acc, 0, sizeof acc);
+#endif
     for (int64_t c = 0; c < a.chunks; ++c) {
-      up(w + r * row_bytes, c, q, sc, sc + kSubQ);
+      const int8_t *q = qrow.data() + c * kChunkQ;
+      const float *sc = srow.data() + c * 2 * kSubQ;
 #if defined(__AVX512VNNI__)
       const __m512i flip = _mm512_set1_epi8((char)0x80);
       __m512i qv[4];
-      for (int p = 0; p < 4; ++p) qv[p] = _mm512_xor_si512(_mm512_load_si512(q + 64 * p), flip);
+      for (int p = 0; p < 4; ++p) qv[p] = _mm512_xor_si512(_mm512_loadu_si512(q + 64 * p), flip);
+      const __m512 ws = _mm512_loadu_ps(sc), wo = _mm512_loadu_ps(sc + kSubQ);
 #endif
       for (int64_t t = 0; t < nt; ++t) {
         const int64_t off = t * a.chunks + c;
 #if defined(__AVX512VNNI__)
-        isums_regs(qv, a.q + off * kChunkQ, a.bsum + off * kSubQ, true, is);
+        accv[t] = combine_regs(accv[t], a.scale + off * kSubQ, ws, wo,
+                               isums_regs(qv, a.q + off * kChunkQ, a.bsum + off * kSubQ, true), a.asum + off * kSubQ);
 #else
         isums(q, a.q + off * kChunkQ, a.bsum + off * kSubQ, is);
-#endif
         combine(acc[t], a.scale + off * kSubQ, sc, sc + kSubQ, is, a.asum + off * kSubQ);
+#endif
       }
     }
+#if defined(__AVX512VNNI__)
+    finish_regs(accv, nt, y + r, ldy);
+#else
     finish(acc, nt, y + r, ldy);
+#endif
   }
 }
 
