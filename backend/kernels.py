@@ -49,7 +49,8 @@ def _load() -> ctypes.CDLL:
         "moe_matmul_q8": ([ctypes.c_int, vp, i64, i64, i64, fp, i64, fp], ctypes.c_int),
         "moe_quantize_activations": ([ctypes.c_int, fp, i64, i64, vp, fp, fp], ctypes.c_int),
         "moe_experts": ([i64, i64, i64, i64, i64, fp, vp, fp, vp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp,
-                         ctypes.c_int, i64, fp, ctypes.c_int], ctypes.c_int),  # fmt: skip
+                         ctypes.c_int, i64, fp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp,
+                         ctypes.c_int, i64], ctypes.c_int),  # fmt: skip
     }
     for name, (args, result) in signatures.items():
         fn = getattr(lib, name)
@@ -296,12 +297,15 @@ def matmul_q8_reference(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
 def moe_experts(
     x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, gate: QuantWeight, up: QuantWeight,
     down: QuantWeight, num_experts: int, activations: str = "float",
+    shared: tuple[QuantWeight, QuantWeight, QuantWeight] | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """x [T, D], ids/weights [T, A] -> [T, D]: sum_a weights[t, a] * expert ids[t, a] (SwiGLU).
 
     gate/up are the stacked [E * I, D] tensors and down [E * D, I], as views of the mmap. Each
     expert's weights are read once per call, whatever the number of tokens that chose it.
     activations "q8": x and the SwiGLU output quantized to 8 bits as matmul_q8 does; "float": not.
+    shared: the shared experts' (gate [Is, D], up [Is, D], down [D, Is]), added to every token
+    in the same call.
     """
     if activations not in ("float", "q8"):
         raise KernelError(f"moe_experts: activations must be 'float' or 'q8', got {activations!r}")
@@ -311,6 +315,13 @@ def moe_experts(
             or ids.shape != weights.shape or ids.shape[0] != T):  # fmt: skip
         raise KernelError(f"moe_experts: shapes x {tuple(x.shape)}, ids {tuple(ids.shape)}, gate {gate.shape}, "
                           f"up {up.shape}, down {down.shape} do not fit {num_experts} experts")  # fmt: skip
+    shared_args: tuple = (0, None, 0, 0, None, 0, 0, None, 0, 0)
+    if shared is not None:
+        sg, su, sd = shared
+        Is = sg.shape[0]
+        if sg.shape != (Is, D) or su.shape != (Is, D) or sd.shape != (D, Is):
+            raise KernelError(f"moe_experts: shared experts {sg.shape}, {su.shape}, {sd.shape} do not fit dim {D}")
+        shared_args = (Is,) + tuple(v for w in (sg, su, sd) for v in (w.raw.ctypes.data, int(w.ggml_type), w.raw.nbytes))
     x = x.float().contiguous()
     ids32 = ids.to(torch.int32).contiguous()
     w32 = weights.float().contiguous()
@@ -322,7 +333,7 @@ def moe_experts(
         T, D, I, num_experts, ids.shape[1], ctypes.cast(x.data_ptr(), fp), ids32.data_ptr(),
         ctypes.cast(w32.data_ptr(), fp), gate.raw.ctypes.data, int(gate.ggml_type), gate.raw.nbytes,
         up.raw.ctypes.data, int(up.ggml_type), up.raw.nbytes, down.raw.ctypes.data, int(down.ggml_type),
-        down.raw.nbytes, ctypes.cast(out.data_ptr(), fp), int(activations == "q8"),
+        down.raw.nbytes, ctypes.cast(out.data_ptr(), fp), int(activations == "q8"), *shared_args,
     )  # fmt: skip
     _check(code, "moe_experts")
     return out
@@ -340,6 +351,7 @@ def moe_experts_async(*args, **kwargs) -> Future:
 def moe_experts_reference(
     x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor, gate: QuantWeight, up: QuantWeight,
     down: QuantWeight, num_experts: int, activations: str = "float",
+    shared: tuple[QuantWeight, QuantWeight, QuantWeight] | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """float64 per token and slot, with gguf-dequantized weights: the oracle for moe_experts.
     With "q8" each projection's input is first quantized as quantize_activations_reference
@@ -347,8 +359,8 @@ def moe_experts_reference(
     T, D = x.shape
     I = gate.shape[0] // num_experts
 
-    def project(w: QuantWeight, e: int, rows: int, v: torch.Tensor) -> torch.Tensor:
-        block = w.raw.reshape(num_experts, -1)[e]  # expert e's rows, as their own weight
+    def project(w: QuantWeight, e: int, rows: int, v: torch.Tensor, experts: int = num_experts) -> torch.Tensor:
+        block = w.raw.reshape(experts, -1)[e]  # expert e's rows, as their own weight
         return matmul_q8_reference(QuantWeight(block, w.ggml_type, (rows, w.shape[1])), v[None].float())[0] \
             if activations == "q8" and w.ggml_type not in FLOAT_TYPES else \
             torch.from_numpy(dequantize_reference(block, w.ggml_type, (rows, w.shape[1]))).double() @ v.double()
@@ -359,5 +371,10 @@ def moe_experts_reference(
             e = int(ids[t, a])
             h = torch.nn.functional.silu(project(gate, e, I, x[t])) * project(up, e, I, x[t])
             out[t] += float(weights[t, a]) * project(down, e, D, h.float() if activations == "q8" else h)
+        if shared is not None:
+            sg, su, sd = shared
+            Is = sg.shape[0]
+            h = torch.nn.functional.silu(project(sg, 0, Is, x[t], 1)) * project(su, 0, Is, x[t], 1)
+            out[t] += project(sd, 0, D, h.float() if activations == "q8" else h, 1)
     return out
 

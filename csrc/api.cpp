@@ -128,19 +128,39 @@ MOE_API int moe_matmul(int type, const void *weight, int64_t weight_bytes, int64
   return 0;
 }
 
+namespace {
+
+// A stack of `count` matrices of rows x cols in `type`: a known type, whole blocks, enough bytes.
+int check_stack(int type, int64_t count, int64_t rows, int64_t cols, int64_t bytes) {
+  const Geometry g = geometry(type);
+  if (!g.block_size) return MOE_ERR_TYPE;
+  if (cols % g.block_size) return MOE_ERR_SHAPE;
+  return bytes < count * rows * (cols / g.block_size * g.type_size) ? MOE_ERR_SIZE : 0;
+}
+
+}  // namespace
+
 MOE_API int moe_experts(int64_t num_tokens, int64_t dim, int64_t hidden, int64_t num_experts, int64_t top_k,
                         const float *x, const int32_t *ids, const float *weights, const void *gate, int gate_type,
                         int64_t gate_bytes, const void *up, int up_type, int64_t up_bytes, const void *down,
-                        int down_type, int64_t down_bytes, float *out, int q8) {
-  const Geometry gg = geometry(gate_type), gu = geometry(up_type), gd = geometry(down_type);
-  if (!gg.block_size || !gu.block_size || !gd.block_size) return MOE_ERR_TYPE;
-  if (num_tokens < 0 || dim <= 0 || hidden <= 0 || num_experts <= 0 || top_k <= 0 || !x || !ids || !weights ||
-      !gate || !up || !down || !out || dim % gg.block_size || dim % gu.block_size || hidden % gd.block_size)
+                        int down_type, int64_t down_bytes, float *out, int q8, int64_t shared_hidden,
+                        const void *shared_gate, int shared_gate_type, int64_t shared_gate_bytes,
+                        const void *shared_up, int shared_up_type, int64_t shared_up_bytes, const void *shared_down,
+                        int shared_down_type, int64_t shared_down_bytes) {
+  if (num_tokens < 0 || dim <= 0 || hidden <= 0 || num_experts <= 0 || top_k <= 0 || shared_hidden < 0 || !x ||
+      !ids || !weights || !gate || !up || !down || !out)
     return MOE_ERR_SHAPE;
-  if (gate_bytes < num_experts * hidden * (dim / gg.block_size * gg.type_size) ||
-      up_bytes < num_experts * hidden * (dim / gu.block_size * gu.type_size) ||
-      down_bytes < num_experts * dim * (hidden / gd.block_size * gd.type_size))
-    return MOE_ERR_SIZE;
+  const int checks[] = {
+      check_stack(gate_type, num_experts, hidden, dim, gate_bytes),
+      check_stack(up_type, num_experts, hidden, dim, up_bytes),
+      check_stack(down_type, num_experts, dim, hidden, down_bytes),
+      shared_hidden ? check_stack(shared_gate_type, 1, shared_hidden, dim, shared_gate_bytes) : 0,
+      shared_hidden ? check_stack(shared_up_type, 1, shared_hidden, dim, shared_up_bytes) : 0,
+      shared_hidden ? check_stack(shared_down_type, 1, dim, shared_hidden, shared_down_bytes) : 0,
+  };
+  for (int c : checks)
+    if (c) return c;
+  if (shared_hidden && (!shared_gate || !shared_up || !shared_down)) return MOE_ERR_SHAPE;
   for (int64_t p = 0; p < num_tokens * top_k; ++p)
     if (ids[p] < 0 || ids[p] >= num_experts) return MOE_ERR_SHAPE;
   if (num_tokens == 0) return 0;
@@ -149,10 +169,18 @@ MOE_API int moe_experts(int64_t num_tokens, int64_t dim, int64_t hidden, int64_t
   MoeArgs args{num_tokens, dim, hidden, num_experts, top_k, x, ids, weights,
                (const uint8_t *)gate, (const uint8_t *)up, (const uint8_t *)down, gate_type, up_type, down_type, out,
                q8 != 0};
+  if (shared_hidden) {
+    args.shared_gate = (const uint8_t *)shared_gate;
+    args.shared_up = (const uint8_t *)shared_up;
+    args.shared_down = (const uint8_t *)shared_down;
+    args.shared_gate_type = shared_gate_type;
+    args.shared_up_type = shared_up_type;
+    args.shared_down_type = shared_down_type;
+    args.shared_hidden = shared_hidden;
+  }
   moe_forward(pool_locked(rt), active_kernels(), qrows_kernel(moe_isa_active()), args);
   return 0;
 }
-
 
 MOE_API int moe_matmul_q8(int type, const void *weight, int64_t weight_bytes, int64_t n, int64_t k, const float *x,
                           int64_t num_tokens, float *y) {

@@ -33,10 +33,15 @@ MOE_API int moe_matmul(int ggml_type, const void *weight, int64_t weight_bytes, 
 // [E, hidden, dim] and down [E, dim, hidden] stacked GGUF tensors, read in place. q8 != 0:
 // x and the SwiGLU output are quantized to 8 bits once per format and the projections of
 // quantized weights run as moe_matmul_q8 (llama.cpp's arithmetic); 0: float activations.
+// shared_hidden > 0 adds the shared experts (gate/up [shared_hidden, dim], down [dim,
+// shared_hidden]) to every token in the same call, after the routed ones.
 MOE_API int moe_experts(int64_t num_tokens, int64_t dim, int64_t hidden, int64_t num_experts, int64_t top_k,
                         const float *x, const int32_t *ids, const float *weights, const void *gate, int gate_type,
                         int64_t gate_bytes, const void *up, int up_type, int64_t up_bytes, const void *down,
-                        int down_type, int64_t down_bytes, float *out, int q8);
+                        int down_type, int64_t down_bytes, float *out, int q8, int64_t shared_hidden,
+                        const void *shared_gate, int shared_gate_type, int64_t shared_gate_bytes,
+                        const void *shared_up, int shared_up_type, int64_t shared_up_bytes, const void *shared_down,
+                        int shared_down_type, int64_t shared_down_bytes);
 
 
 // As moe_matmul, with x quantized to 8 bits once (Q8_0 or Q8_1 blocks of 32 for the 32-weight

@@ -1,7 +1,7 @@
 // Expert-major MoE: a counting sort groups (token, slot) pairs by expert, so each expert's
-// weights are read once per call however many tokens chose it. Phase A computes gate and up
-// for all of an expert's tokens, phase B the down projection by output row block, experts in
-// ascending order. Every output has one writer and one summation order: any thread count gives
+// weights are read once per call however many tokens chose it; shared experts join as one more
+// expert every token visits. Phase A computes gate and up for all of an expert's tokens, phase
+// B the down projection by output row block, experts in ascending order, shared ones last. Every output has one writer and one summation order: any thread count gives
 // the same bits, and a token's result does not depend on the rest of the batch.
 //
 // With 8-bit activations each sorted pair's input (and later its SwiGLU output) is quantized
@@ -46,74 +46,135 @@ void project(const IsaKernels &kern, QRowsFn qrows, int type, const uint8_t *w, 
     gemm_rows(kern, type, w, row_bytes, rows, k, in.rows + s0, n, y, ldy);
 }
 
-}  // namespace
+// SwiGLU experts of one shape with their (token, slot) pairs sorted into contiguous slots, so
+// an expert's tokens are one slice: the routed experts (a counting sort by expert id), or the
+// shared experts as one pseudo-expert that every token visits with weight 1.
+struct Group {
+  const uint8_t *gate, *up, *down;
+  int gate_type, up_type, down_type;
+  int64_t experts, hidden, gate_row, up_row, down_row;
+  std::vector<int64_t> start;    // expert e's slots are [start[e], start[e + 1])
+  std::vector<int64_t> token;    // slot -> token
+  std::vector<float> weight;     // slot -> its routing weight
+  std::vector<float> g, u;       // [slots, hidden]: gate, then h = silu(gate) * up in place
+  std::unique_ptr<QActBuffers> xg, xu, hq;
+  ProjInput gate_in{}, up_in{}, down_in{};
+  std::vector<const float *> x_rows, h_rows;
 
-void moe_forward(ThreadPool &pool, const IsaKernels &kern, QRowsFn qrows, const MoeArgs &a) {
-  const int64_t T = a.num_tokens, D = a.dim, I = a.hidden, E = a.num_experts, A = a.top_k;
-  const Geometry gg = geometry(a.gate_type), gu = geometry(a.up_type), gd = geometry(a.down_type);
-  const int64_t gate_row = D / gg.block_size * gg.type_size, up_row = D / gu.block_size * gu.type_size;
-  const int64_t down_row = I / gd.block_size * gd.type_size;
+  Group(const uint8_t *g_, const uint8_t *u_, const uint8_t *d_, int gt, int ut, int dt, int64_t E, int64_t I,
+        int64_t D)
+      : gate(g_), up(u_), down(d_), gate_type(gt), up_type(ut), down_type(dt), experts(E), hidden(I),
+        gate_row(D / geometry(gt).block_size * geometry(gt).type_size),
+        up_row(D / geometry(ut).block_size * geometry(ut).type_size),
+        down_row(I / geometry(dt).block_size * geometry(dt).type_size) {}
 
-  // Counting sort of the T*A pairs by expert (stable: tokens stay in order within an expert).
-  std::vector<int64_t> start(E + 1, 0);
-  for (int64_t p = 0; p < T * A; ++p) ++start[a.ids[p] + 1];
-  for (int64_t e = 0; e < E; ++e) start[e + 1] += start[e];
-  std::vector<int64_t> pair_of(T * A), fill(start.begin(), start.end() - 1);
-  for (int64_t p = 0; p < T * A; ++p) pair_of[fill[a.ids[p]]++] = p;  // sorted slot -> t * A + slot
-  std::vector<const float *> x_rows(T * A);
-  for (int64_t s = 0; s < T * A; ++s) x_rows[s] = a.x + (pair_of[s] / A) * D;
+  int64_t slots() const { return (int64_t)token.size(); }
 
-  const auto xg = quantize_slots(pool, a.q8, a.gate_type, x_rows.data(), T * A, D);
-  const bool share = xg && act_kind_for(a.up_type) == act_kind_for(a.gate_type);
-  const auto xu = share ? nullptr : quantize_slots(pool, a.q8, a.up_type, x_rows.data(), T * A, D);
-  const ProjInput gate_in{x_rows.data(), xg ? &xg->view : nullptr};
-  const ProjInput up_in{x_rows.data(), share ? &xg->view : xu ? &xu->view : nullptr};
+  // Inputs gathered (and, for q8, quantized once per format) in slot order.
+  void gather(ThreadPool &pool, bool q8, const float *x, int64_t D) {
+    x_rows.resize(slots());
+    for (int64_t s = 0; s < slots(); ++s) x_rows[s] = x + token[s] * D;
+    xg = quantize_slots(pool, q8, gate_type, x_rows.data(), slots(), D);
+    const bool same = xg && act_kind_for(up_type) == act_kind_for(gate_type);
+    xu = same ? nullptr : quantize_slots(pool, q8, up_type, x_rows.data(), slots(), D);
+    gate_in = {x_rows.data(), xg ? &xg->view : nullptr};
+    up_in = {x_rows.data(), same ? &xg->view : xu ? &xu->view : nullptr};
+    g.resize(slots() * hidden);
+    u.resize(slots() * hidden);
+  }
 
-  // Phase A: tasks are (expert, block of kTileRows hidden rows) over the experts that were hit.
-  std::vector<float> g(T * A * I), u(T * A * I);
-  std::vector<std::pair<int64_t, int64_t>> tasks;
-  for (int64_t e = 0; e < E; ++e)
-    if (start[e + 1] > start[e])
-      for (int64_t r = 0; r < I; r += kTileRows) tasks.emplace_back(e, r);
-  pool.parallel_for((int64_t)tasks.size(), [&](int64_t i) {
-    const auto [e, r0] = tasks[i];
-    const int64_t rows = std::min(kTileRows, I - r0), n = start[e + 1] - start[e], s0 = start[e];
-    project(kern, qrows, a.gate_type, a.gate + (e * I + r0) * gate_row, gate_row, rows, D, gate_in, s0, n,
-            g.data() + s0 * I + r0, I);
-    project(kern, qrows, a.up_type, a.up + (e * I + r0) * up_row, up_row, rows, D, up_in, s0, n,
-            u.data() + s0 * I + r0, I);
-  });
-  // SwiGLU in place: h = silu(g) * u, one sorted pair per task.
-  pool.parallel_for(T * A, [&](int64_t s) {
-    float *gs = g.data() + s * I;
-    const float *us = u.data() + s * I;
-    for (int64_t j = 0; j < I; ++j) gs[j] = gs[j] / (1.0f + std::exp(-gs[j])) * us[j];
-  });
-  std::vector<const float *> h_rows(T * A);
-  for (int64_t s = 0; s < T * A; ++s) h_rows[s] = g.data() + s * I;
-  const auto hq = quantize_slots(pool, a.q8, a.down_type, h_rows.data(), T * A, I);
-  const ProjInput down_in{h_rows.data(), hq ? &hq->view : nullptr};
+  void gate_up(const IsaKernels &kern, QRowsFn qrows, int64_t e, int64_t r0, int64_t D) {
+    const int64_t rows = std::min(kTileRows, hidden - r0), n = start[e + 1] - start[e], s0 = start[e];
+    project(kern, qrows, gate_type, gate + (e * hidden + r0) * gate_row, gate_row, rows, D, gate_in, s0, n,
+            g.data() + s0 * hidden + r0, hidden);
+    project(kern, qrows, up_type, up + (e * hidden + r0) * up_row, up_row, rows, D, up_in, s0, n,
+            u.data() + s0 * hidden + r0, hidden);
+  }
 
-  // Phase B: each task owns kTileRows output columns of every token and adds the experts'
-  // contributions in ascending expert order.
-  std::fill(a.out, a.out + T * D, 0.0f);
-  const int64_t blocks = (D + kTileRows - 1) / kTileRows;
-  pool.parallel_for(blocks, [&](int64_t b) {
-    const int64_t d0 = b * kTileRows, rows = std::min(kTileRows, D - d0);
-    thread_local std::vector<float> y;
-    for (int64_t e = 0; e < E; ++e) {
+  void swiglu(int64_t s) {
+    float *gs = g.data() + s * hidden;
+    const float *us = u.data() + s * hidden;
+    for (int64_t j = 0; j < hidden; ++j) gs[j] = gs[j] / (1.0f + std::exp(-gs[j])) * us[j];
+  }
+
+  void quantize_hidden(ThreadPool &pool, bool q8) {
+    h_rows.resize(slots());
+    for (int64_t s = 0; s < slots(); ++s) h_rows[s] = g.data() + s * hidden;
+    hq = quantize_slots(pool, q8, down_type, h_rows.data(), slots(), hidden);
+    down_in = {h_rows.data(), hq ? &hq->view : nullptr};
+  }
+
+  // Output rows [d0, d0 + rows) of every expert, added to its tokens in ascending expert order.
+  void down_block(const IsaKernels &kern, QRowsFn qrows, int64_t d0, int64_t rows, int64_t D, float *out,
+                  std::vector<float> &y) const {
+    for (int64_t e = 0; e < experts; ++e) {
       const int64_t n = start[e + 1] - start[e], s0 = start[e];
       if (n == 0) continue;
       if ((int64_t)y.size() < n * kTileRows) y.resize(n * kTileRows);
-      project(kern, qrows, a.down_type, a.down + (e * D + d0) * down_row, down_row, rows, I, down_in, s0, n,
+      project(kern, qrows, down_type, down + (e * D + d0) * down_row, down_row, rows, hidden, down_in, s0, n,
               y.data(), kTileRows);
       for (int64_t j = 0; j < n; ++j) {
-        const int64_t p = pair_of[s0 + j], t = p / A;
-        const float w = a.weights[p];
-        float *o = a.out + t * D + d0;
+        const float w = weight[s0 + j];
+        float *o = out + token[s0 + j] * D + d0;
         for (int64_t r = 0; r < rows; ++r) o[r] += y[j * kTileRows + r] * w;
       }
     }
+  }
+};
+
+}  // namespace
+
+void moe_forward(ThreadPool &pool, const IsaKernels &kern, QRowsFn qrows, const MoeArgs &a) {
+  const int64_t T = a.num_tokens, D = a.dim, E = a.num_experts, A = a.top_k;
+  std::vector<Group> groups;
+  groups.reserve(2);
+
+  // Routed: a counting sort of the T*A pairs by expert (stable: tokens stay in order).
+  Group &routed = groups.emplace_back(a.gate, a.up, a.down, a.gate_type, a.up_type, a.down_type, E, a.hidden, D);
+  routed.start.assign(E + 1, 0);
+  for (int64_t p = 0; p < T * A; ++p) ++routed.start[a.ids[p] + 1];
+  for (int64_t e = 0; e < E; ++e) routed.start[e + 1] += routed.start[e];
+  routed.token.resize(T * A);
+  routed.weight.resize(T * A);
+  std::vector<int64_t> fill(routed.start.begin(), routed.start.end() - 1);
+  for (int64_t p = 0; p < T * A; ++p) {
+    const int64_t s = fill[a.ids[p]]++;
+    routed.token[s] = p / A;
+    routed.weight[s] = a.weights[p];
+  }
+  // Shared: one pseudo-expert over all tokens in order, weight 1 (an exact multiply).
+  if (a.shared_gate) {
+    Group &shared = groups.emplace_back(a.shared_gate, a.shared_up, a.shared_down, a.shared_gate_type,
+                                        a.shared_up_type, a.shared_down_type, 1, a.shared_hidden, D);
+    shared.start = {0, T};
+    shared.token.resize(T);
+    for (int64_t t = 0; t < T; ++t) shared.token[t] = t;
+    shared.weight.assign(T, 1.0f);
+  }
+  for (Group &g : groups) g.gather(pool, a.q8, a.x, D);
+
+  // Phase A: tasks are (group, expert, block of kTileRows hidden rows) over the experts hit.
+  struct Task { int64_t group, expert, row; };
+  std::vector<Task> tasks;
+  for (int64_t gi = 0; gi < (int64_t)groups.size(); ++gi)
+    for (int64_t e = 0; e < groups[gi].experts; ++e)
+      if (groups[gi].start[e + 1] > groups[gi].start[e])
+        for (int64_t r = 0; r < groups[gi].hidden; r += kTileRows) tasks.push_back({gi, e, r});
+  pool.parallel_for((int64_t)tasks.size(), [&](int64_t i) {
+    groups[tasks[i].group].gate_up(kern, qrows, tasks[i].expert, tasks[i].row, D);
+  });
+  for (Group &g : groups) {
+    pool.parallel_for(g.slots(), [&](int64_t s) { g.swiglu(s); });
+    g.quantize_hidden(pool, a.q8);
+  }
+
+  // Phase B: each task owns kTileRows output columns of every token and adds the routed experts'
+  // contributions in ascending expert order, then the shared experts'.
+  std::fill(a.out, a.out + T * D, 0.0f);
+  pool.parallel_for((D + kTileRows - 1) / kTileRows, [&](int64_t b) {
+    const int64_t d0 = b * kTileRows, rows = std::min(kTileRows, D - d0);
+    thread_local std::vector<float> y;
+    for (const Group &g : groups) g.down_block(kern, qrows, d0, rows, D, a.out, y);
   });
 }
 

@@ -19,6 +19,10 @@ struct MoeArgs {
   int gate_type, up_type, down_type;
   float *out;             // [T, D]
   bool q8;                // 8-bit activations for the quantized projections (else float)
+  // Shared experts (null when none): one SwiGLU of width shared_hidden every token adds.
+  const uint8_t *shared_gate = nullptr, *shared_up = nullptr, *shared_down = nullptr;  // [Is, D], [Is, D], [D, Is]
+  int shared_gate_type = 0, shared_up_type = 0, shared_down_type = 0;
+  int64_t shared_hidden = 0;
 };
 
 void moe_forward(ThreadPool &pool, const IsaKernels &kern, QRowsFn qrows, const MoeArgs &a);

@@ -119,6 +119,13 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, D] -> [T, D]
         return self.down(F.silu(self.gate(x)) * self.up(x))
 
+    def quantized(self) -> tuple[kernels.QuantWeight, kernels.QuantWeight, kernels.QuantWeight] | None:
+        """(gate, up, down) blocks for the fused MoE kernel, or None if any is float or biased."""
+        parts = (self.gate, self.up, self.down)
+        if any(p.qweight is None or p.bias is not None for p in parts):
+            return None
+        return tuple(p.qweight for p in parts)
+
 
 class Embedding(nn.Module):
     """Token embeddings kept in their GGUF blocks: a step dequantizes only the rows it looks up

@@ -58,12 +58,18 @@ class Experts(nn.Module):
             stacked = tuple(quantized(f, n, shape) for n, shape in zip(names, shapes.values()))
         return cls(*(_per_expert(f, prefix, kind, shape) for kind, shape in shapes.items()), stacked=stacked)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor,
+                shared: FeedForward | None = None) -> torch.Tensor:  # fmt: skip
+        """The routed experts' weighted sum, plus `shared` (always-on experts) when given."""
         if self.stacked is not None and x.device.type == "cpu":
-            # One fused call: experts in expert-major order, each one's weights read once.
-            out = kernels.moe_experts(x, ids, weights, *self.stacked, len(self.gate), self.activations)
-            return out.to(x.dtype)
-        return self.reference(x, weights, ids)
+            # One fused call: experts in expert-major order, each one's weights read once, the
+            # shared experts as one more expert every token visits.
+            fused = shared.quantized() if shared is not None else None
+            out = kernels.moe_experts(x, ids, weights, *self.stacked, len(self.gate), self.activations, shared=fused)
+            out = out.to(x.dtype)
+            return out if shared is None or fused is not None else out + shared(x)
+        out = self.reference(x, weights, ids)
+        return out if shared is None else out + shared(x)
 
     def reference(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The same layer as a loop of per-expert matmuls (float weights, other devices)."""

@@ -172,10 +172,7 @@ class DeepseekMoE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, D] -> [T, D]
         weights, ids = self.route(x)  # [T, A], [T, A]
-        out = self.experts(x, weights, ids)
-        if self.shared_experts is not None:
-            out = out + self.shared_experts(x)
-        return out
+        return self.experts(x, weights, ids, shared=self.shared_experts)
 
 
 class Block(nn.Module):

@@ -54,6 +54,42 @@ def test_close_to_float64(gate_type, down_type, T, activations, isa):
     assert_close(out, ref, activations)
 
 
+IS = 384  # shared experts' width: not a multiple of 256, so K-quant down rows end mid-chunk
+
+
+def shared_experts(gate_type: str, down_type: str):
+    return stacked(gate_type, IS, D, 4), stacked(gate_type, IS, D, 5), stacked(down_type, D, IS, 6)
+
+
+@pytest.mark.parametrize("gate_type,down_type", [("Q4_K", "Q8_0"), ("Q8_0", "Q5_0")])
+@pytest.mark.parametrize("T", [1, 20])
+@pytest.mark.parametrize("activations", ["float", "q8"])
+def test_shared_experts_in_the_same_call(gate_type, down_type, T, activations, isa):
+    """Shared experts join the fused call as one more expert every token visits with weight 1:
+    the result is the routed sum plus the shared FFN, each token independent of the batch."""
+    gate, up, down = layer("Q4_K", "Q6_K")
+    shared = shared_experts(gate_type, down_type)
+    x = torch.randn(T, D, generator=torch.Generator().manual_seed(T)) * 0.02
+    ids, w = routing(T, 2, T)
+    w = w * 1e-3  # the random Q6_K experts dwarf the shared FFN; keep both parts visible
+    out = kernels.moe_experts(x, ids, w, gate, up, down, E, activations, shared=shared)
+    ref = kernels.moe_experts_reference(x, ids, w, gate, up, down, E, activations, shared=shared)
+    assert_close(out, ref, activations)
+    routed_only = kernels.moe_experts(x, ids, w, gate, up, down, E, activations)
+    assert (out - routed_only).abs().max() > 0.1 * out.abs().max()  # the shared part is really there
+    alone = kernels.moe_experts(x[-1:], ids[-1:], w[-1:], gate, up, down, E, activations, shared=shared)
+    assert torch.equal(alone[0], out[-1])
+
+
+def test_shared_experts_of_the_wrong_shape_are_refused():
+    gate, up, down = layer("Q4_K", "Q6_K")
+    sg, su, sd = shared_experts("Q8_0", "Q8_0")
+    x = torch.randn(2, D)
+    ids, w = routing(2, 2, 0)
+    with pytest.raises(kernels.KernelError, match="shared experts"):
+        kernels.moe_experts(x, ids, w, gate, up, down, E, "q8", shared=(sg, su, sg))
+
+
 def test_q8_is_llama_cpp_arithmetic_not_float():
     """The q8 layer differs from the float one by about 8-bit quantization noise (~1e-2), and
     mixed formats (a float down projection) take float activations where they must."""
