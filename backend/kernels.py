@@ -47,6 +47,7 @@ def _load() -> ctypes.CDLL:
         "moe_dequantize": ([ctypes.c_int, vp, i64, fp, i64], ctypes.c_int),
         "moe_matmul": ([ctypes.c_int, vp, i64, i64, i64, fp, i64, fp], ctypes.c_int),
         "moe_matmul_q8": ([ctypes.c_int, vp, i64, i64, i64, fp, i64, fp], ctypes.c_int),
+        "moe_matmul_q8_heads": ([ctypes.c_int, vp, i64, i64, i64, i64, fp, i64, fp], ctypes.c_int),
         "moe_quantize_activations": ([ctypes.c_int, fp, i64, i64, vp, fp, fp], ctypes.c_int),
         "moe_experts": ([i64, i64, i64, i64, i64, fp, vp, fp, vp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp,
                          ctypes.c_int, i64, fp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp,
@@ -267,6 +268,27 @@ def matmul_q8(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
         ctypes.cast(x.data_ptr(), fp), x.shape[0], ctypes.cast(y.data_ptr(), fp),
     )  # fmt: skip
     _check(code, f"matmul_q8 {type_name(weight.ggml_type)} {weight.shape}")
+    return y
+
+
+def matmul_q8_heads(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
+    """x [T, H, cols] -> [T, H, n]: H independent matmul_q8 products in one call, head h
+    against rows h * n .. (h + 1) * n of weight [H * n, cols] (a stack of per-head matrices)."""
+    rows, cols = weight.shape
+    if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 3 or x.shape[2] != cols or rows % x.shape[1]:
+        raise KernelError(f"matmul_q8_heads: x must be a CPU float32 [T, H, {cols}] tensor with H dividing {rows}, "
+                          f"got {x.dtype} {tuple(x.shape)}")  # fmt: skip
+    T, H = x.shape[:2]
+    x = x.contiguous()
+    y = torch.empty((T, H, rows // H), dtype=torch.float32)
+    if T == 0:
+        return y
+    fp = ctypes.POINTER(ctypes.c_float)
+    code = _lib.moe_matmul_q8_heads(
+        int(weight.ggml_type), weight.raw.ctypes.data, weight.raw.nbytes, H, rows // H, cols,
+        ctypes.cast(x.data_ptr(), fp), T, ctypes.cast(y.data_ptr(), fp),
+    )  # fmt: skip
+    _check(code, f"matmul_q8_heads {type_name(weight.ggml_type)} {weight.shape}")
     return y
 
 

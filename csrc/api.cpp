@@ -185,14 +185,20 @@ MOE_API int moe_experts(int64_t num_tokens, int64_t dim, int64_t hidden, int64_t
 MOE_API int moe_matmul_q8(int type, const void *weight, int64_t weight_bytes, int64_t n, int64_t k, const float *x,
                           int64_t num_tokens, float *y) {
   if (geometry(type).block_size == 1) return moe_matmul(type, weight, weight_bytes, n, k, x, num_tokens, y);
+  return moe_matmul_q8_heads(type, weight, weight_bytes, 1, n, k, x, num_tokens, y);
+}
+
+MOE_API int moe_matmul_q8_heads(int type, const void *weight, int64_t weight_bytes, int64_t heads, int64_t n,
+                                int64_t k, const float *x, int64_t num_tokens, float *y) {
   const Geometry g = geometry(type);
-  if (g.block_size == 0) return MOE_ERR_TYPE;
-  if (!weight || !x || !y || n <= 0 || k <= 0 || num_tokens < 0 || k % g.block_size) return MOE_ERR_SHAPE;
-  if (weight_bytes < n * (k / g.block_size * g.type_size)) return MOE_ERR_SIZE;
+  if (g.block_size <= 1) return MOE_ERR_TYPE;
+  if (!weight || !x || !y || heads <= 0 || n <= 0 || k <= 0 || num_tokens < 0 || k % g.block_size)
+    return MOE_ERR_SHAPE;
+  if (weight_bytes < heads * n * (k / g.block_size * g.type_size)) return MOE_ERR_SIZE;
   if (num_tokens == 0) return 0;
   Runtime &rt = runtime();
   std::lock_guard<std::mutex> lock(rt.mutex);
-  qmatmul(pool_locked(rt), moe_isa_active(), type, (const uint8_t *)weight, n, k, x, num_tokens, y);
+  qmatmul(pool_locked(rt), moe_isa_active(), type, (const uint8_t *)weight, heads, n, k, x, num_tokens, y);
   return 0;
 }
 

@@ -50,6 +50,12 @@ MOE_API int moe_experts(int64_t num_tokens, int64_t dim, int64_t hidden, int64_t
 MOE_API int moe_matmul_q8(int ggml_type, const void *weight, int64_t weight_bytes, int64_t n, int64_t k,
                           const float *x, int64_t num_tokens, float *y);
 
+// heads independent moe_matmul_q8 products in one call (multi-head projections such as MLA's
+// per-head latent maps): weight [heads, n, k] GGUF blocks, x [num_tokens, heads, k], y
+// [num_tokens, heads, n]. Quantized weight types only.
+MOE_API int moe_matmul_q8_heads(int ggml_type, const void *weight, int64_t weight_bytes, int64_t heads, int64_t n,
+                                int64_t k, const float *x, int64_t num_tokens, float *y);
+
 // The activation quants moe_matmul_q8 uses for ggml_type: q [num_tokens, k] int8 in natural
 // order, d [num_tokens, k / block] scales (block 32 or 256), s [num_tokens, k / block] Q8_1's
 // scaled block sums (0 for the other formats). For tests against numpy.

@@ -29,9 +29,10 @@ QRowsFn qrows_kernel(int isa);
 // Slots s0.. of a view (tokens s0, s0 + 1, ...), without a copy.
 QActView act_slots(const QActView &v, int64_t s0);
 
-// y[t * n + r] = <W row r, x[t]> with x quantized as act_kind_for(type). Quantized weight types
-// only. Same bits for every ISA, thread count and batch composition.
-void qmatmul(ThreadPool &pool, int isa, int type, const uint8_t *w, int64_t n, int64_t k, const float *x,
-             int64_t num_tokens, float *y);
+// H independent matmuls in one call (H = 1: a plain matmul): W is [H, n, k] in GGUF blocks,
+// x [T, H, k], y[t, h, r] = <W[h] row r, x[t, h]>, x quantized as act_kind_for(type). Quantized
+// weight types only. Same bits for every ISA, thread count and batch composition.
+void qmatmul(ThreadPool &pool, int isa, int type, const uint8_t *w, int64_t heads, int64_t n, int64_t k,
+             const float *x, int64_t num_tokens, float *y);
 
 }  // namespace moe

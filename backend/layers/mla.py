@@ -8,7 +8,8 @@ from torch import nn
 
 from ..gguf_model import GGUFError, GGUFFile
 from ..kv_cache import ForwardBatch
-from .linear import Linear, load
+from .. import kernels
+from .linear import DEFAULT_ACTIVATIONS, Linear, load, quantized
 from .norm import RMSNorm
 from .rope import apply_rope, rope_cos_sin
 
@@ -61,9 +62,14 @@ class MLAttention(nn.Module):
     Measured on one CPU thread at V2-Lite's H=16, S=1024: a decode step takes 1.0 ms absorbed
     against 62 ms expanded; a 512-token prefill 60 ms expanded against 141 ms absorbed.
     Both are the same sums in a different order, so they agree to float rounding.
+
+    With 8-bit activations (`activations`, as Linear's) the absorbed path applies attn_k_b and
+    attn_v_b straight from their GGUF blocks, all heads in one integer-kernel call each, as
+    llama.cpp does: a decode step then reads them quantized instead of as float32.
     """
 
     force_path: str | None = None  # "absorbed" or "expanded" pins the choice (tests, benchmarks)
+    activations = DEFAULT_ACTIVATIONS
 
     def __init__(
         self,
@@ -99,6 +105,11 @@ class MLAttention(nn.Module):
         w_uk, w_uv = load_kv_b(f, prefix, H, L, N, Vd)
         self.register_buffer("w_uk", w_uk)  # [H, N, L]
         self.register_buffer("w_uv", w_uv)  # [H, Vd, L]
+        self.k_b = self.v_b = None  # the same maps as GGUF blocks: [H * L, N] and [H * Vd, L]
+        if f.has_tensor(f"{prefix}.attn_k_b.weight"):
+            k_b, v_b = quantized(f, f"{prefix}.attn_k_b.weight", (H, L, N)), quantized(f, f"{prefix}.attn_v_b.weight", (H, Vd, L))
+            if k_b.ggml_type not in kernels.FLOAT_TYPES and v_b.ggml_type not in kernels.FLOAT_TYPES:
+                self.k_b, self.v_b = k_b, v_b
         self.o = Linear.from_gguf(f, f"{prefix}.attn_output", D, H * Vd)
 
     def allocate(self, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,9 +153,13 @@ class MLAttention(nn.Module):
         """q_nope [n, H, N], q_pe [n, H, R] -> [n, H, Vd], attending in latent space."""
         n, H, L = q_nope.shape[0], self.num_heads, self.kv_lora_rank
         S = past + n
-        q_latent = torch.bmm(q_nope.transpose(0, 1), self.w_uk)  # [H, n, N] @ [H, N, L] -> [H, n, L]
+        quantized_maps = self.k_b is not None and self.activations == "q8" and q_nope.device.type == "cpu"
+        if quantized_maps:
+            q_latent = kernels.matmul_q8_heads(self.k_b, q_nope.float()).to(q_nope.dtype)  # [n, H, L]
+        else:
+            q_latent = torch.bmm(q_nope.transpose(0, 1), self.w_uk).transpose(0, 1)  # [H, n, N] @ [H, N, L]
         # One key head for all H query heads: fold heads into rows, so scoring is a single GEMM.
-        rows = torch.cat([q_latent.transpose(0, 1), q_pe], dim=-1).reshape(n * H, L + self.qk_rope_head_dim)
+        rows = torch.cat([q_latent, q_pe], dim=-1).reshape(n * H, L + self.qk_rope_head_dim)
         joint = (L + self.qk_rope_head_dim, 1)
         if latent_cache.stride() == joint and pe_cache.data_ptr() == latent_cache.data_ptr() + L * latent_cache.element_size():
             keys = latent_cache.as_strided((S, L + self.qk_rope_head_dim), latent_cache.stride())  # [S, L+R]
@@ -161,6 +176,8 @@ class MLAttention(nn.Module):
                 keys_pos = torch.arange(S, device=rows.device)
                 scores = scores.masked_fill(keys_pos[None, :] > (past + t)[:, None], float("-inf"))
             o[r0:r1] = F.softmax(scores, dim=-1) @ values  # [rows, L]
+        if quantized_maps:
+            return kernels.matmul_q8_heads(self.v_b, o.view(n, H, L).float()).to(o.dtype)  # [n, H, Vd]
         o = o.view(n, H, L).transpose(0, 1)  # [H, n, L]
         return torch.bmm(o, self.w_uv.transpose(1, 2)).transpose(0, 1)  # [H, n, Vd] -> [n, H, Vd]
 

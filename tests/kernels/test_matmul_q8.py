@@ -100,3 +100,19 @@ def test_close_to_the_float_product():
     x = torch.randn(4, 1024)
     ours, exact = kernels.matmul_q8(w, x).double(), kernels.matmul_reference(w, x)
     assert (ours - exact).abs().max() <= 2e-2 * exact.abs().max()
+
+
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_K", "Q5_0"])
+@pytest.mark.parametrize("tokens", [1, 11])
+def test_heads_are_independent_matmuls(name, tokens):
+    """matmul_q8_heads = one matmul_q8 per head on its slice of rows, bit for bit."""
+    H, n = 3, 20
+    w = weight(name, H * n, cols_for(name), seed=3)
+    x = torch.randn(tokens, H, w.shape[1])
+    y = kernels.matmul_q8_heads(w, x)
+    row_bytes = w.raw.nbytes // (H * n)
+    for h in range(H):
+        head = kernels.QuantWeight(w.raw[h * n * row_bytes : (h + 1) * n * row_bytes], w.ggml_type, (n, w.shape[1]))
+        assert torch.equal(y[:, h], kernels.matmul_q8(head, x[:, h].contiguous()))
+    with pytest.raises(kernels.KernelError, match="H dividing"):
+        kernels.matmul_q8_heads(w, torch.randn(tokens, 7, w.shape[1]))

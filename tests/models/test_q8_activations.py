@@ -10,6 +10,7 @@ import torch
 from backend.gguf_model import open_gguf
 from backend.kv_cache import ForwardBatch
 from backend.layers.linear import Linear
+from backend.layers.mla import MLAttention
 from backend.layers.moe import Experts
 from backend.models import load_model
 from backend.testmodels import model_config, write_model
@@ -52,4 +53,25 @@ def test_q8_activations_stay_close_to_exact(arch, qtype, tmp_path):
     err = (logits[1] - logits[0])[same_route].abs().max().item()
     scale = logits[0].abs().max().item()
     print(f"{arch} {qtype}: q8 vs exact {err / scale:.2e} x max|logit|, {24 - int(same_route.sum())} routing flips")
+    assert 0 < err <= Q8_RTOL * scale
+
+
+def test_mla_absorbed_path_reads_the_quantized_head_maps(tmp_path, monkeypatch):
+    """q8 decode applies attn_k_b / attn_v_b from their blocks (one integer call for all heads);
+    it stays within the q8 tolerance of the float path through the same absorbed attention."""
+    path = write_model("deepseek2", tmp_path / "m.gguf", qtype="Q8_0")
+    monkeypatch.setattr(MLAttention, "force_path", "absorbed")
+    exact, fast = (load_model(open_gguf(path), activations=mode) for mode in ("float", "q8"))
+    attn = [m for m in fast.modules() if isinstance(m, MLAttention)]
+    assert attn and all(m.k_b is not None and m.activations == "q8" for m in attn)
+    vocab = model_config("deepseek2", None)["vocab_size"]
+    prompt = torch.randint(0, vocab, (9,), generator=torch.Generator().manual_seed(1))
+    last = []
+    for model in (exact, fast):
+        cache = model.allocate_cache(10)
+        batch = ForwardBatch.single(9, cache)
+        model(prompt, batch)
+        batch.advance()
+        last.append(model(prompt[-1:], ForwardBatch.single(1, cache)))  # a decode step over 9 cached
+    err, scale = (last[1] - last[0]).abs().max().item(), last[0].abs().max().item()
     assert 0 < err <= Q8_RTOL * scale
