@@ -172,6 +172,57 @@ static void stream_q4_k(const uint8_t *w, int64_t row_bytes, int64_t rows, const
     finish_regs(acc, nt, y + r, ldy);
   }
 }
+
+// Q4_1 without the int8 buffer, as Q4_K: nibbles are unsigned, so dpbusd takes them as they
+// are; piece p holds blocks 2p and 2p + 1, each [low nibbles, high nibbles] of its 16 bytes
+// (the 32-blocks' natural order). The 8 block scales d and offsets m go from fp16 straight
+// into the two lanes of each block; a part-filled last chunk (K = 576: 2.25 chunks) reads only
+// its blocks. Same integers and float operations as the generic path, so the same bits.
+static inline __attribute__((always_inline)) __m512 halves_per_block(const uint8_t *b, int stride, int nblk) {
+  uint16_t v[8];
+  for (int i = 0; i < 8; ++i) v[i] = i < nblk ? load_u16(b + i * stride) : 0;  // zeros past the row's end
+  const __m128i h = _mm_setr_epi16((short)v[0], (short)v[1], (short)v[2], (short)v[3], (short)v[4], (short)v[5],
+                                   (short)v[6], (short)v[7]);
+  return _mm512_cvtph_ps(_mm256_set_m128i(_mm_unpackhi_epi16(h, h), _mm_unpacklo_epi16(h, h)));
+}
+
+// 16 bytes of block nibbles -> [low nibbles, high nibbles] (zeros for a block past the row's end).
+static inline __attribute__((always_inline)) void nibble_halves(const uint8_t *qs, bool valid, __m128i *lo,
+                                                               __m128i *hi) {
+  const __m128i mask = _mm_set1_epi8(0x0F);
+  const __m128i v = valid ? _mm_loadu_si128((const __m128i *)qs) : _mm_setzero_si128();
+  *lo = _mm_and_si128(v, mask);
+  *hi = _mm_and_si128(_mm_srli_epi16(v, 4), mask);
+}
+
+static void stream_q4_1(const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, int64_t nt, float *y,
+                        int64_t ldy) {
+  const int64_t blocks = a.k / 32;
+  __m512 acc[kTokenTile];
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t t = 0; t < nt; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < a.chunks; ++c) {
+      const uint8_t *b = w + r * row_bytes + c * 8 * 20;
+      const int nblk = (int)(blocks - c * 8 < 8 ? blocks - c * 8 : 8);
+      const __m512 ws = halves_per_block(b, 20, nblk), wo = halves_per_block(b + 2, 20, nblk);
+      __m512i q[4];
+      for (int p = 0; p < 4; ++p) {
+        __m128i l0, h0, l1, h1;
+        nibble_halves(b + 40 * p + 4, 2 * p < nblk, &l0, &h0);
+        nibble_halves(b + 40 * p + 24, 2 * p + 1 < nblk, &l1, &h1);
+        __m512i v = _mm512_inserti32x4(_mm512_castsi128_si512(l0), h0, 1);
+        v = _mm512_inserti32x4(v, l1, 2);
+        q[p] = _mm512_inserti32x4(v, h1, 3);
+      }
+      for (int64_t t = 0; t < nt; ++t) {
+        const int64_t off = t * a.chunks + c;
+        acc[t] = combine_regs(acc[t], a.scale + off * kSubQ, ws, wo, isums_regs(q, a.q + off * kChunkQ, nullptr, false),
+                              a.asum + off * kSubQ);
+      }
+    }
+    finish_regs(acc, nt, y + r, ldy);
+  }
+}
 #endif
 
 // Few tokens (decoding): a row is unpacked whole into L1, then used by every token. Unpacking
@@ -230,6 +281,7 @@ void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, c
   const Unpacker up{unpack_fn(type), a.k / g.block_size, kChunkQ / g.block_size, g.type_size};
 #if defined(__AVX512VNNI__)
   if (num_tokens <= kTokenTile && type == kQ4_K) return stream_q4_k(w, row_bytes, rows, a, num_tokens, y, ldy);
+  if (num_tokens <= kTokenTile && type == kQ4_1) return stream_q4_1(w, row_bytes, rows, a, num_tokens, y, ldy);
 #endif
   if (num_tokens <= kTokenTile) return stream_rows(up, w, row_bytes, rows, a, num_tokens, y, ldy);
   const int64_t chunks = a.chunks;
