@@ -112,6 +112,7 @@ class GenerateRequest:
     format: str | dict | None = None  # None, "json" or a JSON schema
     keep_alive: float | None = None  # seconds; None: server default; < 0: forever
     truncate: bool = True  # False: a prompt longer than num_ctx is an error, not truncated
+    shift: bool = True  # False: a full context ends generation ("length") instead of shifting
 
 
 @dataclass(frozen=True)

@@ -234,7 +234,7 @@ class LoadedModel:
         if limit >= 0 and len(seq.output) >= limit:
             return self._finish(seq, "length")
         if len(seq.tokens) >= self.num_ctx:
-            if limit == -2:
+            if limit == -2 or not seq.request.shift:
                 return self._finish(seq, "length")
             self._shift(seq)
 

@@ -85,13 +85,14 @@ def _common(app: web.Application, body: dict, info: ModelInfo) -> dict[str, Any]
     settings = app[SETTINGS]
     merged = opt.merge_options(info.parameters, body.get("options"))
     top = opt.top_logprobs(body.get("top_logprobs"))
-    truncate = body.get("truncate")
+    truncate, shift = body.get("truncate"), body.get("shift")
     return {
         "sampling": opt.sampling_params(merged, bool(body.get("logprobs")), top),
         "load": opt.load_options(merged, settings),
         "keep_alive": opt.keep_alive(body.get("keep_alive")),
         "format": _format(body.get("format")),
         "truncate": True if truncate is None else bool(truncate),
+        "shift": True if shift is None else bool(shift),
     }
 
 

@@ -230,3 +230,19 @@ def test_grammar_mask_drives_random_logits_to_the_schema(tmp_path):
             out.append(token)
             assert len(out) < 64
         assert json.loads(tokenizer.decode(out)) in ({"ok": True}, {"ok": False})
+
+
+async def test_a_full_context_shifts_unless_the_request_says_not_to(engine):
+    """Ollama's context shift: generation past num_ctx drops old tokens and goes on; with
+    `shift: false` (or num_predict -2) a full context ends the answer with done_reason length."""
+    small = LoadOptions(num_ctx=32, num_batch=32)
+    long = SamplingParams(temperature=0, repeat_penalty=1.0, num_predict=48)
+    shifted = (await collect(engine, request("hello world", long, load=small)))[-1]
+    assert shifted.metrics.eval_count == 48 and shifted.done_reason == "length"
+    unshifted = (await collect(engine, request("hello world", long, load=small, shift=False)))[-1]
+    full = (await collect(engine, request("hello world", SamplingParams(
+        temperature=0, repeat_penalty=1.0, num_predict=-2), load=small)))[-1]
+    # Both stop at the wall: the prompt's few tokens plus the answer fill the 32 positions (the
+    # prompt was cached by the first request, so prompt_eval_count does not tell its length).
+    assert unshifted.done_reason == full.done_reason == "length"
+    assert 20 < unshifted.metrics.eval_count == full.metrics.eval_count < 32
