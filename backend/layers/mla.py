@@ -132,13 +132,33 @@ class MLAttention(nn.Module):
         q_pe = apply_rope(q_pe, cos, sin, neox=False)
         k_pe = apply_rope(kv[:, None, L:], cos, sin, neox=False)[:, 0]  # [T, R], one head shared by all
         out = x.new_empty(T, H, self.v_head_dim)
-        for (start, end), cache in zip(batch.spans(), batch.caches):
+        spans = [(start, end, cache) for (start, end), cache in zip(batch.spans(), batch.caches)]
+        absorbed = [self._use_absorbed(end - start, cache.length + end - start) for start, end, cache in spans]
+        # With 8-bit activations the per-head maps run from their GGUF blocks, once per step for
+        # the tokens of every absorbed sequence together (each map read once, not per sequence).
+        quantized_maps = self.k_b is not None and self.activations == "q8" and x.device.type == "cpu" and any(absorbed)
+        if quantized_maps:
+            idx = torch.cat([torch.arange(start, end) for (start, end, _), a in zip(spans, absorbed) if a])
+            q_latent = kernels.matmul_q8_heads(self.k_b, q_nope[idx].float()).to(x.dtype)  # [Ta, H, L]
+            o_latent = x.new_empty(len(idx), H, L)
+        offset = 0
+        for (start, end, cache), use_absorbed in zip(spans, absorbed):
             latent_cache, pe_cache = cache.layers[layer]
             past, n = cache.length, end - start
             latent_cache[past : past + n] = latent[start:end]
             pe_cache[past : past + n] = k_pe[start:end]
-            args = (q_nope[start:end], q_pe[start:end], latent_cache, pe_cache, past)
-            out[start:end] = self._absorbed(*args) if self._use_absorbed(n, past + n) else self._expanded(*args)
+            if not use_absorbed:
+                out[start:end] = self._expanded(q_nope[start:end], q_pe[start:end], latent_cache, pe_cache, past)
+            elif quantized_maps:
+                q_lat = q_latent[offset : offset + n]
+                o_latent[offset : offset + n] = self._attend_latent(q_lat, q_pe[start:end], latent_cache, pe_cache, past)
+                offset += n
+            else:  # float maps, per sequence: w_uk folded into the query, w_uv applied after
+                q_lat = torch.bmm(q_nope[start:end].transpose(0, 1), self.w_uk).transpose(0, 1)  # [n, H, L]
+                o = self._attend_latent(q_lat, q_pe[start:end], latent_cache, pe_cache, past).transpose(0, 1)
+                out[start:end] = torch.bmm(o, self.w_uv.transpose(1, 2)).transpose(0, 1)  # [n, H, Vd]
+        if quantized_maps:
+            out[idx] = kernels.matmul_q8_heads(self.v_b, o_latent.float()).to(out.dtype)  # [Ta, H, Vd]
         return self.o(out.reshape(T, H * self.v_head_dim))
 
     def _use_absorbed(self, n: int, S: int) -> bool:
@@ -149,15 +169,11 @@ class MLAttention(nn.Module):
         expanded = S * L * (N + Vd) + n * S * (N + R + Vd)  # per head: up-project S latents, plain attention
         return absorbed <= expanded
 
-    def _absorbed(self, q_nope, q_pe, latent_cache, pe_cache, past: int) -> torch.Tensor:
-        """q_nope [n, H, N], q_pe [n, H, R] -> [n, H, Vd], attending in latent space."""
-        n, H, L = q_nope.shape[0], self.num_heads, self.kv_lora_rank
+    def _attend_latent(self, q_latent, q_pe, latent_cache, pe_cache, past: int) -> torch.Tensor:
+        """q_latent [n, H, L] (w_uk folded in), q_pe [n, H, R] -> the attended latents [n, H, L]:
+        one-key-head MQA straight over the cached latents."""
+        n, H, L = q_latent.shape[0], self.num_heads, self.kv_lora_rank
         S = past + n
-        quantized_maps = self.k_b is not None and self.activations == "q8" and q_nope.device.type == "cpu"
-        if quantized_maps:
-            q_latent = kernels.matmul_q8_heads(self.k_b, q_nope.float()).to(q_nope.dtype)  # [n, H, L]
-        else:
-            q_latent = torch.bmm(q_nope.transpose(0, 1), self.w_uk).transpose(0, 1)  # [H, n, N] @ [H, N, L]
         # One key head for all H query heads: fold heads into rows, so scoring is a single GEMM.
         rows = torch.cat([q_latent, q_pe], dim=-1).reshape(n * H, L + self.qk_rope_head_dim)
         joint = (L + self.qk_rope_head_dim, 1)
@@ -176,10 +192,7 @@ class MLAttention(nn.Module):
                 keys_pos = torch.arange(S, device=rows.device)
                 scores = scores.masked_fill(keys_pos[None, :] > (past + t)[:, None], float("-inf"))
             o[r0:r1] = F.softmax(scores, dim=-1) @ values  # [rows, L]
-        if quantized_maps:
-            return kernels.matmul_q8_heads(self.v_b, o.view(n, H, L).float()).to(o.dtype)  # [n, H, Vd]
-        o = o.view(n, H, L).transpose(0, 1)  # [H, n, L]
-        return torch.bmm(o, self.w_uv.transpose(1, 2)).transpose(0, 1)  # [H, n, Vd] -> [n, H, Vd]
+        return o.view(n, H, L)
 
     def _expanded(self, q_nope, q_pe, latent_cache, pe_cache, past: int) -> torch.Tensor:
         """q_nope [n, H, N], q_pe [n, H, R] -> [n, H, Vd], with per-head keys/values rebuilt."""

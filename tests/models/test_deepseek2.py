@@ -149,9 +149,9 @@ def test_logits_indices_and_hidden_states(tmp_path):
 def test_automatic_path_expands_prefill_and_absorbs_decode(tmp_path, monkeypatch):
     model = load_model(open_gguf(write_model("deepseek2", tmp_path / "m.gguf", config=V3)))
     calls = []
-    for path in ("absorbed", "expanded"):
-        real = getattr(MLAttention, f"_{path}")
-        monkeypatch.setattr(MLAttention, f"_{path}", lambda self, *a, _p=path, _f=real: calls.append(_p) or _f(self, *a))
+    for path, method in (("absorbed", "_attend_latent"), ("expanded", "_expanded")):
+        real = getattr(MLAttention, method)
+        monkeypatch.setattr(MLAttention, method, lambda self, *a, _p=path, _f=real: calls.append(_p) or _f(self, *a))
     cache = model.allocate_cache(32)
     for n in (24, 1):
         batch = ForwardBatch.single(n, cache)
