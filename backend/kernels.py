@@ -47,6 +47,7 @@ def _load() -> ctypes.CDLL:
         "moe_dequantize": ([ctypes.c_int, vp, i64, fp, i64], ctypes.c_int),
         "moe_matmul": ([ctypes.c_int, vp, i64, i64, i64, fp, i64, fp], ctypes.c_int),
         "moe_matmul_q8": ([ctypes.c_int, vp, i64, i64, i64, fp, i64, fp], ctypes.c_int),
+        "moe_matmul_q8_many": ([ctypes.c_int, vp, vp, vp, vp, i64, fp, i64, vp], ctypes.c_int),
         "moe_matmul_q8_heads": ([ctypes.c_int, vp, i64, i64, i64, i64, fp, i64, fp], ctypes.c_int),
         "moe_quantize_activations": ([ctypes.c_int, fp, i64, i64, vp, fp, fp], ctypes.c_int),
         "moe_experts": ([i64, i64, i64, i64, i64, fp, vp, fp, vp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp,
@@ -269,6 +270,28 @@ def matmul_q8(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
     )  # fmt: skip
     _check(code, f"matmul_q8 {type_name(weight.ggml_type)} {weight.shape}")
     return y
+
+
+def matmul_q8_many(weights: list[QuantWeight], x: torch.Tensor) -> list[torch.Tensor]:
+    """[matmul_q8(w, x) for w in weights] in one call, x quantized once per activation format:
+    the same bits, one pass of the thread pool (q/k/v, gate/up). Quantized weight types only."""
+    cols = x.shape[-1] if x.dim() == 2 else -1
+    x = _check_x(x, cols, "matmul_q8_many")
+    if any(w.shape[1] != cols or w.ggml_type in FLOAT_TYPES for w in weights):
+        raise KernelError(f"matmul_q8_many: every weight must be quantized with {cols} columns, got "
+                          f"{[(type_name(w.ggml_type), w.shape) for w in weights]}")  # fmt: skip
+    ys = [torch.empty((x.shape[0], w.shape[0]), dtype=torch.float32) for w in weights]
+    if x.shape[0] == 0:
+        return ys
+    count = len(weights)
+    arr = lambda ctype, values: (ctype * count)(*values)  # noqa: E731
+    code = _lib.moe_matmul_q8_many(
+        count, arr(ctypes.c_int, [int(w.ggml_type) for w in weights]), arr(ctypes.c_void_p, [w.raw.ctypes.data for w in weights]),
+        arr(ctypes.c_int64, [w.raw.nbytes for w in weights]), arr(ctypes.c_int64, [w.shape[0] for w in weights]), cols,
+        ctypes.cast(x.data_ptr(), ctypes.POINTER(ctypes.c_float)), x.shape[0], arr(ctypes.c_void_p, [y.data_ptr() for y in ys]),
+    )  # fmt: skip
+    _check(code, "matmul_q8_many")
+    return ys
 
 
 def matmul_q8_heads(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:

@@ -106,7 +106,10 @@ def differential(shape_name: str, tokens: list[int], extra: int, reps: int, thre
     for n, path in files.items():
         for name in ("ours", "llama.cpp"):
             engine = Ours(str(path), threads) if name == "ours" else LlamaCpp(str(path), threads)
-            engine.prompt(rng.integers(100, 32000, 8).tolist(), 64)  # warm-up
+            # Warm-up long enough to route to every expert: our weights are mapped, not read at
+            # load (llama.cpp populates its map while loading), so first touches must not land
+            # in a measurement.
+            engine.prompt(rng.integers(100, 32000, max(256, max(tokens))).tolist(), 1024)
             for T in tokens:
                 prompt = rng.integers(100, 32000, T).tolist()
                 times = []

@@ -188,6 +188,25 @@ MOE_API int moe_matmul_q8(int type, const void *weight, int64_t weight_bytes, in
   return moe_matmul_q8_heads(type, weight, weight_bytes, 1, n, k, x, num_tokens, y);
 }
 
+MOE_API int moe_matmul_q8_many(int count, const int *types, const void *const *weights,
+                               const int64_t *weight_bytes, const int64_t *n, int64_t k, const float *x,
+                               int64_t num_tokens, float *const *ys) {
+  if (count <= 0 || !types || !weights || !weight_bytes || !n || !ys || !x || k <= 0 || num_tokens < 0)
+    return MOE_ERR_SHAPE;
+  for (int i = 0; i < count; ++i) {
+    const Geometry g = geometry(types[i]);
+    if (g.block_size <= 1) return MOE_ERR_TYPE;
+    if (!weights[i] || !ys[i] || n[i] <= 0 || k % g.block_size) return MOE_ERR_SHAPE;
+    if (weight_bytes[i] < n[i] * (k / g.block_size * g.type_size)) return MOE_ERR_SIZE;
+  }
+  if (num_tokens == 0) return 0;
+  Runtime &rt = runtime();
+  std::lock_guard<std::mutex> lock(rt.mutex);
+  qmatmul_many(pool_locked(rt), moe_isa_active(), count, types, (const uint8_t *const *)weights, n, k, x, num_tokens,
+               ys);
+  return 0;
+}
+
 MOE_API int moe_matmul_q8_heads(int type, const void *weight, int64_t weight_bytes, int64_t heads, int64_t n,
                                 int64_t k, const float *x, int64_t num_tokens, float *y) {
   const Geometry g = geometry(type);

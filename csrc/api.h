@@ -50,6 +50,13 @@ MOE_API int moe_experts(int64_t num_tokens, int64_t dim, int64_t hidden, int64_t
 MOE_API int moe_matmul_q8(int ggml_type, const void *weight, int64_t weight_bytes, int64_t n, int64_t k,
                           const float *x, int64_t num_tokens, float *y);
 
+// count weights over the same x [num_tokens, k] in one call, x quantized once per activation
+// format: ys[i] [num_tokens, n[i]] = moe_matmul_q8(weights[i]) bit for bit (q/k/v, gate/up).
+// Quantized weight types only.
+MOE_API int moe_matmul_q8_many(int count, const int *ggml_types, const void *const *weights,
+                               const int64_t *weight_bytes, const int64_t *n, int64_t k, const float *x,
+                               int64_t num_tokens, float *const *ys);
+
 // heads independent moe_matmul_q8 products in one call (multi-head projections such as MLA's
 // per-head latent maps): weight [heads, n, k] GGUF blocks, x [num_tokens, heads, k], y
 // [num_tokens, heads, n]. Quantized weight types only.

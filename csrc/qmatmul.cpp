@@ -3,6 +3,7 @@
 #include "qmatmul.h"
 
 #include <algorithm>
+#include <memory>
 #include <vector>
 
 #include "quants/formats.h"
@@ -36,6 +37,30 @@ void qmatmul(ThreadPool &pool, int isa, int type, const uint8_t *w, int64_t head
     const int64_t h = task / per_head, row0 = task % per_head * kQRows, rows = std::min(kQRows, n - row0);
     rows_fn(type, w + (h * n + row0) * row_bytes, row_bytes, rows, act_slots(a, h * T), T, y + h * n + row0,
             heads * n);
+  });
+}
+
+void qmatmul_many(ThreadPool &pool, int isa, int count, const int *types, const uint8_t *const *w, const int64_t *n,
+                  int64_t k, const float *x, int64_t num_tokens, float *const *ys) {
+  std::unique_ptr<QActBuffers> by_kind[3];  // one quantization per activation format
+  for (int i = 0; i < count; ++i) {
+    const int kind = act_kind_for(types[i]);
+    if (by_kind[kind]) continue;
+    by_kind[kind] = std::make_unique<QActBuffers>(num_tokens, k);
+    const QActView &a = by_kind[kind]->view;
+    pool.parallel_for(num_tokens, [&](int64_t t) { quantize_act_row(kind, x + t * k, t, a); });
+  }
+  struct Task { int weight; int64_t row0; };
+  std::vector<Task> tasks;
+  for (int i = 0; i < count; ++i)
+    for (int64_t r = 0; r < n[i]; r += kQRows) tasks.push_back({i, r});
+  const QRowsFn rows_fn = qrows_kernel(isa);
+  pool.parallel_for((int64_t)tasks.size(), [&](int64_t j) {
+    const int i = tasks[j].weight;
+    const Geometry g = geometry(types[i]);
+    const int64_t row_bytes = k / g.block_size * g.type_size, row0 = tasks[j].row0, rows = std::min(kQRows, n[i] - row0);
+    rows_fn(types[i], w[i] + row0 * row_bytes, row_bytes, rows, by_kind[act_kind_for(types[i])]->view, num_tokens,
+            ys[i] + row0, n[i]);
   });
 }
 

@@ -35,4 +35,10 @@ QActView act_slots(const QActView &v, int64_t s0);
 void qmatmul(ThreadPool &pool, int isa, int type, const uint8_t *w, int64_t heads, int64_t n, int64_t k,
              const float *x, int64_t num_tokens, float *y);
 
+// Several weights over the same input x [T, k] in one call: x is quantized once per activation
+// format they need, and all their row blocks share the pool. ys[i] is [T, n[i]]. The same bits
+// as one qmatmul per weight.
+void qmatmul_many(ThreadPool &pool, int isa, int count, const int *types, const uint8_t *const *w, const int64_t *n,
+                  int64_t k, const float *x, int64_t num_tokens, float *const *ys);
+
 }  // namespace moe

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..gguf_model import GGUFFile
 from ..kv_cache import ForwardBatch
-from .linear import Linear, load
+from .linear import Linear, load, project_many
 from .norm import RMSNorm
 from .rope import apply_rope, rope_cos_sin
 
@@ -94,9 +94,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch, layer: int) -> torch.Tensor:
         T = x.shape[0]
-        q = self.q(x).view(T, self.num_heads, self.head_dim)  # [T, H, Dh]
-        k = self.k(x).view(T, self.num_kv_heads, self.head_dim)  # [T, K, Dh]
-        v = self.v(x).view(T, self.num_kv_heads, self.head_dim)  # [T, K, Dh]
+        q, k, v = project_many((self.q, self.k, self.v), x)  # x quantized once for all three
+        q = q.view(T, self.num_heads, self.head_dim)  # [T, H, Dh]
+        k = k.view(T, self.num_kv_heads, self.head_dim)  # [T, K, Dh]
+        v = v.view(T, self.num_kv_heads, self.head_dim)  # [T, K, Dh]
         if self.q_norm is not None:  # per-head norm before rope (Qwen3, Gemma 3)
             q, k = self.q_norm(q), self.k_norm(k)
         cos, sin = rope_cos_sin(positions, self.inv_freq)  # [T, Dh/2]

@@ -96,6 +96,22 @@ class Linear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
+def project_many(linears: tuple[Linear, ...], x: torch.Tensor) -> list[torch.Tensor]:
+    """[linear(x) for linear in linears]: with 8-bit activations on the CPU and every weight
+    quantized, one kernel call quantizes x once for all of them (q/k/v, gate/up), same bits."""
+    if x.device.type != "cpu" or any(
+        lin.qweight is None or lin.activations != "q8" or lin.qweight.ggml_type in kernels.FLOAT_TYPES for lin in linears
+    ):  # fmt: skip
+        return [lin(x) for lin in linears]
+    k = x.shape[-1]
+    ys = kernels.matmul_q8_many([lin.qweight for lin in linears], x.reshape(-1, k).float())
+    out = []
+    for lin, y in zip(linears, ys):
+        y = y.reshape(*x.shape[:-1], lin.qweight.shape[0]).to(x.dtype)
+        out.append(y if lin.bias is None else y + lin.bias)
+    return out
+
+
 def set_activations(model: nn.Module, mode: str) -> nn.Module:
     """Every Linear of `model`, and every module that declares `activations` as Linear does
     (the fused experts), takes `mode` activations (ACTIVATIONS); returns the model."""
@@ -117,7 +133,8 @@ class FeedForward(nn.Module):
         self.down = Linear.from_gguf(f, f"{prefix}.ffn_down{suffix}", dim, hidden_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, D] -> [T, D]
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        gate, up = project_many((self.gate, self.up), x)
+        return self.down(F.silu(gate) * up)
 
     def quantized(self) -> tuple[kernels.QuantWeight, kernels.QuantWeight, kernels.QuantWeight] | None:
         """(gate, up, down) blocks for the fused MoE kernel, or None if any is float or biased."""

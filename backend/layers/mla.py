@@ -9,7 +9,7 @@ from torch import nn
 from ..gguf_model import GGUFError, GGUFFile
 from ..kv_cache import ForwardBatch
 from .. import kernels
-from .linear import DEFAULT_ACTIVATIONS, Linear, load, quantized
+from .linear import DEFAULT_ACTIVATIONS, Linear, load, project_many, quantized
 from .norm import RMSNorm
 from .rope import apply_rope, rope_cos_sin
 
@@ -124,9 +124,9 @@ class MLAttention(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch, layer: int) -> torch.Tensor:
         T, H, L = x.shape[0], self.num_heads, self.kv_lora_rank
         N, R = self.qk_nope_head_dim, self.qk_rope_head_dim
-        q = self.q_b(self.q_a_norm(self.q_a(x))) if hasattr(self, "q_b") else self.q(x)
+        q_in, kv = project_many((self.q_a if hasattr(self, "q_b") else self.q, self.kv_a), x)  # kv: [T, L + R]
+        q = self.q_b(self.q_a_norm(q_in)) if hasattr(self, "q_b") else q_in
         q_nope, q_pe = q.view(T, H, N + R).split([N, R], dim=-1)  # [T, H, N], [T, H, R]
-        kv = self.kv_a(x)  # [T, L + R]
         latent = self.kv_a_norm(kv[:, :L])  # [T, L]
         cos, sin = rope_cos_sin(positions, self.inv_freq, self.rope_scale)  # [T, R/2]
         q_pe = apply_rope(q_pe, cos, sin, neox=False)

@@ -12,7 +12,7 @@ from torch import nn
 from ..gguf_model import GGUFFile
 from ..kv_cache import ForwardBatch, SequenceCache
 from ..layers.attention import Attention
-from ..layers.linear import Embedding, Linear, load
+from ..layers.linear import Embedding, Linear, load, project_many
 from ..layers.norm import RMSNorm
 from ..layers.rope import linear_scaling_factor, rope_inv_freq
 
@@ -87,7 +87,8 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch, i: int) -> torch.Tensor:
         x = x + self.post_attn_norm(self.attn(self.attn_norm(x), positions, batch, i))  # [T, D]
         h = self.ffn_norm(x)
-        h = self.down(F.gelu(self.gate(h), approximate="tanh") * self.up(h))
+        gate, up = project_many((self.gate, self.up), h)
+        h = self.down(F.gelu(gate, approximate="tanh") * up)
         return x + self.post_ffn_norm(h)
 
 

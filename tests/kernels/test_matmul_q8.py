@@ -116,3 +116,15 @@ def test_heads_are_independent_matmuls(name, tokens):
         assert torch.equal(y[:, h], kernels.matmul_q8(head, x[:, h].contiguous()))
     with pytest.raises(kernels.KernelError, match="H dividing"):
         kernels.matmul_q8_heads(w, torch.randn(tokens, 7, w.shape[1]))
+
+
+def test_many_weights_over_one_input_equal_separate_calls():
+    """One quantization of x shared by weights of different types (Q8_K and Q8_0 formats)."""
+    ws = [weight("Q4_K", 40, 512, seed=4), weight("Q8_0", 24, 512, seed=5), weight("Q6_K", 8, 512, seed=6)]
+    for tokens in (1, 11):
+        x = torch.randn(tokens, 512)
+        together = kernels.matmul_q8_many(ws, x)
+        for w, y in zip(ws, together):
+            assert torch.equal(y, kernels.matmul_q8(w, x))
+    with pytest.raises(kernels.KernelError, match="quantized"):
+        kernels.matmul_q8_many([weight("F16", 8, 512)], torch.randn(1, 512))
