@@ -223,6 +223,57 @@ static void stream_q4_1(const uint8_t *w, int64_t row_bytes, int64_t rows, const
     finish_regs(acc, nt, y + r, ldy);
   }
 }
+
+// IQ1_S (the 1.58-bit DeepSeek-R1's experts) without the int8 buffer. A weight is
+// ws * (8 g + delta) with g in {-1, 0, 1} from the codebook, so per sub-block
+// sum (8 g + delta) a = 8 (sum (g + 1) a - bsum) + delta bsum: dpbusd takes the unsigned g + 1
+// as gathered (32 codebook rows of 8 per chunk, indices built in SIMD), and the integer
+// equals the generic path's exactly, so the bits do too.
+static void stream_iq1_s(const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, int64_t nt, float *y,
+                         int64_t ldy) {
+  const __m512i perm_lo = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  const __m512i perm_hi = _mm512_add_epi32(perm_lo, _mm512_set1_epi32(4));
+  const __m512i shifts = _mm512_setr_epi32(0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9);
+  const __m512i seven = _mm512_set1_epi32(7), ones = _mm512_set1_epi8(1);
+  const __m512i pairs = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+  const long long *grid = (const long long *)kIq1sGrid;
+  __m512 acc[kTokenTile];
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t t = 0; t < nt; ++t) acc[t] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < a.chunks; ++c) {
+      const uint8_t *b = w + r * row_bytes + c * 50;
+      const __m128i qh8 = _mm_loadu_si128((const __m128i *)(b + 34));  // 8 x u16
+      const __m512i qh = _mm512_cvtepu16_epi32(_mm256_castsi128_si256(qh8));  // lanes 0-7
+      __m512i idx[2];
+      for (int h = 0; h < 2; ++h) {
+        const __m512i qs = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 2 + 16 * h)));
+        const __m512i hi = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi32(h ? perm_hi : perm_lo, qh), shifts), seven);
+        idx[h] = _mm512_or_si512(qs, _mm512_slli_epi32(hi, 8));
+      }
+      __m512i q[4];
+      for (int p = 0; p < 4; ++p) {
+        const __m256i ix = p % 2 ? _mm512_extracti64x4_epi64(idx[p / 2], 1) : _mm512_castsi512_si256(idx[p / 2]);
+        q[p] = _mm512_add_epi8(_mm512_i32gather_epi64(ix, grid, 8), ones);
+      }
+      // ws = d * (2 s + 1) * 0.125 per block, as the scalar unpacker's operations, two lanes each.
+      const __m512i s21 = _mm512_add_epi32(_mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(qh, 12), seven), 1),
+                                           _mm512_set1_epi32(1));
+      const __m512 blk = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(load_half(b)), _mm512_cvtepi32_ps(s21)),
+                                       _mm512_set1_ps(0.125f));
+      const __m512 ws = _mm512_permutexvar_ps(pairs, blk);
+      const __mmask16 negative = (__mmask16)_mm_movemask_epi8(_mm_srai_epi16(qh8, 15));  // both lanes of a block
+      for (int64_t t = 0; t < nt; ++t) {
+        const int64_t off = t * a.chunks + c;
+        const __m512i bsum = _mm512_loadu_si512(a.bsum + off * kSubQ);
+        const __m512i u = isums_regs(q, a.q + off * kChunkQ, nullptr, false);
+        const __m512i delta_bsum = _mm512_mask_sub_epi32(bsum, negative, _mm512_setzero_si512(), bsum);
+        const __m512i isum = _mm512_add_epi32(_mm512_slli_epi32(_mm512_sub_epi32(u, bsum), 3), delta_bsum);
+        acc[t] = combine_regs(acc[t], a.scale + off * kSubQ, ws, _mm512_setzero_ps(), isum, a.asum + off * kSubQ);
+      }
+    }
+    finish_regs(acc, nt, y + r, ldy);
+  }
+}
 #endif
 
 // Few tokens (decoding): a row is unpacked whole into L1, then used by every token. Unpacking
@@ -282,6 +333,7 @@ void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, c
 #if defined(__AVX512VNNI__)
   if (num_tokens <= kTokenTile && type == kQ4_K) return stream_q4_k(w, row_bytes, rows, a, num_tokens, y, ldy);
   if (num_tokens <= kTokenTile && type == kQ4_1) return stream_q4_1(w, row_bytes, rows, a, num_tokens, y, ldy);
+  if (num_tokens <= kTokenTile && type == kIQ1_S) return stream_iq1_s(w, row_bytes, rows, a, num_tokens, y, ldy);
 #endif
   if (num_tokens <= kTokenTile) return stream_rows(up, w, row_bytes, rows, a, num_tokens, y, ldy);
   const int64_t chunks = a.chunks;
