@@ -143,84 +143,119 @@ static inline void finish_regs(const __m512 *acc, int64_t nt, float *y, int64_t 
   }
 }
 
-// Q4_K without the int8 buffer: its nibbles are already unsigned, so dpbusd takes them as
-// they are (no +128 shift); piece p of the natural order is [low nibbles, high nibbles] of
-// qs[32p .. 32p + 31]. The integer sums and the float operations equal the generic path's, so
-// the bits do too.
-static void stream_q4_k(const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, int64_t nt, float *y,
+// Register paths for few tokens: a type's chunk goes straight from its blocks into four
+// vectors of unsigned bytes plus 16-lane scale/offset vectors, never through the int8 buffer.
+// dpbusd takes the unsigned bytes as they are; where the generic path's int8 is that byte minus
+// a constant (Q8_0 stored with +128 here, Q5_0's 16), the constant times the activation's
+// sub-block sum comes off: the same integers, the same float operations, the same bits.
+enum class Offset { kNone = 0, k16 = 4, k128 = 7 };  // log2 of what each weight byte carries extra
+
+template <Offset kOff, auto kLoad>  // kLoad a compile-time function: inlined into the loop
+static void stream_regs(const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, int64_t nt, float *y,
                         int64_t ldy) {
-  const __m256i mask = _mm256_set1_epi8(0x0F);
   __m512 acc[kTokenTile];
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t t = 0; t < nt; ++t) acc[t] = _mm512_setzero_ps();
     for (int64_t c = 0; c < a.chunks; ++c) {
-      const uint8_t *b = w + r * row_bytes + c * 144;
       __m512 ws, wo;
-      q4_k_scales(b, &ws, &wo);
       __m512i q[4];
-      for (int p = 0; p < 4; ++p) {
-        const __m256i raw = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * p));
-        const __m256i lo = _mm256_and_si256(raw, mask), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
-        q[p] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-      }
+      kLoad(a, w + r * row_bytes, c, &ws, &wo, q);
       for (int64_t t = 0; t < nt; ++t) {
         const int64_t off = t * a.chunks + c;
-        acc[t] = combine_regs(acc[t], a.scale + off * kSubQ, ws, wo, isums_regs(q, a.q + off * kChunkQ, nullptr, false),
-                              a.asum + off * kSubQ);
+        __m512i isum = isums_regs(q, a.q + off * kChunkQ, nullptr, false);
+        if (kOff != Offset::kNone)
+          isum = _mm512_sub_epi32(isum, _mm512_slli_epi32(_mm512_loadu_si512(a.bsum + off * kSubQ), (int)kOff));
+        acc[t] = combine_regs(acc[t], a.scale + off * kSubQ, ws, wo, isum, a.asum + off * kSubQ);
       }
     }
     finish_regs(acc, nt, y + r, ldy);
   }
 }
 
-// Q4_1 without the int8 buffer, as Q4_K: nibbles are unsigned, so dpbusd takes them as they
-// are; piece p holds blocks 2p and 2p + 1, each [low nibbles, high nibbles] of its 16 bytes
-// (the 32-blocks' natural order). The 8 block scales d and offsets m go from fp16 straight
-// into the two lanes of each block; a part-filled last chunk (K = 576: 2.25 chunks) reads only
-// its blocks. Same integers and float operations as the generic path, so the same bits.
+// Q4_K: piece p of the natural order is [low nibbles, high nibbles] of qs[32p .. 32p + 31].
+static inline __attribute__((always_inline)) void load_q4_k(const QActView &, const uint8_t *row, int64_t c,
+                                                           __m512 *ws, __m512 *wo, __m512i *q) {
+  const uint8_t *b = row + c * 144;
+  const __m256i mask = _mm256_set1_epi8(0x0F);
+  q4_k_scales(b, ws, wo);
+  for (int p = 0; p < 4; ++p) {
+    const __m256i raw = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * p));
+    const __m256i lo = _mm256_and_si256(raw, mask), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+    q[p] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+  }
+}
+
+// The fp16 field at `b` of each of a chunk's 8 blocks (`stride` bytes apart) into the two lanes
+// of its block; zeros for blocks past the row's end (a K = 576 row has 2.25 chunks).
 static inline __attribute__((always_inline)) __m512 halves_per_block(const uint8_t *b, int stride, int nblk) {
   uint16_t v[8];
-  for (int i = 0; i < 8; ++i) v[i] = i < nblk ? load_u16(b + i * stride) : 0;  // zeros past the row's end
+  for (int i = 0; i < 8; ++i) v[i] = i < nblk ? load_u16(b + i * stride) : 0;
   const __m128i h = _mm_setr_epi16((short)v[0], (short)v[1], (short)v[2], (short)v[3], (short)v[4], (short)v[5],
                                    (short)v[6], (short)v[7]);
   return _mm512_cvtph_ps(_mm256_set_m128i(_mm_unpackhi_epi16(h, h), _mm_unpacklo_epi16(h, h)));
 }
 
-// 16 bytes of block nibbles -> [low nibbles, high nibbles] (zeros for a block past the row's end).
-static inline __attribute__((always_inline)) void nibble_halves(const uint8_t *qs, bool valid, __m128i *lo,
-                                                               __m128i *hi) {
-  const __m128i mask = _mm_set1_epi8(0x0F);
-  const __m128i v = valid ? _mm_loadu_si128((const __m128i *)qs) : _mm_setzero_si128();
-  *lo = _mm_and_si128(v, mask);
-  *hi = _mm_and_si128(_mm_srli_epi16(v, 4), mask);
+// Blocks 2p and 2p + 1 of a chunk, 32 bytes each, as piece p.
+static inline __attribute__((always_inline)) __m512i two_blocks(__m256i first, __m256i second) {
+  return _mm512_inserti64x4(_mm512_castsi256_si512(first), second, 1);
 }
 
-static void stream_q4_1(const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, int64_t nt, float *y,
-                        int64_t ldy) {
-  const int64_t blocks = a.k / 32;
-  __m512 acc[kTokenTile];
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t t = 0; t < nt; ++t) acc[t] = _mm512_setzero_ps();
-    for (int64_t c = 0; c < a.chunks; ++c) {
-      const uint8_t *b = w + r * row_bytes + c * 8 * 20;
-      const int nblk = (int)(blocks - c * 8 < 8 ? blocks - c * 8 : 8);
-      const __m512 ws = halves_per_block(b, 20, nblk), wo = halves_per_block(b + 2, 20, nblk);
-      __m512i q[4];
-      for (int p = 0; p < 4; ++p) {
-        __m128i l0, h0, l1, h1;
-        nibble_halves(b + 40 * p + 4, 2 * p < nblk, &l0, &h0);
-        nibble_halves(b + 40 * p + 24, 2 * p + 1 < nblk, &l1, &h1);
-        __m512i v = _mm512_inserti32x4(_mm512_castsi128_si512(l0), h0, 1);
-        v = _mm512_inserti32x4(v, l1, 2);
-        q[p] = _mm512_inserti32x4(v, h1, 3);
-      }
-      for (int64_t t = 0; t < nt; ++t) {
-        const int64_t off = t * a.chunks + c;
-        acc[t] = combine_regs(acc[t], a.scale + off * kSubQ, ws, wo, isums_regs(q, a.q + off * kChunkQ, nullptr, false),
-                              a.asum + off * kSubQ);
-      }
+// 16 bytes of nibbles -> 32 bytes: low nibbles, then high (the 32-blocks' order); zeros when
+// the block lies past the row's end.
+static inline __attribute__((always_inline)) __m256i nibbles_or_zero(const uint8_t *qs, bool valid) {
+  return valid ? nibbles32(qs) : _mm256_setzero_si256();
+}
+
+// How many of a 32-block type's 8 blocks chunk c holds (fewer in a row's part-filled last chunk).
+static inline int blocks_in_chunk(const QActView &a, int64_t c) {
+  const int64_t left = a.k / 32 - c * 8;
+  return (int)(left < 8 ? left : 8);
+}
+
+// Q4_1: d, m, 16 bytes of nibbles (unsigned).
+static inline __attribute__((always_inline)) void load_q4_1(const QActView &a, const uint8_t *row, int64_t c,
+                                                           __m512 *ws, __m512 *wo, __m512i *q) {
+  const uint8_t *b = row + c * 8 * 20;
+  const int nblk = blocks_in_chunk(a, c);
+  *ws = halves_per_block(b, 20, nblk);
+  *wo = halves_per_block(b + 2, 20, nblk);
+  for (int p = 0; p < 4; ++p)
+    q[p] = two_blocks(nibbles_or_zero(b + 40 * p + 4, 2 * p < nblk), nibbles_or_zero(b + 40 * p + 24, 2 * p + 1 < nblk));
+}
+
+// Q5_0: d, 32 high bits, 16 bytes of nibbles; the byte nibble | high << 4 is the int8 + 16.
+static inline __attribute__((always_inline)) void load_q5_0(const QActView &a, const uint8_t *row, int64_t c,
+                                                           __m512 *ws, __m512 *wo, __m512i *q) {
+  const uint8_t *b = row + c * 8 * 22;
+  const int nblk = blocks_in_chunk(a, c);
+  *ws = halves_per_block(b, 22, nblk);
+  *wo = _mm512_setzero_ps();
+  __m256i v[2];
+  for (int p = 0; p < 4; ++p) {
+    for (int j = 0; j < 2; ++j) {
+      const uint8_t *blk = b + 22 * (2 * p + j);
+      v[j] = 2 * p + j < nblk ? _mm256_or_si256(nibbles32(blk + 6), q5_high_bits(load_u32(blk + 2)))
+                              : _mm256_set1_epi8(16);  // + 16 of a zero weight: its bsum term cancels
     }
-    finish_regs(acc, nt, y + r, ldy);
+    q[p] = two_blocks(v[0], v[1]);
+  }
+}
+
+// Q8_0: d and 32 int8, carried as int8 + 128 (xor 0x80).
+static inline __attribute__((always_inline)) void load_q8_0(const QActView &a, const uint8_t *row, int64_t c,
+                                                           __m512 *ws, __m512 *wo, __m512i *q) {
+  const uint8_t *b = row + c * 8 * 34;
+  const int nblk = blocks_in_chunk(a, c);
+  const __m256i flip = _mm256_set1_epi8((char)0x80);
+  *ws = halves_per_block(b, 34, nblk);
+  *wo = _mm512_setzero_ps();
+  __m256i v[2];
+  for (int p = 0; p < 4; ++p) {
+    for (int j = 0; j < 2; ++j) {
+      const uint8_t *blk = b + 34 * (2 * p + j);
+      v[j] = 2 * p + j < nblk ? _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(blk + 2)), flip) : flip;
+    }
+    q[p] = two_blocks(v[0], v[1]);
   }
 }
 
@@ -331,9 +366,15 @@ void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, c
   const Geometry g = geometry(type);
   const Unpacker up{unpack_fn(type), a.k / g.block_size, kChunkQ / g.block_size, g.type_size};
 #if defined(__AVX512VNNI__)
-  if (num_tokens <= kTokenTile && type == kQ4_K) return stream_q4_k(w, row_bytes, rows, a, num_tokens, y, ldy);
-  if (num_tokens <= kTokenTile && type == kQ4_1) return stream_q4_1(w, row_bytes, rows, a, num_tokens, y, ldy);
-  if (num_tokens <= kTokenTile && type == kIQ1_S) return stream_iq1_s(w, row_bytes, rows, a, num_tokens, y, ldy);
+  if (num_tokens <= kTokenTile) {
+    switch (type) {
+      case kQ4_K: return stream_regs<Offset::kNone, load_q4_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      case kQ4_1: return stream_regs<Offset::kNone, load_q4_1>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      case kQ5_0: return stream_regs<Offset::k16, load_q5_0>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      case kQ8_0: return stream_regs<Offset::k128, load_q8_0>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      case kIQ1_S: return stream_iq1_s(w, row_bytes, rows, a, num_tokens, y, ldy);
+    }
+  }
 #endif
   if (num_tokens <= kTokenTile) return stream_rows(up, w, row_bytes, rows, a, num_tokens, y, ldy);
   const int64_t chunks = a.chunks;
