@@ -1,8 +1,9 @@
 // Expert-major MoE: a counting sort groups (token, slot) pairs by expert, so each expert's
 // weights are read once per call however many tokens chose it; shared experts join as one more
 // expert every token visits. Phase A computes gate and up for all of an expert's tokens, phase
-// B the down projection by output row block, experts in ascending order, shared ones last. Every output has one writer and one summation order: any thread count gives
-// the same bits, and a token's result does not depend on the rest of the batch.
+// B the down projection by output row block, experts in ascending order, shared ones last.
+// Every output has one writer and one summation order: any thread count gives the same bits,
+// and a token's result does not depend on the rest of the batch.
 //
 // With 8-bit activations each sorted pair's input (and later its SwiGLU output) is quantized
 // once per activation format into its sorted slot, so an expert's tokens are one contiguous
