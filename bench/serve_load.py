@@ -66,7 +66,10 @@ async def bench(url: str, model: str, a) -> dict:
     out: dict = {"aggregate_decode_tps": {}, "per_stream_decode_tps": {}}
     timeout = aiohttp.ClientTimeout(total=3600)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        await generate(session, url, model, "Warm up.", 2)  # loads the model
+        # Loads the model, then touches as many experts as the widest round will: weights are mapped,
+        # not read at load, so first touches must not land in one round's measurement.
+        await generate(session, url, model, "Warm up.", 2)
+        await asyncio.gather(*(generate(session, url, model, f"Warm-up story {i}:", 8) for i in range(max(a.streams))))
         for n in a.streams:
             start = time.perf_counter()
             rs = await asyncio.gather(*(generate(session, url, model, f"Story number {i}:", a.tokens) for i in range(n)))
