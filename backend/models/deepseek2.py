@@ -9,13 +9,14 @@ import torch
 from torch import nn
 
 from ..gguf_model import GGUFError, GGUFFile
-from ..kv_cache import ForwardBatch, SequenceCache
+from ..kv_cache import ForwardBatch
 from ..layers.linear import Embedding, FeedForward, Linear, load
 from ..layers.mla import MLAttention
 from ..layers.moe import Experts
 from ..layers.norm import RMSNorm
 from ..layers.rope import rope_inv_freq, yarn_get_mscale, yarn_inv_freq
 from ..layers.routing import route_grouped
+from .decoder import DecoderLM
 
 # Shape alphabet: T tokens in the batch, D hidden, V vocab, E routed experts, A active experts.
 
@@ -197,7 +198,12 @@ class Block(nn.Module):
         return x + self.ffn(self.ffn_norm(x))
 
 
-class Model(nn.Module):
+class Model(DecoderLM):
+    """Each layer caches (latent [capacity, L], k_pe [capacity, R]): 576 floats a token for
+    DeepSeek-V3 against 2 * 128 * 192 = 49k for the expanded per-head keys and values."""
+
+    args_class = ModelArgs
+
     def __init__(self, f: GGUFFile, args: ModelArgs):
         super().__init__()
         self.args = args
@@ -209,31 +215,3 @@ class Model(nn.Module):
         )
         self.norm = RMSNorm(load(f, "output_norm.weight", (D,)), args.rms_norm_eps)
         self.output = Linear.from_gguf(f, "output", V, D) if f.has_tensor("output.weight") else self.embed.tied_output()
-
-    @classmethod
-    def from_gguf(cls, f: GGUFFile) -> "Model":
-        return cls(f, ModelArgs.from_gguf(f))
-
-    def allocate_cache(self, capacity: int) -> SequenceCache:
-        """Per layer (latent [capacity, L], k_pe [capacity, R]): 576 floats a token for DeepSeek-V3
-        against 2 * 128 * 192 = 49k for the expanded per-head keys and values."""
-        return SequenceCache([layer.attn.allocate(capacity) for layer in self.layers], capacity)
-
-    @torch.inference_mode()
-    def hidden_states(self, tokens: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        """tokens [T] -> final-normed hidden states [T, D]; writes the batch's caches, no advance."""
-        positions = batch.positions().to(self.embed.device)  # [T]
-        x = self.embed(tokens)  # [T, D]
-        for i, layer in enumerate(self.layers):
-            x = layer(x, positions, batch, i)
-        return self.norm(x)
-
-    @torch.inference_mode()
-    def forward(
-        self, tokens: torch.Tensor, batch: ForwardBatch, logits_indices: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """tokens [T] -> logits [T, V] float32, or [L, V] for the rows in logits_indices [L]."""
-        x = self.hidden_states(tokens, batch)  # [T, D]
-        if logits_indices is not None:
-            x = x[logits_indices]
-        return self.output(x).float()

@@ -10,11 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..gguf_model import GGUFFile
-from ..kv_cache import ForwardBatch, SequenceCache
+from ..kv_cache import ForwardBatch
 from ..layers.attention import Attention
 from ..layers.linear import Embedding, Linear, load, project_many
 from ..layers.norm import RMSNorm
 from ..layers.rope import linear_scaling_factor, rope_inv_freq
+from .decoder import DecoderLM
 
 # Shape alphabet: T tokens in the batch, D hidden, V vocab.
 
@@ -92,7 +93,9 @@ class Block(nn.Module):
         return x + self.post_ffn_norm(h)
 
 
-class Model(nn.Module):
+class Model(DecoderLM):
+    args_class = ModelArgs
+
     def __init__(self, f: GGUFFile, args: ModelArgs):
         super().__init__()
         self.args = args
@@ -107,31 +110,10 @@ class Model(nn.Module):
         self.norm = RMSNorm(load(f, "output_norm.weight", (D,)), args.rms_norm_eps)
         self.output = Linear.from_gguf(f, "output", V, D) if f.has_tensor("output.weight") else self.embed.tied_output()
 
-    @classmethod
-    def from_gguf(cls, f: GGUFFile) -> "Model":
-        return cls(f, ModelArgs.from_gguf(f))
+    def embed_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.embed(tokens) * torch.tensor(self.embed_scale, dtype=torch.float32)  # Gemma scales by sqrt(D)
 
-    def allocate_cache(self, capacity: int) -> SequenceCache:
-        return SequenceCache([layer.attn.allocate(capacity) for layer in self.layers], capacity)
-
-    @torch.inference_mode()
-    def hidden_states(self, tokens: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        """tokens [T] -> final-normed hidden states [T, D]; writes the batch's caches, no advance."""
-        positions = batch.positions()  # [T]
-        x = self.embed(tokens) * torch.tensor(self.embed_scale, dtype=torch.float32)  # [T, D]
-        for i, layer in enumerate(self.layers):
-            x = layer(x, positions, batch, i)
-        return self.norm(x)
-
-    @torch.inference_mode()
-    def forward(
-        self, tokens: torch.Tensor, batch: ForwardBatch, logits_indices: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """tokens [T] -> logits [T, V] float32, or [L, V] for the rows in logits_indices [L]."""
-        x = self.hidden_states(tokens, batch)  # [T, D]
-        if logits_indices is not None:
-            x = x[logits_indices]  # [L, D]
-        logits = self.output(x).float()  # [L, V]
+    def finish_logits(self, logits: torch.Tensor) -> torch.Tensor:
         if cap := self.args.final_logit_softcapping:
             logits = cap * torch.tanh(logits / cap)
         return logits

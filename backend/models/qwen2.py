@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 from ..gguf_model import GGUFFile
-from ..kv_cache import ForwardBatch, SequenceCache
+from ..kv_cache import ForwardBatch
 from ..layers.attention import Attention
 from ..layers.linear import Embedding, FeedForward, Linear, load
 from ..layers.norm import RMSNorm
 from ..layers.rope import linear_scaling_factor, rope_inv_freq
+from .decoder import DecoderLM
 
 # Shape alphabet: T tokens in the batch, D hidden, V vocab.
 
@@ -67,7 +68,9 @@ class Block(nn.Module):
         return x + self.ffn(self.ffn_norm(x))
 
 
-class Model(nn.Module):
+class Model(DecoderLM):
+    args_class = ModelArgs
+
     def __init__(self, f: GGUFFile, args: ModelArgs):
         super().__init__()
         self.args = args
@@ -78,33 +81,3 @@ class Model(nn.Module):
         self.norm = RMSNorm(load(f, "output_norm.weight", (D,)), args.rms_norm_eps)
         # The small Qwen2 models tie lm_head to the embeddings and ship no output.weight.
         self.output = Linear.from_gguf(f, "output", V, D) if f.has_tensor("output.weight") else self.embed.tied_output()
-
-    @classmethod
-    def from_gguf(cls, f: GGUFFile) -> "Model":
-        return cls(f, ModelArgs.from_gguf(f))
-
-    def allocate_cache(self, capacity: int) -> SequenceCache:
-        return SequenceCache([layer.attn.allocate(capacity) for layer in self.layers], capacity)
-
-    @torch.inference_mode()
-    def hidden_states(self, tokens: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        """tokens [T] -> final-normed hidden states [T, D]; writes the batch's caches, no advance."""
-        positions = batch.positions()  # [T]
-        x = self.embed(tokens)  # [T, D]
-        for i, layer in enumerate(self.layers):
-            x = layer(x, positions, batch, i)
-        return self.norm(x)
-
-    @torch.inference_mode()
-    def forward(
-        self, tokens: torch.Tensor, batch: ForwardBatch, logits_indices: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """tokens [T] -> logits [T, V] float32, or [L, V] for the rows in logits_indices [L].
-
-        Only the rows that sample need the LM head: for a 2k-token prefill on a 150k vocab
-        that skips 2k x 150k x D multiply-adds.
-        """
-        x = self.hidden_states(tokens, batch)  # [T, D]
-        if logits_indices is not None:
-            x = x[logits_indices]  # [L, D]
-        return self.output(x).float()
