@@ -169,22 +169,31 @@ class QuantWeight:
         return QuantWeight(self.raw[start * rb : stop * rb], self.ggml_type, (stop - start, self.shape[1]))
 
 
-def matmul(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
-    """x [T, cols] float32 -> x @ W.T [T, rows] float32, W read in its quantized form."""
-    rows, cols = weight.shape
+def _check_x(x: torch.Tensor, cols: int, what: str) -> torch.Tensor:
     if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 2 or x.shape[1] != cols:
-        raise KernelError(f"matmul: x must be a CPU float32 [T, {cols}] tensor, got {x.dtype} {tuple(x.shape)}")
-    x = x.contiguous()
+        raise KernelError(f"{what}: x must be a CPU float32 [T, {cols}] tensor, got {x.dtype} {tuple(x.shape)}")
+    return x.contiguous()
+
+
+def _matmul_call(fn, what: str, weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
+    """The shared call of matmul and matmul_q8: checks, output allocation, the C entry point."""
+    rows, cols = weight.shape
+    x = _check_x(x, cols, what)
     y = torch.empty((x.shape[0], rows), dtype=torch.float32)
     if x.shape[0] == 0:
         return y
     fp = ctypes.POINTER(ctypes.c_float)
-    code = _lib.moe_matmul(
+    code = fn(
         int(weight.ggml_type), weight.raw.ctypes.data, weight.raw.nbytes, rows, cols,
         ctypes.cast(x.data_ptr(), fp), x.shape[0], ctypes.cast(y.data_ptr(), fp),
     )  # fmt: skip
-    _check(code, f"matmul {type_name(weight.ggml_type)} {weight.shape}")
+    _check(code, f"{what} {type_name(weight.ggml_type)} {weight.shape}")
     return y
+
+
+def matmul(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
+    """x [T, cols] float32 -> x @ W.T [T, rows] float32, W read in its quantized form."""
+    return _matmul_call(_lib.moe_matmul, "matmul", weight, x)
 
 
 def matmul_reference(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
@@ -203,12 +212,6 @@ def activation_block(ggml_type: int) -> int:
     if ggml_type in FLOAT_TYPES:
         raise KernelError(f"{type_name(ggml_type)} weights take float activations")
     return 32 if ggml_type in Q8_0_TYPES + Q8_1_TYPES else 256
-
-
-def _check_x(x: torch.Tensor, cols: int, what: str) -> torch.Tensor:
-    if x.dtype != torch.float32 or x.device.type != "cpu" or x.dim() != 2 or x.shape[1] != cols:
-        raise KernelError(f"{what}: x must be a CPU float32 [T, {cols}] tensor, got {x.dtype} {tuple(x.shape)}")
-    return x.contiguous()
 
 
 def quantize_activations(x: torch.Tensor, ggml_type: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -258,18 +261,7 @@ def matmul_q8(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
     """x [T, cols] -> [T, rows] as llama.cpp computes it: x quantized once to 8 bits
     (quantize_activations), integer dot products per 16 weights, float scales. Same bits on
     every ISA and thread count. Float weights (F32/F16/BF16) run matmul."""
-    rows, cols = weight.shape
-    x = _check_x(x, cols, "matmul_q8")
-    y = torch.empty((x.shape[0], rows), dtype=torch.float32)
-    if x.shape[0] == 0:
-        return y
-    fp = ctypes.POINTER(ctypes.c_float)
-    code = _lib.moe_matmul_q8(
-        int(weight.ggml_type), weight.raw.ctypes.data, weight.raw.nbytes, rows, cols,
-        ctypes.cast(x.data_ptr(), fp), x.shape[0], ctypes.cast(y.data_ptr(), fp),
-    )  # fmt: skip
-    _check(code, f"matmul_q8 {type_name(weight.ggml_type)} {weight.shape}")
-    return y
+    return _matmul_call(_lib.moe_matmul_q8, "matmul_q8", weight, x)
 
 
 def matmul_q8_many(weights: list[QuantWeight], x: torch.Tensor) -> list[torch.Tensor]:
@@ -404,11 +396,11 @@ def moe_experts_reference(
     T, D = x.shape
     I = gate.shape[0] // num_experts
 
-    def project(w: QuantWeight, e: int, rows: int, v: torch.Tensor, experts: int = num_experts) -> torch.Tensor:
-        block = w.raw.reshape(experts, -1)[e]  # expert e's rows, as their own weight
-        return matmul_q8_reference(QuantWeight(block, w.ggml_type, (rows, w.shape[1])), v[None].float())[0] \
-            if activations == "q8" and w.ggml_type not in FLOAT_TYPES else \
-            torch.from_numpy(dequantize_reference(block, w.ggml_type, (rows, w.shape[1]))).double() @ v.double()
+    def project(w: QuantWeight, e: int, rows: int, v: torch.Tensor) -> torch.Tensor:
+        block = w.rows(e * rows, (e + 1) * rows)  # expert e's rows, as their own weight
+        if activations == "q8" and w.ggml_type not in FLOAT_TYPES:
+            return matmul_q8_reference(block, v[None].float())[0]
+        return torch.from_numpy(dequantize_reference(block.raw, w.ggml_type, block.shape)).double() @ v.double()
 
     out = torch.zeros(T, D, dtype=torch.float64)
     for t in range(T):
@@ -419,7 +411,7 @@ def moe_experts_reference(
         if shared is not None:
             sg, su, sd = shared
             Is = sg.shape[0]
-            h = torch.nn.functional.silu(project(sg, 0, Is, x[t], 1)) * project(su, 0, Is, x[t], 1)
-            out[t] += project(sd, 0, D, h.float() if activations == "q8" else h, 1)
+            h = torch.nn.functional.silu(project(sg, 0, Is, x[t])) * project(su, 0, Is, x[t])
+            out[t] += project(sd, 0, D, h.float() if activations == "q8" else h)
     return out
 

@@ -110,10 +110,8 @@ def test_heads_are_independent_matmuls(name, tokens):
     w = weight(name, H * n, cols_for(name), seed=3)
     x = torch.randn(tokens, H, w.shape[1])
     y = kernels.matmul_q8_heads(w, x)
-    row_bytes = w.raw.nbytes // (H * n)
     for h in range(H):
-        head = kernels.QuantWeight(w.raw[h * n * row_bytes : (h + 1) * n * row_bytes], w.ggml_type, (n, w.shape[1]))
-        assert torch.equal(y[:, h], kernels.matmul_q8(head, x[:, h].contiguous()))
+        assert torch.equal(y[:, h], kernels.matmul_q8(w.rows(h * n, (h + 1) * n), x[:, h].contiguous()))
     with pytest.raises(kernels.KernelError, match="H dividing"):
         kernels.matmul_q8_heads(w, torch.randn(tokens, 7, w.shape[1]))
 
