@@ -13,7 +13,6 @@ class ThreadPool;
   namespace ns {                                                                                           \
   void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,          \
                     int64_t num_tokens, float *y, int64_t ldy);                                            \
-  void qchunk_isums(const int8_t *wq, const int8_t *aq, const int32_t *bsum, int32_t *isum);               \
   }
 MOE_DECLARE_QISA(scalar)
 MOE_DECLARE_QISA(avx2)

@@ -60,11 +60,6 @@ static inline __attribute__((always_inline)) void isums(const int8_t *wq, const 
 #endif
 }
 
-
-void qchunk_isums(const int8_t *wq, const int8_t *aq, const int32_t *bsum, int32_t *isum) {
-  isums(wq, aq, bsum, isum);
-}
-
 // acc[s] += (ad[s] * ws[s]) * isum[s] + wo[s] * as[s], llama.cpp's (d_w * d_a) * sumi + m_w * s_a:
 // plain multiplies and adds (the build has -ffp-contract=off), lane by lane, identical on every ISA.
 static inline void combine(float *acc, const float *ad, const float *ws, const float *wo, const int32_t *isum,
