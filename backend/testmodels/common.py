@@ -238,3 +238,20 @@ def add_rope_scaling(writer: GGUFWriter, cfg: dict) -> None:
     if rs.get("rope_type") == "linear":
         writer.add_rope_scaling_type(RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(rs["factor"])
+
+
+# HF module name inside model.layers.{i} of each per-layer GGUF tensor ("blk.{i}." prefix and
+# ".weight"/".bias" suffix stripped), as transformers' llama-style decoders name them.
+HF_DECODER_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "attn_q_norm": "self_attn.q_norm",
+    "attn_k_norm": "self_attn.k_norm",
+    "ffn_norm": "post_attention_layernorm",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}

@@ -8,7 +8,7 @@ import torch
 from gguf import MODEL_TENSOR as MT
 from gguf import GGUFWriter
 
-from .common import TensorWriter, add_rope_scaling, tn
+from .common import HF_DECODER_LAYER_NAMES, TensorWriter, add_rope_scaling, tn
 
 # Six layers so that layer 5 is global (every 6th, as llama.cpp and transformers place them);
 # a window of 8 is crossed by the oracle's 24-token prompt.
@@ -33,21 +33,13 @@ GGUF_ARCH = {"gemma3": "gemma3"}
 DEFAULTS = {"gemma3": GEMMA3_DEFAULTS}
 TOKENIZER_PRE = {"gemma3": "default"}
 
-# GGUF name -> HF module name inside model.layers.{i}; GGUF's ffn_norm is Gemma's pre-FFN norm.
+# GGUF name -> HF module name inside model.layers.{i}: the decoder's names plus Gemma's sandwich
+# norms, where GGUF's ffn_norm is the pre-FFN norm.
 _LAYER_NAMES = {
-    "attn_norm": "input_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "attn_q_norm": "self_attn.q_norm",
-    "attn_k_norm": "self_attn.k_norm",
+    **HF_DECODER_LAYER_NAMES,
     "post_attention_norm": "post_attention_layernorm",
     "ffn_norm": "pre_feedforward_layernorm",
     "post_ffw_norm": "post_feedforward_layernorm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
 }
 
 

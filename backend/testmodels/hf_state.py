@@ -14,21 +14,12 @@ from gguf import GGMLQuantizationType, quants
 
 from ..gguf_model import GGUFFile, open_gguf
 from . import family, model_config
+from .common import HF_DECODER_LAYER_NAMES
 
-# HF name of each per-layer GGUF tensor ("blk.{i}." prefix and ".weight"/".bias" suffix
-# stripped), for the families transformers implements with the same module layout.
+# HF name of each per-layer GGUF tensor, for the families transformers implements with the
+# same module layout: the decoder's own names plus the MoE ones.
 _LAYER_NAMES = {
-    "attn_norm": "input_layernorm",
-    "attn_q": "self_attn.q_proj",
-    "attn_k": "self_attn.k_proj",
-    "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj",
-    "attn_q_norm": "self_attn.q_norm",
-    "attn_k_norm": "self_attn.k_norm",
-    "ffn_norm": "post_attention_layernorm",
-    "ffn_gate": "mlp.gate_proj",
-    "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
+    **HF_DECODER_LAYER_NAMES,
     "ffn_gate_inp": "mlp.gate",
     "ffn_gate_shexp": "mlp.shared_expert.gate_proj",
     "ffn_up_shexp": "mlp.shared_expert.up_proj",
