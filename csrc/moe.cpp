@@ -41,10 +41,13 @@ std::unique_ptr<QActBuffers> quantize_slots(ThreadPool &pool, bool q8, int type,
 // rows x k weights against the n pairs from sorted slot s0: y[j * ldy + r].
 void project(const IsaKernels &kern, QRowsFn qrows, int type, const uint8_t *w, int64_t row_bytes, int64_t rows,
              int64_t k, const ProjInput &in, int64_t s0, int64_t n, float *y, int64_t ldy) {
-  if (in.q)
+  if (in.q) {
     qrows(type, w, row_bytes, rows, act_slots(*in.q, s0), n, y, ldy);
-  else
-    gemm_rows(kern, type, w, row_bytes, rows, k, in.rows + s0, n, y, ldy);
+    return;
+  }
+  for (int64_t r0 = 0; r0 < rows; r0 += kTileRows)  // the float kernels take a tile of rows at a time
+    gemm_rows(kern, type, w + r0 * row_bytes, row_bytes, std::min(kTileRows, rows - r0), k, in.rows + s0, n, y + r0,
+              ldy);
 }
 
 // SwiGLU experts of one shape with their (token, slot) pairs sorted into contiguous slots, so
@@ -84,8 +87,8 @@ struct Group {
     u.resize(slots() * hidden);
   }
 
-  void gate_up(const IsaKernels &kern, QRowsFn qrows, int64_t e, int64_t r0, int64_t D) {
-    const int64_t rows = std::min(kTileRows, hidden - r0), n = start[e + 1] - start[e], s0 = start[e];
+  void gate_up(const IsaKernels &kern, QRowsFn qrows, int64_t e, int64_t r0, int64_t block, int64_t D) {
+    const int64_t rows = std::min(block, hidden - r0), n = start[e + 1] - start[e], s0 = start[e];
     project(kern, qrows, gate_type, gate + (e * hidden + r0) * gate_row, gate_row, rows, D, gate_in, s0, n,
             g.data() + s0 * hidden + r0, hidden);
     project(kern, qrows, up_type, up + (e * hidden + r0) * up_row, up_row, rows, D, up_in, s0, n,
@@ -111,13 +114,13 @@ struct Group {
     for (int64_t e = 0; e < experts; ++e) {
       const int64_t n = start[e + 1] - start[e], s0 = start[e];
       if (n == 0) continue;
-      if ((int64_t)y.size() < n * kTileRows) y.resize(n * kTileRows);
+      if ((int64_t)y.size() < n * rows) y.resize(n * rows);
       project(kern, qrows, down_type, down + (e * D + d0) * down_row, down_row, rows, hidden, down_in, s0, n,
-              y.data(), kTileRows);
+              y.data(), rows);
       for (int64_t j = 0; j < n; ++j) {
         const float w = weight[s0 + j];
         float *o = out + token[s0 + j] * D + d0;
-        for (int64_t r = 0; r < rows; ++r) o[r] += y[j * kTileRows + r] * w;
+        for (int64_t r = 0; r < rows; ++r) o[r] += y[j * rows + r] * w;
       }
     }
   }
@@ -154,26 +157,32 @@ void moe_forward(ThreadPool &pool, const IsaKernels &kern, QRowsFn qrows, const 
   }
   for (Group &g : groups) g.gather(pool, a.q8, a.x, D);
 
-  // Phase A: tasks are (group, expert, block of kTileRows hidden rows) over the experts hit.
+  // Phase A: tasks are (group, expert, block of hidden rows) over the experts hit, the blocks
+  // as long as rows_per_task makes them over all the rows to read.
+  int64_t hit_rows = 0;
+  for (const Group &g : groups)
+    for (int64_t e = 0; e < g.experts; ++e) hit_rows += g.start[e + 1] > g.start[e] ? g.hidden : 0;
+  const int64_t a_block = rows_per_task(hit_rows, pool.size());
   struct Task { int64_t group, expert, row; };
   std::vector<Task> tasks;
   for (int64_t gi = 0; gi < (int64_t)groups.size(); ++gi)
     for (int64_t e = 0; e < groups[gi].experts; ++e)
       if (groups[gi].start[e + 1] > groups[gi].start[e])
-        for (int64_t r = 0; r < groups[gi].hidden; r += kTileRows) tasks.push_back({gi, e, r});
+        for (int64_t r = 0; r < groups[gi].hidden; r += a_block) tasks.push_back({gi, e, r});
   pool.parallel_for((int64_t)tasks.size(), [&](int64_t i) {
-    groups[tasks[i].group].gate_up(kern, qrows, tasks[i].expert, tasks[i].row, D);
+    groups[tasks[i].group].gate_up(kern, qrows, tasks[i].expert, tasks[i].row, a_block, D);
   });
   for (Group &g : groups) {
     pool.parallel_for(g.slots(), [&](int64_t s) { g.swiglu(s); });
     g.quantize_hidden(pool, a.q8);
   }
 
-  // Phase B: each task owns kTileRows output columns of every token and adds the routed experts'
-  // contributions in ascending expert order, then the shared experts'.
+  // Phase B: each task owns a block of output columns of every token and adds the routed
+  // experts' contributions in ascending expert order, then the shared experts'.
   std::fill(a.out, a.out + T * D, 0.0f);
-  pool.parallel_for((D + kTileRows - 1) / kTileRows, [&](int64_t b) {
-    const int64_t d0 = b * kTileRows, rows = std::min(kTileRows, D - d0);
+  const int64_t b_block = rows_per_task(D, pool.size());
+  pool.parallel_for((D + b_block - 1) / b_block, [&](int64_t b) {
+    const int64_t d0 = b * b_block, rows = std::min(b_block, D - d0);
     thread_local std::vector<float> y;
     for (const Group &g : groups) g.down_block(kern, qrows, d0, rows, D, a.out, y);
   });

@@ -1,5 +1,5 @@
 // Integer-activation matmul driver: quantize the activations once, then rows in tasks of
-// kQRows on the pool (each task owns its outputs, so threads never change results).
+// rows_per_task on the pool (each task owns its outputs, so threads never change results).
 #include "qmatmul.h"
 
 #include <algorithm>
@@ -11,7 +11,6 @@
 
 namespace moe {
 
-constexpr int64_t kQRows = 16;
 
 QRowsFn qrows_kernel(int isa) {
   return isa == 2 ? avx512::qrows_matmul : isa == 1 ? avx2::qrows_matmul : scalar::qrows_matmul;
@@ -32,9 +31,9 @@ void qmatmul(ThreadPool &pool, int isa, int type, const uint8_t *w, int64_t head
   const int kind = act_kind_for(type);
   pool.parallel_for(T * heads, [&](int64_t s) { quantize_act_row(kind, x + ((s % T) * heads + s / T) * k, s, a); });
   const QRowsFn rows_fn = qrows_kernel(isa);
-  const int64_t per_head = (n + kQRows - 1) / kQRows;
+  const int64_t task_rows = rows_per_task(n * heads, pool.size()), per_head = (n + task_rows - 1) / task_rows;
   pool.parallel_for(heads * per_head, [&](int64_t task) {
-    const int64_t h = task / per_head, row0 = task % per_head * kQRows, rows = std::min(kQRows, n - row0);
+    const int64_t h = task / per_head, row0 = task % per_head * task_rows, rows = std::min(task_rows, n - row0);
     rows_fn(type, w + (h * n + row0) * row_bytes, row_bytes, rows, act_slots(a, h * T), T, y + h * n + row0,
             heads * n);
   });
@@ -50,15 +49,18 @@ void qmatmul_many(ThreadPool &pool, int isa, int count, const int *types, const 
     const QActView &a = by_kind[kind]->view;
     pool.parallel_for(num_tokens, [&](int64_t t) { quantize_act_row(kind, x + t * k, t, a); });
   }
+  int64_t total_rows = 0;
+  for (int i = 0; i < count; ++i) total_rows += n[i];
+  const int64_t task_rows = rows_per_task(total_rows, pool.size());
   struct Task { int weight; int64_t row0; };
   std::vector<Task> tasks;
   for (int i = 0; i < count; ++i)
-    for (int64_t r = 0; r < n[i]; r += kQRows) tasks.push_back({i, r});
+    for (int64_t r = 0; r < n[i]; r += task_rows) tasks.push_back({i, r});
   const QRowsFn rows_fn = qrows_kernel(isa);
   pool.parallel_for((int64_t)tasks.size(), [&](int64_t j) {
     const int i = tasks[j].weight;
     const Geometry g = geometry(types[i]);
-    const int64_t row_bytes = k / g.block_size * g.type_size, row0 = tasks[j].row0, rows = std::min(kQRows, n[i] - row0);
+    const int64_t row_bytes = k / g.block_size * g.type_size, row0 = tasks[j].row0, rows = std::min(task_rows, n[i] - row0);
     rows_fn(types[i], w[i] + row0 * row_bytes, row_bytes, rows, by_kind[act_kind_for(types[i])]->view, num_tokens,
             ys[i] + row0, n[i]);
   });

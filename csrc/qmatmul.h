@@ -9,6 +9,15 @@ namespace moe {
 
 class ThreadPool;
 
+// Rows per task when n rows are shared by `threads`: about four tasks per thread, each a long
+// contiguous read. A thread that jumps to a far-off task restarts the hardware prefetcher: with
+// 16-row tasks two threads reached only 60 % of the DRAM bandwidth they reach with a few big
+// tasks. A multiple of 16, never below 16.
+inline int64_t rows_per_task(int64_t n, int threads) {
+  const int64_t target = n / (4 * (int64_t)threads);
+  return target < 16 ? 16 : (target + 15) / 16 * 16;
+}
+
 #define MOE_DECLARE_QISA(ns)                                                                               \
   namespace ns {                                                                                           \
   void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,          \

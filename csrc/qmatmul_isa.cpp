@@ -18,6 +18,14 @@ namespace MOE_ISA_NS {
 #include "quants/dequant_impl.h"
 #include "quants/unpack_impl.h"
 
+// Software prefetch of the `bytes` that lie kPrefetchBytes past `p`: a task's rows are one
+// contiguous stream, and the hardware prefetcher alone leaves DRAM latency exposed.
+constexpr int64_t kPrefetchBytes = 2048;
+
+static inline __attribute__((always_inline)) void prefetch_ahead(const uint8_t *p, int64_t bytes) {
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + kPrefetchBytes + o);
+}
+
 // isum[s] = sum over sub-block s (16 quants) of wq * aq. bsum: the activation's sub-block sums.
 static inline __attribute__((always_inline)) void isums(const int8_t *wq, const int8_t *aq, const int32_t *bsum, int32_t *isum) {
 #if defined(__AVX512VNNI__)
@@ -143,15 +151,17 @@ static inline void finish_regs(const __m512 *acc, int64_t nt, float *y, int64_t 
 // dpbusd takes the unsigned bytes as they are; where the generic path's int8 is that byte minus
 // a constant (Q8_0 stored with +128 here, Q5_0's 16), the constant times the activation's
 // sub-block sum comes off: the same integers, the same float operations, the same bits.
-enum class Offset { kNone = 0, k16 = 4, k128 = 7 };  // log2 of what each weight byte carries extra
+enum class Offset { kNone = 0, k16 = 4, k32 = 5, k128 = 7 };  // log2 of what each weight byte carries extra
 
 template <Offset kOff, auto kLoad>  // kLoad a compile-time function: inlined into the loop
 static void stream_regs(const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, int64_t nt, float *y,
                         int64_t ldy) {
   __m512 acc[kTokenTile];
+  const int64_t chunk_bytes = row_bytes / a.chunks;
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t t = 0; t < nt; ++t) acc[t] = _mm512_setzero_ps();
     for (int64_t c = 0; c < a.chunks; ++c) {
+      prefetch_ahead(w + r * row_bytes + c * chunk_bytes, chunk_bytes);
       __m512 ws, wo;
       __m512i q[4];
       kLoad(a, w + r * row_bytes, c, &ws, &wo, q);
@@ -177,6 +187,29 @@ static inline __attribute__((always_inline)) void load_q4_k(const QActView &, co
     const __m256i raw = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * p));
     const __m256i lo = _mm256_and_si256(raw, mask), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
     q[p] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+  }
+}
+
+// Q6_K: 128 bytes of low nibbles, 64 of high bit pairs, 16 int8 scales, d. Piece p is quarters
+// 2 (p % 2) and 2 (p % 2) + 1 of half p / 2 (up_q6_k's order): the low or high nibbles of that
+// half's 64 ql bytes, and bit pairs 0/2 or 4/6 of its 32 qh bytes, seen once per 256-bit lane,
+// moved to bits 4-5 by a per-lane shift. The byte is the int8 + 32.
+static inline __attribute__((always_inline)) void load_q6_k(const QActView &, const uint8_t *row, int64_t c,
+                                                           __m512 *ws, __m512 *wo, __m512i *q) {
+  const uint8_t *b = row + c * 210;
+  const __m128i sc = _mm_loadu_si128((const __m128i *)(b + 192));
+  *ws = _mm512_mul_ps(_mm512_set1_ps(load_half(b + 208)), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc)));
+  *wo = _mm512_setzero_ps();
+  const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
+  const __m512i up_01 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);  // bits 0, 2 -> 4
+  const __m512i down_23 = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);  // bits 4, 6 -> 4
+  for (int h = 0; h < 2; ++h) {
+    const __m512i ql = _mm512_loadu_si512(b + 64 * h);
+    const __m256i qh = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h));
+    const __m512i hb = _mm512_inserti64x4(_mm512_castsi256_si512(qh), qh, 1);
+    q[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_sllv_epi16(hb, up_01), m30));
+    q[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                                   _mm512_and_si512(_mm512_srlv_epi16(hb, down_23), m30));
   }
 }
 
@@ -272,6 +305,7 @@ static void stream_iq1_s(const uint8_t *w, int64_t row_bytes, int64_t rows, cons
     for (int64_t t = 0; t < nt; ++t) acc[t] = _mm512_setzero_ps();
     for (int64_t c = 0; c < a.chunks; ++c) {
       const uint8_t *b = w + r * row_bytes + c * 50;
+      prefetch_ahead(b, 50);
       const __m128i qh8 = _mm_loadu_si128((const __m128i *)(b + 34));  // 8 x u16
       const __m512i qh = _mm512_cvtepu16_epi32(_mm256_castsi128_si256(qh8));  // lanes 0-7
       __m512i idx[2];
@@ -356,24 +390,13 @@ static void stream_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes,
   }
 }
 
-void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,
-                  int64_t num_tokens, float *y, int64_t ldy) {
-  const Geometry g = geometry(type);
-  const Unpacker up{unpack_fn(type), a.k / g.block_size, kChunkQ / g.block_size, g.type_size};
-#if defined(__AVX512VNNI__)
-  if (num_tokens <= kTokenTile) {
-    switch (type) {
-      case kQ4_K: return stream_regs<Offset::kNone, load_q4_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
-      case kQ4_1: return stream_regs<Offset::kNone, load_q4_1>(w, row_bytes, rows, a, num_tokens, y, ldy);
-      case kQ5_0: return stream_regs<Offset::k16, load_q5_0>(w, row_bytes, rows, a, num_tokens, y, ldy);
-      case kQ8_0: return stream_regs<Offset::k128, load_q8_0>(w, row_bytes, rows, a, num_tokens, y, ldy);
-      case kIQ1_S: return stream_iq1_s(w, row_bytes, rows, a, num_tokens, y, ldy);
-    }
-  }
-#endif
-  if (num_tokens <= kTokenTile) return stream_rows(up, w, row_bytes, rows, a, num_tokens, y, ldy);
+// Many tokens: kTileRows rows unpacked once into a buffer that stays in L1/L2, shared by every
+// token tile.
+constexpr int64_t kTileRows = 16;
+
+static void tile_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,
+                      int64_t num_tokens, float *y, int64_t ldy) {
   const int64_t chunks = a.chunks;
-  // Many tokens: this task's rows unpacked once into a buffer, shared by every token tile.
   thread_local std::vector<int8_t> qbuf;
   thread_local std::vector<float> sbuf;
   if ((int64_t)qbuf.size() < rows * chunks * kChunkQ) qbuf.resize(rows * chunks * kChunkQ);
@@ -401,6 +424,27 @@ void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, c
       finish(acc, nt, y + t0 * ldy + r, ldy);
     }
   }
+}
+
+void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,
+                  int64_t num_tokens, float *y, int64_t ldy) {
+  const Geometry g = geometry(type);
+  const Unpacker up{unpack_fn(type), a.k / g.block_size, kChunkQ / g.block_size, g.type_size};
+#if defined(__AVX512VNNI__)
+  if (num_tokens <= kTokenTile) {
+    switch (type) {
+      case kQ4_K: return stream_regs<Offset::kNone, load_q4_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      case kQ6_K: return stream_regs<Offset::k32, load_q6_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      case kQ4_1: return stream_regs<Offset::kNone, load_q4_1>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      case kQ5_0: return stream_regs<Offset::k16, load_q5_0>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      case kQ8_0: return stream_regs<Offset::k128, load_q8_0>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      case kIQ1_S: return stream_iq1_s(w, row_bytes, rows, a, num_tokens, y, ldy);
+    }
+  }
+#endif
+  if (num_tokens <= kTokenTile) return stream_rows(up, w, row_bytes, rows, a, num_tokens, y, ldy);
+  for (int64_t r0 = 0; r0 < rows; r0 += kTileRows)
+    tile_rows(up, w + r0 * row_bytes, row_bytes, rows - r0 < kTileRows ? rows - r0 : kTileRows, a, num_tokens, y + r0, ldy);
 }
 
 }  // namespace MOE_ISA_NS

@@ -71,9 +71,10 @@ def test_every_isa_gives_the_same_bits(name):
     assert all(torch.equal(results[0], r) for r in results[1:])
 
 
-@pytest.mark.parametrize("name", ["Q4_K", "IQ1_S", "Q8_0"])
-def test_threads_and_batch_do_not_change_bits(name):
-    w = weight(name, 70, 512, seed=2)
+@pytest.mark.parametrize("name", ["Q4_K", "IQ1_S", "Q8_0", "Q6_K"])
+@pytest.mark.parametrize("rows", [70, 300])  # 300: tasks of more rows than one tile holds
+def test_threads_and_batch_do_not_change_bits(name, rows):
+    w = weight(name, rows, 512, seed=2)
     x = torch.randn(13, 512)
     try:
         kernels.set_num_threads(1)
