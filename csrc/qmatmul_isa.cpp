@@ -151,7 +151,7 @@ static inline void finish_regs(const __m512 *acc, int64_t nt, float *y, int64_t 
 // dpbusd takes the unsigned bytes as they are; where the generic path's int8 is that byte minus
 // a constant (Q8_0 stored with +128 here, Q5_0's 16), the constant times the activation's
 // sub-block sum comes off: the same integers, the same float operations, the same bits.
-enum class Offset { kNone = 0, k16 = 4, k32 = 5, k128 = 7 };  // log2 of what each weight byte carries extra
+enum class Offset { kNone = 0, k8 = 3, k16 = 4, k32 = 5, k128 = 7 };  // log2 of what each weight byte carries extra
 
 template <Offset kOff, auto kLoad>  // kLoad a compile-time function: inlined into the loop
 static void stream_regs(const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, int64_t nt, float *y,
@@ -284,6 +284,72 @@ static inline __attribute__((always_inline)) void load_q8_0(const QActView &a, c
       v[j] = 2 * p + j < nblk ? _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(blk + 2)), flip) : flip;
     }
     q[p] = two_blocks(v[0], v[1]);
+  }
+}
+
+// Q4_0: d and 16 bytes of nibbles; the nibble is the int8 + 8.
+static inline __attribute__((always_inline)) void load_q4_0(const QActView &a, const uint8_t *row, int64_t c,
+                                                           __m512 *ws, __m512 *wo, __m512i *q) {
+  const uint8_t *b = row + c * 8 * 18;
+  const int nblk = blocks_in_chunk(a, c);
+  *ws = halves_per_block(b, 18, nblk);
+  *wo = _mm512_setzero_ps();
+  const __m256i eight = _mm256_set1_epi8(8);  // + 8 of a zero weight: its bsum term cancels
+  for (int p = 0; p < 4; ++p)
+    q[p] = two_blocks(2 * p < nblk ? nibbles32(b + 36 * p + 2) : eight,
+                      2 * p + 1 < nblk ? nibbles32(b + 36 * p + 20) : eight);
+}
+
+// The IQ4 codebook plus 128, for a byte shuffle: nibble -> unsigned (int8 + 128).
+static inline __attribute__((always_inline)) __m256i iq4_table() {
+  const __m128i t = _mm_xor_si128(_mm_loadu_si128((const __m128i *)kIq4nlValues), _mm_set1_epi8((char)0x80));
+  return _mm256_broadcastsi128_si256(t);
+}
+
+// IQ4_NL: d and 16 bytes of codebook indices, the 32-blocks of Q4_0.
+static inline __attribute__((always_inline)) void load_iq4_nl(const QActView &a, const uint8_t *row, int64_t c,
+                                                             __m512 *ws, __m512 *wo, __m512i *q) {
+  const uint8_t *b = row + c * 8 * 18;
+  const int nblk = blocks_in_chunk(a, c);
+  const __m256i table = iq4_table(), zero = _mm256_set1_epi8((char)0x80);
+  *ws = halves_per_block(b, 18, nblk);
+  *wo = _mm512_setzero_ps();
+  for (int p = 0; p < 4; ++p)
+    q[p] = two_blocks(2 * p < nblk ? _mm256_shuffle_epi8(table, nibbles32(b + 36 * p + 2)) : zero,
+                      2 * p + 1 < nblk ? _mm256_shuffle_epi8(table, nibbles32(b + 36 * p + 20)) : zero);
+}
+
+// IQ4_XS: d, 8 six-bit block scales (low nibbles in 4 bytes, high bit pairs in a u16), and
+// codebook indices as IQ4_NL's; the scale of 32-block ib is d * (ls - 32), as up_iq4_xs has it.
+static inline __attribute__((always_inline)) void load_iq4_xs(const QActView &, const uint8_t *row, int64_t c,
+                                                             __m512 *ws, __m512 *wo, __m512i *q) {
+  const uint8_t *b = row + c * 136;
+  const uint32_t lo = load_u32(b + 4), hi = load_u16(b + 2);
+  alignas(64) int32_t ls[16];
+  for (int ib = 0; ib < 8; ++ib)
+    ls[2 * ib] = ls[2 * ib + 1] = (int)(((lo >> (4 * ib)) & 0xF) | (((hi >> (2 * ib)) & 3) << 4)) - 32;
+  *ws = _mm512_mul_ps(_mm512_set1_ps(load_half(b)), _mm512_cvtepi32_ps(_mm512_load_si512(ls)));
+  *wo = _mm512_setzero_ps();
+  const __m256i table = iq4_table();
+  for (int p = 0; p < 4; ++p)
+    q[p] = two_blocks(_mm256_shuffle_epi8(table, nibbles32(b + 8 + 32 * p)),
+                      _mm256_shuffle_epi8(table, nibbles32(b + 8 + 32 * p + 16)));
+}
+
+// Q5_K: Q4_K's header and nibbles, plus a fifth bit per weight: bit sb of qh[i] for weight i of
+// 32-block sb, added as 16 under a byte mask.
+static inline __attribute__((always_inline)) void load_q5_k(const QActView &, const uint8_t *row, int64_t c,
+                                                           __m512 *ws, __m512 *wo, __m512i *q) {
+  const uint8_t *b = row + c * 176;
+  const __m256i mask = _mm256_set1_epi8(0x0F), sixteen = _mm256_set1_epi8(16);
+  const __m256i qh = _mm256_loadu_si256((const __m256i *)(b + 16));
+  q4_k_scales(b, ws, wo);
+  for (int p = 0; p < 4; ++p) {
+    const __m256i raw = _mm256_loadu_si256((const __m256i *)(b + 48 + 32 * p));
+    __m256i lo = _mm256_and_si256(raw, mask), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+    lo = _mm256_mask_add_epi8(lo, _mm256_test_epi8_mask(qh, _mm256_set1_epi8((char)(1 << (2 * p)))), lo, sixteen);
+    hi = _mm256_mask_add_epi8(hi, _mm256_test_epi8_mask(qh, _mm256_set1_epi8((char)(2 << (2 * p)))), hi, sixteen);
+    q[p] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
   }
 }
 
@@ -435,6 +501,10 @@ void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, c
     switch (type) {
       case kQ4_K: return stream_regs<Offset::kNone, load_q4_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
       case kQ6_K: return stream_regs<Offset::k32, load_q6_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      case kQ5_K: return stream_regs<Offset::kNone, load_q5_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      case kQ4_0: return stream_regs<Offset::k8, load_q4_0>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      case kIQ4_NL: return stream_regs<Offset::k128, load_iq4_nl>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      case kIQ4_XS: return stream_regs<Offset::k128, load_iq4_xs>(w, row_bytes, rows, a, num_tokens, y, ldy);
       case kQ4_1: return stream_regs<Offset::kNone, load_q4_1>(w, row_bytes, rows, a, num_tokens, y, ldy);
       case kQ5_0: return stream_regs<Offset::k16, load_q5_0>(w, row_bytes, rows, a, num_tokens, y, ldy);
       case kQ8_0: return stream_regs<Offset::k128, load_q8_0>(w, row_bytes, rows, a, num_tokens, y, ldy);
