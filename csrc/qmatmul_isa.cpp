@@ -472,6 +472,31 @@ static void tile_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes, i
       float *ws = sbuf.data() + (r * chunks + c) * 2 * kSubQ;
       up(w + r * row_bytes, c, qbuf.data() + (r * chunks + c) * kChunkQ, ws, ws + kSubQ);
     }
+#if defined(__AVX512VNNI__)
+  // The same integers and float operations as below, with the row's chunk and the token
+  // accumulators held in registers.
+  const __m512i flip = _mm512_set1_epi8((char)0x80);
+  __m512 accv[kTokenTile];
+  for (int64_t t0 = 0; t0 < num_tokens; t0 += kTokenTile) {
+    const int64_t nt = num_tokens - t0 < kTokenTile ? num_tokens - t0 : kTokenTile;
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t j = 0; j < nt; ++j) accv[j] = _mm512_setzero_ps();
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int8_t *q = qbuf.data() + (r * chunks + c) * kChunkQ;
+        const float *sc = sbuf.data() + (r * chunks + c) * 2 * kSubQ;
+        __m512i qv[4];
+        for (int p = 0; p < 4; ++p) qv[p] = _mm512_xor_si512(_mm512_loadu_si512(q + 64 * p), flip);
+        const __m512 ws = _mm512_loadu_ps(sc), wo = _mm512_loadu_ps(sc + kSubQ);
+        for (int64_t j = 0; j < nt; ++j) {
+          const int64_t off = (t0 + j) * chunks + c;
+          accv[j] = combine_regs(accv[j], a.scale + off * kSubQ, ws, wo,
+                                 isums_regs(qv, a.q + off * kChunkQ, a.bsum + off * kSubQ, true), a.asum + off * kSubQ);
+        }
+      }
+      finish_regs(accv, nt, y + t0 * ldy + r, ldy);
+    }
+  }
+#else
   alignas(64) int32_t is[kSubQ];
   alignas(64) float acc[kTokenTile][kSubQ];
   for (int64_t t0 = 0; t0 < num_tokens; t0 += kTokenTile) {
@@ -490,6 +515,7 @@ static void tile_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes, i
       finish(acc, nt, y + t0 * ldy + r, ldy);
     }
   }
+#endif
 }
 
 void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,
