@@ -7,9 +7,9 @@ tensors of a synthetic GGUF, T tokens, uniform and skewed routing; optionally ll
 
 Ours: Experts.forward(x, weights, ids) called directly, rotating over --layers MoE layers so the
 working set (V2-Lite: 0.33 GB a layer) is far beyond L3 and every pass reads DRAM.
-llama.cpp: llama-cpp-python exposes no ggml graph API (llama_cpp._ggml has only types), so its
-MUL_MAT_ID cannot be called alone. --llama instead times a T-token forward of two small synthetic
-files, base (the dense layers, or one MoE layer) and base + K MoE layers, on both engines:
+llama.cpp's MoE op alone against ours: bench/moe_vs_llama.py. --llama here times whole layers
+instead, a T-token forward of two small synthetic files, base (the dense layers, or one MoE
+layer) and base + K MoE layers, on both engines:
 (t_big - t_base) / K is one MoE layer *plus its attention* per engine, under the router's own
 (near-uniform, random weights) routing. Same file, same threads; a like-for-like ratio.
 """
