@@ -11,7 +11,6 @@
 
 namespace moe {
 
-
 QRowsFn qrows_kernel(int isa) {
   return isa == 2 ? avx512::qrows_matmul : isa == 1 ? avx2::qrows_matmul : scalar::qrows_matmul;
 }
