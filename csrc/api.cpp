@@ -117,13 +117,15 @@ MOE_API int moe_matmul(int type, const void *weight, int64_t weight_bytes, int64
   Runtime &rt = runtime();
   std::lock_guard<std::mutex> lock(rt.mutex);
   ThreadPool &pool = pool_locked(rt);
-  const int64_t num_tiles = (n + kTileRows - 1) / kTileRows;
   std::vector<const float *> rows_of_x(num_tokens);
   for (int64_t t = 0; t < num_tokens; ++t) rows_of_x[t] = x + t * k;
-  pool.parallel_for(num_tiles, [&](int64_t tile) {
-    const int64_t row0 = tile * kTileRows, rows = std::min(kTileRows, n - row0);
-    gemm_rows(kern, type, (const uint8_t *)weight + row0 * row_bytes, row_bytes, rows, k, rows_of_x.data(),
-              num_tokens, y + row0, n);
+  // Long contiguous tasks (see rows_per_task), each worked a tile of rows at a time.
+  const int64_t task_rows = rows_per_task(n, pool.size());
+  pool.parallel_for((n + task_rows - 1) / task_rows, [&](int64_t task) {
+    const int64_t end = std::min(n, (task + 1) * task_rows);
+    for (int64_t row0 = task * task_rows; row0 < end; row0 += kTileRows)
+      gemm_rows(kern, type, (const uint8_t *)weight + row0 * row_bytes, row_bytes, std::min(kTileRows, end - row0), k,
+                rows_of_x.data(), num_tokens, y + row0, n);
   });
   return 0;
 }
