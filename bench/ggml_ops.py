@@ -12,10 +12,10 @@ graph, so the weights are cold in DRAM and the per-graph overhead is shared as i
 from __future__ import annotations
 
 import ctypes
-import time
 from pathlib import Path
 
 import numpy as np
+from side_by_side import best_of
 
 c_p = ctypes.c_void_p
 GGML_STATUS_SUCCESS = 0
@@ -154,13 +154,11 @@ class Ggml:
                     self._set(tensor, arrays[s])  # whole tensor at once: the repack buffer needs it so
             for tensor, (_, array) in zip(ins, inputs):
                 self._set(tensor, array)
-            best = float("inf")
-            for rep in range(reps + 1):  # the first pass warms up
-                t0 = time.perf_counter()
+            def compute():
                 if self.graph_compute(self.backend, graph) != GGML_STATUS_SUCCESS:
                     raise RuntimeError("ggml graph compute failed")
-                if rep:
-                    best = min(best, time.perf_counter() - t0)
+
+            best = best_of(compute, reps)
             result = np.empty(self.nbytes(outs[-1]) // 4, dtype=np.float32)
             self.tensor_get(outs[-1], result.ctypes.data, 0, result.nbytes)
             return best / n_sets, result, use_repack

@@ -11,11 +11,9 @@ DRAM. Both sides also check each other: the outputs must agree to 1e-4 of their 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,24 +26,13 @@ sys.path.insert(0, str(ROOT.parent))
 
 from bandwidth import read_gbs  # noqa: E402
 from ggml_ops import Ggml  # noqa: E402
+from side_by_side import best_of, check_agreement, save  # noqa: E402
 
 from backend import kernels  # noqa: E402
 from tests.kernels.conftest import random_tensor  # noqa: E402
 
 # rows x cols per type: a 4096-square projection, and the R1 expert gate/up for the 1-2 bit types
 SHAPES = {"IQ1_S": (2048, 7168), "IQ2_XXS": (2048, 7168), "IQ1_M": (2048, 7168)}
-
-
-def ours_seconds(weights: list[kernels.QuantWeight], x: torch.Tensor, reps: int) -> tuple[float, np.ndarray]:
-    y = None
-    best = float("inf")
-    for rep in range(reps + 1):  # the first pass warms up
-        t0 = time.perf_counter()
-        for w in weights:
-            y = kernels.matmul_q8(w, x)
-        if rep:
-            best = min(best, (time.perf_counter() - t0) / len(weights))
-    return best, y.numpy()
 
 
 def main() -> None:
@@ -75,13 +62,13 @@ def main() -> None:
         weights = [kernels.QuantWeight(r.reshape(-1), qtype, (N, K)) for r in raws]
         for T in map(int, args.tokens.split(",")):
             x = np.random.default_rng(T).standard_normal((T, K)).astype(np.float32)
-            ours_dt, ours_y = ours_seconds(weights, torch.from_numpy(x), args.reps)
+            xt = torch.from_numpy(x)
+            ours_dt = best_of(lambda: [kernels.matmul_q8(w, xt) for w in weights], args.reps) / len(weights)
+            ours_y = kernels.matmul_q8(weights[-1], xt).numpy()
             paths = {}
             for repack in (True, False):
                 dt, y, used = ggml.matmul(int(qtype), raws, N, K, x, repack=repack, reps=args.reps)
-                scale = float(np.abs(y).max())
-                if np.abs(ours_y - y).max() > 1e-4 * scale:
-                    raise SystemExit(f"{name} T={T}: ours and llama.cpp disagree by {np.abs(ours_y - y).max() / scale:.2e}")
+                check_agreement(ours_y, y, 1e-4, f"{name} T={T}")
                 paths["repack" if used else "plain"] = dt
             path, llama_dt = min(paths.items(), key=lambda kv: kv[1])
             flops = 2 * N * K * T
@@ -93,10 +80,7 @@ def main() -> None:
             print(f"| {name} | {N}x{K} | {T} | {row['ours_ms']:.3f} | {row['llama_ms']:.3f} ({path}) | "
                   f"**{row['ratio']:.2f}x** | {row['ours_gbs']:.1f} ({100 * row['ours_gbs'] / bandwidth:.0f}%) | "
                   f"{row['ours_gflops']:.0f} | {row['llama_gflops']:.0f} |", flush=True)  # fmt: skip
-    if args.out:
-        result = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": args.threads,
-                  "isa": kernels.isa(), "bandwidth_gbs": bandwidth, "rows": rows}  # fmt: skip
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    save(args.out, args.threads, kernels.isa(), bandwidth, rows)
 
 
 if __name__ == "__main__":

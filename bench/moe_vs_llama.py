@@ -15,12 +15,9 @@ order and the SiLU's exp).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent
@@ -30,21 +27,11 @@ sys.path.insert(0, str(ROOT.parent))
 from bandwidth import read_gbs  # noqa: E402
 from ggml_ops import Ggml  # noqa: E402
 from moe_layer import routing  # noqa: E402
+from side_by_side import best_of, check_agreement, save  # noqa: E402
 
 from backend import kernels  # noqa: E402
 from backend.gguf_model import open_gguf  # noqa: E402
 from backend.layers.moe import Experts  # noqa: E402
-
-
-def ours_seconds(stacks, E: int, x: torch.Tensor, w: torch.Tensor, ids: torch.Tensor, reps: int):
-    best, out = float("inf"), None
-    for rep in range(reps + 1):  # the first pass warms up
-        t0 = time.perf_counter()
-        for gate, up, down in stacks:
-            out = kernels.moe_experts(x, ids, w, gate, up, down, E, activations="q8")
-        if rep:
-            best = min(best, (time.perf_counter() - t0) / len(stacks))
-    return best, out.numpy()
 
 
 def main() -> None:
@@ -82,22 +69,19 @@ def main() -> None:
                 x = torch.randn(T, D, generator=rng) * 0.1
                 # one routing for every layer (ggml's graph shares its inputs); the layers' weights differ
                 w, ids = routing(T, E, A, kind, rng)
-                ours_dt, ours_y = ours_seconds(stacks, E, x, w, ids, a.reps)
+                def ours(stack):
+                    return kernels.moe_experts(x, ids, w, *stack, E, activations="q8")
+
+                ours_dt = best_of(lambda: [ours(stack) for stack in stacks], a.reps) / len(stacks)
                 llama_dt, llama_y, repacked = ggml.moe(types, sets, E, D, I, x.numpy(), ids.numpy(), w.numpy(), reps=a.reps)
-                scale = float(np.abs(llama_y).max())
-                err = float(np.abs(ours_y - llama_y).max()) / scale
-                if err > 1e-3:
-                    raise SystemExit(f"{path} T={T}: ours and llama.cpp disagree by {err:.2e} of the largest value")
+                err = check_agreement(ours(stacks[-1]).numpy(), llama_y, 1e-3, f"{path} T={T}")
                 row = {"model": Path(path).name, "layers": len(stacks), "types": type_names, "routing": kind, "tokens": T,
                        "ours_ms": ours_dt * 1e3, "llama_ms": llama_dt * 1e3, "llama_repacked": repacked,
                        "ratio": llama_dt / ours_dt, "max_rel_diff": err}  # fmt: skip
                 rows.append(row)
                 print(f"| {f.name} | {type_names} | {kind} | {T} | {row['ours_ms']:.2f} | {row['llama_ms']:.2f}"
                       f"{' (repacked)' if repacked else ''} | **{row['ratio']:.2f}x** |", flush=True)  # fmt: skip
-    if a.out:
-        result = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": a.threads,
-                  "isa": kernels.isa(), "bandwidth_gbs": bandwidth, "rows": rows}  # fmt: skip
-        a.out.write_text(json.dumps(result, indent=1) + "\n")
+    save(a.out, a.threads, kernels.isa(), bandwidth, rows)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,37 @@
+"""What the op-for-op benchmarks against llama.cpp share (matmul_vs_llama.py, moe_vs_llama.py,
+ggml_ops.py): best-of timing after a warm-up pass, the agreement check, the results file."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+
+def best_of(run: Callable[[], object], reps: int) -> float:
+    """Best wall time of `reps` calls of run(), after one warm-up call (page faults, pool start)."""
+    run()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def check_agreement(ours: np.ndarray, theirs: np.ndarray, tolerance: float, what: str) -> float:
+    """max |ours - theirs| relative to llama.cpp's largest value; exits when above `tolerance`."""
+    diff = float(np.abs(ours - theirs).max()) / float(np.abs(theirs).max())
+    if diff > tolerance:
+        raise SystemExit(f"{what}: ours and llama.cpp disagree by {diff:.2e} of the largest value")
+    return diff
+
+
+def save(out: Path | None, threads: int, isa: str, bandwidth: float, rows: list[dict]) -> None:
+    if out:
+        result = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": threads, "isa": isa,
+                  "bandwidth_gbs": bandwidth, "rows": rows}  # fmt: skip
+        out.write_text(json.dumps(result, indent=1) + "\n")
