@@ -287,36 +287,29 @@ static inline __attribute__((always_inline)) void load_q8_0(const QActView &a, c
   }
 }
 
-// Q4_0: d and 16 bytes of nibbles; the nibble is the int8 + 8.
-static inline __attribute__((always_inline)) void load_q4_0(const QActView &a, const uint8_t *row, int64_t c,
-                                                           __m512 *ws, __m512 *wo, __m512i *q) {
-  const uint8_t *b = row + c * 8 * 18;
-  const int nblk = blocks_in_chunk(a, c);
-  *ws = halves_per_block(b, 18, nblk);
-  *wo = _mm512_setzero_ps();
-  const __m256i eight = _mm256_set1_epi8(8);  // + 8 of a zero weight: its bsum term cancels
-  for (int p = 0; p < 4; ++p)
-    q[p] = two_blocks(2 * p < nblk ? nibbles32(b + 36 * p + 2) : eight,
-                      2 * p + 1 < nblk ? nibbles32(b + 36 * p + 20) : eight);
-}
-
 // The IQ4 codebook plus 128, for a byte shuffle: nibble -> unsigned (int8 + 128).
 static inline __attribute__((always_inline)) __m256i iq4_table() {
   const __m128i t = _mm_xor_si128(_mm_loadu_si128((const __m128i *)kIq4nlValues), _mm_set1_epi8((char)0x80));
   return _mm256_broadcastsi128_si256(t);
 }
 
-// IQ4_NL: d and 16 bytes of codebook indices, the 32-blocks of Q4_0.
-static inline __attribute__((always_inline)) void load_iq4_nl(const QActView &a, const uint8_t *row, int64_t c,
-                                                             __m512 *ws, __m512 *wo, __m512i *q) {
+// Q4_0 and IQ4_NL share their blocks: d and 16 bytes of nibbles. Q4_0's nibble is the int8 + 8;
+// IQ4_NL's indexes the codebook (kCodebook), carried as int8 + 128. A block past the row's end
+// holds the offset alone, so its bsum term cancels.
+template <bool kCodebook>
+static inline __attribute__((always_inline)) void load_nibble_blocks(const QActView &a, const uint8_t *row, int64_t c,
+                                                                    __m512 *ws, __m512 *wo, __m512i *q) {
   const uint8_t *b = row + c * 8 * 18;
   const int nblk = blocks_in_chunk(a, c);
-  const __m256i table = iq4_table(), zero = _mm256_set1_epi8((char)0x80);
+  const __m256i table = iq4_table(), none = _mm256_set1_epi8((char)(kCodebook ? 0x80 : 8));
+  auto block = [&](int i) {
+    if (i >= nblk) return none;
+    const __m256i v = nibbles32(b + 18 * i + 2);
+    return kCodebook ? _mm256_shuffle_epi8(table, v) : v;
+  };
   *ws = halves_per_block(b, 18, nblk);
   *wo = _mm512_setzero_ps();
-  for (int p = 0; p < 4; ++p)
-    q[p] = two_blocks(2 * p < nblk ? _mm256_shuffle_epi8(table, nibbles32(b + 36 * p + 2)) : zero,
-                      2 * p + 1 < nblk ? _mm256_shuffle_epi8(table, nibbles32(b + 36 * p + 20)) : zero);
+  for (int p = 0; p < 4; ++p) q[p] = two_blocks(block(2 * p), block(2 * p + 1));
 }
 
 // IQ4_XS: d, 8 six-bit block scales (low nibbles in 4 bytes, high bit pairs in a u16), and
@@ -528,8 +521,8 @@ void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, c
       case kQ4_K: return stream_regs<Offset::kNone, load_q4_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
       case kQ6_K: return stream_regs<Offset::k32, load_q6_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
       case kQ5_K: return stream_regs<Offset::kNone, load_q5_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
-      case kQ4_0: return stream_regs<Offset::k8, load_q4_0>(w, row_bytes, rows, a, num_tokens, y, ldy);
-      case kIQ4_NL: return stream_regs<Offset::k128, load_iq4_nl>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      case kQ4_0: return stream_regs<Offset::k8, load_nibble_blocks<false>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      case kIQ4_NL: return stream_regs<Offset::k128, load_nibble_blocks<true>>(w, row_bytes, rows, a, num_tokens, y, ldy);
       case kIQ4_XS: return stream_regs<Offset::k128, load_iq4_xs>(w, row_bytes, rows, a, num_tokens, y, ldy);
       case kQ4_1: return stream_regs<Offset::kNone, load_q4_1>(w, row_bytes, rows, a, num_tokens, y, ldy);
       case kQ5_0: return stream_regs<Offset::k16, load_q5_0>(w, row_bytes, rows, a, num_tokens, y, ldy);
