@@ -399,6 +399,43 @@ static void stream_iq1_s(const uint8_t *w, int64_t row_bytes, int64_t rows, cons
 }
 #endif
 
+// One unpacked row (its chunks' int8 quants in q, their ws/wo pairs in sc) against tokens
+// t0 .. t0 + nt - 1: y[j * ldy] for token t0 + j.
+static inline void row_dots(const int8_t *q, const float *sc, const QActView &a, int64_t t0, int64_t nt, float *y,
+                            int64_t ldy) {
+#if defined(__AVX512VNNI__)
+  // The same integers and float operations as below, with the chunk and the token accumulators
+  // held in registers.
+  const __m512i flip = _mm512_set1_epi8((char)0x80);
+  __m512 accv[kTokenTile];
+  for (int64_t j = 0; j < nt; ++j) accv[j] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < a.chunks; ++c) {
+    __m512i qv[4];
+    for (int p = 0; p < 4; ++p) qv[p] = _mm512_xor_si512(_mm512_loadu_si512(q + c * kChunkQ + 64 * p), flip);
+    const __m512 ws = _mm512_loadu_ps(sc + c * 2 * kSubQ), wo = _mm512_loadu_ps(sc + c * 2 * kSubQ + kSubQ);
+    for (int64_t j = 0; j < nt; ++j) {
+      const int64_t off = (t0 + j) * a.chunks + c;
+      accv[j] = combine_regs(accv[j], a.scale + off * kSubQ, ws, wo,
+                             isums_regs(qv, a.q + off * kChunkQ, a.bsum + off * kSubQ, true), a.asum + off * kSubQ);
+    }
+  }
+  finish_regs(accv, nt, y, ldy);
+#else
+  alignas(64) int32_t is[kSubQ];
+  alignas(64) float acc[kTokenTile][kSubQ];
+  memset(acc, 0, sizeof acc);
+  for (int64_t c = 0; c < a.chunks; ++c) {
+    const float *ws = sc + c * 2 * kSubQ;
+    for (int64_t j = 0; j < nt; ++j) {
+      const int64_t off = (t0 + j) * a.chunks + c;
+      isums(q + c * kChunkQ, a.q + off * kChunkQ, a.bsum + off * kSubQ, is);
+      combine(acc[j], a.scale + off * kSubQ, ws, ws + kSubQ, is, a.asum + off * kSubQ);
+    }
+  }
+  finish(acc, nt, y, ldy);
+#endif
+}
+
 // Few tokens (decoding): a row is unpacked whole into L1, then used by every token. Unpacking
 // the whole row first (not chunk by chunk) matters: the unpackers write quants and scales in
 // small stores, and reading them back at once as 64-byte vectors stalls on store forwarding.
@@ -407,45 +444,10 @@ static void stream_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes,
   thread_local std::vector<int8_t> qrow;
   thread_local std::vector<float> srow;
   if ((int64_t)qrow.size() < a.chunks * kChunkQ) qrow.resize(a.chunks * kChunkQ), srow.resize(a.chunks * 2 * kSubQ);
-#if defined(__AVX512VNNI__)
-  __m512 accv[kTokenTile];
-#else
-  alignas(64) int32_t is[kSubQ];
-  alignas(64) float acc[kTokenTile][kSubQ];
-#endif
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < a.chunks; ++c)
       up(w + r * row_bytes, c, qrow.data() + c * kChunkQ, srow.data() + c * 2 * kSubQ, srow.data() + c * 2 * kSubQ + kSubQ);
-#if defined(__AVX512VNNI__)
-    for (int64_t t = 0; t < nt; ++t) accv[t] = _mm512_setzero_ps();
-#else
-    memset(acc, 0, sizeof acc);
-#endif
-    for (int64_t c = 0; c < a.chunks; ++c) {
-      const int8_t *q = qrow.data() + c * kChunkQ;
-      const float *sc = srow.data() + c * 2 * kSubQ;
-#if defined(__AVX512VNNI__)
-      const __m512i flip = _mm512_set1_epi8((char)0x80);
-      __m512i qv[4];
-      for (int p = 0; p < 4; ++p) qv[p] = _mm512_xor_si512(_mm512_loadu_si512(q + 64 * p), flip);
-      const __m512 ws = _mm512_loadu_ps(sc), wo = _mm512_loadu_ps(sc + kSubQ);
-#endif
-      for (int64_t t = 0; t < nt; ++t) {
-        const int64_t off = t * a.chunks + c;
-#if defined(__AVX512VNNI__)
-        accv[t] = combine_regs(accv[t], a.scale + off * kSubQ, ws, wo,
-                               isums_regs(qv, a.q + off * kChunkQ, a.bsum + off * kSubQ, true), a.asum + off * kSubQ);
-#else
-        isums(q, a.q + off * kChunkQ, a.bsum + off * kSubQ, is);
-        combine(acc[t], a.scale + off * kSubQ, sc, sc + kSubQ, is, a.asum + off * kSubQ);
-#endif
-      }
-    }
-#if defined(__AVX512VNNI__)
-    finish_regs(accv, nt, y + r, ldy);
-#else
-    finish(acc, nt, y + r, ldy);
-#endif
+    row_dots(qrow.data(), srow.data(), a, 0, nt, y + r, ldy);
   }
 }
 
@@ -465,50 +467,12 @@ static void tile_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes, i
       float *ws = sbuf.data() + (r * chunks + c) * 2 * kSubQ;
       up(w + r * row_bytes, c, qbuf.data() + (r * chunks + c) * kChunkQ, ws, ws + kSubQ);
     }
-#if defined(__AVX512VNNI__)
-  // The same integers and float operations as below, with the row's chunk and the token
-  // accumulators held in registers.
-  const __m512i flip = _mm512_set1_epi8((char)0x80);
-  __m512 accv[kTokenTile];
   for (int64_t t0 = 0; t0 < num_tokens; t0 += kTokenTile) {
     const int64_t nt = num_tokens - t0 < kTokenTile ? num_tokens - t0 : kTokenTile;
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int64_t j = 0; j < nt; ++j) accv[j] = _mm512_setzero_ps();
-      for (int64_t c = 0; c < chunks; ++c) {
-        const int8_t *q = qbuf.data() + (r * chunks + c) * kChunkQ;
-        const float *sc = sbuf.data() + (r * chunks + c) * 2 * kSubQ;
-        __m512i qv[4];
-        for (int p = 0; p < 4; ++p) qv[p] = _mm512_xor_si512(_mm512_loadu_si512(q + 64 * p), flip);
-        const __m512 ws = _mm512_loadu_ps(sc), wo = _mm512_loadu_ps(sc + kSubQ);
-        for (int64_t j = 0; j < nt; ++j) {
-          const int64_t off = (t0 + j) * chunks + c;
-          accv[j] = combine_regs(accv[j], a.scale + off * kSubQ, ws, wo,
-                                 isums_regs(qv, a.q + off * kChunkQ, a.bsum + off * kSubQ, true), a.asum + off * kSubQ);
-        }
-      }
-      finish_regs(accv, nt, y + t0 * ldy + r, ldy);
-    }
+    for (int64_t r = 0; r < rows; ++r)
+      row_dots(qbuf.data() + r * chunks * kChunkQ, sbuf.data() + r * chunks * 2 * kSubQ, a, t0, nt,
+               y + t0 * ldy + r, ldy);
   }
-#else
-  alignas(64) int32_t is[kSubQ];
-  alignas(64) float acc[kTokenTile][kSubQ];
-  for (int64_t t0 = 0; t0 < num_tokens; t0 += kTokenTile) {
-    const int64_t nt = num_tokens - t0 < kTokenTile ? num_tokens - t0 : kTokenTile;
-    for (int64_t r = 0; r < rows; ++r) {
-      memset(acc, 0, sizeof acc);
-      for (int64_t c = 0; c < chunks; ++c) {
-        const int8_t *q = qbuf.data() + (r * chunks + c) * kChunkQ;
-        const float *ws = sbuf.data() + (r * chunks + c) * 2 * kSubQ;
-        for (int64_t j = 0; j < nt; ++j) {
-          const int64_t off = (t0 + j) * chunks + c;
-          isums(q, a.q + off * kChunkQ, a.bsum + off * kSubQ, is);
-          combine(acc[j], a.scale + off * kSubQ, ws, ws + kSubQ, is, a.asum + off * kSubQ);
-        }
-      }
-      finish(acc, nt, y + t0 * ldy + r, ldy);
-    }
-  }
-#endif
 }
 
 void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,
