@@ -59,13 +59,18 @@ void gemm_rows(const IsaKernels &kern, int type, const uint8_t *w, int64_t row_b
     kern.rows_matmul(type, w, row_bytes, rows, k, x, num_tokens, y, ldy);
     return;
   }
-  // Many tokens: dequantize the rows once into this thread's tile and share it among them.
+  // Many tokens: kTileRows rows at a time dequantized into this thread's tile (it stays in
+  // cache) and shared among them.
   const Geometry g = geometry(type);
   const int64_t count_per_row = g.block_size == 1 ? k : k / g.block_size;
   thread_local std::vector<float> tile;
-  if ((int64_t)tile.size() < rows * k) tile.resize(rows * k);
-  for (int64_t r = 0; r < rows; ++r) kern.dequantize(type, w + r * row_bytes, tile.data() + r * k, count_per_row);
-  kern.tile_matmul(tile.data(), rows, k, x, num_tokens, y, ldy);
+  if ((int64_t)tile.size() < kTileRows * k) tile.resize(kTileRows * k);
+  for (int64_t r0 = 0; r0 < rows; r0 += kTileRows) {
+    const int64_t n = std::min(kTileRows, rows - r0);
+    for (int64_t r = 0; r < n; ++r)
+      kern.dequantize(type, w + (r0 + r) * row_bytes, tile.data() + r * k, count_per_row);
+    kern.tile_matmul(tile.data(), n, k, x, num_tokens, y + r0, ldy);
+  }
 }
 
 }  // namespace moe
@@ -119,13 +124,11 @@ MOE_API int moe_matmul(int type, const void *weight, int64_t weight_bytes, int64
   ThreadPool &pool = pool_locked(rt);
   std::vector<const float *> rows_of_x(num_tokens);
   for (int64_t t = 0; t < num_tokens; ++t) rows_of_x[t] = x + t * k;
-  // Long contiguous tasks (see rows_per_task), each worked a tile of rows at a time.
-  const int64_t task_rows = rows_per_task(n, pool.size());
+  const int64_t task_rows = rows_per_task(n, pool.size());  // long contiguous reads
   pool.parallel_for((n + task_rows - 1) / task_rows, [&](int64_t task) {
-    const int64_t end = std::min(n, (task + 1) * task_rows);
-    for (int64_t row0 = task * task_rows; row0 < end; row0 += kTileRows)
-      gemm_rows(kern, type, (const uint8_t *)weight + row0 * row_bytes, row_bytes, std::min(kTileRows, end - row0), k,
-                rows_of_x.data(), num_tokens, y + row0, n);
+    const int64_t row0 = task * task_rows;
+    gemm_rows(kern, type, (const uint8_t *)weight + row0 * row_bytes, row_bytes, std::min(task_rows, n - row0), k,
+              rows_of_x.data(), num_tokens, y + row0, n);
   });
   return 0;
 }

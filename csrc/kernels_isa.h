@@ -33,8 +33,8 @@ struct IsaKernels {
                       int64_t num_tokens, float *y, int64_t ldy);
 };
 
-// rows x k weights of `type` times num_tokens gathered rows: y[t * ldy + r]. Picks the streaming
-// or the tile path (identical bits); runs on the calling thread.
+// rows x k weights of `type` times num_tokens gathered rows: y[t * ldy + r], any number of rows.
+// Picks the streaming or the tile path (identical bits); runs on the calling thread.
 void gemm_rows(const IsaKernels &kern, int type, const uint8_t *w, int64_t row_bytes, int64_t rows, int64_t k,
                const float *const *x, int64_t num_tokens, float *y, int64_t ldy);
 

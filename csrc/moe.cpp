@@ -41,13 +41,10 @@ std::unique_ptr<QActBuffers> quantize_slots(ThreadPool &pool, bool q8, int type,
 // rows x k weights against the n pairs from sorted slot s0: y[j * ldy + r].
 void project(const IsaKernels &kern, QRowsFn qrows, int type, const uint8_t *w, int64_t row_bytes, int64_t rows,
              int64_t k, const ProjInput &in, int64_t s0, int64_t n, float *y, int64_t ldy) {
-  if (in.q) {
+  if (in.q)
     qrows(type, w, row_bytes, rows, act_slots(*in.q, s0), n, y, ldy);
-    return;
-  }
-  for (int64_t r0 = 0; r0 < rows; r0 += kTileRows)  // the float kernels take a tile of rows at a time
-    gemm_rows(kern, type, w + r0 * row_bytes, row_bytes, std::min(kTileRows, rows - r0), k, in.rows + s0, n, y + r0,
-              ldy);
+  else
+    gemm_rows(kern, type, w, row_bytes, rows, k, in.rows + s0, n, y, ldy);
 }
 
 // SwiGLU experts of one shape with their (token, slot) pairs sorted into contiguous slots, so
