@@ -68,11 +68,16 @@ static inline __attribute__((always_inline)) void isums(const int8_t *wq, const 
 #endif
 }
 
-// acc[s] += (ad[s] * ws[s]) * isum[s] + wo[s] * as[s], llama.cpp's (d_w * d_a) * sumi + m_w * s_a:
-// plain multiplies and adds (the build has -ffp-contract=off), lane by lane, identical on every ISA.
+// acc[s] += (ad[s] * ws[s]) * isum[s] + wo[s] * as[s], llama.cpp's (d_w * d_a) * sumi + m_w * s_a
+// (the offset term only for types that have one): plain multiplies and adds (the build has
+// -ffp-contract=off), lane by lane, identical on every ISA.
+template <bool kOffsets>
 static inline void combine(float *acc, const float *ad, const float *ws, const float *wo, const int32_t *isum,
                            const float *as) {
-  for (int s = 0; s < 16; ++s) acc[s] += (ad[s] * ws[s]) * (float)isum[s] + wo[s] * as[s];
+  for (int s = 0; s < 16; ++s) {
+    const float x = (ad[s] * ws[s]) * (float)isum[s];
+    acc[s] += kOffsets ? x + wo[s] * as[s] : x;
+  }
 }
 
 constexpr int kTokenTile = 8;
@@ -81,6 +86,7 @@ struct Unpacker {
   UnpackFn fn;
   int64_t blocks;
   int per_chunk, type_size;
+  bool offsets;  // has_offsets(type)
   // Chunk c of a row into q[256] and ws/wo[16] (zeros past the row's last block).
   inline void operator()(const uint8_t *row, int64_t c, int8_t *q, float *ws, float *wo) const {
     const int64_t nblk = blocks - c * per_chunk < per_chunk ? blocks - c * per_chunk : per_chunk;
@@ -99,25 +105,58 @@ static inline void finish(const float (*acc)[kSubQ], int64_t nt, float *y, int64
 }
 
 #if defined(__AVX512VNNI__)
-// Sub-block sums of weights already in registers (unsigned bytes) against one token's quants;
-// `shift` = 128 when the weights were offset by +128 (then 128 * bsum comes off).
-static inline __attribute__((always_inline)) __m512i isums_regs(const __m512i *q, const int8_t *aq,
-                                                               const int32_t *bsum, bool shift) {
-  __m512i v[4];
-  for (int p = 0; p < 4; ++p) v[p] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), q[p], _mm512_loadu_si512(aq + 64 * p));
-  const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(v[0], v[1]), _mm512_unpackhi_epi32(v[0], v[1]));
-  const __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2], v[3]), _mm512_unpackhi_epi32(v[2], v[3]));
-  __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
-  u = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), u);
-  if (shift) u = _mm512_sub_epi32(u, _mm512_slli_epi32(_mm512_loadu_si512(bsum), 7));
-  return u;
+// Natural quants (vector P: sub-blocks 4P .. 4P + 3, 16 bytes each) -> the interleaved order of
+// QActView::qi (vector p, 32-bit lane s: bytes 4p .. 4p + 3 of sub-block s). Round 1 gathers,
+// for each pair of vectors and each pair of p, the lanes of sub-blocks 8a .. 8a + 7; round 2
+// joins the halves of a and a + 1.
+static inline __attribute__((always_inline)) void interleave(__m512i *q) {
+  const __m512i pick[2] = {_mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29),
+                           _mm512_setr_epi32(2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31)};
+  __m512i x[2][2];
+  for (int a = 0; a < 2; ++a)
+    for (int h = 0; h < 2; ++h) x[a][h] = _mm512_permutex2var_epi32(q[2 * a], pick[h], q[2 * a + 1]);
+  for (int h = 0; h < 2; ++h) {
+    q[2 * h] = _mm512_shuffle_i64x2(x[0][h], x[1][h], 0x44);
+    q[2 * h + 1] = _mm512_shuffle_i64x2(x[0][h], x[1][h], 0xEE);
+  }
+}
+
+// Sub-block sums of interleaved unsigned weights against one token's interleaved quants: four
+// chained dpbusd leave sub-block s whole in lane s, added to `init` (where the caller takes off
+// what an offset in the weight bytes added).
+static inline __attribute__((always_inline)) __m512i chain_dots(const __m512i *q, const int8_t *aqi, __m512i init) {
+  for (int p = 0; p < 4; ++p) init = _mm512_dpbusd_epi32(init, q[p], _mm512_loadu_si512(aqi + 64 * p));
+  return init;
+}
+
+// -(bsum << shift): the integer a weight offset of 2^shift adds to each sub-block sum.
+static inline __attribute__((always_inline)) __m512i offset_init(const int32_t *bsum, int shift) {
+  return _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_loadu_si512(bsum), shift));
 }
 
 // combine() on registers, the same operations in the same order per lane.
-static inline __attribute__((always_inline)) __m512 combine_regs(__m512 acc, const float *ad, __m512 ws, __m512 wo,
-                                                                __m512i isum, const float *as) {
-  const __m512 x = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(ad), ws), _mm512_cvtepi32_ps(isum));
-  return _mm512_add_ps(acc, _mm512_add_ps(x, _mm512_mul_ps(wo, _mm512_loadu_ps(as))));
+template <bool kOffsets>
+static inline __attribute__((always_inline)) __m512 combine_regs(__m512 acc, __m512 ad, __m512 ws, __m512 wo,
+                                                                __m512i isum, __m512 as) {
+  const __m512 x = _mm512_mul_ps(_mm512_mul_ps(ad, ws), _mm512_cvtepi32_ps(isum));
+  return _mm512_add_ps(acc, kOffsets ? _mm512_add_ps(x, _mm512_mul_ps(wo, as)) : x);
+}
+
+// The activation side of combine_regs for one token and chunk: its scale and, for types with
+// offsets, its asum.
+struct TokenScales {
+  __m512 ad, as;
+  template <bool kOffsets>
+  static inline __attribute__((always_inline)) TokenScales load(const QActView &a, int64_t off) {
+    return {_mm512_loadu_ps(a.scale + off * kSubQ), kOffsets ? _mm512_loadu_ps(a.asum + off * kSubQ) : _mm512_setzero_ps()};
+  }
+};
+
+// Keeps v in a register: the compiler would otherwise fold its load into every instruction that
+// reads it, one load per use, and the GEMM is bound by loads.
+template <typename V>
+static inline __attribute__((always_inline)) void in_register(V &v) {
+  __asm__("" : "+v"(v));
 }
 
 // Q4_K's 16 sub-block scales (d * sc) and offsets (-(dmin * m)) straight into registers: the
@@ -147,13 +186,14 @@ static inline void finish_regs(const __m512 *acc, int64_t nt, float *y, int64_t 
 }
 
 // Register paths for few tokens: a type's chunk goes straight from its blocks into four
-// vectors of unsigned bytes plus 16-lane scale/offset vectors, never through the int8 buffer.
-// dpbusd takes the unsigned bytes as they are; where the generic path's int8 is that byte minus
-// a constant (Q8_0 stored with +128 here, Q5_0's 16), the constant times the activation's
-// sub-block sum comes off: the same integers, the same float operations, the same bits.
+// vectors of unsigned bytes in the interleaved order (see interleave) plus 16-lane scale/offset
+// vectors, never through the int8 buffer. dpbusd takes the unsigned bytes as they are; where the
+// generic path's int8 is that byte minus a constant (Q8_0 stored with +128 here, Q5_0's 16),
+// the constant times the activation's sub-block sum comes off: the same integers, the same
+// float operations, the same bits.
 enum class Offset { kNone = 0, k8 = 3, k16 = 4, k32 = 5, k128 = 7 };  // log2 of what each weight byte carries extra
 
-template <Offset kOff, auto kLoad>  // kLoad a compile-time function: inlined into the loop
+template <Offset kOff, bool kOffsets, auto kLoad>  // kLoad a compile-time function: inlined into the loop
 static void stream_regs(const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, int64_t nt, float *y,
                         int64_t ldy) {
   __m512 acc[kTokenTile];
@@ -167,27 +207,42 @@ static void stream_regs(const uint8_t *w, int64_t row_bytes, int64_t rows, const
       kLoad(a, w + r * row_bytes, c, &ws, &wo, q);
       for (int64_t t = 0; t < nt; ++t) {
         const int64_t off = t * a.chunks + c;
-        __m512i isum = isums_regs(q, a.q + off * kChunkQ, nullptr, false);
-        if (kOff != Offset::kNone)
-          isum = _mm512_sub_epi32(isum, _mm512_slli_epi32(_mm512_loadu_si512(a.bsum + off * kSubQ), (int)kOff));
-        acc[t] = combine_regs(acc[t], a.scale + off * kSubQ, ws, wo, isum, a.asum + off * kSubQ);
+        const __m512i init = kOff == Offset::kNone ? _mm512_setzero_si512() : offset_init(a.bsum + off * kSubQ, (int)kOff);
+        const __m512i isum = chain_dots(q, a.qi + off * kChunkQ, init);
+        const TokenScales ts = TokenScales::load<kOffsets>(a, off);
+        acc[t] = combine_regs<kOffsets>(acc[t], ts.ad, ws, wo, isum, ts.as);
       }
     }
     finish_regs(acc, nt, y + r, ldy);
   }
 }
 
-// Q4_K: piece p of the natural order is [low nibbles, high nibbles] of qs[32p .. 32p + 31].
+// A loader of the natural order, then interleaved.
+template <auto kLoad>
+static inline __attribute__((always_inline)) void interleaved(const QActView &a, const uint8_t *row, int64_t c,
+                                                             __m512 *ws, __m512 *wo, __m512i *q) {
+  kLoad(a, row, c, ws, wo, q);
+  interleave(q);
+}
+
+// K-quant nibbles (128 bytes at qs) in the interleaved order: sub-blocks 4G .. 4G + 3 are the
+// low, then the high nibbles of qs[32G .. 32G + 31], so lane s of vector p is qs dword
+// 8 (s / 4) + 4 (s % 2) + p, shifted down by 4 where s % 4 >= 2.
+static inline __attribute__((always_inline)) void k_nibbles(const uint8_t *qs, __m512i *q) {
+  const __m512i lo = _mm512_loadu_si512(qs), hi = _mm512_loadu_si512(qs + 64), mask = _mm512_set1_epi8(0x0F);
+  const __m512i base = _mm512_setr_epi32(0, 4, 0, 4, 8, 12, 8, 12, 16, 20, 16, 20, 24, 28, 24, 28);
+  const __m512i shift = _mm512_setr_epi32(0, 0, 4, 4, 0, 0, 4, 4, 0, 0, 4, 4, 0, 0, 4, 4);
+  for (int p = 0; p < 4; ++p) {
+    const __m512i d = _mm512_permutex2var_epi32(lo, _mm512_add_epi32(base, _mm512_set1_epi32(p)), hi);
+    q[p] = _mm512_and_si512(_mm512_srlv_epi32(d, shift), mask);
+  }
+}
+
 static inline __attribute__((always_inline)) void load_q4_k(const QActView &, const uint8_t *row, int64_t c,
                                                            __m512 *ws, __m512 *wo, __m512i *q) {
   const uint8_t *b = row + c * 144;
-  const __m256i mask = _mm256_set1_epi8(0x0F);
   q4_k_scales(b, ws, wo);
-  for (int p = 0; p < 4; ++p) {
-    const __m256i raw = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * p));
-    const __m256i lo = _mm256_and_si256(raw, mask), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
-    q[p] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-  }
+  k_nibbles(b + 16, q);
 }
 
 // Q6_K: 128 bytes of low nibbles, 64 of high bit pairs, 16 int8 scales, d. Piece p is quarters
@@ -330,27 +385,30 @@ static inline __attribute__((always_inline)) void load_iq4_xs(const QActView &, 
 }
 
 // Q5_K: Q4_K's header and nibbles, plus a fifth bit per weight: bit sb of qh[i] for weight i of
-// 32-block sb, added as 16 under a byte mask.
+// 32-block sb, added as 16 under a byte mask. Lane s of vector p reads qh dword 4 (s % 2) + p,
+// bit s / 2 of each byte.
 static inline __attribute__((always_inline)) void load_q5_k(const QActView &, const uint8_t *row, int64_t c,
                                                            __m512 *ws, __m512 *wo, __m512i *q) {
   const uint8_t *b = row + c * 176;
-  const __m256i mask = _mm256_set1_epi8(0x0F), sixteen = _mm256_set1_epi8(16);
-  const __m256i qh = _mm256_loadu_si256((const __m256i *)(b + 16));
+  const __m512i qh = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(b + 16)));
+  const __m512i bits = _mm512_setr_epi32(0x01010101, 0x01010101, 0x02020202, 0x02020202, 0x04040404, 0x04040404,
+                                         0x08080808, 0x08080808, 0x10101010, 0x10101010, 0x20202020, 0x20202020,
+                                         0x40404040, 0x40404040, (int)0x80808080, (int)0x80808080);
+  const __m512i base = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
+  const __m512i sixteen = _mm512_set1_epi8(16);
   q4_k_scales(b, ws, wo);
+  k_nibbles(b + 48, q);
   for (int p = 0; p < 4; ++p) {
-    const __m256i raw = _mm256_loadu_si256((const __m256i *)(b + 48 + 32 * p));
-    __m256i lo = _mm256_and_si256(raw, mask), hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
-    lo = _mm256_mask_add_epi8(lo, _mm256_test_epi8_mask(qh, _mm256_set1_epi8((char)(1 << (2 * p)))), lo, sixteen);
-    hi = _mm256_mask_add_epi8(hi, _mm256_test_epi8_mask(qh, _mm256_set1_epi8((char)(2 << (2 * p)))), hi, sixteen);
-    q[p] = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+    const __m512i h = _mm512_permutexvar_epi32(_mm512_add_epi32(base, _mm512_set1_epi32(p)), qh);
+    q[p] = _mm512_mask_add_epi8(q[p], _mm512_test_epi8_mask(h, bits), q[p], sixteen);
   }
 }
 
 // IQ1_S (the 1.58-bit DeepSeek-R1's experts) without the int8 buffer. A weight is
 // ws * (8 g + delta) with g in {-1, 0, 1} from the codebook, so per sub-block
-// sum (8 g + delta) a = 8 (sum (g + 1) a - bsum) + delta bsum: dpbusd takes the unsigned g + 1
-// as gathered (32 codebook rows of 8 per chunk, indices built in SIMD), and the integer
-// equals the generic path's exactly, so the bits do too.
+// sum (8 g + delta) a = sum 8 (g + 1) a + (delta - 8) bsum: dpbusd takes the unsigned 8 (g + 1)
+// (32 gathered codebook rows of 8 per chunk, indices built in SIMD), and the integer equals
+// the generic path's exactly, so the bits do too.
 static void stream_iq1_s(const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, int64_t nt, float *y,
                          int64_t ldy) {
   const __m512i perm_lo = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
@@ -358,6 +416,8 @@ static void stream_iq1_s(const uint8_t *w, int64_t row_bytes, int64_t rows, cons
   const __m512i shifts = _mm512_setr_epi32(0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9);
   const __m512i seven = _mm512_set1_epi32(7), ones = _mm512_set1_epi8(1);
   const __m512i pairs = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   const long long *grid = (const long long *)kIq1sGrid;
   __m512 acc[kTokenTile];
   for (int64_t r = 0; r < rows; ++r) {
@@ -367,16 +427,23 @@ static void stream_iq1_s(const uint8_t *w, int64_t row_bytes, int64_t rows, cons
       prefetch_ahead(b, 50);
       const __m128i qh8 = _mm_loadu_si128((const __m128i *)(b + 34));  // 8 x u16
       const __m512i qh = _mm512_cvtepu16_epi32(_mm256_castsi128_si256(qh8));  // lanes 0-7
-      __m512i idx[2];
+      __m512i idx[2];  // codebook row of grid rows 16 h .. 16 h + 15
       for (int h = 0; h < 2; ++h) {
         const __m512i qs = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 2 + 16 * h)));
         const __m512i hi = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi32(h ? perm_hi : perm_lo, qh), shifts), seven);
         idx[h] = _mm512_or_si512(qs, _mm512_slli_epi32(hi, 8));
       }
+      // Sub-block s is rows 2s and 2s + 1: gather the even rows, then the odd ones, and deal
+      // their 4-byte halves out to the interleaved vectors (p = 2 (row parity) + half).
+      __m512i g[4];
+      for (int h = 0; h < 2; ++h) {
+        g[h] = _mm512_i32gather_epi64(_mm512_cvtepi64_epi32(idx[h]), grid, 8);
+        g[2 + h] = _mm512_i32gather_epi64(_mm512_cvtepi64_epi32(_mm512_srli_epi64(idx[h], 32)), grid, 8);
+      }
       __m512i q[4];
       for (int p = 0; p < 4; ++p) {
-        const __m256i ix = p % 2 ? _mm512_extracti64x4_epi64(idx[p / 2], 1) : _mm512_castsi512_si256(idx[p / 2]);
-        q[p] = _mm512_add_epi8(_mm512_i32gather_epi64(ix, grid, 8), ones);
+        const __m512i v = _mm512_permutex2var_epi32(g[p & 2], p & 1 ? odd : even, g[(p & 2) + 1]);
+        q[p] = _mm512_slli_epi16(_mm512_add_epi8(v, ones), 3);  // 8 (g + 1) <= 16: no carry between bytes
       }
       // ws = d * (2 s + 1) * 0.125 per block, as the scalar unpacker's operations, two lanes each.
       const __m512i s21 = _mm512_add_epi32(_mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(qh, 12), seven), 1),
@@ -385,13 +452,13 @@ static void stream_iq1_s(const uint8_t *w, int64_t row_bytes, int64_t rows, cons
                                        _mm512_set1_ps(0.125f));
       const __m512 ws = _mm512_permutexvar_ps(pairs, blk);
       const __mmask16 negative = (__mmask16)_mm_movemask_epi8(_mm_srai_epi16(qh8, 15));  // both lanes of a block
+      const __m512i coef = _mm512_mask_mov_epi32(_mm512_set1_epi32(-7), negative, _mm512_set1_epi32(-9));
       for (int64_t t = 0; t < nt; ++t) {
         const int64_t off = t * a.chunks + c;
-        const __m512i bsum = _mm512_loadu_si512(a.bsum + off * kSubQ);
-        const __m512i u = isums_regs(q, a.q + off * kChunkQ, nullptr, false);
-        const __m512i delta_bsum = _mm512_mask_sub_epi32(bsum, negative, _mm512_setzero_si512(), bsum);
-        const __m512i isum = _mm512_add_epi32(_mm512_slli_epi32(_mm512_sub_epi32(u, bsum), 3), delta_bsum);
-        acc[t] = combine_regs(acc[t], a.scale + off * kSubQ, ws, _mm512_setzero_ps(), isum, a.asum + off * kSubQ);
+        const __m512i init = _mm512_mullo_epi32(_mm512_loadu_si512(a.bsum + off * kSubQ), coef);
+        const __m512i isum = chain_dots(q, a.qi + off * kChunkQ, init);
+        acc[t] = combine_regs<false>(acc[t], _mm512_loadu_ps(a.scale + off * kSubQ), ws, _mm512_setzero_ps(), isum,
+                                     _mm512_setzero_ps());
       }
     }
     finish_regs(acc, nt, y + r, ldy);
@@ -399,27 +466,72 @@ static void stream_iq1_s(const uint8_t *w, int64_t row_bytes, int64_t rows, cons
 }
 #endif
 
-// One unpacked row (its chunks' int8 quants in q, their ws/wo pairs in sc) against tokens
+// Unpacked chunks as row_dots reads them: on AVX-512 interleaved (see interleave) and offset
+// by 128 for dpbusd's unsigned operand, in place; elsewhere as unpacked.
+static inline void prepare_chunks(int8_t *q, int64_t chunks) {
+#if defined(__AVX512VNNI__)
+  const __m512i flip = _mm512_set1_epi8((char)0x80);
+  for (int64_t c = 0; c < chunks; ++c, q += kChunkQ) {
+    __m512i v[4];
+    for (int p = 0; p < 4; ++p) v[p] = _mm512_xor_si512(_mm512_loadu_si512(q + 64 * p), flip);
+    interleave(v);
+    for (int p = 0; p < 4; ++p) _mm512_storeu_si512(q + 64 * p, v[p]);
+  }
+#else
+  (void)q, (void)chunks;
+#endif
+}
+
+#if defined(__AVX512VNNI__)
+// kRows prepared rows (row i's quants at q + i * ldq, scales at sc + i * ldsc), chunks
+// c0 .. c1 - 1, against tokens t0 .. t0 + nt - 1, into acc[i * kTokenTile + j]: the same
+// integers and float operations as the portable row_dots, held in registers. Each token's
+// activations are loaded once for all kRows rows; kTokens > 0 makes the token count a
+// compile-time constant, so acc never goes through memory.
+template <bool kOffsets, int kRows, int kTokens>
+static inline __attribute__((always_inline)) void dots_block(const int8_t *q, int64_t ldq, const float *sc,
+                                                            int64_t ldsc, const QActView &a, int64_t t0, int64_t nt_,
+                                                            int64_t c0, int64_t c1, __m512 *acc) {
+  const int64_t nt = kTokens ? kTokens : nt_;
+  for (int64_t c = c0; c < c1; ++c) {
+    __m512i qv[kRows][4];
+    __m512 ws[kRows], wo[kRows];
+    for (int i = 0; i < kRows; ++i) {
+      for (int p = 0; p < 4; ++p) qv[i][p] = _mm512_loadu_si512(q + i * ldq + c * kChunkQ + 64 * p);
+      ws[i] = _mm512_loadu_ps(sc + i * ldsc + c * 2 * kSubQ);
+      wo[i] = _mm512_loadu_ps(sc + i * ldsc + c * 2 * kSubQ + kSubQ);
+    }
+    for (int64_t j = 0; j < nt; ++j) {
+      const int64_t off = (t0 + j) * a.chunks + c;
+      __m512i aq[4];
+      for (int p = 0; p < 4; ++p) aq[p] = _mm512_loadu_si512(a.qi + off * kChunkQ + 64 * p);
+      __m512i bias = _mm512_loadu_si512(a.bias + off * kSubQ);
+      TokenScales ts = TokenScales::load<kOffsets>(a, off);
+      if (kRows > 1) {
+        for (int p = 0; p < 4; ++p) in_register(aq[p]);
+        in_register(bias), in_register(ts.ad);
+        if (kOffsets) in_register(ts.as);
+      }
+      for (int i = 0; i < kRows; ++i) {
+        __m512i isum = bias;
+        for (int p = 0; p < 4; ++p) isum = _mm512_dpbusd_epi32(isum, qv[i][p], aq[p]);
+        acc[i * kTokenTile + j] = combine_regs<kOffsets>(acc[i * kTokenTile + j], ts.ad, ws[i], wo[i], isum, ts.as);
+      }
+    }
+  }
+}
+#endif
+
+// One unpacked row (its chunks' quants in q, prepared; their ws/wo pairs in sc) against tokens
 // t0 .. t0 + nt - 1: y[j * ldy] for token t0 + j.
+template <bool kOffsets>
 static inline void row_dots(const int8_t *q, const float *sc, const QActView &a, int64_t t0, int64_t nt, float *y,
                             int64_t ldy) {
 #if defined(__AVX512VNNI__)
-  // The same integers and float operations as below, with the chunk and the token accumulators
-  // held in registers.
-  const __m512i flip = _mm512_set1_epi8((char)0x80);
-  __m512 accv[kTokenTile];
-  for (int64_t j = 0; j < nt; ++j) accv[j] = _mm512_setzero_ps();
-  for (int64_t c = 0; c < a.chunks; ++c) {
-    __m512i qv[4];
-    for (int p = 0; p < 4; ++p) qv[p] = _mm512_xor_si512(_mm512_loadu_si512(q + c * kChunkQ + 64 * p), flip);
-    const __m512 ws = _mm512_loadu_ps(sc + c * 2 * kSubQ), wo = _mm512_loadu_ps(sc + c * 2 * kSubQ + kSubQ);
-    for (int64_t j = 0; j < nt; ++j) {
-      const int64_t off = (t0 + j) * a.chunks + c;
-      accv[j] = combine_regs(accv[j], a.scale + off * kSubQ, ws, wo,
-                             isums_regs(qv, a.q + off * kChunkQ, a.bsum + off * kSubQ, true), a.asum + off * kSubQ);
-    }
-  }
-  finish_regs(accv, nt, y, ldy);
+  __m512 acc[kTokenTile];
+  for (int64_t j = 0; j < nt; ++j) acc[j] = _mm512_setzero_ps();
+  dots_block<kOffsets, 1, 0>(q, 0, sc, 0, a, t0, nt, 0, a.chunks, acc);
+  finish_regs(acc, nt, y, ldy);
 #else
   alignas(64) int32_t is[kSubQ];
   alignas(64) float acc[kTokenTile][kSubQ];
@@ -429,11 +541,19 @@ static inline void row_dots(const int8_t *q, const float *sc, const QActView &a,
     for (int64_t j = 0; j < nt; ++j) {
       const int64_t off = (t0 + j) * a.chunks + c;
       isums(q + c * kChunkQ, a.q + off * kChunkQ, a.bsum + off * kSubQ, is);
-      combine(acc[j], a.scale + off * kSubQ, ws, ws + kSubQ, is, a.asum + off * kSubQ);
+      combine<kOffsets>(acc[j], a.scale + off * kSubQ, ws, ws + kSubQ, is, a.asum + off * kSubQ);
     }
   }
   finish(acc, nt, y, ldy);
 #endif
+}
+
+static inline void row_dots(bool offsets, const int8_t *q, const float *sc, const QActView &a, int64_t t0, int64_t nt,
+                            float *y, int64_t ldy) {
+  if (offsets)
+    row_dots<true>(q, sc, a, t0, nt, y, ldy);
+  else
+    row_dots<false>(q, sc, a, t0, nt, y, ldy);
 }
 
 // Few tokens (decoding): a row is unpacked whole into L1, then used by every token. Unpacking
@@ -447,13 +567,59 @@ static void stream_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes,
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < a.chunks; ++c)
       up(w + r * row_bytes, c, qrow.data() + c * kChunkQ, srow.data() + c * 2 * kSubQ, srow.data() + c * 2 * kSubQ + kSubQ);
-    row_dots(qrow.data(), srow.data(), a, 0, nt, y + r, ldy);
+    prepare_chunks(qrow.data(), a.chunks);
+    row_dots(up.offsets, qrow.data(), srow.data(), a, 0, nt, y + r, ldy);
   }
 }
 
-// Many tokens: kTileRows rows unpacked once into a buffer that stays in L1/L2, shared by every
-// token tile.
-constexpr int64_t kTileRows = 16;
+#if defined(__AVX512VNNI__)
+// The AVX-512 GEMM over a tile of prepared rows: tokens in tiles of kGemmTokens and chunks in
+// blocks of kChunkBlock, so one token tile's activations over one block (4 x 8 x 512 B = 16 KB)
+// stay in L1 while every row of the tile passes over them. A row's accumulators wait in acc
+// between blocks (float stores and loads: the same bits as registers).
+constexpr int kGemmTokens = 4;
+constexpr int64_t kChunkBlock = 8;
+
+// Rows go in pairs (kRows = 2), so each token's activations are loaded once per two rows.
+template <bool kOffsets>
+static void gemm_tile(const int8_t *qbuf, const float *sbuf, int64_t rows, const QActView &a, int64_t num_tokens,
+                      float *y, int64_t ldy) {
+  const int64_t chunks = a.chunks, ldq = chunks * kChunkQ, ldsc = chunks * 2 * kSubQ;
+  thread_local std::vector<__m512> acc;  // [rows][kTokenTile]
+  if ((int64_t)acc.size() < rows * kTokenTile) acc.resize(rows * kTokenTile);
+  for (int64_t t0 = 0; t0 < num_tokens; t0 += kGemmTokens) {
+    const int64_t nt = num_tokens - t0 < kGemmTokens ? num_tokens - t0 : kGemmTokens;
+    for (int64_t c0 = 0; c0 < chunks; c0 += kChunkBlock) {
+      const int64_t c1 = chunks - c0 < kChunkBlock ? chunks : c0 + kChunkBlock;
+      for (int64_t r = 0; r < rows; r += 2) {
+        const int n = rows - r < 2 ? 1 : 2;
+        __m512 v[2 * kTokenTile];
+        for (int i = 0; i < n; ++i)
+          for (int j = 0; j < kGemmTokens; ++j)
+            v[i * kTokenTile + j] = c0 ? acc[(r + i) * kTokenTile + j] : _mm512_setzero_ps();
+        const int8_t *q = qbuf + r * ldq;
+        const float *sc = sbuf + r * ldsc;
+        if (n == 2 && nt == kGemmTokens)
+          dots_block<kOffsets, 2, kGemmTokens>(q, ldq, sc, ldsc, a, t0, nt, c0, c1, v);
+        else if (n == 2)
+          dots_block<kOffsets, 2, 0>(q, ldq, sc, ldsc, a, t0, nt, c0, c1, v);
+        else
+          dots_block<kOffsets, 1, 0>(q, ldq, sc, ldsc, a, t0, nt, c0, c1, v);
+        for (int i = 0; i < n; ++i)
+          for (int j = 0; j < kGemmTokens; ++j) acc[(r + i) * kTokenTile + j] = v[i * kTokenTile + j];
+      }
+    }
+    for (int64_t r = 0; r < rows; ++r) finish_regs(&acc[r * kTokenTile], nt, y + t0 * ldy + r, ldy);
+  }
+}
+#endif
+
+// Many tokens: a tile of rows unpacked once into buffers that stay in L2, shared by every token
+// tile. Tile rows: about 512 KB of unpacked quants and scales (384 B per row and chunk).
+static int64_t tile_rows_for(int64_t chunks) {
+  const int64_t r = 512 * 1024 / (chunks * (kChunkQ + 2 * kSubQ * (int64_t)sizeof(float))) / 16 * 16;
+  return r < 16 ? 16 : r > 64 ? 64 : r;
+}
 
 static void tile_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,
                       int64_t num_tokens, float *y, int64_t ldy) {
@@ -467,37 +633,48 @@ static void tile_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes, i
       float *ws = sbuf.data() + (r * chunks + c) * 2 * kSubQ;
       up(w + r * row_bytes, c, qbuf.data() + (r * chunks + c) * kChunkQ, ws, ws + kSubQ);
     }
+  prepare_chunks(qbuf.data(), rows * chunks);
+#if defined(__AVX512VNNI__)
+  if (up.offsets)
+    gemm_tile<true>(qbuf.data(), sbuf.data(), rows, a, num_tokens, y, ldy);
+  else
+    gemm_tile<false>(qbuf.data(), sbuf.data(), rows, a, num_tokens, y, ldy);
+#else
   for (int64_t t0 = 0; t0 < num_tokens; t0 += kTokenTile) {
     const int64_t nt = num_tokens - t0 < kTokenTile ? num_tokens - t0 : kTokenTile;
     for (int64_t r = 0; r < rows; ++r)
-      row_dots(qbuf.data() + r * chunks * kChunkQ, sbuf.data() + r * chunks * 2 * kSubQ, a, t0, nt,
+      row_dots(up.offsets, qbuf.data() + r * chunks * kChunkQ, sbuf.data() + r * chunks * 2 * kSubQ, a, t0, nt,
                y + t0 * ldy + r, ldy);
   }
+#endif
 }
 
 void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,
                   int64_t num_tokens, float *y, int64_t ldy) {
   const Geometry g = geometry(type);
-  const Unpacker up{unpack_fn(type), a.k / g.block_size, kChunkQ / g.block_size, g.type_size};
+  const Unpacker up{unpack_fn(type), a.k / g.block_size, kChunkQ / g.block_size, g.type_size, has_offsets(type)};
 #if defined(__AVX512VNNI__)
   if (num_tokens <= kTokenTile) {
     switch (type) {
-      case kQ4_K: return stream_regs<Offset::kNone, load_q4_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
-      case kQ6_K: return stream_regs<Offset::k32, load_q6_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
-      case kQ5_K: return stream_regs<Offset::kNone, load_q5_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
-      case kQ4_0: return stream_regs<Offset::k8, load_nibble_blocks<false>>(w, row_bytes, rows, a, num_tokens, y, ldy);
-      case kIQ4_NL: return stream_regs<Offset::k128, load_nibble_blocks<true>>(w, row_bytes, rows, a, num_tokens, y, ldy);
-      case kIQ4_XS: return stream_regs<Offset::k128, load_iq4_xs>(w, row_bytes, rows, a, num_tokens, y, ldy);
-      case kQ4_1: return stream_regs<Offset::kNone, load_q4_1>(w, row_bytes, rows, a, num_tokens, y, ldy);
-      case kQ5_0: return stream_regs<Offset::k16, load_q5_0>(w, row_bytes, rows, a, num_tokens, y, ldy);
-      case kQ8_0: return stream_regs<Offset::k128, load_q8_0>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      case kQ4_K: return stream_regs<Offset::kNone, true, load_q4_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      case kQ6_K: return stream_regs<Offset::k32, false, interleaved<load_q6_k>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      case kQ5_K: return stream_regs<Offset::kNone, true, load_q5_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      case kQ4_0:
+        return stream_regs<Offset::k8, false, interleaved<load_nibble_blocks<false>>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      case kIQ4_NL:
+        return stream_regs<Offset::k128, false, interleaved<load_nibble_blocks<true>>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      case kIQ4_XS: return stream_regs<Offset::k128, false, interleaved<load_iq4_xs>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      case kQ4_1: return stream_regs<Offset::kNone, true, interleaved<load_q4_1>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      case kQ5_0: return stream_regs<Offset::k16, false, interleaved<load_q5_0>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      case kQ8_0: return stream_regs<Offset::k128, false, interleaved<load_q8_0>>(w, row_bytes, rows, a, num_tokens, y, ldy);
       case kIQ1_S: return stream_iq1_s(w, row_bytes, rows, a, num_tokens, y, ldy);
     }
   }
 #endif
   if (num_tokens <= kTokenTile) return stream_rows(up, w, row_bytes, rows, a, num_tokens, y, ldy);
-  for (int64_t r0 = 0; r0 < rows; r0 += kTileRows)
-    tile_rows(up, w + r0 * row_bytes, row_bytes, rows - r0 < kTileRows ? rows - r0 : kTileRows, a, num_tokens, y + r0, ldy);
+  const int64_t tile = tile_rows_for(a.chunks);
+  for (int64_t r0 = 0; r0 < rows; r0 += tile)
+    tile_rows(up, w + r0 * row_bytes, row_bytes, rows - r0 < tile ? rows - r0 : tile, a, num_tokens, y + r0, ldy);
 }
 
 }  // namespace MOE_ISA_NS

@@ -51,6 +51,11 @@ inline Geometry geometry(int type) {
 }
 
 // IEEE half -> float, exact for every input (subnormals, inf, NaN payloads), as numpy's astype.
+// Whether a type's weights carry an offset per sub-block (w = ws * q + wo, wo != 0).
+inline bool has_offsets(int type) {
+  return type == kQ4_1 || type == kQ5_1 || type == kQ2_K || type == kQ4_K || type == kQ5_K;
+}
+
 inline float half_to_float(uint16_t h) {
   uint32_t sign = (uint32_t)(h & 0x8000) << 16;
   uint32_t exp = (h >> 10) & 0x1f;

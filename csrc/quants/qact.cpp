@@ -20,9 +20,9 @@ int act_kind_for(int type) {
 }
 
 QActBuffers::QActBuffers(int64_t num_tokens, int64_t k)
-    : q(num_tokens * act_chunks(k) * kChunkQ), bsum(num_tokens * act_chunks(k) * kSubQ),
-      scale(bsum.size()), asum(bsum.size()),
-      view{k, act_chunks(k), q.data(), bsum.data(), scale.data(), asum.data()} {}
+    : q(num_tokens * act_chunks(k) * kChunkQ), qi(q.size()), bsum(num_tokens * act_chunks(k) * kSubQ),
+      bias(bsum.size()), scale(bsum.size()), asum(bsum.size()),
+      view{k, act_chunks(k), q.data(), qi.data(), bsum.data(), bias.data(), scale.data(), asum.data()} {}
 
 // One block of n (32 or 256) floats -> n quants in natural order and the block's float scale
 // (before any fp16 rounding).
@@ -56,10 +56,11 @@ void quantize_act_row(int kind, const float *x, int64_t t, const QActView &v) {
   const int block = kind == kActQ8_K ? kChunkQ : 32;
   const int64_t n16 = v.chunks * kSubQ;  // sub-blocks of 16 in a token row
   int8_t *qrow = v.q + t * v.chunks * kChunkQ;
-  int32_t *bsum = v.bsum + t * n16;
+  int32_t *bsum = v.bsum + t * n16, *bias = v.bias + t * n16;
   float *scale = v.scale + t * n16, *asum = v.asum + t * n16;
   memset(qrow, 0, (size_t)(v.chunks * kChunkQ));
   memset(bsum, 0, sizeof(int32_t) * (size_t)n16);
+  memset(bias, 0, sizeof(int32_t) * (size_t)n16);
   memset(scale, 0, sizeof(float) * (size_t)n16);
   memset(asum, 0, sizeof(float) * (size_t)n16);
   int8_t q[kChunkQ];
@@ -72,12 +73,16 @@ void quantize_act_row(int kind, const float *x, int64_t t, const QActView &v) {
       int32_t sum = 0;
       for (int i = 0; i < 16; ++i) sum += q[16 * s + i];
       bsum[s0 + s] = sum;
+      bias[s0 + s] = -128 * sum;
       total += sum;
       scale[s0 + s] = kind == kActQ8_K ? d : round_to_half(d);
       asum[s0 + s] = kind == kActQ8_K ? d * (float)sum : 0.0f;
     }
     if (kind == kActQ8_1) asum[s0] = round_to_half(d * (float)total);
   }
+  int8_t *qi = v.qi + t * v.chunks * kChunkQ;
+  for (int64_t c = 0; c < v.chunks; ++c)
+    for (int i = 0; i < kChunkQ; ++i) qi[c * kChunkQ + i] = qrow[c * kChunkQ + interleaved_source(i)];
 }
 
 }  // namespace moe

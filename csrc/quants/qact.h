@@ -28,7 +28,14 @@ int act_kind_for(int ggml_type);
 struct QActView {
   int64_t k = 0, chunks = 0;
   int8_t *q = nullptr;      // [T][chunks * 256], zero padded
+  // The same quants with each chunk's 16 sub-blocks interleaved by 4 bytes: byte 64 p + 4 s + j
+  // is natural byte 16 s + 4 p + j. A 32-bit SIMD lane then holds one sub-block, and four
+  // chained dot products (p = 0..3) sum it whole, with no horizontal reduction per token.
+  int8_t *qi = nullptr;
   int32_t *bsum = nullptr;  // [T][chunks * 16]: integer sum of each sub-block's quants
+  // [T][chunks * 16]: -128 * bsum, what weights carried as int8 + 128 (dpbusd's unsigned
+  // operand) add to a sub-block sum, ready to start the sum from.
+  int32_t *bias = nullptr;
   float *scale = nullptr;   // [T][chunks * 16]: the activation block scale of each sub-block
   // [T][chunks * 16]: what a weight offset (w = ws * q + wo) multiplies: Q8_K d * bsum; Q8_1
   // its fp16 block sum in the block's first sub-block and 0 in the second; Q8_0 zeros.
@@ -37,14 +44,17 @@ struct QActView {
 
 // The activation buffers of T tokens of width k, owned.
 struct QActBuffers {
-  std::vector<int8_t> q;
-  std::vector<int32_t> bsum;
+  std::vector<int8_t> q, qi;
+  std::vector<int32_t> bsum, bias;
   std::vector<float> scale, asum;
   QActView view;
   QActBuffers(int64_t num_tokens, int64_t k);
 };
 
 inline int64_t act_chunks(int64_t k) { return (k + kChunkQ - 1) / kChunkQ; }
+
+// Natural position of interleaved byte i of a chunk (see QActView::qi).
+inline int interleaved_source(int i) { return 16 * ((i / 4) % 16) + 4 * (i / 64) + i % 4; }
 
 // Quantizes one token row x[k] into token slot t of the view.
 void quantize_act_row(int kind, const float *x, int64_t t, const QActView &v);

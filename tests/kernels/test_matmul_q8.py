@@ -61,9 +61,10 @@ def test_close_to_float64_over_the_same_quants(name, tokens, isa):
 
 
 @pytest.mark.parametrize("name", QUANT_TYPES)
-def test_every_isa_gives_the_same_bits(name):
+@pytest.mark.parametrize("tokens", [5, 11])  # the few-token (register) path and the tile path
+def test_every_isa_gives_the_same_bits(name, tokens):
     w = weight(name, 21, cols_for(name), seed=1)
-    x = torch.randn(5, w.shape[1])
+    x = torch.randn(tokens, w.shape[1])
     results = []
     for level in AVAILABLE_ISAS:
         with kernels.use_isa(level):
