@@ -183,7 +183,7 @@ MOE_API int moe_experts(int64_t num_tokens, int64_t dim, int64_t hidden, int64_t
     args.shared_down_type = shared_down_type;
     args.shared_hidden = shared_hidden;
   }
-  moe_forward(pool_locked(rt), active_kernels(), qrows_kernel(moe_isa_active()), args);
+  moe_forward(pool_locked(rt), active_kernels(), q_kernels(moe_isa_active()), args);
   return 0;
 }
 
@@ -235,7 +235,7 @@ MOE_API int moe_quantize_activations(int type, const float *x, int64_t num_token
   const QActBuffers one(1, k);
   const QActView &v = one.view;
   for (int64_t t = 0; t < num_tokens; ++t) {
-    quantize_act_row(kind, x + t * k, 0, v);
+    q_kernels(moe_isa_active()).quantize(kind, x + t * k, 0, v);
     memcpy(q + t * k, v.q, (size_t)k);
     for (int64_t b = 0; b < k / block; ++b) {
       d[t * (k / block) + b] = v.scale[b * block / 16];

@@ -29,12 +29,12 @@ struct ProjInput {
 
 // Quantized copies of `rows` (count of width k) in the format `type` pairs with; null when the
 // layer runs float activations or `type` is a float type.
-std::unique_ptr<QActBuffers> quantize_slots(ThreadPool &pool, bool q8, int type, const float *const *rows,
-                                            int64_t count, int64_t k) {
+std::unique_ptr<QActBuffers> quantize_slots(ThreadPool &pool, QuantizeRowFn quantize, bool q8, int type,
+                                            const float *const *rows, int64_t count, int64_t k) {
   const int kind = q8 ? act_kind_for(type) : -1;
   if (kind < 0) return nullptr;
   auto buf = std::make_unique<QActBuffers>(count, k);
-  pool.parallel_for(count, [&](int64_t s) { quantize_act_row(kind, rows[s], s, buf->view); });
+  pool.parallel_for(count, [&](int64_t s) { quantize(kind, rows[s], s, buf->view); });
   return buf;
 }
 
@@ -72,12 +72,12 @@ struct Group {
   int64_t slots() const { return (int64_t)token.size(); }
 
   // Inputs gathered (and, for q8, quantized once per format) in slot order.
-  void gather(ThreadPool &pool, bool q8, const float *x, int64_t D) {
+  void gather(ThreadPool &pool, QuantizeRowFn quantize, bool q8, const float *x, int64_t D) {
     x_rows.resize(slots());
     for (int64_t s = 0; s < slots(); ++s) x_rows[s] = x + token[s] * D;
-    xg = quantize_slots(pool, q8, gate_type, x_rows.data(), slots(), D);
+    xg = quantize_slots(pool, quantize, q8, gate_type, x_rows.data(), slots(), D);
     const bool same = xg && act_kind_for(up_type) == act_kind_for(gate_type);
-    xu = same ? nullptr : quantize_slots(pool, q8, up_type, x_rows.data(), slots(), D);
+    xu = same ? nullptr : quantize_slots(pool, quantize, q8, up_type, x_rows.data(), slots(), D);
     gate_in = {x_rows.data(), xg ? &xg->view : nullptr};
     up_in = {x_rows.data(), same ? &xg->view : xu ? &xu->view : nullptr};
     g.resize(slots() * hidden);
@@ -98,10 +98,10 @@ struct Group {
     for (int64_t j = 0; j < hidden; ++j) gs[j] = gs[j] / (1.0f + std::exp(-gs[j])) * us[j];
   }
 
-  void quantize_hidden(ThreadPool &pool, bool q8) {
+  void quantize_hidden(ThreadPool &pool, QuantizeRowFn quantize, bool q8) {
     h_rows.resize(slots());
     for (int64_t s = 0; s < slots(); ++s) h_rows[s] = g.data() + s * hidden;
-    hq = quantize_slots(pool, q8, down_type, h_rows.data(), slots(), hidden);
+    hq = quantize_slots(pool, quantize, q8, down_type, h_rows.data(), slots(), hidden);
     down_in = {h_rows.data(), hq ? &hq->view : nullptr};
   }
 
@@ -125,7 +125,7 @@ struct Group {
 
 }  // namespace
 
-void moe_forward(ThreadPool &pool, const IsaKernels &kern, QRowsFn qrows, const MoeArgs &a) {
+void moe_forward(ThreadPool &pool, const IsaKernels &kern, const QKernels &qk, const MoeArgs &a) {
   const int64_t T = a.num_tokens, D = a.dim, E = a.num_experts, A = a.top_k;
   std::vector<Group> groups;
   groups.reserve(2);
@@ -152,7 +152,7 @@ void moe_forward(ThreadPool &pool, const IsaKernels &kern, QRowsFn qrows, const 
     for (int64_t t = 0; t < T; ++t) shared.token[t] = t;
     shared.weight.assign(T, 1.0f);
   }
-  for (Group &g : groups) g.gather(pool, a.q8, a.x, D);
+  for (Group &g : groups) g.gather(pool, qk.quantize, a.q8, a.x, D);
 
   // Phase A: tasks are (group, expert, block of hidden rows) over the experts hit, the blocks
   // as long as rows_per_task makes them over all the rows to read.
@@ -167,11 +167,11 @@ void moe_forward(ThreadPool &pool, const IsaKernels &kern, QRowsFn qrows, const 
       if (groups[gi].start[e + 1] > groups[gi].start[e])
         for (int64_t r = 0; r < groups[gi].hidden; r += a_block) tasks.push_back({gi, e, r});
   pool.parallel_for((int64_t)tasks.size(), [&](int64_t i) {
-    groups[tasks[i].group].gate_up(kern, qrows, tasks[i].expert, tasks[i].row, a_block, D);
+    groups[tasks[i].group].gate_up(kern, qk.rows, tasks[i].expert, tasks[i].row, a_block, D);
   });
   for (Group &g : groups) {
     pool.parallel_for(g.slots(), [&](int64_t s) { g.swiglu(s); });
-    g.quantize_hidden(pool, a.q8);
+    g.quantize_hidden(pool, qk.quantize, a.q8);
   }
 
   // Phase B: each task owns a block of output columns of every token and adds the routed
@@ -181,7 +181,7 @@ void moe_forward(ThreadPool &pool, const IsaKernels &kern, QRowsFn qrows, const 
   pool.parallel_for((D + b_block - 1) / b_block, [&](int64_t b) {
     const int64_t d0 = b * b_block, rows = std::min(b_block, D - d0);
     thread_local std::vector<float> y;
-    for (const Group &g : groups) g.down_block(kern, qrows, d0, rows, D, a.out, y);
+    for (const Group &g : groups) g.down_block(kern, qk.rows, d0, rows, D, a.out, y);
   });
 }
 

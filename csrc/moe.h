@@ -25,6 +25,6 @@ struct MoeArgs {
   int64_t shared_hidden = 0;
 };
 
-void moe_forward(ThreadPool &pool, const IsaKernels &kern, QRowsFn qrows, const MoeArgs &a);
+void moe_forward(ThreadPool &pool, const IsaKernels &kern, const QKernels &qk, const MoeArgs &a);
 
 }  // namespace moe

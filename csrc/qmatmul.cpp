@@ -11,8 +11,10 @@
 
 namespace moe {
 
-QRowsFn qrows_kernel(int isa) {
-  return isa == 2 ? avx512::qrows_matmul : isa == 1 ? avx2::qrows_matmul : scalar::qrows_matmul;
+QKernels q_kernels(int isa) {
+  if (isa == 2) return {avx512::qrows_matmul, avx512::quantize_act_row};
+  if (isa == 1) return {avx2::qrows_matmul, avx2::quantize_act_row};
+  return {scalar::qrows_matmul, scalar::quantize_act_row};
 }
 
 QActView act_slots(const QActView &v, int64_t s0) {
@@ -30,8 +32,9 @@ void qmatmul(ThreadPool &pool, int isa, int type, const uint8_t *w, int64_t head
   const QActBuffers buffers(T * heads, k);
   const QActView &a = buffers.view;
   const int kind = act_kind_for(type);
-  pool.parallel_for(T * heads, [&](int64_t s) { quantize_act_row(kind, x + ((s % T) * heads + s / T) * k, s, a); });
-  const QRowsFn rows_fn = qrows_kernel(isa);
+  const QKernels kern = q_kernels(isa);
+  pool.parallel_for(T * heads, [&](int64_t s) { kern.quantize(kind, x + ((s % T) * heads + s / T) * k, s, a); });
+  const QRowsFn rows_fn = kern.rows;
   const int64_t task_rows = rows_per_task(n * heads, pool.size()), per_head = (n + task_rows - 1) / task_rows;
   pool.parallel_for(heads * per_head, [&](int64_t task) {
     const int64_t h = task / per_head, row0 = task % per_head * task_rows, rows = std::min(task_rows, n - row0);
@@ -42,13 +45,14 @@ void qmatmul(ThreadPool &pool, int isa, int type, const uint8_t *w, int64_t head
 
 void qmatmul_many(ThreadPool &pool, int isa, int count, const int *types, const uint8_t *const *w, const int64_t *n,
                   int64_t k, const float *x, int64_t num_tokens, float *const *ys) {
+  const QKernels kern = q_kernels(isa);
   std::unique_ptr<QActBuffers> by_kind[3];  // one quantization per activation format
   for (int i = 0; i < count; ++i) {
     const int kind = act_kind_for(types[i]);
     if (by_kind[kind]) continue;
     by_kind[kind] = std::make_unique<QActBuffers>(num_tokens, k);
     const QActView &a = by_kind[kind]->view;
-    pool.parallel_for(num_tokens, [&](int64_t t) { quantize_act_row(kind, x + t * k, t, a); });
+    pool.parallel_for(num_tokens, [&](int64_t t) { kern.quantize(kind, x + t * k, t, a); });
   }
   int64_t total_rows = 0;
   for (int i = 0; i < count; ++i) total_rows += n[i];
@@ -57,7 +61,7 @@ void qmatmul_many(ThreadPool &pool, int isa, int count, const int *types, const 
   std::vector<Task> tasks;
   for (int i = 0; i < count; ++i)
     for (int64_t r = 0; r < n[i]; r += task_rows) tasks.push_back({i, r});
-  const QRowsFn rows_fn = qrows_kernel(isa);
+  const QRowsFn rows_fn = kern.rows;
   pool.parallel_for((int64_t)tasks.size(), [&](int64_t j) {
     const int i = tasks[j].weight;
     const Geometry g = geometry(types[i]);

@@ -22,6 +22,7 @@ inline int64_t rows_per_task(int64_t n, int threads) {
   namespace ns {                                                                                           \
   void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,          \
                     int64_t num_tokens, float *y, int64_t ldy);                                            \
+  void quantize_act_row(int kind, const float *x, int64_t t, const QActView &v);                             \
   }
 MOE_DECLARE_QISA(scalar)
 MOE_DECLARE_QISA(avx2)
@@ -32,7 +33,14 @@ MOE_DECLARE_QISA(avx512)
 // activations (a view, token t at slot t), y[t * ldy + r]. Runs on the calling thread.
 using QRowsFn = void (*)(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,
                          int64_t num_tokens, float *y, int64_t ldy);
-QRowsFn qrows_kernel(int isa);
+
+// One ISA's integer-path kernels: the row kernel and the activation quantizer (the same quants
+// on every ISA).
+struct QKernels {
+  QRowsFn rows;
+  QuantizeRowFn quantize;
+};
+QKernels q_kernels(int isa);
 
 // Slots s0.. of a view (tokens s0, s0 + 1, ...), without a copy.
 QActView act_slots(const QActView &v, int64_t s0);

@@ -3,6 +3,7 @@
 // integers are exact; the float combination below is the same scalar-order code everywhere,
 // so every ISA gives the same bits.
 #include <immintrin.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -16,6 +17,7 @@ namespace moe {
 namespace MOE_ISA_NS {
 
 #include "quants/dequant_impl.h"
+#include "quants/qact_impl.h"
 #include "quants/unpack_impl.h"
 
 // Software prefetch of the `bytes` that lie kPrefetchBytes past `p`: a task's rows are one

@@ -1,9 +1,6 @@
-// Activation quantization (see qact.h). Plain C++ compiled once: it touches T * K floats per
-// call, negligible beside the weights, and one implementation keeps every ISA's quants equal.
+// Activation formats and buffers (see qact.h); the row quantizer itself is compiled per ISA
+// (qact_impl.h), so its rounding vectorizes.
 #include "qact.h"
-
-#include <math.h>
-#include <string.h>
 
 #include "formats.h"
 
@@ -23,66 +20,5 @@ QActBuffers::QActBuffers(int64_t num_tokens, int64_t k)
     : q(num_tokens * act_chunks(k) * kChunkQ), qi(q.size()), bsum(num_tokens * act_chunks(k) * kSubQ),
       bias(bsum.size()), scale(bsum.size()), asum(bsum.size()),
       view{k, act_chunks(k), q.data(), qi.data(), bsum.data(), bias.data(), scale.data(), asum.data()} {}
-
-// One block of n (32 or 256) floats -> n quants in natural order and the block's float scale
-// (before any fp16 rounding).
-static float quantize_block(int kind, const float *x, int n, int8_t *q) {
-  float amax = 0.0f, max = 0.0f;
-  for (int i = 0; i < n; ++i) {
-    const float a = fabsf(x[i]);
-    if (a > amax) {  // strict: the first element of largest magnitude, as numpy's argmax
-      amax = a;
-      max = x[i];
-    }
-  }
-  if (amax == 0.0f) {
-    memset(q, 0, (size_t)n);
-    return 0.0f;
-  }
-  if (kind != kActQ8_K) {
-    const float id = 127.0f / amax;
-    for (int i = 0; i < n; ++i) q[i] = (int8_t)nearbyintf(x[i] * id);
-    return amax / 127.0f;
-  }
-  const float iscale = -127.0f / max;
-  for (int i = 0; i < n; ++i) {
-    const float v = nearbyintf(iscale * x[i]);
-    q[i] = (int8_t)(v > 127.0f ? 127.0f : v);
-  }
-  return 1.0f / iscale;
-}
-
-void quantize_act_row(int kind, const float *x, int64_t t, const QActView &v) {
-  const int block = kind == kActQ8_K ? kChunkQ : 32;
-  const int64_t n16 = v.chunks * kSubQ;  // sub-blocks of 16 in a token row
-  int8_t *qrow = v.q + t * v.chunks * kChunkQ;
-  int32_t *bsum = v.bsum + t * n16, *bias = v.bias + t * n16;
-  float *scale = v.scale + t * n16, *asum = v.asum + t * n16;
-  memset(qrow, 0, (size_t)(v.chunks * kChunkQ));
-  memset(bsum, 0, sizeof(int32_t) * (size_t)n16);
-  memset(bias, 0, sizeof(int32_t) * (size_t)n16);
-  memset(scale, 0, sizeof(float) * (size_t)n16);
-  memset(asum, 0, sizeof(float) * (size_t)n16);
-  int8_t q[kChunkQ];
-  for (int64_t b0 = 0; b0 < v.k; b0 += block) {
-    const float d = quantize_block(kind, x + b0, block, q);
-    const int64_t s0 = b0 / 16;  // first sub-block of this block
-    memcpy(qrow + b0, q, (size_t)block);
-    int32_t total = 0;
-    for (int s = 0; s < block / 16; ++s) {
-      int32_t sum = 0;
-      for (int i = 0; i < 16; ++i) sum += q[16 * s + i];
-      bsum[s0 + s] = sum;
-      bias[s0 + s] = -128 * sum;
-      total += sum;
-      scale[s0 + s] = kind == kActQ8_K ? d : round_to_half(d);
-      asum[s0 + s] = kind == kActQ8_K ? d * (float)sum : 0.0f;
-    }
-    if (kind == kActQ8_1) asum[s0] = round_to_half(d * (float)total);
-  }
-  int8_t *qi = v.qi + t * v.chunks * kChunkQ;
-  for (int64_t c = 0; c < v.chunks; ++c)
-    for (int i = 0; i < kChunkQ; ++i) qi[c * kChunkQ + i] = qrow[c * kChunkQ + interleaved_source(i)];
-}
 
 }  // namespace moe

@@ -56,7 +56,8 @@ inline int64_t act_chunks(int64_t k) { return (k + kChunkQ - 1) / kChunkQ; }
 // Natural position of interleaved byte i of a chunk (see QActView::qi).
 inline int interleaved_source(int i) { return 16 * ((i / 4) % 16) + 4 * (i / 64) + i % 4; }
 
-// Quantizes one token row x[k] into token slot t of the view.
-void quantize_act_row(int kind, const float *x, int64_t t, const QActView &v);
+// Quantizes one token row x[k] into token slot t of the view (one per ISA: qmatmul.h's
+// QKernels::quantize).
+using QuantizeRowFn = void (*)(int kind, const float *x, int64_t t, const QActView &v);
 
 }  // namespace moe

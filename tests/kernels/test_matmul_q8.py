@@ -26,7 +26,7 @@ def cols_for(name: str) -> int:  # 32-block types: 288 leaves a part-filled 256-
 
 
 @pytest.mark.parametrize("name", ["Q4_0", "Q4_1", "Q4_K"])  # the Q8_0, Q8_1 and Q8_K activation formats
-def test_activation_quants_equal_numpy(name):
+def test_activation_quants_equal_numpy(name, isa):  # each ISA's quantizer
     x = torch.randn(7, 512) * torch.logspace(-3, 3, 7)[:, None]
     x[1, :256] = 0  # an all-zero block
     x[2, 7] = -50.0  # a negative extreme (Q8_K's scale sign)
