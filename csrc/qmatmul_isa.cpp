@@ -209,7 +209,9 @@ static void stream_regs(const uint8_t *w, int64_t row_bytes, int64_t rows, const
       kLoad(a, w + r * row_bytes, c, &ws, &wo, q);
       for (int64_t t = 0; t < nt; ++t) {
         const int64_t off = t * a.chunks + c;
-        const __m512i init = kOff == Offset::kNone ? _mm512_setzero_si512() : offset_init(a.bsum + off * kSubQ, (int)kOff);
+        const __m512i init = kOff == Offset::kNone   ? _mm512_setzero_si512()
+                             : kOff == Offset::k128 ? _mm512_loadu_si512(a.bias + off * kSubQ)
+                                                    : offset_init(a.bsum + off * kSubQ, (int)kOff);
         const __m512i isum = chain_dots(q, a.qi + off * kChunkQ, init);
         const TokenScales ts = TokenScales::load<kOffsets>(a, off);
         acc[t] = combine_regs<kOffsets>(acc[t], ts.ad, ws, wo, isum, ts.as);
@@ -406,65 +408,59 @@ static inline __attribute__((always_inline)) void load_q5_k(const QActView &, co
   }
 }
 
-// IQ1_S (the 1.58-bit DeepSeek-R1's experts) without the int8 buffer. A weight is
-// ws * (8 g + delta) with g in {-1, 0, 1} from the codebook, so per sub-block
-// sum (8 g + delta) a = sum 8 (g + 1) a + (delta - 8) bsum: dpbusd takes the unsigned 8 (g + 1)
-// (32 gathered codebook rows of 8 per chunk, indices built in SIMD), and the integer equals
-// the generic path's exactly, so the bits do too.
-static void stream_iq1_s(const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, int64_t nt, float *y,
-                         int64_t ldy) {
+// IQ1_S's codebook as int8 + 128 of 8 g (g in {-1, 0, 1}), what a weight's byte is before its
+// block's delta.
+struct Iq1sGrid8 {
+  alignas(64) uint8_t v[2048][8];
+};
+static constexpr Iq1sGrid8 iq1s_grid8() {
+  Iq1sGrid8 g{};
+  for (int i = 0; i < 2048; ++i)
+    for (int j = 0; j < 8; ++j) g.v[i][j] = (uint8_t)(8 * kIq1sGrid[i][j] + 128);
+  return g;
+}
+static constexpr Iq1sGrid8 kIq1sGrid8 = iq1s_grid8();
+
+// IQ1_S (the 1.58-bit DeepSeek-R1's experts): a weight is ws * (8 g + delta), its byte
+// 8 g + delta + 128 (Offset::k128): 32 codebook rows of 8 gathered per chunk from kIq1sGrid8
+// (indices built in SIMD), plus the block's delta of +-1. The same integers as up_iq1_s's.
+static inline __attribute__((always_inline)) void load_iq1_s(const QActView &, const uint8_t *row, int64_t c,
+                                                            __m512 *ws, __m512 *wo, __m512i *q) {
   const __m512i perm_lo = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
   const __m512i perm_hi = _mm512_add_epi32(perm_lo, _mm512_set1_epi32(4));
   const __m512i shifts = _mm512_setr_epi32(0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9);
-  const __m512i seven = _mm512_set1_epi32(7), ones = _mm512_set1_epi8(1);
+  const __m512i seven = _mm512_set1_epi32(7);
   const __m512i pairs = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-  const long long *grid = (const long long *)kIq1sGrid;
-  __m512 acc[kTokenTile];
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t t = 0; t < nt; ++t) acc[t] = _mm512_setzero_ps();
-    for (int64_t c = 0; c < a.chunks; ++c) {
-      const uint8_t *b = w + r * row_bytes + c * 50;
-      prefetch_ahead(b, 50);
-      const __m128i qh8 = _mm_loadu_si128((const __m128i *)(b + 34));  // 8 x u16
-      const __m512i qh = _mm512_cvtepu16_epi32(_mm256_castsi128_si256(qh8));  // lanes 0-7
-      __m512i idx[2];  // codebook row of grid rows 16 h .. 16 h + 15
-      for (int h = 0; h < 2; ++h) {
-        const __m512i qs = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 2 + 16 * h)));
-        const __m512i hi = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi32(h ? perm_hi : perm_lo, qh), shifts), seven);
-        idx[h] = _mm512_or_si512(qs, _mm512_slli_epi32(hi, 8));
-      }
-      // Sub-block s is rows 2s and 2s + 1: gather the even rows, then the odd ones, and deal
-      // their 4-byte halves out to the interleaved vectors (p = 2 (row parity) + half).
-      __m512i g[4];
-      for (int h = 0; h < 2; ++h) {
-        g[h] = _mm512_i32gather_epi64(_mm512_cvtepi64_epi32(idx[h]), grid, 8);
-        g[2 + h] = _mm512_i32gather_epi64(_mm512_cvtepi64_epi32(_mm512_srli_epi64(idx[h], 32)), grid, 8);
-      }
-      __m512i q[4];
-      for (int p = 0; p < 4; ++p) {
-        const __m512i v = _mm512_permutex2var_epi32(g[p & 2], p & 1 ? odd : even, g[(p & 2) + 1]);
-        q[p] = _mm512_slli_epi16(_mm512_add_epi8(v, ones), 3);  // 8 (g + 1) <= 16: no carry between bytes
-      }
-      // ws = d * (2 s + 1) * 0.125 per block, as the scalar unpacker's operations, two lanes each.
-      const __m512i s21 = _mm512_add_epi32(_mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(qh, 12), seven), 1),
-                                           _mm512_set1_epi32(1));
-      const __m512 blk = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(load_half(b)), _mm512_cvtepi32_ps(s21)),
-                                       _mm512_set1_ps(0.125f));
-      const __m512 ws = _mm512_permutexvar_ps(pairs, blk);
-      const __mmask16 negative = (__mmask16)_mm_movemask_epi8(_mm_srai_epi16(qh8, 15));  // both lanes of a block
-      const __m512i coef = _mm512_mask_mov_epi32(_mm512_set1_epi32(-7), negative, _mm512_set1_epi32(-9));
-      for (int64_t t = 0; t < nt; ++t) {
-        const int64_t off = t * a.chunks + c;
-        const __m512i init = _mm512_mullo_epi32(_mm512_loadu_si512(a.bsum + off * kSubQ), coef);
-        const __m512i isum = chain_dots(q, a.qi + off * kChunkQ, init);
-        acc[t] = combine_regs<false>(acc[t], _mm512_loadu_ps(a.scale + off * kSubQ), ws, _mm512_setzero_ps(), isum,
-                                     _mm512_setzero_ps());
-      }
-    }
-    finish_regs(acc, nt, y + r, ldy);
+  const long long *grid = (const long long *)kIq1sGrid8.v;
+  const uint8_t *b = row + c * 50;
+  const __m128i qh8 = _mm_loadu_si128((const __m128i *)(b + 34));           // 8 x u16
+  const __m512i qh = _mm512_cvtepu16_epi32(_mm256_castsi128_si256(qh8));  // lanes 0-7
+  __m512i idx[2];  // the codebook rows of grid rows 16 h .. 16 h + 15
+  for (int h = 0; h < 2; ++h) {
+    const __m512i qs = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 2 + 16 * h)));
+    const __m512i hi = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi32(h ? perm_hi : perm_lo, qh), shifts), seven);
+    idx[h] = _mm512_or_si512(qs, _mm512_slli_epi32(hi, 8));
   }
+  // Sub-block s is grid rows 2s and 2s + 1: gather the even rows, then the odd ones, and deal
+  // their 4-byte halves out to the interleaved vectors (p = 2 (row parity) + half).
+  __m512i g[4];
+  for (int h = 0; h < 2; ++h) {
+    g[h] = _mm512_i32gather_epi64(_mm512_cvtepi64_epi32(idx[h]), grid, 8);
+    g[2 + h] = _mm512_i32gather_epi64(_mm512_cvtepi64_epi32(_mm512_srli_epi64(idx[h], 32)), grid, 8);
+  }
+  const __mmask16 negative = (__mmask16)_mm_movemask_epi8(_mm_srai_epi16(qh8, 15));  // both lanes of a block
+  const __m512i delta = _mm512_mask_mov_epi32(_mm512_set1_epi8(1), negative, _mm512_set1_epi8(-1));
+  for (int p = 0; p < 4; ++p)
+    q[p] = _mm512_add_epi8(_mm512_permutex2var_epi32(g[p & 2], p & 1 ? odd : even, g[(p & 2) + 1]), delta);
+  // ws = d * (2 s + 1) * 0.125 per block, as up_iq1_s's operations, two lanes each.
+  const __m512i s21 = _mm512_add_epi32(_mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(qh, 12), seven), 1),
+                                       _mm512_set1_epi32(1));
+  const __m512 blk = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(load_half(b)), _mm512_cvtepi32_ps(s21)),
+                                   _mm512_set1_ps(0.125f));
+  *ws = _mm512_permutexvar_ps(pairs, blk);
+  *wo = _mm512_setzero_ps();
 }
 #endif
 
@@ -651,26 +647,57 @@ static void tile_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes, i
 #endif
 }
 
+#if defined(__AVX512VNNI__)
+// A register type's GEMM: tiles of rows filled through its loader (prepared bytes: the loader's
+// plus 128 - 2^kOff, so int8 + 128), far cheaper than the generic unpacker and prepare_chunks.
+template <Offset kOff, bool kOffsets, auto kLoad>
+static void tile_regs(const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, int64_t num_tokens,
+                      float *y, int64_t ldy) {
+  const int64_t chunks = a.chunks, tile = tile_rows_for(chunks);
+  const __m512i shift = _mm512_set1_epi8((char)(kOff == Offset::kNone ? 128 : 128 - (1 << (int)kOff)));
+  thread_local std::vector<__m512i> qbuf;
+  thread_local std::vector<__m512> sbuf;
+  if ((int64_t)qbuf.size() < 4 * tile * chunks) qbuf.resize(4 * tile * chunks), sbuf.resize(2 * tile * chunks);
+  for (int64_t r0 = 0; r0 < rows; r0 += tile) {
+    const int64_t n = rows - r0 < tile ? rows - r0 : tile;
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t i = r * chunks + c;
+        kLoad(a, w + (r0 + r) * row_bytes, c, &sbuf[2 * i], &sbuf[2 * i + 1], &qbuf[4 * i]);
+        if (kOff != Offset::k128)
+          for (int p = 0; p < 4; ++p) qbuf[4 * i + p] = _mm512_add_epi8(qbuf[4 * i + p], shift);
+      }
+    gemm_tile<kOffsets>((const int8_t *)qbuf.data(), (const float *)sbuf.data(), n, a, num_tokens, y + r0, ldy);
+  }
+}
+
+// The types with a register loader: the few-token stream or the GEMM over loader-filled tiles.
+template <Offset kOff, bool kOffsets, auto kLoad>
+static void regs_matmul(const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, int64_t num_tokens,
+                        float *y, int64_t ldy) {
+  if (num_tokens <= kTokenTile) return stream_regs<kOff, kOffsets, kLoad>(w, row_bytes, rows, a, num_tokens, y, ldy);
+  tile_regs<kOff, kOffsets, kLoad>(w, row_bytes, rows, a, num_tokens, y, ldy);
+}
+#endif
+
 void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,
                   int64_t num_tokens, float *y, int64_t ldy) {
   const Geometry g = geometry(type);
   const Unpacker up{unpack_fn(type), a.k / g.block_size, kChunkQ / g.block_size, g.type_size, has_offsets(type)};
 #if defined(__AVX512VNNI__)
-  if (num_tokens <= kTokenTile) {
-    switch (type) {
-      case kQ4_K: return stream_regs<Offset::kNone, true, load_q4_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
-      case kQ6_K: return stream_regs<Offset::k32, false, interleaved<load_q6_k>>(w, row_bytes, rows, a, num_tokens, y, ldy);
-      case kQ5_K: return stream_regs<Offset::kNone, true, load_q5_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
-      case kQ4_0:
-        return stream_regs<Offset::k8, false, interleaved<load_nibble_blocks<false>>>(w, row_bytes, rows, a, num_tokens, y, ldy);
-      case kIQ4_NL:
-        return stream_regs<Offset::k128, false, interleaved<load_nibble_blocks<true>>>(w, row_bytes, rows, a, num_tokens, y, ldy);
-      case kIQ4_XS: return stream_regs<Offset::k128, false, interleaved<load_iq4_xs>>(w, row_bytes, rows, a, num_tokens, y, ldy);
-      case kQ4_1: return stream_regs<Offset::kNone, true, interleaved<load_q4_1>>(w, row_bytes, rows, a, num_tokens, y, ldy);
-      case kQ5_0: return stream_regs<Offset::k16, false, interleaved<load_q5_0>>(w, row_bytes, rows, a, num_tokens, y, ldy);
-      case kQ8_0: return stream_regs<Offset::k128, false, interleaved<load_q8_0>>(w, row_bytes, rows, a, num_tokens, y, ldy);
-      case kIQ1_S: return stream_iq1_s(w, row_bytes, rows, a, num_tokens, y, ldy);
-    }
+  switch (type) {
+    case kQ4_K: return regs_matmul<Offset::kNone, true, load_q4_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kQ6_K: return regs_matmul<Offset::k32, false, interleaved<load_q6_k>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kQ5_K: return regs_matmul<Offset::kNone, true, load_q5_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kQ4_0:
+      return regs_matmul<Offset::k8, false, interleaved<load_nibble_blocks<false>>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kIQ4_NL:
+      return regs_matmul<Offset::k128, false, interleaved<load_nibble_blocks<true>>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kIQ4_XS: return regs_matmul<Offset::k128, false, interleaved<load_iq4_xs>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kQ4_1: return regs_matmul<Offset::kNone, true, interleaved<load_q4_1>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kQ5_0: return regs_matmul<Offset::k16, false, interleaved<load_q5_0>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kQ8_0: return regs_matmul<Offset::k128, false, interleaved<load_q8_0>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kIQ1_S: return regs_matmul<Offset::k128, false, load_iq1_s>(w, row_bytes, rows, a, num_tokens, y, ldy);
   }
 #endif
   if (num_tokens <= kTokenTile) return stream_rows(up, w, row_bytes, rows, a, num_tokens, y, ldy);
