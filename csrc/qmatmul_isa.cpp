@@ -426,30 +426,40 @@ static constexpr Iq1sGrid8 kIq1sGrid8 = iq1s_grid8();
 // (indices built in SIMD), plus the block's delta of +-1. The same integers as up_iq1_s's.
 static inline __attribute__((always_inline)) void load_iq1_s(const QActView &, const uint8_t *row, int64_t c,
                                                             __m512 *ws, __m512 *wo, __m512i *q) {
-  const __m512i perm_lo = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-  const __m512i perm_hi = _mm512_add_epi32(perm_lo, _mm512_set1_epi32(4));
-  const __m512i shifts = _mm512_setr_epi32(0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9);
   const __m512i seven = _mm512_set1_epi32(7);
   const __m512i pairs = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
   const long long *grid = (const long long *)kIq1sGrid8.v;
   const uint8_t *b = row + c * 50;
-  const __m128i qh8 = _mm_loadu_si128((const __m128i *)(b + 34));           // 8 x u16
+  const __m128i qh8 = _mm_loadu_si128((const __m128i *)(b + 34));  // 8 x u16
+  // The 32 codebook rows' 11-bit indices as u16: qs[r] | ((qh[r / 4] >> 3 (r % 4)) & 7) << 8.
+  const __m512i quarter = _mm512_set_epi16(7, 7, 7, 7, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 4, 3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1,
+                                           1, 0, 0, 0, 0);
+  const __m512i shift = _mm512_set_epi16(9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3,
+                                         0, 9, 6, 3, 0);
+  const __m512i hi = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi16(quarter, _mm512_castsi128_si512(qh8)), shift),
+                                      _mm512_set1_epi16(7));
+  const __m512i idx = _mm512_or_si512(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(b + 2))),
+                                      _mm512_slli_epi16(hi, 8));
+  // Four indices per 64-bit word, to general registers (a gather of 8 takes 14 cycles on Zen 5,
+  // 8 loads and inserts 6). Sub-block s is rows 2s and 2s + 1: collect the even rows, then the
+  // odd ones, and deal their 4-byte halves out to the interleaved vectors (p = 2 (row parity)
+  // + half).
+  uint64_t x[8];
+  for (int l = 0; l < 4; ++l) {
+    const __m128i v = _mm512_extracti32x4_epi32(idx, l);
+    x[2 * l] = (uint64_t)_mm_cvtsi128_si64(v);
+    x[2 * l + 1] = (uint64_t)_mm_extract_epi64(v, 1);
+  }
+  auto grid_row = [&](int r) { return grid[(x[r / 4] >> (16 * (r % 4))) & 0xFFFF]; };
+  auto rows8 = [&](int first) {  // grid rows first, first + 2, ..., first + 14: masked broadcast loads
+    __m512i v = _mm512_set1_epi64(grid_row(first));
+    for (int i = 1; i < 8; ++i) v = _mm512_mask_set1_epi64(v, (__mmask8)(1 << i), grid_row(first + 2 * i));
+    return v;
+  };
+  const __m512i g[4] = {rows8(0), rows8(16), rows8(1), rows8(17)};
   const __m512i qh = _mm512_cvtepu16_epi32(_mm256_castsi128_si256(qh8));  // lanes 0-7
-  __m512i idx[2];  // the codebook rows of grid rows 16 h .. 16 h + 15
-  for (int h = 0; h < 2; ++h) {
-    const __m512i qs = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 2 + 16 * h)));
-    const __m512i hi = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi32(h ? perm_hi : perm_lo, qh), shifts), seven);
-    idx[h] = _mm512_or_si512(qs, _mm512_slli_epi32(hi, 8));
-  }
-  // Sub-block s is grid rows 2s and 2s + 1: gather the even rows, then the odd ones, and deal
-  // their 4-byte halves out to the interleaved vectors (p = 2 (row parity) + half).
-  __m512i g[4];
-  for (int h = 0; h < 2; ++h) {
-    g[h] = _mm512_i32gather_epi64(_mm512_cvtepi64_epi32(idx[h]), grid, 8);
-    g[2 + h] = _mm512_i32gather_epi64(_mm512_cvtepi64_epi32(_mm512_srli_epi64(idx[h], 32)), grid, 8);
-  }
   const __mmask16 negative = (__mmask16)_mm_movemask_epi8(_mm_srai_epi16(qh8, 15));  // both lanes of a block
   const __m512i delta = _mm512_mask_mov_epi32(_mm512_set1_epi8(1), negative, _mm512_set1_epi8(-1));
   for (int p = 0; p < 4; ++p)
