@@ -408,32 +408,54 @@ static inline __attribute__((always_inline)) void load_q5_k(const QActView &, co
   }
 }
 
-// IQ1_S's codebook as int8 + 128 of 8 g (g in {-1, 0, 1}), what a weight's byte is before its
-// block's delta.
-struct Iq1sGrid8 {
-  alignas(64) uint8_t v[2048][8];
+// The grid types' codebooks as the bytes dpbusd takes (int8 + 128): IQ1_S's 8 g (g in
+// {-1, 0, 1}, before its block's delta), IQ2_XXS's magnitudes (before their signs).
+template <int kRows>
+struct Grid8 {
+  alignas(64) uint8_t v[kRows][8];
 };
-static constexpr Iq1sGrid8 iq1s_grid8() {
-  Iq1sGrid8 g{};
+static constexpr Grid8<2048> iq1s_grid8() {
+  Grid8<2048> g{};
   for (int i = 0; i < 2048; ++i)
     for (int j = 0; j < 8; ++j) g.v[i][j] = (uint8_t)(8 * kIq1sGrid[i][j] + 128);
   return g;
 }
-static constexpr Iq1sGrid8 kIq1sGrid8 = iq1s_grid8();
+static constexpr Grid8<256> iq2xxs_grid8() {
+  Grid8<256> g{};
+  for (int i = 0; i < 256; ++i)
+    for (int j = 0; j < 8; ++j) g.v[i][j] = (uint8_t)(kIq2xxsGrid[i][j] + 128);
+  return g;
+}
+static constexpr Grid8<2048> kIq1sGrid8 = iq1s_grid8();
+static constexpr Grid8<256> kIq2xxsGrid8 = iq2xxs_grid8();
 
-// IQ1_S (the 1.58-bit DeepSeek-R1's experts): a weight is ws * (8 g + delta), its byte
-// 8 g + delta + 128 (Offset::k128): 32 codebook rows of 8 gathered per chunk from kIq1sGrid8
-// (indices built in SIMD), plus the block's delta of +-1. The same integers as up_iq1_s's.
-static inline __attribute__((always_inline)) void load_iq1_s(const QActView &, const uint8_t *row, int64_t c,
-                                                            __m512 *ws, __m512 *wo, __m512i *q) {
-  const __m512i seven = _mm512_set1_epi32(7);
-  const __m512i pairs = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+// Codebook rows row(first), row(first + 2), ..., row(first + 14) (8-byte values) as the qwords
+// of one vector, by masked broadcast loads: a vpgatherdq of 8 takes 14 cycles on Zen 5, these 6.
+template <typename Row>
+static inline __attribute__((always_inline)) __m512i rows8(Row row, int first) {
+  __m512i v = _mm512_set1_epi64(row(first));
+  for (int i = 1; i < 8; ++i) v = _mm512_mask_set1_epi64(v, (__mmask8)(1 << i), row(first + 2 * i));
+  return v;
+}
+
+// A chunk of 32 codebook rows of 8 weights in the interleaved order. Sub-block s is rows 2s and
+// 2s + 1, so g holds {rows 0, 2, .., 14}, {16, 18, .., 30}, {1, 3, .., 15}, {17, 19, .., 31}
+// (see rows8), and vector p takes the 4-byte half p % 2 of rows 2s + p / 2.
+static inline __attribute__((always_inline)) void deal_rows(const __m512i *g, __m512i *q) {
   const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-  const long long *grid = (const long long *)kIq1sGrid8.v;
+  for (int p = 0; p < 4; ++p) q[p] = _mm512_permutex2var_epi32(g[p & 2], p & 1 ? odd : even, g[(p & 2) + 1]);
+}
+
+// IQ1_S (the 1.58-bit DeepSeek-R1's experts): a weight is ws * (8 g + delta), its byte
+// 8 g + delta + 128 (Offset::k128): 32 codebook rows from kIq1sGrid8 plus the block's delta of
+// +-1. The same integers as up_iq1_s's.
+static inline __attribute__((always_inline)) void load_iq1_s(const QActView &, const uint8_t *row, int64_t c,
+                                                            __m512 *ws, __m512 *wo, __m512i *q) {
   const uint8_t *b = row + c * 50;
   const __m128i qh8 = _mm_loadu_si128((const __m128i *)(b + 34));  // 8 x u16
-  // The 32 codebook rows' 11-bit indices as u16: qs[r] | ((qh[r / 4] >> 3 (r % 4)) & 7) << 8.
+  // The rows' 11-bit indices as u16: qs[r] | ((qh[r / 4] >> 3 (r % 4)) & 7) << 8, then four
+  // per 64-bit word into general registers.
   const __m512i quarter = _mm512_set_epi16(7, 7, 7, 7, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 4, 3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1,
                                            1, 0, 0, 0, 0);
   const __m512i shift = _mm512_set_epi16(9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3,
@@ -442,34 +464,68 @@ static inline __attribute__((always_inline)) void load_iq1_s(const QActView &, c
                                       _mm512_set1_epi16(7));
   const __m512i idx = _mm512_or_si512(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(b + 2))),
                                       _mm512_slli_epi16(hi, 8));
-  // Four indices per 64-bit word, to general registers (a gather of 8 takes 14 cycles on Zen 5,
-  // 8 loads and inserts 6). Sub-block s is rows 2s and 2s + 1: collect the even rows, then the
-  // odd ones, and deal their 4-byte halves out to the interleaved vectors (p = 2 (row parity)
-  // + half).
   uint64_t x[8];
   for (int l = 0; l < 4; ++l) {
     const __m128i v = _mm512_extracti32x4_epi32(idx, l);
     x[2 * l] = (uint64_t)_mm_cvtsi128_si64(v);
     x[2 * l + 1] = (uint64_t)_mm_extract_epi64(v, 1);
   }
-  auto grid_row = [&](int r) { return grid[(x[r / 4] >> (16 * (r % 4))) & 0xFFFF]; };
-  auto rows8 = [&](int first) {  // grid rows first, first + 2, ..., first + 14: masked broadcast loads
-    __m512i v = _mm512_set1_epi64(grid_row(first));
-    for (int i = 1; i < 8; ++i) v = _mm512_mask_set1_epi64(v, (__mmask8)(1 << i), grid_row(first + 2 * i));
-    return v;
-  };
-  const __m512i g[4] = {rows8(0), rows8(16), rows8(1), rows8(17)};
-  const __m512i qh = _mm512_cvtepu16_epi32(_mm256_castsi128_si256(qh8));  // lanes 0-7
+  const long long *grid = (const long long *)kIq1sGrid8.v;
+  auto row_of = [&](int r) { return grid[(x[r / 4] >> (16 * (r % 4))) & 0xFFFF]; };
+  const __m512i g[4] = {rows8(row_of, 0), rows8(row_of, 16), rows8(row_of, 1), rows8(row_of, 17)};
+  deal_rows(g, q);
   const __mmask16 negative = (__mmask16)_mm_movemask_epi8(_mm_srai_epi16(qh8, 15));  // both lanes of a block
   const __m512i delta = _mm512_mask_mov_epi32(_mm512_set1_epi8(1), negative, _mm512_set1_epi8(-1));
-  for (int p = 0; p < 4; ++p)
-    q[p] = _mm512_add_epi8(_mm512_permutex2var_epi32(g[p & 2], p & 1 ? odd : even, g[(p & 2) + 1]), delta);
+  for (int p = 0; p < 4; ++p) q[p] = _mm512_add_epi8(q[p], delta);
   // ws = d * (2 s + 1) * 0.125 per block, as up_iq1_s's operations, two lanes each.
+  const __m512i seven = _mm512_set1_epi32(7);
+  const __m512i qh = _mm512_cvtepu16_epi32(_mm256_castsi128_si256(qh8));  // lanes 0-7
   const __m512i s21 = _mm512_add_epi32(_mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(qh, 12), seven), 1),
                                        _mm512_set1_epi32(1));
   const __m512 blk = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(load_half(b)), _mm512_cvtepi32_ps(s21)),
                                    _mm512_set1_ps(0.125f));
-  *ws = _mm512_permutexvar_ps(pairs, blk);
+  *ws = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7), blk);
+  *wo = _mm512_setzero_ps();
+}
+
+// IQ2_XXS (the 1.58-bit R1's down projections): d, then per 32-block four codebook indices and
+// a u32 of four 7-bit sign patterns and a 4-bit scale. A weight's byte is 128 +- g (Offset::k128):
+// the magnitude row from kIq2xxsGrid8, negated in bytes (256 - (128 + g)) where its sign bit is
+// set. A pattern's eighth sign makes the count of minus signs even (kSigns): the pattern's
+// parity, computed here for all 32 rows at once. The same integers as up_iq2_xxs's.
+static inline __attribute__((always_inline)) void load_iq2_xxs(const QActView &, const uint8_t *row, int64_t c,
+                                                              __m512 *ws, __m512 *wo, __m512i *q) {
+  const uint8_t *b = row + c * 66;
+  const __m512i aux = _mm512_srli_epi64(_mm512_loadu_si512(b + 2), 32);  // qword ib: block ib's u32
+  // Row r's sign pattern (aux[r / 4] >> 7 (r % 4)) & 127 in 32-bit lane r % 16 of s[r / 16].
+  const __m512i shift = _mm512_setr_epi32(0, 7, 14, 21, 0, 7, 14, 21, 0, 7, 14, 21, 0, 7, 14, 21);
+  const __m512i deint = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15));
+  __mmask64 sign[4];  // the masks of g's four vectors (see deal_rows)
+  for (int h = 0; h < 2; ++h) {
+    const __m512i blocks = _mm512_setr_epi32(8 * h, 8 * h, 8 * h, 8 * h, 8 * h + 2, 8 * h + 2, 8 * h + 2, 8 * h + 2,
+                                             8 * h + 4, 8 * h + 4, 8 * h + 4, 8 * h + 4, 8 * h + 6, 8 * h + 6, 8 * h + 6,
+                                             8 * h + 6);  // the dword holding block 4h + r / 4's u32
+    const __m512i f = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi32(blocks, aux), shift),
+                                       _mm512_set1_epi32(127));
+    __m512i par = _mm512_xor_si512(f, _mm512_srli_epi32(f, 4));
+    par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 2));
+    par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 1));
+    const __m512i pattern = _mm512_or_si512(f, _mm512_slli_epi32(_mm512_and_si512(par, _mm512_set1_epi32(1)), 7));
+    // 16 sign bytes in row order, even rows then odd rows.
+    const __m128i bytes = _mm_shuffle_epi8(_mm512_cvtepi32_epi8(pattern), _mm512_castsi512_si128(deint));
+    sign[h] = _cvtu64_mask64((uint64_t)_mm_cvtsi128_si64(bytes));
+    sign[2 + h] = _cvtu64_mask64((uint64_t)_mm_extract_epi64(bytes, 1));
+  }
+  const long long *grid = (const long long *)kIq2xxsGrid8.v;
+  auto row_of = [&](int r) { return grid[b[2 + 8 * (r / 4) + r % 4]]; };
+  __m512i g[4] = {rows8(row_of, 0), rows8(row_of, 16), rows8(row_of, 1), rows8(row_of, 17)};
+  for (int i = 0; i < 4; ++i) g[i] = _mm512_mask_sub_epi8(g[i], sign[i], _mm512_setzero_si512(), g[i]);
+  deal_rows(g, q);
+  // ws = d * (0.5 + s) * 0.25 per block (s = aux >> 28), as up_iq2_xxs's operations, two lanes each.
+  const __m512i s = _mm512_srli_epi32(_mm512_permutexvar_epi32(_mm512_setr_epi32(0, 0, 2, 2, 4, 4, 6, 6, 8, 8, 10, 10,
+                                                                                  12, 12, 14, 14), aux), 28);
+  *ws = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(load_half(b)), _mm512_add_ps(_mm512_set1_ps(0.5f), _mm512_cvtepi32_ps(s))),
+                      _mm512_set1_ps(0.25f));
   *wo = _mm512_setzero_ps();
 }
 #endif
@@ -708,6 +764,7 @@ void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, c
     case kQ5_0: return regs_matmul<Offset::k16, false, interleaved<load_q5_0>>(w, row_bytes, rows, a, num_tokens, y, ldy);
     case kQ8_0: return regs_matmul<Offset::k128, false, interleaved<load_q8_0>>(w, row_bytes, rows, a, num_tokens, y, ldy);
     case kIQ1_S: return regs_matmul<Offset::k128, false, load_iq1_s>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kIQ2_XXS: return regs_matmul<Offset::k128, false, load_iq2_xxs>(w, row_bytes, rows, a, num_tokens, y, ldy);
   }
 #endif
   if (num_tokens <= kTokenTile) return stream_rows(up, w, row_bytes, rows, a, num_tokens, y, ldy);

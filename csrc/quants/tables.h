@@ -4,7 +4,7 @@
 
 namespace moe {
 
-alignas(64) static const int8_t kIq2xxsGrid[256][8] = {
+alignas(64) static constexpr int8_t kIq2xxsGrid[256][8] = {
     8, 8, 8, 8, 8, 8, 8, 8, 43, 8, 8, 8, 8, 8, 8, 8,
     25, 25, 8, 8, 8, 8, 8, 8, 8, 43, 8, 8, 8, 8, 8, 8,
     43, 43, 8, 8, 8, 8, 8, 8, 25, 8, 25, 8, 8, 8, 8, 8,
