@@ -22,7 +22,7 @@ namespace MOE_ISA_NS {
 
 // Software prefetch of the `bytes` that lie kPrefetchBytes past `p`: a task's rows are one
 // contiguous stream, and the hardware prefetcher alone leaves DRAM latency exposed.
-constexpr int64_t kPrefetchBytes = 2048;
+constexpr int64_t kPrefetchBytes = 8192;
 
 static inline __attribute__((always_inline)) void prefetch_ahead(const uint8_t *p, int64_t bytes) {
   for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + kPrefetchBytes + o);
