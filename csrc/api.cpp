@@ -31,6 +31,7 @@ struct Runtime {
   std::mutex mutex;  // guards replacing the pool; kernels run under it (one caller at a time)
   std::unique_ptr<ThreadPool> pool;
   int num_threads = 0;
+  MoeWorkspace moe;  // reused by every moe_experts call (under the mutex)
 };
 
 Runtime &runtime() {
@@ -183,7 +184,7 @@ MOE_API int moe_experts(int64_t num_tokens, int64_t dim, int64_t hidden, int64_t
     args.shared_down_type = shared_down_type;
     args.shared_hidden = shared_hidden;
   }
-  moe_forward(pool_locked(rt), active_kernels(), q_kernels(moe_isa_active()), args);
+  moe_forward(pool_locked(rt), active_kernels(), q_kernels(moe_isa_active()), args, rt.moe);
   return 0;
 }
 

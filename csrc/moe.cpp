@@ -27,16 +27,20 @@ struct ProjInput {
   const QActView *q;  // null: float activations
 };
 
-// Quantized copies of `rows` (count of width k) in the format `type` pairs with; null when the
-// layer runs float activations or `type` is a float type.
-std::unique_ptr<QActBuffers> quantize_slots(ThreadPool &pool, QuantizeRowFn quantize, bool q8, int type,
-                                            const float *const *rows, int64_t count, int64_t k) {
+// The quantized copies of `rows` (count of width k) in the format `type` pairs with, in buf;
+// null when the layer runs float activations or `type` is a float type.
+const QActView *quantize_rows(ThreadPool &pool, QuantizeRowFn quantize, bool q8, int type, const float *const *rows,
+                              int64_t count, int64_t k, QActBuffers &buf) {
   const int kind = q8 ? act_kind_for(type) : -1;
   if (kind < 0) return nullptr;
-  auto buf = std::make_unique<QActBuffers>(count, k);
-  pool.parallel_for(count, [&](int64_t s) { quantize(kind, rows[s], s, buf->view); });
-  return buf;
+  const QActView &v = buf.resize(count, k);
+  pool.parallel_for(count, [&](int64_t s) { quantize(kind, rows[s], s, v); });
+  return &v;
 }
+
+// expf(x), with its overflow to inf and underflow to 0 taken before libm's slow paths (which cost
+// 6 % of a call when synthetic weights make large gate values): the same values.
+inline float exp_saturated(float x) { return x > 89.0f ? INFINITY : x < -110.0f ? 0.0f : std::exp(x); }
 
 // rows x k weights against the n pairs from sorted slot s0: y[j * ldy + r].
 void project(const IsaKernels &kern, QRowsFn qrows, int type, const uint8_t *w, int64_t row_bytes, int64_t rows,
@@ -54,32 +58,40 @@ struct Group {
   const uint8_t *gate, *up, *down;
   int gate_type, up_type, down_type;
   int64_t experts, hidden, gate_row, up_row, down_row;
-  std::vector<int64_t> start;    // expert e's slots are [start[e], start[e + 1])
-  std::vector<int64_t> token;    // slot -> token
-  std::vector<float> weight;     // slot -> its routing weight
-  std::vector<float> g, u;       // [slots, hidden]: gate, then h = silu(gate) * up in place
-  std::unique_ptr<QActBuffers> xg, xu, hq;
+  MoeBuffers &buf;
+  std::vector<int64_t> &start = buf.start;  // expert e's slots are [start[e], start[e + 1])
+  std::vector<int64_t> &token = buf.token;  // slot -> token
+  std::vector<float> &weight = buf.weight;  // slot -> its routing weight
+  std::vector<float> &g = buf.g, &u = buf.u;  // [slots, hidden]: gate, then h = silu(gate) * up in place
   ProjInput gate_in{}, up_in{}, down_in{};
-  std::vector<const float *> x_rows, h_rows;
 
   Group(const uint8_t *g_, const uint8_t *u_, const uint8_t *d_, int gt, int ut, int dt, int64_t E, int64_t I,
-        int64_t D)
+        int64_t D, MoeBuffers &b)
       : gate(g_), up(u_), down(d_), gate_type(gt), up_type(ut), down_type(dt), experts(E), hidden(I),
         gate_row(D / geometry(gt).block_size * geometry(gt).type_size),
         up_row(D / geometry(ut).block_size * geometry(ut).type_size),
-        down_row(I / geometry(dt).block_size * geometry(dt).type_size) {}
+        down_row(I / geometry(dt).block_size * geometry(dt).type_size), buf(b) {}
 
   int64_t slots() const { return (int64_t)token.size(); }
 
-  // Inputs gathered (and, for q8, quantized once per format) in slot order.
-  void gather(ThreadPool &pool, QuantizeRowFn quantize, bool q8, const float *x, int64_t D) {
-    x_rows.resize(slots());
-    for (int64_t s = 0; s < slots(); ++s) x_rows[s] = x + token[s] * D;
-    xg = quantize_slots(pool, quantize, q8, gate_type, x_rows.data(), slots(), D);
+  // Inputs gathered in slot order and, for q8, quantized once per format: each of the
+  // num_tokens rows once, then copied to its slots (a token has top_k of them).
+  void gather(ThreadPool &pool, QuantizeRowFn quantize, bool q8, const float *x, int64_t num_tokens, int64_t D) {
+    buf.x_rows.resize(slots());
+    for (int64_t s = 0; s < slots(); ++s) buf.x_rows[s] = x + token[s] * D;
+    std::vector<const float *> rows(num_tokens);
+    for (int64_t t = 0; t < num_tokens; ++t) rows[t] = x + t * D;
+    auto slotted = [&](int type, QActBuffers &out) -> const QActView * {
+      if (!quantize_rows(pool, quantize, q8, type, rows.data(), num_tokens, D, buf.tokens)) return nullptr;
+      const QActView &v = out.resize(slots(), D);
+      pool.parallel_for(slots(), [&](int64_t s) { out.copy_slot(buf.tokens, token[s], s); });
+      return &v;
+    };
+    const QActView *xg = slotted(gate_type, buf.xg);
     const bool same = xg && act_kind_for(up_type) == act_kind_for(gate_type);
-    xu = same ? nullptr : quantize_slots(pool, quantize, q8, up_type, x_rows.data(), slots(), D);
-    gate_in = {x_rows.data(), xg ? &xg->view : nullptr};
-    up_in = {x_rows.data(), same ? &xg->view : xu ? &xu->view : nullptr};
+    const QActView *xu = same ? xg : slotted(up_type, buf.xu);
+    gate_in = {buf.x_rows.data(), xg};
+    up_in = {buf.x_rows.data(), xu};
     g.resize(slots() * hidden);
     u.resize(slots() * hidden);
   }
@@ -95,14 +107,14 @@ struct Group {
   void swiglu(int64_t s) {
     float *gs = g.data() + s * hidden;
     const float *us = u.data() + s * hidden;
-    for (int64_t j = 0; j < hidden; ++j) gs[j] = gs[j] / (1.0f + std::exp(-gs[j])) * us[j];
+    for (int64_t j = 0; j < hidden; ++j) gs[j] = gs[j] / (1.0f + exp_saturated(-gs[j])) * us[j];
   }
 
   void quantize_hidden(ThreadPool &pool, QuantizeRowFn quantize, bool q8) {
-    h_rows.resize(slots());
-    for (int64_t s = 0; s < slots(); ++s) h_rows[s] = g.data() + s * hidden;
-    hq = quantize_slots(pool, quantize, q8, down_type, h_rows.data(), slots(), hidden);
-    down_in = {h_rows.data(), hq ? &hq->view : nullptr};
+    buf.h_rows.resize(slots());
+    for (int64_t s = 0; s < slots(); ++s) buf.h_rows[s] = g.data() + s * hidden;
+    down_in = {buf.h_rows.data(),
+               quantize_rows(pool, quantize, q8, down_type, buf.h_rows.data(), slots(), hidden, buf.hq)};
   }
 
   // Output rows [d0, d0 + rows) of every expert, added to its tokens in ascending expert order.
@@ -125,13 +137,14 @@ struct Group {
 
 }  // namespace
 
-void moe_forward(ThreadPool &pool, const IsaKernels &kern, const QKernels &qk, const MoeArgs &a) {
+void moe_forward(ThreadPool &pool, const IsaKernels &kern, const QKernels &qk, const MoeArgs &a, MoeWorkspace &ws) {
   const int64_t T = a.num_tokens, D = a.dim, E = a.num_experts, A = a.top_k;
   std::vector<Group> groups;
   groups.reserve(2);
 
   // Routed: a counting sort of the T*A pairs by expert (stable: tokens stay in order).
-  Group &routed = groups.emplace_back(a.gate, a.up, a.down, a.gate_type, a.up_type, a.down_type, E, a.hidden, D);
+  Group &routed =
+      groups.emplace_back(a.gate, a.up, a.down, a.gate_type, a.up_type, a.down_type, E, a.hidden, D, ws.routed);
   routed.start.assign(E + 1, 0);
   for (int64_t p = 0; p < T * A; ++p) ++routed.start[a.ids[p] + 1];
   for (int64_t e = 0; e < E; ++e) routed.start[e + 1] += routed.start[e];
@@ -146,13 +159,13 @@ void moe_forward(ThreadPool &pool, const IsaKernels &kern, const QKernels &qk, c
   // Shared: one pseudo-expert over all tokens in order, weight 1 (an exact multiply).
   if (a.shared_gate) {
     Group &shared = groups.emplace_back(a.shared_gate, a.shared_up, a.shared_down, a.shared_gate_type,
-                                        a.shared_up_type, a.shared_down_type, 1, a.shared_hidden, D);
+                                        a.shared_up_type, a.shared_down_type, 1, a.shared_hidden, D, ws.shared);
     shared.start = {0, T};
     shared.token.resize(T);
     for (int64_t t = 0; t < T; ++t) shared.token[t] = t;
     shared.weight.assign(T, 1.0f);
   }
-  for (Group &g : groups) g.gather(pool, qk.quantize, a.q8, a.x, D);
+  for (Group &g : groups) g.gather(pool, qk.quantize, a.q8, a.x, T, D);
 
   // Phase A: tasks are (group, expert, block of hidden rows) over the experts hit, the blocks
   // as long as rows_per_task makes them over all the rows to read.

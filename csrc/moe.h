@@ -2,6 +2,8 @@
 #pragma once
 #include <stdint.h>
 
+#include <vector>
+
 #include "kernels_isa.h"
 #include "qmatmul.h"
 #include "threadpool.h"
@@ -25,6 +27,21 @@ struct MoeArgs {
   int64_t shared_hidden = 0;
 };
 
-void moe_forward(ThreadPool &pool, const IsaKernels &kern, const QKernels &qk, const MoeArgs &a);
+// The buffers of one group of experts (routed, or shared), kept from call to call: a 512-token
+// V2-Lite layer's gate/up outputs and quantized inputs are ~60 MB, and mapping them afresh each
+// call cost 12 % of its time in page faults.
+struct MoeBuffers {
+  std::vector<int64_t> start, token;   // expert e's slots are [start[e], start[e + 1]); slot -> token
+  std::vector<float> weight, g, u;     // slot -> routing weight; [slots, hidden] gate and up
+  std::vector<const float *> x_rows, h_rows;
+  QActBuffers xg, xu, hq, tokens;      // quantized gate / up / down inputs; tokens: x quantized once
+};
+
+// What moe_forward reuses between calls (one per runtime: calls run one at a time).
+struct MoeWorkspace {
+  MoeBuffers routed, shared;
+};
+
+void moe_forward(ThreadPool &pool, const IsaKernels &kern, const QKernels &qk, const MoeArgs &a, MoeWorkspace &ws);
 
 }  // namespace moe

@@ -42,13 +42,20 @@ struct QActView {
   float *asum = nullptr;
 };
 
-// The activation buffers of T tokens of width k, owned.
+// The activation buffers of T tokens of width k, owned. resize keeps the capacity, so a
+// buffer reused from call to call maps no fresh pages.
 struct QActBuffers {
   std::vector<int8_t> q, qi;
   std::vector<int32_t> bsum, bias;
   std::vector<float> scale, asum;
   QActView view;
-  QActBuffers(int64_t num_tokens, int64_t k);
+  QActBuffers() = default;
+  QActBuffers(int64_t num_tokens, int64_t k) { resize(num_tokens, k); }
+  QActBuffers(const QActBuffers &) = delete;  // view points into the vectors
+  QActBuffers &operator=(const QActBuffers &) = delete;
+  const QActView &resize(int64_t num_tokens, int64_t k);
+  // Copies token slot `from` of `src` (the same width) into slot `to`.
+  void copy_slot(const QActBuffers &src, int64_t from, int64_t to);
 };
 
 inline int64_t act_chunks(int64_t k) { return (k + kChunkQ - 1) / kChunkQ; }
