@@ -18,9 +18,9 @@ namespace moe {
 
 const IsaKernels &active_kernels() {
   static const IsaKernels tables[] = {
-      {scalar::dequantize, scalar::tile_matmul, scalar::rows_matmul},
-      {avx2::dequantize, avx2::tile_matmul, avx2::rows_matmul},
-      {avx512::dequantize, avx512::tile_matmul, avx512::rows_matmul},
+      {scalar::dequantize, scalar::tile_matmul, scalar::rows_matmul, scalar::swiglu, scalar::scale_add},
+      {avx2::dequantize, avx2::tile_matmul, avx2::rows_matmul, avx2::swiglu, avx2::scale_add},
+      {avx512::dequantize, avx512::tile_matmul, avx512::rows_matmul, avx512::swiglu, avx512::scale_add},
   };
   return tables[moe_isa_active()];
 }

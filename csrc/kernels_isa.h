@@ -11,6 +11,8 @@ namespace moe {
                    int64_t num_tokens, float *y, int64_t ldy);                                       \
   void rows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, int64_t k,           \
                    const float *const *x, int64_t num_tokens, float *y, int64_t ldy);                \
+  void swiglu(float *g, const float *u, int64_t n);                                                  \
+  void scale_add(float *o, const float *y, float w, int64_t n);                                      \
   }
 
 MOE_DECLARE_ISA(scalar)
@@ -31,6 +33,9 @@ struct IsaKernels {
                       float *y, int64_t ldy);
   void (*rows_matmul)(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, int64_t k, const float *const *x,
                       int64_t num_tokens, float *y, int64_t ldy);
+  // g[j] = silu(g[j]) * u[j], with an exp of plain float operations: the same bits on every ISA.
+  void (*swiglu)(float *g, const float *u, int64_t n);
+  void (*scale_add)(float *o, const float *y, float w, int64_t n);  // o[j] += y[j] * w
 };
 
 // rows x k weights of `type` times num_tokens gathered rows: y[t * ldy + r], any number of rows.

@@ -38,10 +38,6 @@ const QActView *quantize_rows(ThreadPool &pool, QuantizeRowFn quantize, bool q8,
   return &v;
 }
 
-// expf(x), with its overflow to inf and underflow to 0 taken before libm's slow paths (which cost
-// 6 % of a call when synthetic weights make large gate values): the same values.
-inline float exp_saturated(float x) { return x > 89.0f ? INFINITY : x < -110.0f ? 0.0f : std::exp(x); }
-
 // rows x k weights against the n pairs from sorted slot s0: y[j * ldy + r].
 void project(const IsaKernels &kern, QRowsFn qrows, int type, const uint8_t *w, int64_t row_bytes, int64_t rows,
              int64_t k, const ProjInput &in, int64_t s0, int64_t n, float *y, int64_t ldy) {
@@ -104,11 +100,7 @@ struct Group {
             u.data() + s0 * hidden + r0, hidden);
   }
 
-  void swiglu(int64_t s) {
-    float *gs = g.data() + s * hidden;
-    const float *us = u.data() + s * hidden;
-    for (int64_t j = 0; j < hidden; ++j) gs[j] = gs[j] / (1.0f + exp_saturated(-gs[j])) * us[j];
-  }
+  void swiglu(const IsaKernels &kern, int64_t s) { kern.swiglu(g.data() + s * hidden, u.data() + s * hidden, hidden); }
 
   void quantize_hidden(ThreadPool &pool, QuantizeRowFn quantize, bool q8) {
     buf.h_rows.resize(slots());
@@ -129,7 +121,7 @@ struct Group {
       for (int64_t j = 0; j < n; ++j) {
         const float w = weight[s0 + j];
         float *o = out + token[s0 + j] * D + d0;
-        for (int64_t r = 0; r < rows; ++r) o[r] += y[j * rows + r] * w;
+        kern.scale_add(o, y.data() + j * rows, w, rows);
       }
     }
   }
@@ -183,7 +175,7 @@ void moe_forward(ThreadPool &pool, const IsaKernels &kern, const QKernels &qk, c
     groups[tasks[i].group].gate_up(kern, qk.rows, tasks[i].expert, tasks[i].row, a_block, D);
   });
   for (Group &g : groups) {
-    pool.parallel_for(g.slots(), [&](int64_t s) { g.swiglu(s); });
+    pool.parallel_for(g.slots(), [&](int64_t s) { g.swiglu(kern, s); });
     g.quantize_hidden(pool, qk.quantize, a.q8);
   }
 

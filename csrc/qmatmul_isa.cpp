@@ -714,8 +714,9 @@ template <bool kOffsets>
 static void gemm_tile(const int8_t *qbuf, const float *sbuf, int64_t rows, const QActView &a, int64_t num_tokens,
                       float *y, int64_t ldy) {
   const int64_t chunks = a.chunks, ldq = chunks * kChunkQ, ldsc = chunks * 2 * kSubQ;
-  thread_local std::vector<__m512> acc;  // [rows][kTokenTile]
-  if ((int64_t)acc.size() < rows * kTokenTile) acc.resize(rows * kTokenTile);
+  thread_local std::vector<__m512> acc_buf;  // [rows][kTokenTile]
+  if ((int64_t)acc_buf.size() < rows * kTokenTile) acc_buf.resize(rows * kTokenTile);
+  __m512 *const acc = acc_buf.data();  // one thread-local lookup, not one per access
   for (int64_t t0 = 0; t0 < num_tokens; t0 += kGemmTokens) {
     const int64_t nt = num_tokens - t0 < kGemmTokens ? num_tokens - t0 : kGemmTokens;
     for (int64_t c0 = 0; c0 < chunks; c0 += kChunkBlock) {
@@ -789,9 +790,11 @@ static void tile_regs(const uint8_t *w, int64_t row_bytes, int64_t rows, const Q
                       float *y, int64_t ldy) {
   const int64_t chunks = a.chunks, tile = tile_rows_for(chunks);
   const __m512i shift = _mm512_set1_epi8((char)(kOff == Offset::kNone ? 128 : 128 - (1 << (int)kOff)));
-  thread_local std::vector<__m512i> qbuf;
-  thread_local std::vector<__m512> sbuf;
-  if ((int64_t)qbuf.size() < 4 * tile * chunks) qbuf.resize(4 * tile * chunks), sbuf.resize(2 * tile * chunks);
+  thread_local std::vector<__m512i> qbuf_tls;
+  thread_local std::vector<__m512> sbuf_tls;
+  if ((int64_t)qbuf_tls.size() < 4 * tile * chunks) qbuf_tls.resize(4 * tile * chunks), sbuf_tls.resize(2 * tile * chunks);
+  __m512i *const qbuf = qbuf_tls.data();  // one thread-local lookup, not one per access
+  __m512 *const sbuf = sbuf_tls.data();
   for (int64_t r0 = 0; r0 < rows; r0 += tile) {
     const int64_t n = rows - r0 < tile ? rows - r0 : tile;
     for (int64_t r = 0; r < n; ++r)
@@ -801,7 +804,7 @@ static void tile_regs(const uint8_t *w, int64_t row_bytes, int64_t rows, const Q
         if (kOff != Offset::k128)
           for (int p = 0; p < 4; ++p) qbuf[4 * i + p] = _mm512_add_epi8(qbuf[4 * i + p], shift);
       }
-    gemm_tile<kOffsets>((const int8_t *)qbuf.data(), (const float *)sbuf.data(), n, a, num_tokens, y + r0, ldy);
+    gemm_tile<kOffsets>((const int8_t *)qbuf, (const float *)sbuf, n, a, num_tokens, y + r0, ldy);
   }
 }
 
