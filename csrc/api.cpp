@@ -31,7 +31,8 @@ struct Runtime {
   std::mutex mutex;  // guards replacing the pool; kernels run under it (one caller at a time)
   std::unique_ptr<ThreadPool> pool;
   int num_threads = 0;
-  MoeWorkspace moe;  // reused by every moe_experts call (under the mutex)
+  MoeWorkspace moe;         // reused by every moe_experts call (under the mutex)
+  QActBuffers activations[3];  // and by every integer matmul, one per activation format
 };
 
 Runtime &runtime() {
@@ -209,7 +210,7 @@ MOE_API int moe_matmul_q8_many(int count, const int *types, const void *const *w
   Runtime &rt = runtime();
   std::lock_guard<std::mutex> lock(rt.mutex);
   qmatmul_many(pool_locked(rt), moe_isa_active(), count, types, (const uint8_t *const *)weights, n, k, x, num_tokens,
-               ys);
+               ys, rt.activations);
   return 0;
 }
 
@@ -223,7 +224,8 @@ MOE_API int moe_matmul_q8_heads(int type, const void *weight, int64_t weight_byt
   if (num_tokens == 0) return 0;
   Runtime &rt = runtime();
   std::lock_guard<std::mutex> lock(rt.mutex);
-  qmatmul(pool_locked(rt), moe_isa_active(), type, (const uint8_t *)weight, heads, n, k, x, num_tokens, y);
+  qmatmul(pool_locked(rt), moe_isa_active(), type, (const uint8_t *)weight, heads, n, k, x, num_tokens, y,
+          rt.activations);
   return 0;
 }
 

@@ -3,7 +3,6 @@
 #include "qmatmul.h"
 
 #include <algorithm>
-#include <memory>
 #include <vector>
 
 #include "quants/formats.h"
@@ -25,13 +24,12 @@ QActView act_slots(const QActView &v, int64_t s0) {
 }
 
 void qmatmul(ThreadPool &pool, int isa, int type, const uint8_t *w, int64_t heads, int64_t n, int64_t k,
-             const float *x, int64_t num_tokens, float *y) {
+             const float *x, int64_t num_tokens, float *y, QActBuffers *scratch) {
   const Geometry g = geometry(type);
   const int64_t row_bytes = k / g.block_size * g.type_size, T = num_tokens;
   // Slot h * T + t holds token t's input to head h, so each head's tokens are contiguous.
-  const QActBuffers buffers(T * heads, k);
-  const QActView &a = buffers.view;
   const int kind = act_kind_for(type);
+  const QActView &a = scratch[kind].resize(T * heads, k);
   const QKernels kern = q_kernels(isa);
   pool.parallel_for(T * heads, [&](int64_t s) { kern.quantize(kind, x + ((s % T) * heads + s / T) * k, s, a); });
   const QRowsFn rows_fn = kern.rows;
@@ -44,14 +42,14 @@ void qmatmul(ThreadPool &pool, int isa, int type, const uint8_t *w, int64_t head
 }
 
 void qmatmul_many(ThreadPool &pool, int isa, int count, const int *types, const uint8_t *const *w, const int64_t *n,
-                  int64_t k, const float *x, int64_t num_tokens, float *const *ys) {
+                  int64_t k, const float *x, int64_t num_tokens, float *const *ys, QActBuffers *scratch) {
   const QKernels kern = q_kernels(isa);
-  std::unique_ptr<QActBuffers> by_kind[3];  // one quantization per activation format
+  bool done[3] = {};  // one quantization per activation format
   for (int i = 0; i < count; ++i) {
     const int kind = act_kind_for(types[i]);
-    if (by_kind[kind]) continue;
-    by_kind[kind] = std::make_unique<QActBuffers>(num_tokens, k);
-    const QActView &a = by_kind[kind]->view;
+    if (done[kind]) continue;
+    done[kind] = true;
+    const QActView &a = scratch[kind].resize(num_tokens, k);
     pool.parallel_for(num_tokens, [&](int64_t t) { kern.quantize(kind, x + t * k, t, a); });
   }
   int64_t total_rows = 0;
@@ -66,7 +64,7 @@ void qmatmul_many(ThreadPool &pool, int isa, int count, const int *types, const 
     const int i = tasks[j].weight;
     const Geometry g = geometry(types[i]);
     const int64_t row_bytes = k / g.block_size * g.type_size, row0 = tasks[j].row0, rows = std::min(task_rows, n[i] - row0);
-    rows_fn(types[i], w[i] + row0 * row_bytes, row_bytes, rows, by_kind[act_kind_for(types[i])]->view, num_tokens,
+    rows_fn(types[i], w[i] + row0 * row_bytes, row_bytes, rows, scratch[act_kind_for(types[i])].view, num_tokens,
             ys[i] + row0, n[i]);
   });
 }
