@@ -494,13 +494,18 @@ static constexpr Grid8<256> iq2xxs_grid8() {
 static constexpr Grid8<2048> kIq1sGrid8 = iq1s_grid8();
 static constexpr Grid8<256> kIq2xxsGrid8 = iq2xxs_grid8();
 
-// Codebook rows row(first), row(first + 2), ..., row(first + 14) (8-byte values) as the qwords
-// of one vector, by masked broadcast loads: a vpgatherdq of 8 takes 14 cycles on Zen 5, these 6.
+// Codebook rows row(first), row(first + 2), ..., row(first + 14) (8-byte values at the
+// addresses row() gives) as the qwords of one vector: pairs by a low and a high half load, then
+// three inserts. A vpgatherdq of 8 takes 14 cycles on Zen 5; masked broadcasts need 7 mask
+// registers refilled per chunk.
 template <typename Row>
 static inline __attribute__((always_inline)) __m512i rows8(Row row, int first) {
-  __m512i v = _mm512_set1_epi64(row(first));
-  for (int i = 1; i < 8; ++i) v = _mm512_mask_set1_epi64(v, (__mmask8)(1 << i), row(first + 2 * i));
-  return v;
+  auto pair = [&](int r) {
+    const __m128d lo = _mm_castsi128_pd(_mm_loadl_epi64((const __m128i *)row(r)));
+    return _mm_castpd_si128(_mm_loadh_pd(lo, (const double *)row(r + 2)));
+  };
+  const __m256i lo = _mm256_set_m128i(pair(first + 4), pair(first)), hi = _mm256_set_m128i(pair(first + 12), pair(first + 8));
+  return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
 
 // A chunk of 32 codebook rows of 8 weights in the interleaved order. Sub-block s is rows 2s and
@@ -536,7 +541,7 @@ static inline __attribute__((always_inline)) void load_iq1_s(const QActView &, c
     x[2 * l + 1] = (uint64_t)_mm_extract_epi64(v, 1);
   }
   const long long *grid = (const long long *)kIq1sGrid8.v;
-  auto row_of = [&](int r) { return grid[(x[r / 4] >> (16 * (r % 4))) & 0xFFFF]; };
+  auto row_of = [&](int r) { return grid + ((x[r / 4] >> (16 * (r % 4))) & 0xFFFF); };
   const __m512i g[4] = {rows8(row_of, 0), rows8(row_of, 16), rows8(row_of, 1), rows8(row_of, 17)};
   deal_rows(g, q);
   const __mmask16 negative = (__mmask16)_mm_movemask_epi8(_mm_srai_epi16(qh8, 15));  // both lanes of a block
@@ -582,7 +587,7 @@ static inline __attribute__((always_inline)) void load_iq2_xxs(const QActView &,
     sign[2 + h] = _cvtu64_mask64((uint64_t)_mm_extract_epi64(bytes, 1));
   }
   const long long *grid = (const long long *)kIq2xxsGrid8.v;
-  auto row_of = [&](int r) { return grid[b[2 + 8 * (r / 4) + r % 4]]; };
+  auto row_of = [&](int r) { return grid + b[2 + 8 * (r / 4) + r % 4]; };
   __m512i g[4] = {rows8(row_of, 0), rows8(row_of, 16), rows8(row_of, 1), rows8(row_of, 17)};
   for (int i = 0; i < 4; ++i) g[i] = _mm512_mask_sub_epi8(g[i], sign[i], _mm512_setzero_si512(), g[i]);
   deal_rows(g, q);
