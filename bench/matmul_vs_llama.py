@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT.parent))
 from bandwidth import read_gbs  # noqa: E402
 from ggml_ops import Ggml  # noqa: E402
 from side_by_side import best_of, check_agreement, save  # noqa: E402
+from vnni_peak import int8_gops  # noqa: E402
 
 from backend import kernels  # noqa: E402
 from tests.kernels.conftest import random_tensor  # noqa: E402
@@ -46,11 +47,11 @@ def main() -> None:
     kernels.set_num_threads(args.threads)
     torch.set_num_threads(1)
     ggml = Ggml(args.threads)
-    bandwidth = read_gbs(args.threads)
+    bandwidth, peak = read_gbs(args.threads), int8_gops(args.threads)
     print(f"{platform.processor() or platform.machine()}, isa {kernels.isa()}, {args.threads} threads, "
-          f"measured read bandwidth {bandwidth:.1f} GB/s", flush=True)  # fmt: skip
+          f"measured read bandwidth {bandwidth:.1f} GB/s, int8 dot-product peak {peak:.0f} GOPS", flush=True)  # fmt: skip
     header = ("| type | rows x cols | T | ours ms | llama.cpp ms (path) | llama.cpp / ours | ours GB/s (% of bw) "
-              "| ours GFLOPS | llama.cpp GFLOPS |")  # fmt: skip
+              "| ours GFLOPS (% of int8 peak) | llama.cpp GFLOPS (%) |")  # fmt: skip
     print(header + "\n" + "|---" * (header.count(" | ") + 1) + "|", flush=True)
     rows = []
     for name in args.types.split(","):
@@ -79,8 +80,9 @@ def main() -> None:
             rows.append(row)
             print(f"| {name} | {N}x{K} | {T} | {row['ours_ms']:.3f} | {row['llama_ms']:.3f} ({path}) | "
                   f"**{row['ratio']:.2f}x** | {row['ours_gbs']:.1f} ({100 * row['ours_gbs'] / bandwidth:.0f}%) | "
-                  f"{row['ours_gflops']:.0f} | {row['llama_gflops']:.0f} |", flush=True)  # fmt: skip
-    save(args.out, args.threads, kernels.isa(), bandwidth, rows)
+                  f"{row['ours_gflops']:.0f} ({100 * row['ours_gflops'] / peak:.0f}%) | "
+                  f"{row['llama_gflops']:.0f} ({100 * row['llama_gflops'] / peak:.0f}%) |", flush=True)  # fmt: skip
+    save(args.out, args.threads, kernels.isa(), bandwidth, rows, int8_peak_gops=peak)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,9 @@ def check_agreement(ours: np.ndarray, theirs: np.ndarray, tolerance: float, what
     return diff
 
 
-def save(out: Path | None, threads: int, isa: str, bandwidth: float, rows: list[dict]) -> None:
+def save(out: Path | None, threads: int, isa: str, bandwidth: float, rows: list[dict], **machine: float) -> None:
+    """machine: further measured figures of this machine (int8_peak_gops) for the header."""
     if out:
         result = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": threads, "isa": isa,
-                  "bandwidth_gbs": bandwidth, "rows": rows}  # fmt: skip
+                  "bandwidth_gbs": bandwidth, **machine, "rows": rows}  # fmt: skip
         out.write_text(json.dumps(result, indent=1) + "\n")
