@@ -123,11 +123,11 @@ static inline __attribute__((always_inline)) void interleave(__m512i *q) {
   }
 }
 
-// Sub-block sums of interleaved unsigned weights against one token's interleaved quants: four
-// chained dpbusd leave sub-block s whole in lane s, added to `init` (where the caller takes off
-// what an offset in the weight bytes added).
+// Sub-block sums of interleaved unsigned weights against one token's interleaved quants: the
+// dpbusd of the four vectors leave sub-block s whole in lane s, added to `init` (where the caller
+// takes off what an offset in the weight bytes added). Two chains of two, not one of four: half
+// the latency, and the few-token paths are bound by it.
 static inline __attribute__((always_inline)) __m512i chain_dots(const __m512i *q, const int8_t *aqi, __m512i init) {
-  // Two chains of two, not one of four: half the latency, and the few-token paths are bound by it.
   const __m512i a = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, q[0], _mm512_loadu_si512(aqi)), q[1],
                                         _mm512_loadu_si512(aqi + 64));
   const __m512i b = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), q[2], _mm512_loadu_si512(aqi + 128)),
@@ -249,6 +249,19 @@ class Finisher {
     n_ = 0;
   }
 };
+
+// A thread's scratch of n 64-byte vectors (buffer `kSlot` of type V), 64-byte aligned, kept
+// and grown between calls; one thread-local lookup per call, not one per access. Cache-line
+// structs, not std::vector<__m512>: a template argument drops the vector type's attributes.
+struct alignas(64) CacheLine {
+  uint8_t bytes[64];
+};
+template <typename V, int kSlot>
+static V *thread_vectors(int64_t n) {
+  thread_local std::vector<CacheLine> lines;
+  if ((int64_t)lines.size() < n) lines.resize(n);
+  return reinterpret_cast<V *>(lines.data());  // __m512 and __m512i may alias anything
+}
 
 // Register paths for few tokens: a type's chunk goes straight from its blocks into four
 // vectors of unsigned bytes in the interleaved order (see interleave) plus 16-lane scale/offset
@@ -719,9 +732,7 @@ template <bool kOffsets>
 static void gemm_tile(const int8_t *qbuf, const float *sbuf, int64_t rows, const QActView &a, int64_t num_tokens,
                       float *y, int64_t ldy) {
   const int64_t chunks = a.chunks, ldq = chunks * kChunkQ, ldsc = chunks * 2 * kSubQ;
-  thread_local std::vector<__m512> acc_buf;  // [rows][kTokenTile]
-  if ((int64_t)acc_buf.size() < rows * kTokenTile) acc_buf.resize(rows * kTokenTile);
-  __m512 *const acc = acc_buf.data();  // one thread-local lookup, not one per access
+  __m512 *const acc = thread_vectors<__m512, 0>(rows * kTokenTile);  // [rows][kTokenTile]
   for (int64_t t0 = 0; t0 < num_tokens; t0 += kGemmTokens) {
     const int64_t nt = num_tokens - t0 < kGemmTokens ? num_tokens - t0 : kGemmTokens;
     for (int64_t c0 = 0; c0 < chunks; c0 += kChunkBlock) {
@@ -795,11 +806,8 @@ static void tile_regs(const uint8_t *w, int64_t row_bytes, int64_t rows, const Q
                       float *y, int64_t ldy) {
   const int64_t chunks = a.chunks, tile = tile_rows_for(chunks);
   const __m512i shift = _mm512_set1_epi8((char)(kOff == Offset::kNone ? 128 : 128 - (1 << (int)kOff)));
-  thread_local std::vector<__m512i> qbuf_tls;
-  thread_local std::vector<__m512> sbuf_tls;
-  if ((int64_t)qbuf_tls.size() < 4 * tile * chunks) qbuf_tls.resize(4 * tile * chunks), sbuf_tls.resize(2 * tile * chunks);
-  __m512i *const qbuf = qbuf_tls.data();  // one thread-local lookup, not one per access
-  __m512 *const sbuf = sbuf_tls.data();
+  __m512i *const qbuf = thread_vectors<__m512i, 1>(4 * tile * chunks);
+  __m512 *const sbuf = thread_vectors<__m512, 2>(2 * tile * chunks);
   for (int64_t r0 = 0; r0 < rows; r0 += tile) {
     const int64_t n = rows - r0 < tile ? rows - r0 : tile;
     for (int64_t r = 0; r < n; ++r)
