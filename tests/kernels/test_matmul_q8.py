@@ -128,3 +128,14 @@ def test_many_weights_over_one_input_equal_separate_calls():
             assert torch.equal(y, kernels.matmul_q8(w, x))
     with pytest.raises(kernels.KernelError, match="quantized"):
         kernels.matmul_q8_many([weight("F16", 8, 512)], torch.randn(1, 512))
+
+
+def test_a_result_does_not_depend_on_the_calls_before_it():
+    """The runtime reuses its activation buffers from call to call: a bigger call (more tokens,
+    wider rows, another activation format) in between leaves nothing behind."""
+    w = weight("Q4_K", 24, 512, seed=7)
+    x = torch.randn(3, 512)
+    first = kernels.matmul_q8(w, x)
+    kernels.matmul_q8(weight("Q4_K", 16, 2048, seed=8), torch.randn(40, 2048))
+    kernels.matmul_q8(weight("Q8_0", 16, 288, seed=9), torch.randn(5, 288))
+    assert torch.equal(kernels.matmul_q8(w, x), first)
