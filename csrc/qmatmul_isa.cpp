@@ -822,7 +822,7 @@ static void tile_regs(const uint8_t *w, int64_t row_bytes, int64_t rows, const Q
 }
 
 // The types with a register loader: the few-token stream or the GEMM over loader-filled tiles.
-template <Offset kOff, bool kOffsets, auto kLoad>
+template <int kType, Offset kOff, auto kLoad, bool kOffsets = has_offsets(kType)>
 static void regs_matmul(const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, int64_t num_tokens,
                         float *y, int64_t ldy) {
   if (num_tokens <= kTokenTile) return stream_regs<kOff, kOffsets, kLoad>(w, row_bytes, rows, a, num_tokens, y, ldy);
@@ -836,19 +836,19 @@ void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, c
   const Unpacker up{unpack_fn(type), a.k / g.block_size, kChunkQ / g.block_size, g.type_size, has_offsets(type)};
 #if defined(__AVX512VNNI__)
   switch (type) {
-    case kQ4_K: return regs_matmul<Offset::kNone, true, load_q4_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
-    case kQ6_K: return regs_matmul<Offset::k32, false, interleaved<load_q6_k>>(w, row_bytes, rows, a, num_tokens, y, ldy);
-    case kQ5_K: return regs_matmul<Offset::kNone, true, load_q5_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kQ4_K: return regs_matmul<kQ4_K, Offset::kNone, load_q4_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kQ6_K: return regs_matmul<kQ6_K, Offset::k32, interleaved<load_q6_k>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kQ5_K: return regs_matmul<kQ5_K, Offset::kNone, load_q5_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
     case kQ4_0:
-      return regs_matmul<Offset::k8, false, interleaved<load_nibble_blocks<false>>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      return regs_matmul<kQ4_0, Offset::k8, interleaved<load_nibble_blocks<false>>>(w, row_bytes, rows, a, num_tokens, y, ldy);
     case kIQ4_NL:
-      return regs_matmul<Offset::k128, false, interleaved<load_nibble_blocks<true>>>(w, row_bytes, rows, a, num_tokens, y, ldy);
-    case kIQ4_XS: return regs_matmul<Offset::k128, false, interleaved<load_iq4_xs>>(w, row_bytes, rows, a, num_tokens, y, ldy);
-    case kQ4_1: return regs_matmul<Offset::kNone, true, interleaved<load_q4_1>>(w, row_bytes, rows, a, num_tokens, y, ldy);
-    case kQ5_0: return regs_matmul<Offset::k16, false, interleaved<load_q5_0>>(w, row_bytes, rows, a, num_tokens, y, ldy);
-    case kQ8_0: return regs_matmul<Offset::k128, false, interleaved<load_q8_0>>(w, row_bytes, rows, a, num_tokens, y, ldy);
-    case kIQ1_S: return regs_matmul<Offset::k128, false, load_iq1_s>(w, row_bytes, rows, a, num_tokens, y, ldy);
-    case kIQ2_XXS: return regs_matmul<Offset::k128, false, load_iq2_xxs>(w, row_bytes, rows, a, num_tokens, y, ldy);
+      return regs_matmul<kIQ4_NL, Offset::k128, interleaved<load_nibble_blocks<true>>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kIQ4_XS: return regs_matmul<kIQ4_XS, Offset::k128, interleaved<load_iq4_xs>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kQ4_1: return regs_matmul<kQ4_1, Offset::kNone, interleaved<load_q4_1>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kQ5_0: return regs_matmul<kQ5_0, Offset::k16, interleaved<load_q5_0>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kQ8_0: return regs_matmul<kQ8_0, Offset::k128, interleaved<load_q8_0>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kIQ1_S: return regs_matmul<kIQ1_S, Offset::k128, load_iq1_s>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kIQ2_XXS: return regs_matmul<kIQ2_XXS, Offset::k128, load_iq2_xxs>(w, row_bytes, rows, a, num_tokens, y, ldy);
   }
 #endif
   if (num_tokens <= kTokenTile) return stream_rows(up, w, row_bytes, rows, a, num_tokens, y, ldy);

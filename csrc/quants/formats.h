@@ -52,7 +52,7 @@ inline Geometry geometry(int type) {
 
 // IEEE half -> float, exact for every input (subnormals, inf, NaN payloads), as numpy's astype.
 // Whether a type's weights carry an offset per sub-block (w = ws * q + wo, wo != 0).
-inline bool has_offsets(int type) {
+constexpr bool has_offsets(int type) {
   return type == kQ4_1 || type == kQ5_1 || type == kQ2_K || type == kQ4_K || type == kQ5_K;
 }
 

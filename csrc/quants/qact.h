@@ -9,7 +9,8 @@
 // backend/kernels.py reproduces every quant and scale exactly.
 //
 // Layout per token: K padded to chunks of 256 (zeros), quants in natural order, so weight
-// unpacking stays contiguous and vectorizes; the SIMD dot products regroup lanes per 16.
+// unpacking stays contiguous and vectorizes; the AVX-512 quantizer adds an interleaved copy
+// (qi) and -128 * bsum (bias) for its kernels, the only ones that read them.
 #pragma once
 #include <stdint.h>
 
@@ -29,8 +30,8 @@ struct QActView {
   int64_t k = 0, chunks = 0;
   int8_t *q = nullptr;      // [T][chunks * 256], zero padded
   // The same quants with each chunk's 16 sub-blocks interleaved by 4 bytes: byte 64 p + 4 s + j
-  // is natural byte 16 s + 4 p + j. A 32-bit SIMD lane then holds one sub-block, and four
-  // chained dot products (p = 0..3) sum it whole, with no horizontal reduction per token.
+  // is natural byte 16 s + 4 p + j. A 32-bit SIMD lane then holds one sub-block, and the four
+  // dot products of a chunk (p = 0..3) sum it whole, with no horizontal reduction per token.
   int8_t *qi = nullptr;
   int32_t *bsum = nullptr;  // [T][chunks * 16]: integer sum of each sub-block's quants
   // [T][chunks * 16]: -128 * bsum, what weights carried as int8 + 128 (dpbusd's unsigned

@@ -35,11 +35,10 @@ void quantize_act_row(int kind, const float *x, int64_t t, const QActView &v) {
   const int block = kind == kActQ8_K ? kChunkQ : 32;
   const int64_t n16 = v.chunks * kSubQ;  // sub-blocks of 16 in a token row
   int8_t *qrow = v.q + t * v.chunks * kChunkQ;
-  int32_t *bsum = v.bsum + t * n16, *bias = v.bias + t * n16;
+  int32_t *bsum = v.bsum + t * n16;
   float *scale = v.scale + t * n16, *asum = v.asum + t * n16;
   memset(qrow, 0, (size_t)(v.chunks * kChunkQ));
   memset(bsum, 0, sizeof(int32_t) * (size_t)n16);
-  memset(bias, 0, sizeof(int32_t) * (size_t)n16);
   memset(scale, 0, sizeof(float) * (size_t)n16);
   memset(asum, 0, sizeof(float) * (size_t)n16);
   int8_t q[kChunkQ];
@@ -52,15 +51,18 @@ void quantize_act_row(int kind, const float *x, int64_t t, const QActView &v) {
       int32_t sum = 0;
       for (int i = 0; i < 16; ++i) sum += q[16 * s + i];
       bsum[s0 + s] = sum;
-      bias[s0 + s] = -128 * sum;
       total += sum;
       scale[s0 + s] = kind == kActQ8_K ? d : round_to_half(d);
       asum[s0 + s] = kind == kActQ8_K ? d * (float)sum : 0.0f;
     }
     if (kind == kActQ8_1) asum[s0] = round_to_half(d * (float)total);
   }
+#if defined(__AVX512VNNI__)  // the AVX-512 kernels alone read the interleaved copy and the bias
+  int32_t *bias = v.bias + t * n16;
+  for (int64_t i = 0; i < n16; ++i) bias[i] = -128 * bsum[i];
   int8_t *qi = v.qi + t * v.chunks * kChunkQ;
   for (int64_t c = 0; c < v.chunks * kChunkQ; c += kChunkQ)
     for (int i = 0; i < kChunkQ; i += 4) memcpy(qi + c + i, qrow + c + interleaved_source(i), 4);
+#endif
 }
 
