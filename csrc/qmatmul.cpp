@@ -19,8 +19,7 @@ QKernels q_kernels(int isa) {
 QActView act_slots(const QActView &v, int64_t s0) {
   const int64_t n16 = v.chunks * kSubQ;
   const int64_t nq = s0 * v.chunks * kChunkQ;
-  return {v.k, v.chunks, v.q + nq, v.qi + nq, v.bsum + s0 * n16, v.bias + s0 * n16, v.scale + s0 * n16,
-          v.asum + s0 * n16};
+  return {v.k, v.chunks, v.q + nq, v.bsum + s0 * n16, v.scale + s0 * n16, v.asum + s0 * n16, v.packed + s0 * v.chunks};
 }
 
 void qmatmul(ThreadPool &pool, int isa, int type, const uint8_t *w, int64_t heads, int64_t n, int64_t k,

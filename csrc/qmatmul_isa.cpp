@@ -28,23 +28,10 @@ static inline __attribute__((always_inline)) void prefetch_ahead(const uint8_t *
   for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(p + kPrefetchBytes + o);
 }
 
-// isum[s] = sum over sub-block s (16 quants) of wq * aq. bsum: the activation's sub-block sums.
-static inline __attribute__((always_inline)) void isums(const int8_t *wq, const int8_t *aq, const int32_t *bsum, int32_t *isum) {
-#if defined(__AVX512VNNI__)
-  // dpbusd wants an unsigned operand: (w + 128) * a, then subtract 128 * sum(a), exactly.
-  // Vector p covers sub-blocks 4p..4p+3, four 32-bit lanes each; two unpack+add rounds leave
-  // lane 4g + p = sub-block 4p + g, and one permute puts them in order.
-  const __m512i flip = _mm512_set1_epi8((char)0x80);
-  __m512i v[4];
-  for (int p = 0; p < 4; ++p)
-    v[p] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(_mm512_loadu_si512(wq + 64 * p), flip),
-                               _mm512_loadu_si512(aq + 64 * p));
-  const __m512i t0 = _mm512_add_epi32(_mm512_unpacklo_epi32(v[0], v[1]), _mm512_unpackhi_epi32(v[0], v[1]));
-  const __m512i t1 = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2], v[3]), _mm512_unpackhi_epi32(v[2], v[3]));
-  __m512i u = _mm512_add_epi32(_mm512_unpacklo_epi64(t0, t1), _mm512_unpackhi_epi64(t0, t1));
-  u = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), u);
-  _mm512_storeu_si512(isum, _mm512_sub_epi32(u, _mm512_slli_epi32(_mm512_loadu_si512(bsum), 7)));
-#elif defined(__AVX2__)
+// isum[s] = sum over sub-block s (16 quants) of wq * aq, for the portable row_dots (the AVX-512
+// kernels read the packed activations instead).
+static inline __attribute__((always_inline)) void isums(const int8_t *wq, const int8_t *aq, int32_t *isum) {
+#if defined(__AVX2__)
   // |w| * (a signed by w): |w| <= 128 and |a| <= 127, so maddubs's int16 pairs cannot saturate.
   // Vector i holds sub-blocks 2i (low half) and 2i+1; two hadds per four vectors, then a permute.
   const __m256i ones = _mm256_set1_epi16(1);
@@ -59,14 +46,12 @@ static inline __attribute__((always_inline)) void isums(const int8_t *wq, const 
     const __m256i r = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
     _mm256_storeu_si256((__m256i *)(isum + 8 * h), _mm256_permutevar8x32_epi32(r, order));
   }
-  (void)bsum;
 #else
   for (int s = 0; s < 16; ++s) {
     int32_t sum = 0;
     for (int j = 0; j < 16; ++j) sum += (int32_t)wq[16 * s + j] * aq[16 * s + j];
     isum[s] = sum;
   }
-  (void)bsum;
 #endif
 }
 
@@ -106,23 +91,22 @@ static inline void finish(const float (*acc)[kSubQ], int64_t nt, float *y, int64
   }
 }
 
-#if defined(__AVX512VNNI__)
-// Natural quants (vector P: sub-blocks 4P .. 4P + 3, 16 bytes each) -> the interleaved order of
-// QActView::qi (vector p, 32-bit lane s: bytes 4p .. 4p + 3 of sub-block s). Round 1 gathers,
-// for each pair of vectors and each pair of p, the lanes of sub-blocks 8a .. 8a + 7; round 2
-// joins the halves of a and a + 1.
-static inline __attribute__((always_inline)) void interleave(__m512i *q) {
-  const __m512i pick[2] = {_mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 1, 5, 9, 13, 17, 21, 25, 29),
-                           _mm512_setr_epi32(2, 6, 10, 14, 18, 22, 26, 30, 3, 7, 11, 15, 19, 23, 27, 31)};
-  __m512i x[2][2];
-  for (int a = 0; a < 2; ++a)
-    for (int h = 0; h < 2; ++h) x[a][h] = _mm512_permutex2var_epi32(q[2 * a], pick[h], q[2 * a + 1]);
-  for (int h = 0; h < 2; ++h) {
-    q[2 * h] = _mm512_shuffle_i64x2(x[0][h], x[1][h], 0x44);
-    q[2 * h + 1] = _mm512_shuffle_i64x2(x[0][h], x[1][h], 0xEE);
-  }
+// A thread's scratch of n objects of V (buffer `kSlot`; whole cache lines, 64-byte aligned),
+// kept and grown between calls; one thread-local lookup per call, not one per access. Cache-line
+// structs, not std::vector<__m512>: a template argument drops the vector type's attributes.
+struct alignas(64) CacheLine {
+  uint8_t bytes[64];
+};
+template <typename V, int kSlot>
+static V *thread_vectors(int64_t n) {
+  static_assert(sizeof(V) % sizeof(CacheLine) == 0, "whole cache lines");
+  thread_local std::vector<CacheLine> lines;
+  n *= (int64_t)(sizeof(V) / sizeof(CacheLine));
+  if ((int64_t)lines.size() < n) lines.resize(n);
+  return reinterpret_cast<V *>(lines.data());  // __m512 and __m512i may alias anything
 }
 
+#if defined(__AVX512VNNI__)
 // Sub-block sums of interleaved unsigned weights against one token's interleaved quants: the
 // dpbusd of the four vectors leave sub-block s whole in lane s, added to `init` (where the caller
 // takes off what an offset in the weight bytes added). Two chains of two, not one of four: half
@@ -135,9 +119,12 @@ static inline __attribute__((always_inline)) __m512i chain_dots(const __m512i *q
   return _mm512_add_epi32(a, b);
 }
 
-// -(bsum << shift): the integer a weight offset of 2^shift adds to each sub-block sum.
-static inline __attribute__((always_inline)) __m512i offset_init(const int32_t *bsum, int shift) {
-  return _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(_mm512_loadu_si512(bsum), shift));
+// -(bsum << kShift), the integer a weight offset of 2^kShift adds to each sub-block sum, from
+// bias = -128 bsum: an arithmetic shift, exact since bias is a multiple of 128.
+template <int kShift>
+static inline __attribute__((always_inline)) __m512i offset_init(const PackedChunk &pk) {
+  const __m512i bias = _mm512_load_si512(pk.bias);
+  return kShift == 7 ? bias : kShift == 0 ? _mm512_setzero_si512() : _mm512_srai_epi32(bias, 7 - kShift);
 }
 
 // combine() on registers, the same operations in the same order per lane.
@@ -153,8 +140,8 @@ static inline __attribute__((always_inline)) __m512 combine_regs(__m512 acc, __m
 struct TokenScales {
   __m512 ad, as;
   template <bool kOffsets>
-  static inline __attribute__((always_inline)) TokenScales load(const QActView &a, int64_t off) {
-    return {_mm512_loadu_ps(a.scale + off * kSubQ), kOffsets ? _mm512_loadu_ps(a.asum + off * kSubQ) : _mm512_setzero_ps()};
+  static inline __attribute__((always_inline)) TokenScales load(const PackedChunk &pk) {
+    return {_mm512_load_ps(pk.scale), kOffsets ? _mm512_load_ps(pk.asum) : _mm512_setzero_ps()};
   }
 };
 
@@ -179,16 +166,6 @@ static inline __attribute__((always_inline)) void q4_k_scales(const uint8_t *b, 
   *ws = _mm512_mul_ps(_mm512_set1_ps(load_half(b)), fs);
   const __m512 dm = _mm512_mul_ps(_mm512_set1_ps(load_half(b + 2)), fm);
   *wo = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(dm), _mm512_set1_epi32((int)0x80000000u)));
-}
-
-static inline void finish_regs(const __m512 *acc, int64_t nt, float *y, int64_t ldy) {
-  alignas(64) float lanes[kSubQ];
-  for (int64_t j = 0; j < nt; ++j) {
-    _mm512_store_ps(lanes, acc[j]);
-    float s = lanes[0];
-    for (int i = 1; i < kSubQ; ++i) s += lanes[i];
-    y[j * ldy] = s;
-  }
 }
 
 // 16 x 16 floats: r[i] lane j <- r[j] lane i.
@@ -220,8 +197,8 @@ static inline __attribute__((always_inline)) void transpose16(__m512 *r) {
   }
 }
 
-// finish_regs for many accumulators at once: 16 of them transposed, then 15 vector adds give
-// each one's lanes summed in lane order, as finish_regs's scalar adds do (the same bits) for a
+// finish for many accumulators at once: 16 of them transposed, then 15 vector adds give each
+// one's lanes summed in lane order, as finish's scalar adds do (the same bits) for a
 // fifth of the work. Whatever is pending is written by flush().
 class Finisher {
   __m512 acc_[16];
@@ -250,19 +227,6 @@ class Finisher {
   }
 };
 
-// A thread's scratch of n 64-byte vectors (buffer `kSlot` of type V), 64-byte aligned, kept
-// and grown between calls; one thread-local lookup per call, not one per access. Cache-line
-// structs, not std::vector<__m512>: a template argument drops the vector type's attributes.
-struct alignas(64) CacheLine {
-  uint8_t bytes[64];
-};
-template <typename V, int kSlot>
-static V *thread_vectors(int64_t n) {
-  thread_local std::vector<CacheLine> lines;
-  if ((int64_t)lines.size() < n) lines.resize(n);
-  return reinterpret_cast<V *>(lines.data());  // __m512 and __m512i may alias anything
-}
-
 // Register paths for few tokens: a type's chunk goes straight from its blocks into four
 // vectors of unsigned bytes in the interleaved order (see interleave) plus 16-lane scale/offset
 // vectors, never through the int8 buffer. dpbusd takes the unsigned bytes as they are; where the
@@ -285,12 +249,9 @@ static void stream_regs(const uint8_t *w, int64_t row_bytes, int64_t rows, const
       __m512i q[4];
       kLoad(a, w + r * row_bytes, c, &ws, &wo, q);
       for (int64_t t = 0; t < nt; ++t) {
-        const int64_t off = t * a.chunks + c;
-        const __m512i init = kOff == Offset::kNone   ? _mm512_setzero_si512()
-                             : kOff == Offset::k128 ? _mm512_loadu_si512(a.bias + off * kSubQ)
-                                                    : offset_init(a.bsum + off * kSubQ, (int)kOff);
-        const __m512i isum = chain_dots(q, a.qi + off * kChunkQ, init);
-        const TokenScales ts = TokenScales::load<kOffsets>(a, off);
+        const PackedChunk &pk = a.packed[t * a.chunks + c];
+        const __m512i isum = chain_dots(q, pk.qi, offset_init<(int)kOff>(pk));
+        const TokenScales ts = TokenScales::load<kOffsets>(pk);
         acc[t] = combine_regs<kOffsets>(acc[t], ts.ad, ws, wo, isum, ts.as);
       }
     }
@@ -613,144 +574,156 @@ static inline __attribute__((always_inline)) void load_iq2_xxs(const QActView &,
 }
 #endif
 
-// Unpacked chunks as row_dots reads them: on AVX-512 interleaved (see interleave) and offset
-// by 128 for dpbusd's unsigned operand, in place; elsewhere as unpacked.
-static inline void prepare_chunks(int8_t *q, int64_t chunks) {
+// A weight chunk as the integer path reads it: its 256 quants, prepared (on AVX-512 interleaved,
+// see interleave, and offset by 128 for dpbusd's unsigned operand; elsewhere as unpacked), and
+// its 16 sub-blocks' scales and offsets: six cache lines.
+struct alignas(64) PreparedChunk {
+  int8_t q[kChunkQ];
+  float ws[kSubQ], wo[kSubQ];
+};
+
+static inline void prepare(PreparedChunk *p) {
 #if defined(__AVX512VNNI__)
   const __m512i flip = _mm512_set1_epi8((char)0x80);
-  for (int64_t c = 0; c < chunks; ++c, q += kChunkQ) {
-    __m512i v[4];
-    for (int p = 0; p < 4; ++p) v[p] = _mm512_xor_si512(_mm512_loadu_si512(q + 64 * p), flip);
-    interleave(v);
-    for (int p = 0; p < 4; ++p) _mm512_storeu_si512(q + 64 * p, v[p]);
-  }
+  __m512i v[4];
+  for (int i = 0; i < 4; ++i) v[i] = _mm512_xor_si512(_mm512_load_si512(p->q + 64 * i), flip);
+  interleave(v);
+  for (int i = 0; i < 4; ++i) _mm512_store_si512(p->q + 64 * i, v[i]);
 #else
-  (void)q, (void)chunks;
+  (void)p;
 #endif
 }
 
+// Tiles of rows go in pairs, the GEMM's two rows per pass: [row pair][chunk][row of the pair],
+// so the chunks a pass reads lie one after the other.
+static inline int64_t tile_index(int64_t r, int64_t c, int64_t chunks) { return ((r / 2) * chunks + c) * 2 + r % 2; }
+static inline int64_t tile_slots(int64_t rows, int64_t chunks) { return (rows + 1) / 2 * chunks * 2; }
+
 #if defined(__AVX512VNNI__)
-// kRows prepared rows (row i's quants at q + i * ldq, scales at sc + i * ldsc), chunks
-// c0 .. c1 - 1, against tokens t0 .. t0 + nt - 1, into acc[i * kTokenTile + j]: the same
-// integers and float operations as the portable row_dots, held in registers. Each token's
-// activations are loaded once for all kRows rows; kTokens > 0 makes the token count a
-// compile-time constant, so acc never goes through memory.
+// kRows prepared rows (row i's chunk c at w[c * ldw + i]) over n chunks against packed tokens
+// (token j's chunk c at pk[j * ldt + c]), into acc[i * kTokenTile + j]: the same integers and
+// float operations as the portable row_dots, in registers. Each token's activations are loaded
+// once for all kRows rows; kTokens > 0 makes the token count a compile-time constant, so the
+// accumulators never go through memory.
 template <bool kOffsets, int kRows, int kTokens>
-static inline __attribute__((always_inline)) void dots_block(const int8_t *q, int64_t ldq, const float *sc,
-                                                            int64_t ldsc, const QActView &a, int64_t t0, int64_t nt_,
-                                                            int64_t c0, int64_t c1, __m512 *acc) {
+static inline __attribute__((always_inline)) void dots_block(const PreparedChunk *w, int64_t ldw,
+                                                            const PackedChunk *pk, int64_t ldt, int64_t nt_,
+                                                            int64_t n, __m512 *acc_out) {
   const int64_t nt = kTokens ? kTokens : nt_;
-  for (int64_t c = c0; c < c1; ++c) {
+  constexpr int kLocal = kTokens ? kRows * kTokenTile : 1;
+  __m512 local[kLocal];  // the accumulators as locals, which the compiler keeps in registers
+  if (kTokens)
+    for (int i = 0; i < kLocal; ++i) local[i] = acc_out[i];
+  __m512 *const acc = kTokens ? local : acc_out;
+  for (int64_t c = 0; c < n; ++c, w += ldw, ++pk) {
     __m512i qv[kRows][4];
     __m512 ws[kRows], wo[kRows];
     for (int i = 0; i < kRows; ++i) {
-      for (int p = 0; p < 4; ++p) qv[i][p] = _mm512_loadu_si512(q + i * ldq + c * kChunkQ + 64 * p);
-      ws[i] = _mm512_loadu_ps(sc + i * ldsc + c * 2 * kSubQ);
-      wo[i] = _mm512_loadu_ps(sc + i * ldsc + c * 2 * kSubQ + kSubQ);
+      for (int p = 0; p < 4; ++p) qv[i][p] = _mm512_load_si512(w[i].q + 64 * p);
+      ws[i] = _mm512_load_ps(w[i].ws);
+      wo[i] = _mm512_load_ps(w[i].wo);
     }
     for (int64_t j = 0; j < nt; ++j) {
-      const int64_t off = (t0 + j) * a.chunks + c;
+      const PackedChunk &t = pk[j * ldt];
       __m512i aq[4];
-      for (int p = 0; p < 4; ++p) aq[p] = _mm512_loadu_si512(a.qi + off * kChunkQ + 64 * p);
-      __m512i bias = _mm512_loadu_si512(a.bias + off * kSubQ);
-      TokenScales ts = TokenScales::load<kOffsets>(a, off);
+      for (int p = 0; p < 4; ++p) aq[p] = _mm512_load_si512(t.qi + 64 * p);
+      __m512i bias = _mm512_load_si512(t.bias);
+      __m512 ad = _mm512_load_ps(t.scale), as = kOffsets ? _mm512_load_ps(t.asum) : _mm512_setzero_ps();
       if (kRows > 1) {
         for (int p = 0; p < 4; ++p) in_register(aq[p]);
-        in_register(bias), in_register(ts.ad);
-        if (kOffsets) in_register(ts.as);
+        in_register(bias), in_register(ad);
+        if (kOffsets) in_register(as);
       }
       for (int i = 0; i < kRows; ++i) {
         __m512i isum = bias;
         for (int p = 0; p < 4; ++p) isum = _mm512_dpbusd_epi32(isum, qv[i][p], aq[p]);
-        acc[i * kTokenTile + j] = combine_regs<kOffsets>(acc[i * kTokenTile + j], ts.ad, ws[i], wo[i], isum, ts.as);
+        acc[i * kTokenTile + j] = combine_regs<kOffsets>(acc[i * kTokenTile + j], ad, ws[i], wo[i], isum, as);
       }
     }
   }
+  if (kTokens)
+    for (int i = 0; i < kLocal; ++i) acc_out[i] = local[i];
 }
-#endif
 
-// One unpacked row (its chunks' quants in q, prepared; their ws/wo pairs in sc) against tokens
-// t0 .. t0 + nt - 1: y[j * ldy] for token t0 + j.
-template <bool kOffsets>
-static inline void row_dots(const int8_t *q, const float *sc, const QActView &a, int64_t t0, int64_t nt, float *y,
-                            int64_t ldy) {
-#if defined(__AVX512VNNI__)
-  __m512 acc[kTokenTile];
-  for (int64_t j = 0; j < nt; ++j) acc[j] = _mm512_setzero_ps();
-  dots_block<kOffsets, 1, 0>(q, 0, sc, 0, a, t0, nt, 0, a.chunks, acc);
-  finish_regs(acc, nt, y, ldy);
 #else
+// One prepared row (its chunk c at w[c * ldw]) against tokens t0 .. t0 + nt - 1: y[j * ldy] for
+// token t0 + j.
+template <bool kOffsets>
+static void row_dots(const PreparedChunk *w, int64_t ldw, const QActView &a, int64_t t0, int64_t nt, float *y,
+                     int64_t ldy) {
   alignas(64) int32_t is[kSubQ];
   alignas(64) float acc[kTokenTile][kSubQ];
   memset(acc, 0, sizeof acc);
-  for (int64_t c = 0; c < a.chunks; ++c) {
-    const float *ws = sc + c * 2 * kSubQ;
+  for (int64_t c = 0; c < a.chunks; ++c, w += ldw) {
     for (int64_t j = 0; j < nt; ++j) {
       const int64_t off = (t0 + j) * a.chunks + c;
-      isums(q + c * kChunkQ, a.q + off * kChunkQ, a.bsum + off * kSubQ, is);
-      combine<kOffsets>(acc[j], a.scale + off * kSubQ, ws, ws + kSubQ, is, a.asum + off * kSubQ);
+      isums(w->q, a.q + off * kChunkQ, is);
+      combine<kOffsets>(acc[j], a.scale + off * kSubQ, w->ws, w->wo, is, a.asum + off * kSubQ);
     }
   }
   finish(acc, nt, y, ldy);
-#endif
 }
 
-static inline void row_dots(bool offsets, const int8_t *q, const float *sc, const QActView &a, int64_t t0, int64_t nt,
-                            float *y, int64_t ldy) {
-  if (offsets)
-    row_dots<true>(q, sc, a, t0, nt, y, ldy);
-  else
-    row_dots<false>(q, sc, a, t0, nt, y, ldy);
-}
+#endif
 
 // Few tokens (decoding): a row is unpacked whole into L1, then used by every token. Unpacking
 // the whole row first (not chunk by chunk) matters: the unpackers write quants and scales in
 // small stores, and reading them back at once as 64-byte vectors stalls on store forwarding.
+template <bool kOffsets>
 static void stream_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,
                         int64_t nt, float *y, int64_t ldy) {
-  thread_local std::vector<int8_t> qrow;
-  thread_local std::vector<float> srow;
-  if ((int64_t)qrow.size() < a.chunks * kChunkQ) qrow.resize(a.chunks * kChunkQ), srow.resize(a.chunks * 2 * kSubQ);
+  PreparedChunk *const row = thread_vectors<PreparedChunk, 0>(a.chunks);
+#if defined(__AVX512VNNI__)
+  Finisher finish;
+#endif
   for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t c = 0; c < a.chunks; ++c)
-      up(w + r * row_bytes, c, qrow.data() + c * kChunkQ, srow.data() + c * 2 * kSubQ, srow.data() + c * 2 * kSubQ + kSubQ);
-    prepare_chunks(qrow.data(), a.chunks);
-    row_dots(up.offsets, qrow.data(), srow.data(), a, 0, nt, y + r, ldy);
+    for (int64_t c = 0; c < a.chunks; ++c) up(w + r * row_bytes, c, row[c].q, row[c].ws, row[c].wo);
+    for (int64_t c = 0; c < a.chunks; ++c) prepare(&row[c]);
+#if defined(__AVX512VNNI__)
+    __m512 acc[kTokenTile];
+    for (int64_t j = 0; j < nt; ++j) acc[j] = _mm512_setzero_ps();
+    dots_block<kOffsets, 1, 0>(row, 1, a.packed, a.chunks, nt, a.chunks, acc);
+    for (int64_t j = 0; j < nt; ++j) finish.add(acc[j], y + j * ldy + r);
+#else
+    row_dots<kOffsets>(row, 1, a, 0, nt, y + r, ldy);
+#endif
   }
+#if defined(__AVX512VNNI__)
+  finish.flush();
+#endif
 }
 
 #if defined(__AVX512VNNI__)
 // The AVX-512 GEMM over a tile of prepared rows: tokens in tiles of kGemmTokens and chunks in
-// blocks of kChunkBlock, so one token tile's activations over one block (4 x 8 x 512 B = 16 KB)
-// stay in L1 while every row of the tile passes over them. A row's accumulators wait in acc
-// between blocks (float stores and loads: the same bits as registers).
+// blocks of kChunkBlock, so one token tile's packed activations over one block (4 x 8 x 448 B =
+// 14 KB) stay in L1 while every row pair of the tile passes over them. A row's accumulators wait
+// in acc between blocks (float stores and loads: the same bits as registers).
 constexpr int kGemmTokens = 4;
 constexpr int64_t kChunkBlock = 8;
 
-// Rows go in pairs (kRows = 2), so each token's activations are loaded once per two rows.
 template <bool kOffsets>
-static void gemm_tile(const int8_t *qbuf, const float *sbuf, int64_t rows, const QActView &a, int64_t num_tokens,
-                      float *y, int64_t ldy) {
-  const int64_t chunks = a.chunks, ldq = chunks * kChunkQ, ldsc = chunks * 2 * kSubQ;
+static void gemm_tile(const PreparedChunk *tile, int64_t rows, const QActView &a, int64_t num_tokens, float *y,
+                      int64_t ldy) {
+  const int64_t chunks = a.chunks;
   __m512 *const acc = thread_vectors<__m512, 0>(rows * kTokenTile);  // [rows][kTokenTile]
   for (int64_t t0 = 0; t0 < num_tokens; t0 += kGemmTokens) {
     const int64_t nt = num_tokens - t0 < kGemmTokens ? num_tokens - t0 : kGemmTokens;
     for (int64_t c0 = 0; c0 < chunks; c0 += kChunkBlock) {
       const int64_t c1 = chunks - c0 < kChunkBlock ? chunks : c0 + kChunkBlock;
+      const PackedChunk *pk = a.packed + t0 * chunks + c0;
       for (int64_t r = 0; r < rows; r += 2) {
         const int n = rows - r < 2 ? 1 : 2;
         __m512 v[2 * kTokenTile];
         for (int i = 0; i < n; ++i)
           for (int j = 0; j < kGemmTokens; ++j)
             v[i * kTokenTile + j] = c0 ? acc[(r + i) * kTokenTile + j] : _mm512_setzero_ps();
-        const int8_t *q = qbuf + r * ldq;
-        const float *sc = sbuf + r * ldsc;
+        const PreparedChunk *w = tile + tile_index(r, c0, chunks);
         if (n == 2 && nt == kGemmTokens)
-          dots_block<kOffsets, 2, kGemmTokens>(q, ldq, sc, ldsc, a, t0, nt, c0, c1, v);
+          dots_block<kOffsets, 2, kGemmTokens>(w, 2, pk, chunks, nt, c1 - c0, v);
         else if (n == 2)
-          dots_block<kOffsets, 2, 0>(q, ldq, sc, ldsc, a, t0, nt, c0, c1, v);
+          dots_block<kOffsets, 2, 0>(w, 2, pk, chunks, nt, c1 - c0, v);
         else
-          dots_block<kOffsets, 1, 0>(q, ldq, sc, ldsc, a, t0, nt, c0, c1, v);
+          dots_block<kOffsets, 1, 0>(w, 2, pk, chunks, nt, c1 - c0, v);
         for (int i = 0; i < n; ++i)
           for (int j = 0; j < kGemmTokens; ++j) acc[(r + i) * kTokenTile + j] = v[i * kTokenTile + j];
       }
@@ -763,61 +736,69 @@ static void gemm_tile(const int8_t *qbuf, const float *sbuf, int64_t rows, const
 }
 #endif
 
-// Many tokens: a tile of rows unpacked once into buffers that stay in L2, shared by every token
-// tile. Tile rows: about 512 KB of unpacked quants and scales (384 B per row and chunk).
+// Many tokens: a tile of rows prepared once into a buffer that stays in L2, shared by every
+// token tile. Tile rows: about 512 KB of prepared chunks (384 B each).
 static int64_t tile_rows_for(int64_t chunks) {
-  const int64_t r = 512 * 1024 / (chunks * (kChunkQ + 2 * kSubQ * (int64_t)sizeof(float))) / 16 * 16;
+  const int64_t r = 512 * 1024 / (chunks * (int64_t)sizeof(PreparedChunk)) / 16 * 16;
   return r < 16 ? 16 : r > 64 ? 64 : r;
 }
 
+template <bool kOffsets>
 static void tile_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,
                       int64_t num_tokens, float *y, int64_t ldy) {
   const int64_t chunks = a.chunks;
-  thread_local std::vector<int8_t> qbuf;
-  thread_local std::vector<float> sbuf;
-  if ((int64_t)qbuf.size() < rows * chunks * kChunkQ) qbuf.resize(rows * chunks * kChunkQ);
-  if ((int64_t)sbuf.size() < 2 * rows * chunks * kSubQ) sbuf.resize(2 * rows * chunks * kSubQ);
+  PreparedChunk *const tile = thread_vectors<PreparedChunk, 1>(tile_slots(rows, chunks));
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < chunks; ++c) {
-      float *ws = sbuf.data() + (r * chunks + c) * 2 * kSubQ;
-      up(w + r * row_bytes, c, qbuf.data() + (r * chunks + c) * kChunkQ, ws, ws + kSubQ);
+      PreparedChunk &p = tile[tile_index(r, c, chunks)];
+      up(w + r * row_bytes, c, p.q, p.ws, p.wo);
     }
-  prepare_chunks(qbuf.data(), rows * chunks);
+  for (int64_t r = 0; r < rows; ++r)  // a second pass, as in stream_rows
+    for (int64_t c = 0; c < chunks; ++c) prepare(&tile[tile_index(r, c, chunks)]);
 #if defined(__AVX512VNNI__)
-  if (up.offsets)
-    gemm_tile<true>(qbuf.data(), sbuf.data(), rows, a, num_tokens, y, ldy);
-  else
-    gemm_tile<false>(qbuf.data(), sbuf.data(), rows, a, num_tokens, y, ldy);
+  gemm_tile<kOffsets>(tile, rows, a, num_tokens, y, ldy);
 #else
   for (int64_t t0 = 0; t0 < num_tokens; t0 += kTokenTile) {
     const int64_t nt = num_tokens - t0 < kTokenTile ? num_tokens - t0 : kTokenTile;
     for (int64_t r = 0; r < rows; ++r)
-      row_dots(up.offsets, qbuf.data() + r * chunks * kChunkQ, sbuf.data() + r * chunks * 2 * kSubQ, a, t0, nt,
-               y + t0 * ldy + r, ldy);
+      row_dots<kOffsets>(tile + tile_index(r, 0, chunks), 2, a, t0, nt, y + t0 * ldy + r, ldy);
   }
 #endif
 }
 
+template <bool kOffsets>
+static void unpacked_matmul(const Unpacker &up, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,
+                            int64_t num_tokens, float *y, int64_t ldy) {
+  if (num_tokens <= kTokenTile) return stream_rows<kOffsets>(up, w, row_bytes, rows, a, num_tokens, y, ldy);
+  const int64_t tile = tile_rows_for(a.chunks);
+  for (int64_t r0 = 0; r0 < rows; r0 += tile)
+    tile_rows<kOffsets>(up, w + r0 * row_bytes, row_bytes, rows - r0 < tile ? rows - r0 : tile, a, num_tokens,
+                        y + r0, ldy);
+}
+
 #if defined(__AVX512VNNI__)
 // A register type's GEMM: tiles of rows filled through its loader (prepared bytes: the loader's
-// plus 128 - 2^kOff, so int8 + 128), far cheaper than the generic unpacker and prepare_chunks.
+// plus 128 - 2^kOff, so int8 + 128), far cheaper than the generic unpacker and prepare.
 template <Offset kOff, bool kOffsets, auto kLoad>
 static void tile_regs(const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, int64_t num_tokens,
                       float *y, int64_t ldy) {
   const int64_t chunks = a.chunks, tile = tile_rows_for(chunks);
   const __m512i shift = _mm512_set1_epi8((char)(kOff == Offset::kNone ? 128 : 128 - (1 << (int)kOff)));
-  __m512i *const qbuf = thread_vectors<__m512i, 1>(4 * tile * chunks);
-  __m512 *const sbuf = thread_vectors<__m512, 2>(2 * tile * chunks);
+  PreparedChunk *const buf = thread_vectors<PreparedChunk, 1>(tile_slots(tile, chunks));
   for (int64_t r0 = 0; r0 < rows; r0 += tile) {
     const int64_t n = rows - r0 < tile ? rows - r0 : tile;
     for (int64_t r = 0; r < n; ++r)
       for (int64_t c = 0; c < chunks; ++c) {
-        const int64_t i = r * chunks + c;
-        kLoad(a, w + (r0 + r) * row_bytes, c, &sbuf[2 * i], &sbuf[2 * i + 1], &qbuf[4 * i]);
-        if (kOff != Offset::k128)
-          for (int p = 0; p < 4; ++p) qbuf[4 * i + p] = _mm512_add_epi8(qbuf[4 * i + p], shift);
+        PreparedChunk &p = buf[tile_index(r, c, chunks)];
+        __m512 ws, wo;
+        __m512i q[4];
+        kLoad(a, w + (r0 + r) * row_bytes, c, &ws, &wo, q);
+        for (int i = 0; i < 4; ++i)
+          _mm512_store_si512(p.q + 64 * i, kOff == Offset::k128 ? q[i] : _mm512_add_epi8(q[i], shift));
+        _mm512_store_ps(p.ws, ws);
+        if (kOffsets) _mm512_store_ps(p.wo, wo);
       }
-    gemm_tile<kOffsets>((const int8_t *)qbuf, (const float *)sbuf, n, a, num_tokens, y + r0, ldy);
+    gemm_tile<kOffsets>(buf, n, a, num_tokens, y + r0, ldy);
   }
 }
 
@@ -851,10 +832,8 @@ void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, c
     case kIQ2_XXS: return regs_matmul<kIQ2_XXS, Offset::k128, load_iq2_xxs>(w, row_bytes, rows, a, num_tokens, y, ldy);
   }
 #endif
-  if (num_tokens <= kTokenTile) return stream_rows(up, w, row_bytes, rows, a, num_tokens, y, ldy);
-  const int64_t tile = tile_rows_for(a.chunks);
-  for (int64_t r0 = 0; r0 < rows; r0 += tile)
-    tile_rows(up, w + r0 * row_bytes, row_bytes, rows - r0 < tile ? rows - r0 : tile, a, num_tokens, y + r0, ldy);
+  if (up.offsets) return unpacked_matmul<true>(up, w, row_bytes, rows, a, num_tokens, y, ldy);
+  unpacked_matmul<false>(up, w, row_bytes, rows, a, num_tokens, y, ldy);
 }
 
 }  // namespace MOE_ISA_NS

@@ -21,23 +21,21 @@ int act_kind_for(int type) {
 const QActView &QActBuffers::resize(int64_t num_tokens, int64_t k) {
   const int64_t chunks = act_chunks(k);
   q.resize(num_tokens * chunks * kChunkQ);
-  qi.resize(q.size());
   bsum.resize(num_tokens * chunks * kSubQ);
-  bias.resize(bsum.size());
   scale.resize(bsum.size());
   asum.resize(bsum.size());
-  view = {k, chunks, q.data(), qi.data(), bsum.data(), bias.data(), scale.data(), asum.data()};
+  packed.resize(num_tokens * chunks);
+  view = {k, chunks, q.data(), bsum.data(), scale.data(), asum.data(), packed.data()};
   return view;
 }
 
 void QActBuffers::copy_slot(const QActBuffers &src, int64_t from, int64_t to) {
   const int64_t nq = view.chunks * kChunkQ, n16 = view.chunks * kSubQ;
   memcpy(q.data() + to * nq, src.q.data() + from * nq, (size_t)nq);
-  memcpy(qi.data() + to * nq, src.qi.data() + from * nq, (size_t)nq);
   memcpy(bsum.data() + to * n16, src.bsum.data() + from * n16, sizeof(int32_t) * (size_t)n16);
-  memcpy(bias.data() + to * n16, src.bias.data() + from * n16, sizeof(int32_t) * (size_t)n16);
   memcpy(scale.data() + to * n16, src.scale.data() + from * n16, sizeof(float) * (size_t)n16);
   memcpy(asum.data() + to * n16, src.asum.data() + from * n16, sizeof(float) * (size_t)n16);
+  memcpy(packed.data() + to * view.chunks, src.packed.data() + from * view.chunks, sizeof(PackedChunk) * (size_t)view.chunks);
 }
 
 }  // namespace moe

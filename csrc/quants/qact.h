@@ -9,8 +9,8 @@
 // backend/kernels.py reproduces every quant and scale exactly.
 //
 // Layout per token: K padded to chunks of 256 (zeros), quants in natural order, so weight
-// unpacking stays contiguous and vectorizes; the AVX-512 quantizer adds an interleaved copy
-// (qi) and -128 * bsum (bias) for its kernels, the only ones that read them.
+// unpacking stays contiguous and vectorizes; the AVX-512 quantizer adds a packed copy
+// (PackedChunk) for its kernels, the only ones that read it.
 #pragma once
 #include <stdint.h>
 
@@ -26,29 +26,37 @@ enum ActKind : int { kActQ8_0 = 0, kActQ8_K = 1, kActQ8_1 = 2 };
 // Which activation format a weight type pairs with; -1 for float weights.
 int act_kind_for(int ggml_type);
 
+// One token's activations over one chunk as the AVX-512 kernels read them, in one place (seven
+// cache lines): the quants with the chunk's 16 sub-blocks interleaved by 4 bytes (byte 64 p +
+// 4 s + j is natural byte 16 s + 4 p + j: a 32-bit SIMD lane then holds one sub-block, and the
+// four dot products of a chunk, p = 0..3, sum it whole with no horizontal reduction), -128 times
+// each sub-block's sum (what weights carried as int8 + 128, dpbusd's unsigned operand, add to a
+// sub-block's dot product), and the scales and asums below. Kept apart, these rows started at
+// equal offsets modulo 4 KB, and the GEMM's loads crowded a few L1 sets out of their ways.
+struct alignas(64) PackedChunk {
+  int8_t qi[kChunkQ];
+  int32_t bias[kSubQ];
+  float scale[kSubQ], asum[kSubQ];
+};
+
 struct QActView {
   int64_t k = 0, chunks = 0;
   int8_t *q = nullptr;      // [T][chunks * 256], zero padded
-  // The same quants with each chunk's 16 sub-blocks interleaved by 4 bytes: byte 64 p + 4 s + j
-  // is natural byte 16 s + 4 p + j. A 32-bit SIMD lane then holds one sub-block, and the four
-  // dot products of a chunk (p = 0..3) sum it whole, with no horizontal reduction per token.
-  int8_t *qi = nullptr;
   int32_t *bsum = nullptr;  // [T][chunks * 16]: integer sum of each sub-block's quants
-  // [T][chunks * 16]: -128 * bsum, what weights carried as int8 + 128 (dpbusd's unsigned
-  // operand) add to a sub-block sum, ready to start the sum from.
-  int32_t *bias = nullptr;
   float *scale = nullptr;   // [T][chunks * 16]: the activation block scale of each sub-block
   // [T][chunks * 16]: what a weight offset (w = ws * q + wo) multiplies: Q8_K d * bsum; Q8_1
   // its fp16 block sum in the block's first sub-block and 0 in the second; Q8_0 zeros.
   float *asum = nullptr;
+  PackedChunk *packed = nullptr;  // [T][chunks]: filled by the AVX-512 quantizer alone
 };
 
 // The activation buffers of T tokens of width k, owned. resize keeps the capacity, so a
 // buffer reused from call to call maps no fresh pages.
 struct QActBuffers {
-  std::vector<int8_t> q, qi;
-  std::vector<int32_t> bsum, bias;
+  std::vector<int8_t> q;
+  std::vector<int32_t> bsum;
   std::vector<float> scale, asum;
+  std::vector<PackedChunk> packed;
   QActView view;
   QActBuffers() = default;
   QActBuffers(int64_t num_tokens, int64_t k) { resize(num_tokens, k); }
@@ -61,7 +69,7 @@ struct QActBuffers {
 
 inline int64_t act_chunks(int64_t k) { return (k + kChunkQ - 1) / kChunkQ; }
 
-// Natural position of interleaved byte i of a chunk (see QActView::qi).
+// Natural position of interleaved byte i of a chunk (see PackedChunk::qi).
 inline int interleaved_source(int i) { return 16 * ((i / 4) % 16) + 4 * (i / 64) + i % 4; }
 
 // Quantizes one token row x[k] into token slot t of the view (one per ISA: qmatmul.h's

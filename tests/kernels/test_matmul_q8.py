@@ -72,6 +72,20 @@ def test_every_isa_gives_the_same_bits(name, tokens):
     assert all(torch.equal(results[0], r) for r in results[1:])
 
 
+@pytest.mark.parametrize("name", ["Q4_K", "Q4_0", "Q2_K"])  # register loaders and the generic unpacker
+def test_rows_longer_than_one_chunk_block(name):
+    """The GEMM walks the chunks of a row in blocks (8 chunks of 256): 9 chunks, 12 tokens."""
+    w = weight(name, 7, 2304, seed=10)
+    x = torch.randn(12, 2304)
+    results = []
+    for level in AVAILABLE_ISAS:
+        with kernels.use_isa(level):
+            results.append(kernels.matmul_q8(w, x))
+    assert all(torch.equal(results[0], r) for r in results[1:])
+    ref = kernels.matmul_q8_reference(w, x)
+    assert (results[0].double() - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
 @pytest.mark.parametrize("name", ["Q4_K", "IQ1_S", "Q8_0", "Q6_K"])
 @pytest.mark.parametrize("rows", [70, 300])  # 300: tasks of more rows than one tile holds
 def test_threads_and_batch_do_not_change_bits(name, rows):
