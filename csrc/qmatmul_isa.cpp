@@ -83,12 +83,18 @@ struct Unpacker {
   }
 };
 
+// A row's 16 lane sums added up in a fixed tree, lane j with j + 8, then + 4, + 2, + 1: the
+// order the AVX-512 Finisher's halving shuffles give, so every ISA has the same bits.
+static inline float sum_lanes(const float *l) {
+  float a[8];
+  for (int j = 0; j < 8; ++j) a[j] = l[j] + l[j + 8];
+  for (int j = 0; j < 4; ++j) a[j] = a[j] + a[j + 4];
+  for (int j = 0; j < 2; ++j) a[j] = a[j] + a[j + 2];
+  return a[0] + a[1];
+}
+
 static inline void finish(const float (*acc)[kSubQ], int64_t nt, float *y, int64_t ldy) {
-  for (int64_t j = 0; j < nt; ++j) {
-    float s = acc[j][0];
-    for (int i = 1; i < kSubQ; ++i) s += acc[j][i];
-    y[j * ldy] = s;
-  }
+  for (int64_t j = 0; j < nt; ++j) y[j * ldy] = sum_lanes(acc[j]);
 }
 
 // A thread's scratch of n objects of V (buffer `kSlot`; whole cache lines, 64-byte aligned),
@@ -168,38 +174,35 @@ static inline __attribute__((always_inline)) void q4_k_scales(const uint8_t *b, 
   *wo = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(dm), _mm512_set1_epi32((int)0x80000000u)));
 }
 
-// 16 x 16 floats: r[i] lane j <- r[j] lane i.
-static inline __attribute__((always_inline)) void transpose16(__m512 *r) {
-  __m512 t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {
-    const __m512d a = _mm512_castps_pd(t[4 * i]), b = _mm512_castps_pd(t[4 * i + 1]);
-    const __m512d c = _mm512_castps_pd(t[4 * i + 2]), d = _mm512_castps_pd(t[4 * i + 3]);
-    r[4 * i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
-    r[4 * i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
-    r[4 * i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
-    r[4 * i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
-  }
-  for (int i = 0; i < 4; ++i) {
-    t[i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0x88);
-    t[4 + i] = _mm512_shuffle_f32x4(r[i], r[4 + i], 0xDD);
-    t[8 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0x88);
-    t[12 + i] = _mm512_shuffle_f32x4(r[8 + i], r[12 + i], 0xDD);
-  }
-  for (int i = 0; i < 4; ++i) {
-    r[i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0x88);
-    r[8 + i] = _mm512_shuffle_f32x4(t[i], t[8 + i], 0xDD);
-    r[4 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0x88);
-    r[12 + i] = _mm512_shuffle_f32x4(t[4 + i], t[12 + i], 0xDD);
-  }
+// sum_lanes for 16 accumulators at once: folded in halves, eight 256-bit halves added, then
+// 128-bit quarters, pairs and single lanes, each level joining two vectors' folds into one (30
+// shuffles and 15 adds for 16 sums). Accumulator i's sum ends in lane 4 (i % 4) + i / 4.
+static inline __attribute__((always_inline)) __m512 fold16(const __m512 *v) {
+  __m512 u[8], w[4], x[2];
+  for (int i = 0; i < 8; ++i)  // lanes j and j + 8
+    u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44), _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+  for (int i = 0; i < 4; ++i)  // + 4
+    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0x88), _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0xDD));
+  for (int i = 0; i < 2; ++i)  // + 2
+    x[i] = _mm512_add_ps(_mm512_shuffle_ps(w[2 * i], w[2 * i + 1], 0x44), _mm512_shuffle_ps(w[2 * i], w[2 * i + 1], 0xEE));
+  return _mm512_add_ps(_mm512_shuffle_ps(x[0], x[1], 0x88), _mm512_shuffle_ps(x[0], x[1], 0xDD));  // + 1
 }
 
-// finish for many accumulators at once: 16 of them transposed, then 15 vector adds give each
-// one's lanes summed in lane order, as finish's scalar adds do (the same bits) for a
-// fifth of the work. Whatever is pending is written by flush().
+// Four rows by four tokens (acc[row * ld + token]) into y[token * ldy + row]: fold16 leaves
+// token j's four rows in 128-bit quarter j, one store each.
+static inline __attribute__((always_inline)) void finish_4x4(const __m512 *acc, int64_t ld, float *y, int64_t ldy) {
+  __m512 v[16];
+  for (int r = 0; r < 4; ++r)
+    for (int j = 0; j < 4; ++j) v[4 * r + j] = acc[r * ld + j];
+  const __m512 sums = fold16(v);
+  _mm_storeu_ps(y, _mm512_castps512_ps128(sums));
+  _mm_storeu_ps(y + ldy, _mm512_extractf32x4_ps(sums, 1));
+  _mm_storeu_ps(y + 2 * ldy, _mm512_extractf32x4_ps(sums, 2));
+  _mm_storeu_ps(y + 3 * ldy, _mm512_extractf32x4_ps(sums, 3));
+}
+
+// Accumulators in any order and places, 16 at a time through fold16. Whatever is pending is
+// written by flush().
 class Finisher {
   __m512 acc_[16];
   float *dst_[16];
@@ -214,13 +217,10 @@ class Finisher {
   void flush() {
     if (n_ == 0) return;
     for (int i = n_; i < 16; ++i) acc_[i] = _mm512_setzero_ps();
-    transpose16(acc_);
-    __m512 s = acc_[0];
-    for (int i = 1; i < 16; ++i) s = _mm512_add_ps(s, acc_[i]);
     alignas(64) float out[16];
-    _mm512_store_ps(out, s);
+    _mm512_store_ps(out, fold16(acc_));
     for (int i = 0; i < n_; ++i) {
-      *dst_[i] = out[i];
+      *dst_[i] = out[4 * (i % 4) + i / 4];
       __asm__("" ::: "memory");  // keeps the stores scalar: a vscatterqps of 16 is far slower
     }
     n_ = 0;
@@ -695,11 +695,12 @@ static void stream_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes,
 
 #if defined(__AVX512VNNI__)
 // The AVX-512 GEMM over a tile of prepared rows: tokens in tiles of kGemmTokens and chunks in
-// blocks of kChunkBlock, so one token tile's packed activations over one block (4 x 8 x 448 B =
-// 14 KB) stay in L1 while every row pair of the tile passes over them. A row's accumulators wait
-// in acc between blocks (float stores and loads: the same bits as registers).
+// blocks of kChunkBlock, so one token tile's packed activations over one block (4 x 16 x 448 B
+// = 28 KB of the 48 KB L1) stay in L1 while every row pair of the tile passes over them; 32
+// chunks overflow it. A row's accumulators wait in acc between blocks (float stores and loads:
+// the same bits as registers).
 constexpr int kGemmTokens = 4;
-constexpr int64_t kChunkBlock = 8;
+constexpr int64_t kChunkBlock = 16;
 
 template <bool kOffsets>
 static void gemm_tile(const PreparedChunk *tile, int64_t rows, const QActView &a, int64_t num_tokens, float *y,
@@ -728,8 +729,11 @@ static void gemm_tile(const PreparedChunk *tile, int64_t rows, const QActView &a
           for (int j = 0; j < kGemmTokens; ++j) acc[(r + i) * kTokenTile + j] = v[i * kTokenTile + j];
       }
     }
+    int64_t r = 0;
+    if (nt == 4)
+      for (; r + 4 <= rows; r += 4) finish_4x4(acc + r * kTokenTile, kTokenTile, y + t0 * ldy + r, ldy);
     Finisher finish;
-    for (int64_t r = 0; r < rows; ++r)
+    for (; r < rows; ++r)
       for (int64_t j = 0; j < nt; ++j) finish.add(acc[r * kTokenTile + j], y + (t0 + j) * ldy + r);
     finish.flush();
   }

@@ -74,9 +74,9 @@ def test_every_isa_gives_the_same_bits(name, tokens):
 
 @pytest.mark.parametrize("name", ["Q4_K", "Q4_0", "Q2_K"])  # register loaders and the generic unpacker
 def test_rows_longer_than_one_chunk_block(name):
-    """The GEMM walks the chunks of a row in blocks (8 chunks of 256): 9 chunks, 12 tokens."""
-    w = weight(name, 7, 2304, seed=10)
-    x = torch.randn(12, 2304)
+    """The GEMM walks the chunks of a row in blocks (16 chunks of 256): 17 chunks, 12 tokens."""
+    w = weight(name, 7, 4352, seed=10)
+    x = torch.randn(12, 4352)
     results = []
     for level in AVAILABLE_ISAS:
         with kernels.use_isa(level):
