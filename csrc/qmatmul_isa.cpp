@@ -188,17 +188,22 @@ static inline __attribute__((always_inline)) __m512 fold16(const __m512 *v) {
   return _mm512_add_ps(_mm512_shuffle_ps(x[0], x[1], 0x88), _mm512_shuffle_ps(x[0], x[1], 0xDD));  // + 1
 }
 
-// Four rows by four tokens (acc[row * ld + token]) into y[token * ldy + row]: fold16 leaves
-// token j's four rows in 128-bit quarter j, one store each.
-static inline __attribute__((always_inline)) void finish_4x4(const __m512 *acc, int64_t ld, float *y, int64_t ldy) {
-  __m512 v[16];
-  for (int r = 0; r < 4; ++r)
-    for (int j = 0; j < 4; ++j) v[4 * r + j] = acc[r * ld + j];
-  const __m512 sums = fold16(v);
-  _mm_storeu_ps(y, _mm512_castps512_ps128(sums));
-  _mm_storeu_ps(y + ldy, _mm512_extractf32x4_ps(sums, 1));
-  _mm_storeu_ps(y + 2 * ldy, _mm512_extractf32x4_ps(sums, 2));
-  _mm_storeu_ps(y + 3 * ldy, _mm512_extractf32x4_ps(sums, 3));
+// Two rows by four tokens (acc[row * ld + token]) into y[token * ldy + row]: the same folds as
+// fold16 on eight accumulators, so the same bits; token j's two sums end in quarter j.
+static inline __attribute__((always_inline)) void finish_2x4(const __m512 *acc, int64_t ld, float *y, int64_t ldy) {
+  __m512 u[4], w[2];
+  for (int i = 0; i < 4; ++i) {  // lanes j and j + 8
+    const __m512 a = acc[(i / 2) * ld + 2 * (i % 2)], b = acc[(i / 2) * ld + 2 * (i % 2) + 1];
+    u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+  }
+  for (int i = 0; i < 2; ++i)  // + 4
+    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0x88), _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0xDD));
+  const __m512 x = _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x44), _mm512_shuffle_ps(w[0], w[1], 0xEE));  // + 2
+  const __m512 sums = _mm512_add_ps(_mm512_shuffle_ps(x, x, 0x88), _mm512_shuffle_ps(x, x, 0xDD));       // + 1
+  _mm_storel_pi((__m64 *)y, _mm512_castps512_ps128(sums));
+  _mm_storel_pi((__m64 *)(y + ldy), _mm512_extractf32x4_ps(sums, 1));
+  _mm_storel_pi((__m64 *)(y + 2 * ldy), _mm512_extractf32x4_ps(sums, 2));
+  _mm_storel_pi((__m64 *)(y + 3 * ldy), _mm512_extractf32x4_ps(sums, 3));
 }
 
 // Accumulators in any order and places, 16 at a time through fold16. Whatever is pending is
@@ -713,27 +718,34 @@ static void gemm_tile(const PreparedChunk *tile, int64_t rows, const QActView &a
       const int64_t c1 = chunks - c0 < kChunkBlock ? chunks : c0 + kChunkBlock;
       const PackedChunk *pk = a.packed + t0 * chunks + c0;
       for (int64_t r = 0; r < rows; r += 2) {
-        const int n = rows - r < 2 ? 1 : 2;
-        __m512 v[2 * kTokenTile];
-        for (int i = 0; i < n; ++i)
-          for (int j = 0; j < kGemmTokens; ++j)
-            v[i * kTokenTile + j] = c0 ? acc[(r + i) * kTokenTile + j] : _mm512_setzero_ps();
         const PreparedChunk *w = tile + tile_index(r, c0, chunks);
-        if (n == 2 && nt == kGemmTokens)
+        if (rows - r >= 2 && nt == kGemmTokens) {  // a full pass: finished from registers after the last block
+          __m512 v[2 * kTokenTile];
+          for (int i = 0; i < 2; ++i)
+            for (int j = 0; j < kGemmTokens; ++j)
+              v[i * kTokenTile + j] = c0 ? acc[(r + i) * kTokenTile + j] : _mm512_setzero_ps();
           dots_block<kOffsets, 2, kGemmTokens>(w, 2, pk, chunks, nt, c1 - c0, v);
-        else if (n == 2)
+          if (c1 == chunks) {
+            finish_2x4(v, kTokenTile, y + t0 * ldy + r, ldy);
+          } else {
+            for (int i = 0; i < 2; ++i)
+              for (int j = 0; j < kGemmTokens; ++j) acc[(r + i) * kTokenTile + j] = v[i * kTokenTile + j];
+          }
+          continue;
+        }
+        const int n = rows - r < 2 ? 1 : 2;  // a last odd row or a last partial token tile: in acc
+        __m512 *const v = acc + r * kTokenTile;
+        if (c0 == 0)
+          for (int i = 0; i < n; ++i)
+            for (int64_t j = 0; j < nt; ++j) v[i * kTokenTile + j] = _mm512_setzero_ps();
+        if (n == 2)
           dots_block<kOffsets, 2, 0>(w, 2, pk, chunks, nt, c1 - c0, v);
         else
           dots_block<kOffsets, 1, 0>(w, 2, pk, chunks, nt, c1 - c0, v);
-        for (int i = 0; i < n; ++i)
-          for (int j = 0; j < kGemmTokens; ++j) acc[(r + i) * kTokenTile + j] = v[i * kTokenTile + j];
       }
     }
-    int64_t r = 0;
-    if (nt == 4)
-      for (; r + 4 <= rows; r += 4) finish_4x4(acc + r * kTokenTile, kTokenTile, y + t0 * ldy + r, ldy);
     Finisher finish;
-    for (; r < rows; ++r)
+    for (int64_t r = nt == kGemmTokens ? rows / 2 * 2 : 0; r < rows; ++r)
       for (int64_t j = 0; j < nt; ++j) finish.add(acc[r * kTokenTile + j], y + (t0 + j) * ldy + r);
     finish.flush();
   }
