@@ -141,13 +141,14 @@ static inline __attribute__((always_inline)) __m512 combine_regs(__m512 acc, __m
   return _mm512_add_ps(acc, kOffsets ? _mm512_add_ps(x, _mm512_mul_ps(wo, as)) : x);
 }
 
-// The activation side of combine_regs for one token and chunk: its scale and, for types with
+// The activation side of combine_regs for token t and chunk c: its scale and, for types with
 // offsets, its asum.
 struct TokenScales {
   __m512 ad, as;
   template <bool kOffsets>
-  static inline __attribute__((always_inline)) TokenScales load(const PackedChunk &pk) {
-    return {_mm512_load_ps(pk.scale), kOffsets ? _mm512_load_ps(pk.asum) : _mm512_setzero_ps()};
+  static inline __attribute__((always_inline)) TokenScales load(const QActView &a, int64_t t, int64_t c) {
+    const int64_t i = t * a.chunks + c;
+    return {_mm512_load_ps(a.packed[i].scale), kOffsets ? _mm512_loadu_ps(a.asum + i * kSubQ) : _mm512_setzero_ps()};
   }
 };
 
@@ -256,7 +257,7 @@ static void stream_regs(const uint8_t *w, int64_t row_bytes, int64_t rows, const
       for (int64_t t = 0; t < nt; ++t) {
         const PackedChunk &pk = a.packed[t * a.chunks + c];
         const __m512i isum = chain_dots(q, pk.qi, offset_init<(int)kOff>(pk));
-        const TokenScales ts = TokenScales::load<kOffsets>(pk);
+        const TokenScales ts = TokenScales::load<kOffsets>(a, t, c);
         acc[t] = combine_regs<kOffsets>(acc[t], ts.ad, ws, wo, isum, ts.as);
       }
     }
@@ -606,21 +607,22 @@ static inline int64_t tile_slots(int64_t rows, int64_t chunks) { return (rows + 
 
 #if defined(__AVX512VNNI__)
 // kRows prepared rows (row i's chunk c at w[c * ldw + i]) over n chunks against packed tokens
-// (token j's chunk c at pk[j * ldt + c]), into acc[i * kTokenTile + j]: the same integers and
+// (token j's chunk c at pk[j * ldt + c], its asums at as16 + (j * ldt + c) * 16), into
+// acc[i * kTokenTile + j]: the same integers and
 // float operations as the portable row_dots, in registers. Each token's activations are loaded
 // once for all kRows rows; kTokens > 0 makes the token count a compile-time constant, so the
 // accumulators never go through memory.
 template <bool kOffsets, int kRows, int kTokens>
 static inline __attribute__((always_inline)) void dots_block(const PreparedChunk *w, int64_t ldw,
-                                                            const PackedChunk *pk, int64_t ldt, int64_t nt_,
-                                                            int64_t n, __m512 *acc_out) {
+                                                            const PackedChunk *pk, const float *as16, int64_t ldt,
+                                                            int64_t nt_, int64_t n, __m512 *acc_out) {
   const int64_t nt = kTokens ? kTokens : nt_;
   constexpr int kLocal = kTokens ? kRows * kTokenTile : 1;
   __m512 local[kLocal];  // the accumulators as locals, which the compiler keeps in registers
   if (kTokens)
     for (int i = 0; i < kLocal; ++i) local[i] = acc_out[i];
   __m512 *const acc = kTokens ? local : acc_out;
-  for (int64_t c = 0; c < n; ++c, w += ldw, ++pk) {
+  for (int64_t c = 0; c < n; ++c, w += ldw, ++pk, as16 += kSubQ) {
     __m512i qv[kRows][4];
     __m512 ws[kRows], wo[kRows];
     for (int i = 0; i < kRows; ++i) {
@@ -633,7 +635,7 @@ static inline __attribute__((always_inline)) void dots_block(const PreparedChunk
       __m512i aq[4];
       for (int p = 0; p < 4; ++p) aq[p] = _mm512_load_si512(t.qi + 64 * p);
       __m512i bias = _mm512_load_si512(t.bias);
-      __m512 ad = _mm512_load_ps(t.scale), as = kOffsets ? _mm512_load_ps(t.asum) : _mm512_setzero_ps();
+      __m512 ad = _mm512_load_ps(t.scale), as = kOffsets ? _mm512_loadu_ps(as16 + j * ldt * kSubQ) : _mm512_setzero_ps();
       if (kRows > 1) {
         for (int p = 0; p < 4; ++p) in_register(aq[p]);
         in_register(bias), in_register(ad);
@@ -687,7 +689,7 @@ static void stream_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes,
 #if defined(__AVX512VNNI__)
     __m512 acc[kTokenTile];
     for (int64_t j = 0; j < nt; ++j) acc[j] = _mm512_setzero_ps();
-    dots_block<kOffsets, 1, 0>(row, 1, a.packed, a.chunks, nt, a.chunks, acc);
+    dots_block<kOffsets, 1, 0>(row, 1, a.packed, a.asum, a.chunks, nt, a.chunks, acc);
     for (int64_t j = 0; j < nt; ++j) finish.add(acc[j], y + j * ldy + r);
 #else
     row_dots<kOffsets>(row, 1, a, 0, nt, y + r, ldy);
@@ -717,6 +719,7 @@ static void gemm_tile(const PreparedChunk *tile, int64_t rows, const QActView &a
     for (int64_t c0 = 0; c0 < chunks; c0 += kChunkBlock) {
       const int64_t c1 = chunks - c0 < kChunkBlock ? chunks : c0 + kChunkBlock;
       const PackedChunk *pk = a.packed + t0 * chunks + c0;
+      const float *as16 = a.asum + (t0 * chunks + c0) * kSubQ;
       for (int64_t r = 0; r < rows; r += 2) {
         const PreparedChunk *w = tile + tile_index(r, c0, chunks);
         if (rows - r >= 2 && nt == kGemmTokens) {  // a full pass: finished from registers after the last block
@@ -724,7 +727,7 @@ static void gemm_tile(const PreparedChunk *tile, int64_t rows, const QActView &a
           for (int i = 0; i < 2; ++i)
             for (int j = 0; j < kGemmTokens; ++j)
               v[i * kTokenTile + j] = c0 ? acc[(r + i) * kTokenTile + j] : _mm512_setzero_ps();
-          dots_block<kOffsets, 2, kGemmTokens>(w, 2, pk, chunks, nt, c1 - c0, v);
+          dots_block<kOffsets, 2, kGemmTokens>(w, 2, pk, as16, chunks, nt, c1 - c0, v);
           if (c1 == chunks) {
             finish_2x4(v, kTokenTile, y + t0 * ldy + r, ldy);
           } else {
@@ -739,9 +742,9 @@ static void gemm_tile(const PreparedChunk *tile, int64_t rows, const QActView &a
           for (int i = 0; i < n; ++i)
             for (int64_t j = 0; j < nt; ++j) v[i * kTokenTile + j] = _mm512_setzero_ps();
         if (n == 2)
-          dots_block<kOffsets, 2, 0>(w, 2, pk, chunks, nt, c1 - c0, v);
+          dots_block<kOffsets, 2, 0>(w, 2, pk, as16, chunks, nt, c1 - c0, v);
         else
-          dots_block<kOffsets, 1, 0>(w, 2, pk, chunks, nt, c1 - c0, v);
+          dots_block<kOffsets, 1, 0>(w, 2, pk, as16, chunks, nt, c1 - c0, v);
       }
     }
     Finisher finish;

@@ -26,17 +26,19 @@ enum ActKind : int { kActQ8_0 = 0, kActQ8_K = 1, kActQ8_1 = 2 };
 // Which activation format a weight type pairs with; -1 for float weights.
 int act_kind_for(int ggml_type);
 
-// One token's activations over one chunk as the AVX-512 kernels read them, in one place (seven
+// One token's activations over one chunk as the AVX-512 kernels read them, in one place (six
 // cache lines): the quants with the chunk's 16 sub-blocks interleaved by 4 bytes (byte 64 p +
 // 4 s + j is natural byte 16 s + 4 p + j: a 32-bit SIMD lane then holds one sub-block, and the
 // four dot products of a chunk, p = 0..3, sum it whole with no horizontal reduction), -128 times
 // each sub-block's sum (what weights carried as int8 + 128, dpbusd's unsigned operand, add to a
-// sub-block's dot product), and the scales and asums below. Kept apart, these rows started at
-// equal offsets modulo 4 KB, and the GEMM's loads crowded a few L1 sets out of their ways.
+// sub-block's dot product), and the scales. Kept apart, these rows started at equal offsets
+// modulo 4 KB, and the GEMM's loads crowded a few L1 sets out of their ways. The asums, read by
+// the types with offsets alone, stay in their own array: eight tokens of a 4096-wide row then
+// still fit L1 (48 KB) for the few-token path.
 struct alignas(64) PackedChunk {
   int8_t qi[kChunkQ];
   int32_t bias[kSubQ];
-  float scale[kSubQ], asum[kSubQ];
+  float scale[kSubQ];
 };
 
 struct QActView {

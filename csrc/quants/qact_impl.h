@@ -134,7 +134,6 @@ void quantize_act_row(int kind, const float *x, int64_t t, const QActView &v) {
     for (int i = 0; i < 4; ++i) _mm512_store_si512(p.qi + 64 * i, qv[i]);
     _mm512_store_si512(p.bias, _mm512_mullo_epi32(_mm512_loadu_si512(bsum + c * kSubQ), _mm512_set1_epi32(-128)));
     _mm512_store_ps(p.scale, _mm512_loadu_ps(scale + c * kSubQ));
-    _mm512_store_ps(p.asum, _mm512_loadu_ps(asum + c * kSubQ));
   }
 #endif
 }
