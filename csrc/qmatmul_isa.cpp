@@ -765,10 +765,11 @@ static int64_t tile_rows_for(int64_t chunks) {
 template <bool kOffsets>
 static void tile_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,
                       int64_t num_tokens, float *y, int64_t ldy) {
-  const int64_t chunks = a.chunks;
+  const int64_t chunks = a.chunks, chunk_bytes = row_bytes / chunks;
   PreparedChunk *const tile = thread_vectors<PreparedChunk, 1>(tile_slots(rows, chunks));
   for (int64_t r = 0; r < rows; ++r)
     for (int64_t c = 0; c < chunks; ++c) {
+      prefetch_ahead(w + r * row_bytes + c * chunk_bytes, chunk_bytes);
       PreparedChunk &p = tile[tile_index(r, c, chunks)];
       up(w + r * row_bytes, c, p.q, p.ws, p.wo);
     }
@@ -801,13 +802,14 @@ static void unpacked_matmul(const Unpacker &up, const uint8_t *w, int64_t row_by
 template <Offset kOff, bool kOffsets, auto kLoad>
 static void tile_regs(const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, int64_t num_tokens,
                       float *y, int64_t ldy) {
-  const int64_t chunks = a.chunks, tile = tile_rows_for(chunks);
+  const int64_t chunks = a.chunks, tile = tile_rows_for(chunks), chunk_bytes = row_bytes / chunks;
   const __m512i shift = _mm512_set1_epi8((char)(kOff == Offset::kNone ? 128 : 128 - (1 << (int)kOff)));
   PreparedChunk *const buf = thread_vectors<PreparedChunk, 1>(tile_slots(tile, chunks));
   for (int64_t r0 = 0; r0 < rows; r0 += tile) {
     const int64_t n = rows - r0 < tile ? rows - r0 : tile;
     for (int64_t r = 0; r < n; ++r)
       for (int64_t c = 0; c < chunks; ++c) {
+        prefetch_ahead(w + (r0 + r) * row_bytes + c * chunk_bytes, chunk_bytes);
         PreparedChunk &p = buf[tile_index(r, c, chunks)];
         __m512 ws, wo;
         __m512i q[4];
