@@ -1,7 +1,7 @@
 // Per-ISA part of the integer-activation matmul (compiled once per ISA level, as
-// kernels_isa.cpp). Only the 16 sub-block integer sums of a chunk differ between ISAs, and
-// integers are exact; the float combination below is the same scalar-order code everywhere,
-// so every ISA gives the same bits.
+// kernels_isa.cpp). Only how the 16 sub-block integer sums of a chunk are computed differs
+// between ISAs, and integers are exact; the float combination and the final lane sums are the
+// same operations in the same order everywhere, so every ISA gives the same bits.
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -19,6 +19,9 @@ namespace MOE_ISA_NS {
 #include "quants/dequant_impl.h"
 #include "quants/qact_impl.h"
 #include "quants/unpack_impl.h"
+#if defined(__AVX512VNNI__)
+#include "quants/load_regs_impl.h"
+#endif
 
 // Software prefetch of the `bytes` that lie kPrefetchBytes past `p`: a task's rows are one
 // contiguous stream, and the hardware prefetcher alone leaves DRAM latency exposed.
@@ -159,22 +162,6 @@ static inline __attribute__((always_inline)) void in_register(V &v) {
   __asm__("" : "+v"(v));
 }
 
-// Q4_K's 16 sub-block scales (d * sc) and offsets (-(dmin * m)) straight into registers: the
-// 12 packed bytes give 8 six-bit scales and 8 mins with a few 32-bit operations (bytes 0-3 and
-// 4-7 hold scales/mins 0-3 in their low 6 bits and the top 2 bits of scales/mins 4-7, whose low
-// 4 bits are the nibbles of bytes 8-11), each duplicated for the two 16-halves of its 32.
-static inline __attribute__((always_inline)) void q4_k_scales(const uint8_t *b, __m512 *ws, __m512 *wo) {
-  const uint32_t u0 = load_u32(b + 4), u1 = load_u32(b + 8), u2 = load_u32(b + 12);
-  const uint64_t sc = (u0 & 0x3f3f3f3fu) | (uint64_t)((u2 & 0x0f0f0f0fu) | ((u0 >> 2) & 0x30303030u)) << 32;
-  const uint64_t mn = (u1 & 0x3f3f3f3fu) | (uint64_t)(((u2 >> 4) & 0x0f0f0f0fu) | ((u1 >> 2) & 0x30303030u)) << 32;
-  const __m128i s8 = _mm_cvtsi64_si128((long long)sc), m8 = _mm_cvtsi64_si128((long long)mn);
-  const __m512 fs = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(s8, s8)));
-  const __m512 fm = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(m8, m8)));
-  *ws = _mm512_mul_ps(_mm512_set1_ps(load_half(b)), fs);
-  const __m512 dm = _mm512_mul_ps(_mm512_set1_ps(load_half(b + 2)), fm);
-  *wo = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(dm), _mm512_set1_epi32((int)0x80000000u)));
-}
-
 // sum_lanes for 16 accumulators at once: folded in halves, eight 256-bit halves added, then
 // 128-bit quarters, pairs and single lanes, each level joining two vectors' folds into one (30
 // shuffles and 15 adds for 16 sums). Accumulator i's sum ends in lane 4 (i % 4) + i / 4.
@@ -233,14 +220,8 @@ class Finisher {
   }
 };
 
-// Register paths for few tokens: a type's chunk goes straight from its blocks into four
-// vectors of unsigned bytes in the interleaved order (see interleave) plus 16-lane scale/offset
-// vectors, never through the int8 buffer. dpbusd takes the unsigned bytes as they are; where the
-// generic path's int8 is that byte minus a constant (Q8_0 stored with +128 here, Q5_0's 16),
-// the constant times the activation's sub-block sum comes off: the same integers, the same
-// float operations, the same bits.
-enum class Offset { kNone = 0, k8 = 3, k16 = 4, k32 = 5, k128 = 7 };  // log2 of what each weight byte carries extra
-
+// Few tokens of a type with a register loader (quants/load_regs_impl.h): each chunk of a row
+// goes from its blocks into registers once and meets every token there.
 template <Offset kOff, bool kOffsets, auto kLoad>  // kLoad a compile-time function: inlined into the loop
 static void stream_regs(const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, int64_t nt, float *y,
                         int64_t ldy) {
@@ -266,318 +247,6 @@ static void stream_regs(const uint8_t *w, int64_t row_bytes, int64_t rows, const
   finish.flush();
 }
 
-// A loader of the natural order, then interleaved.
-template <auto kLoad>
-static inline __attribute__((always_inline)) void interleaved(const QActView &a, const uint8_t *row, int64_t c,
-                                                             __m512 *ws, __m512 *wo, __m512i *q) {
-  kLoad(a, row, c, ws, wo, q);
-  interleave(q);
-}
-
-// K-quant nibbles (128 bytes at qs) in the interleaved order: sub-blocks 4G .. 4G + 3 are the
-// low, then the high nibbles of qs[32G .. 32G + 31], so lane s of vector p is qs dword
-// 8 (s / 4) + 4 (s % 2) + p, shifted down by 4 where s % 4 >= 2.
-static inline __attribute__((always_inline)) void k_nibbles(const uint8_t *qs, __m512i *q) {
-  const __m512i lo = _mm512_loadu_si512(qs), hi = _mm512_loadu_si512(qs + 64), mask = _mm512_set1_epi8(0x0F);
-  const __m512i base = _mm512_setr_epi32(0, 4, 0, 4, 8, 12, 8, 12, 16, 20, 16, 20, 24, 28, 24, 28);
-  const __m512i shift = _mm512_setr_epi32(0, 0, 4, 4, 0, 0, 4, 4, 0, 0, 4, 4, 0, 0, 4, 4);
-  for (int p = 0; p < 4; ++p) {
-    const __m512i d = _mm512_permutex2var_epi32(lo, _mm512_add_epi32(base, _mm512_set1_epi32(p)), hi);
-    q[p] = _mm512_and_si512(_mm512_srlv_epi32(d, shift), mask);
-  }
-}
-
-static inline __attribute__((always_inline)) void load_q4_k(const QActView &, const uint8_t *row, int64_t c,
-                                                           __m512 *ws, __m512 *wo, __m512i *q) {
-  const uint8_t *b = row + c * 144;
-  q4_k_scales(b, ws, wo);
-  k_nibbles(b + 16, q);
-}
-
-// Q6_K: 128 bytes of low nibbles, 64 of high bit pairs, 16 int8 scales, d. Piece p is quarters
-// 2 (p % 2) and 2 (p % 2) + 1 of half p / 2 (up_q6_k's order): the low or high nibbles of that
-// half's 64 ql bytes, and bit pairs 0/2 or 4/6 of its 32 qh bytes, seen once per 256-bit lane,
-// moved to bits 4-5 by a per-lane shift. The byte is the int8 + 32.
-static inline __attribute__((always_inline)) void load_q6_k(const QActView &, const uint8_t *row, int64_t c,
-                                                           __m512 *ws, __m512 *wo, __m512i *q) {
-  const uint8_t *b = row + c * 210;
-  const __m128i sc = _mm_loadu_si128((const __m128i *)(b + 192));
-  *ws = _mm512_mul_ps(_mm512_set1_ps(load_half(b + 208)), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc)));
-  *wo = _mm512_setzero_ps();
-  const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
-  const __m512i up_01 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);  // bits 0, 2 -> 4
-  const __m512i down_23 = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);  // bits 4, 6 -> 4
-  for (int h = 0; h < 2; ++h) {
-    const __m512i ql = _mm512_loadu_si512(b + 64 * h);
-    const __m256i qh = _mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h));
-    const __m512i hb = _mm512_inserti64x4(_mm512_castsi256_si512(qh), qh, 1);
-    q[2 * h] = _mm512_or_si512(_mm512_and_si512(ql, m4), _mm512_and_si512(_mm512_sllv_epi16(hb, up_01), m30));
-    q[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
-                                   _mm512_and_si512(_mm512_srlv_epi16(hb, down_23), m30));
-  }
-}
-
-// The fp16 field at `b` of each of a chunk's 8 blocks (`stride` bytes apart) into the two lanes
-// of its block; zeros for blocks past the row's end (a K = 576 row has 2.25 chunks).
-static inline __attribute__((always_inline)) __m512 halves_per_block(const uint8_t *b, int stride, int nblk) {
-  uint16_t v[8];
-  for (int i = 0; i < 8; ++i) v[i] = i < nblk ? load_u16(b + i * stride) : 0;
-  const __m128i h = _mm_setr_epi16((short)v[0], (short)v[1], (short)v[2], (short)v[3], (short)v[4], (short)v[5],
-                                   (short)v[6], (short)v[7]);
-  return _mm512_cvtph_ps(_mm256_set_m128i(_mm_unpackhi_epi16(h, h), _mm_unpacklo_epi16(h, h)));
-}
-
-// Blocks 2p and 2p + 1 of a chunk, 32 bytes each, as piece p.
-static inline __attribute__((always_inline)) __m512i two_blocks(__m256i first, __m256i second) {
-  return _mm512_inserti64x4(_mm512_castsi256_si512(first), second, 1);
-}
-
-// 16 bytes of nibbles -> 32 bytes: low nibbles, then high (the 32-blocks' order); zeros when
-// the block lies past the row's end.
-static inline __attribute__((always_inline)) __m256i nibbles_or_zero(const uint8_t *qs, bool valid) {
-  return valid ? nibbles32(qs) : _mm256_setzero_si256();
-}
-
-// How many of a 32-block type's 8 blocks chunk c holds (fewer in a row's part-filled last chunk).
-static inline int blocks_in_chunk(const QActView &a, int64_t c) {
-  const int64_t left = a.k / 32 - c * 8;
-  return (int)(left < 8 ? left : 8);
-}
-
-// Q4_1: d, m, 16 bytes of nibbles (unsigned).
-static inline __attribute__((always_inline)) void load_q4_1(const QActView &a, const uint8_t *row, int64_t c,
-                                                           __m512 *ws, __m512 *wo, __m512i *q) {
-  const uint8_t *b = row + c * 8 * 20;
-  const int nblk = blocks_in_chunk(a, c);
-  *ws = halves_per_block(b, 20, nblk);
-  *wo = halves_per_block(b + 2, 20, nblk);
-  for (int p = 0; p < 4; ++p)
-    q[p] = two_blocks(nibbles_or_zero(b + 40 * p + 4, 2 * p < nblk), nibbles_or_zero(b + 40 * p + 24, 2 * p + 1 < nblk));
-}
-
-// Q5_0: d, 32 high bits, 16 bytes of nibbles; the byte nibble | high << 4 is the int8 + 16.
-static inline __attribute__((always_inline)) void load_q5_0(const QActView &a, const uint8_t *row, int64_t c,
-                                                           __m512 *ws, __m512 *wo, __m512i *q) {
-  const uint8_t *b = row + c * 8 * 22;
-  const int nblk = blocks_in_chunk(a, c);
-  *ws = halves_per_block(b, 22, nblk);
-  *wo = _mm512_setzero_ps();
-  __m256i v[2];
-  for (int p = 0; p < 4; ++p) {
-    for (int j = 0; j < 2; ++j) {
-      const uint8_t *blk = b + 22 * (2 * p + j);
-      v[j] = 2 * p + j < nblk ? _mm256_or_si256(nibbles32(blk + 6), q5_high_bits(load_u32(blk + 2)))
-                              : _mm256_set1_epi8(16);  // + 16 of a zero weight: its bsum term cancels
-    }
-    q[p] = two_blocks(v[0], v[1]);
-  }
-}
-
-// Q8_0: d and 32 int8, carried as int8 + 128 (xor 0x80).
-static inline __attribute__((always_inline)) void load_q8_0(const QActView &a, const uint8_t *row, int64_t c,
-                                                           __m512 *ws, __m512 *wo, __m512i *q) {
-  const uint8_t *b = row + c * 8 * 34;
-  const int nblk = blocks_in_chunk(a, c);
-  const __m256i flip = _mm256_set1_epi8((char)0x80);
-  *ws = halves_per_block(b, 34, nblk);
-  *wo = _mm512_setzero_ps();
-  __m256i v[2];
-  for (int p = 0; p < 4; ++p) {
-    for (int j = 0; j < 2; ++j) {
-      const uint8_t *blk = b + 34 * (2 * p + j);
-      v[j] = 2 * p + j < nblk ? _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(blk + 2)), flip) : flip;
-    }
-    q[p] = two_blocks(v[0], v[1]);
-  }
-}
-
-// The IQ4 codebook plus 128, for a byte shuffle: nibble -> unsigned (int8 + 128).
-static inline __attribute__((always_inline)) __m256i iq4_table() {
-  const __m128i t = _mm_xor_si128(_mm_loadu_si128((const __m128i *)kIq4nlValues), _mm_set1_epi8((char)0x80));
-  return _mm256_broadcastsi128_si256(t);
-}
-
-// Q4_0 and IQ4_NL share their blocks: d and 16 bytes of nibbles. Q4_0's nibble is the int8 + 8;
-// IQ4_NL's indexes the codebook (kCodebook), carried as int8 + 128. A block past the row's end
-// holds the offset alone, so its bsum term cancels.
-template <bool kCodebook>
-static inline __attribute__((always_inline)) void load_nibble_blocks(const QActView &a, const uint8_t *row, int64_t c,
-                                                                    __m512 *ws, __m512 *wo, __m512i *q) {
-  const uint8_t *b = row + c * 8 * 18;
-  const int nblk = blocks_in_chunk(a, c);
-  const __m256i table = iq4_table(), none = _mm256_set1_epi8((char)(kCodebook ? 0x80 : 8));
-  auto block = [&](int i) {
-    if (i >= nblk) return none;
-    const __m256i v = nibbles32(b + 18 * i + 2);
-    return kCodebook ? _mm256_shuffle_epi8(table, v) : v;
-  };
-  *ws = halves_per_block(b, 18, nblk);
-  *wo = _mm512_setzero_ps();
-  for (int p = 0; p < 4; ++p) q[p] = two_blocks(block(2 * p), block(2 * p + 1));
-}
-
-// IQ4_XS: d, 8 six-bit block scales (low nibbles in 4 bytes, high bit pairs in a u16), and
-// codebook indices as IQ4_NL's; the scale of 32-block ib is d * (ls - 32), as up_iq4_xs has it.
-static inline __attribute__((always_inline)) void load_iq4_xs(const QActView &, const uint8_t *row, int64_t c,
-                                                             __m512 *ws, __m512 *wo, __m512i *q) {
-  const uint8_t *b = row + c * 136;
-  const uint32_t lo = load_u32(b + 4), hi = load_u16(b + 2);
-  alignas(64) int32_t ls[16];
-  for (int ib = 0; ib < 8; ++ib)
-    ls[2 * ib] = ls[2 * ib + 1] = (int)(((lo >> (4 * ib)) & 0xF) | (((hi >> (2 * ib)) & 3) << 4)) - 32;
-  *ws = _mm512_mul_ps(_mm512_set1_ps(load_half(b)), _mm512_cvtepi32_ps(_mm512_load_si512(ls)));
-  *wo = _mm512_setzero_ps();
-  const __m256i table = iq4_table();
-  for (int p = 0; p < 4; ++p)
-    q[p] = two_blocks(_mm256_shuffle_epi8(table, nibbles32(b + 8 + 32 * p)),
-                      _mm256_shuffle_epi8(table, nibbles32(b + 8 + 32 * p + 16)));
-}
-
-// Q5_K: Q4_K's header and nibbles, plus a fifth bit per weight: bit sb of qh[i] for weight i of
-// 32-block sb, added as 16 under a byte mask. Lane s of vector p reads qh dword 4 (s % 2) + p,
-// bit s / 2 of each byte.
-static inline __attribute__((always_inline)) void load_q5_k(const QActView &, const uint8_t *row, int64_t c,
-                                                           __m512 *ws, __m512 *wo, __m512i *q) {
-  const uint8_t *b = row + c * 176;
-  const __m512i qh = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(b + 16)));
-  const __m512i bits = _mm512_setr_epi32(0x01010101, 0x01010101, 0x02020202, 0x02020202, 0x04040404, 0x04040404,
-                                         0x08080808, 0x08080808, 0x10101010, 0x10101010, 0x20202020, 0x20202020,
-                                         0x40404040, 0x40404040, (int)0x80808080, (int)0x80808080);
-  const __m512i base = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
-  const __m512i sixteen = _mm512_set1_epi8(16);
-  q4_k_scales(b, ws, wo);
-  k_nibbles(b + 48, q);
-  for (int p = 0; p < 4; ++p) {
-    const __m512i h = _mm512_permutexvar_epi32(_mm512_add_epi32(base, _mm512_set1_epi32(p)), qh);
-    q[p] = _mm512_mask_add_epi8(q[p], _mm512_test_epi8_mask(h, bits), q[p], sixteen);
-  }
-}
-
-// The grid types' codebooks as the bytes dpbusd takes (int8 + 128): IQ1_S's 8 g (g in
-// {-1, 0, 1}, before its block's delta), IQ2_XXS's magnitudes (before their signs).
-template <int kRows>
-struct Grid8 {
-  alignas(64) uint8_t v[kRows][8];
-};
-static constexpr Grid8<2048> iq1s_grid8() {
-  Grid8<2048> g{};
-  for (int i = 0; i < 2048; ++i)
-    for (int j = 0; j < 8; ++j) g.v[i][j] = (uint8_t)(8 * kIq1sGrid[i][j] + 128);
-  return g;
-}
-static constexpr Grid8<256> iq2xxs_grid8() {
-  Grid8<256> g{};
-  for (int i = 0; i < 256; ++i)
-    for (int j = 0; j < 8; ++j) g.v[i][j] = (uint8_t)(kIq2xxsGrid[i][j] + 128);
-  return g;
-}
-static constexpr Grid8<2048> kIq1sGrid8 = iq1s_grid8();
-static constexpr Grid8<256> kIq2xxsGrid8 = iq2xxs_grid8();
-
-// Codebook rows row(first), row(first + 2), ..., row(first + 14) (8-byte values at the
-// addresses row() gives) as the qwords of one vector: pairs by a low and a high half load, then
-// three inserts. A vpgatherdq of 8 takes 14 cycles on Zen 5; masked broadcasts need 7 mask
-// registers refilled per chunk.
-template <typename Row>
-static inline __attribute__((always_inline)) __m512i rows8(Row row, int first) {
-  auto pair = [&](int r) {
-    const __m128d lo = _mm_castsi128_pd(_mm_loadl_epi64((const __m128i *)row(r)));
-    return _mm_castpd_si128(_mm_loadh_pd(lo, (const double *)row(r + 2)));
-  };
-  const __m256i lo = _mm256_set_m128i(pair(first + 4), pair(first)), hi = _mm256_set_m128i(pair(first + 12), pair(first + 8));
-  return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-}
-
-// A chunk of 32 codebook rows of 8 weights in the interleaved order. Sub-block s is rows 2s and
-// 2s + 1, so g holds {rows 0, 2, .., 14}, {16, 18, .., 30}, {1, 3, .., 15}, {17, 19, .., 31}
-// (see rows8), and vector p takes the 4-byte half p % 2 of rows 2s + p / 2.
-static inline __attribute__((always_inline)) void deal_rows(const __m512i *g, __m512i *q) {
-  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd = _mm512_add_epi32(even, _mm512_set1_epi32(1));
-  for (int p = 0; p < 4; ++p) q[p] = _mm512_permutex2var_epi32(g[p & 2], p & 1 ? odd : even, g[(p & 2) + 1]);
-}
-
-// IQ1_S (the 1.58-bit DeepSeek-R1's experts): a weight is ws * (8 g + delta), its byte
-// 8 g + delta + 128 (Offset::k128): 32 codebook rows from kIq1sGrid8 plus the block's delta of
-// +-1. The same integers as up_iq1_s's.
-static inline __attribute__((always_inline)) void load_iq1_s(const QActView &, const uint8_t *row, int64_t c,
-                                                            __m512 *ws, __m512 *wo, __m512i *q) {
-  const uint8_t *b = row + c * 50;
-  const __m128i qh8 = _mm_loadu_si128((const __m128i *)(b + 34));  // 8 x u16
-  // The rows' 11-bit indices as u16: qs[r] | ((qh[r / 4] >> 3 (r % 4)) & 7) << 8, then four
-  // per 64-bit word into general registers.
-  const __m512i quarter = _mm512_set_epi16(7, 7, 7, 7, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 4, 3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1,
-                                           1, 0, 0, 0, 0);
-  const __m512i shift = _mm512_set_epi16(9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3,
-                                         0, 9, 6, 3, 0);
-  const __m512i hi = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi16(quarter, _mm512_castsi128_si512(qh8)), shift),
-                                      _mm512_set1_epi16(7));
-  const __m512i idx = _mm512_or_si512(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(b + 2))),
-                                      _mm512_slli_epi16(hi, 8));
-  uint64_t x[8];
-  for (int l = 0; l < 4; ++l) {
-    const __m128i v = _mm512_extracti32x4_epi32(idx, l);
-    x[2 * l] = (uint64_t)_mm_cvtsi128_si64(v);
-    x[2 * l + 1] = (uint64_t)_mm_extract_epi64(v, 1);
-  }
-  const long long *grid = (const long long *)kIq1sGrid8.v;
-  auto row_of = [&](int r) { return grid + ((x[r / 4] >> (16 * (r % 4))) & 0xFFFF); };
-  const __m512i g[4] = {rows8(row_of, 0), rows8(row_of, 16), rows8(row_of, 1), rows8(row_of, 17)};
-  deal_rows(g, q);
-  const __mmask16 negative = (__mmask16)_mm_movemask_epi8(_mm_srai_epi16(qh8, 15));  // both lanes of a block
-  const __m512i delta = _mm512_mask_mov_epi32(_mm512_set1_epi8(1), negative, _mm512_set1_epi8(-1));
-  for (int p = 0; p < 4; ++p) q[p] = _mm512_add_epi8(q[p], delta);
-  // ws = d * (2 s + 1) * 0.125 per block, as up_iq1_s's operations, two lanes each.
-  const __m512i seven = _mm512_set1_epi32(7);
-  const __m512i qh = _mm512_cvtepu16_epi32(_mm256_castsi128_si256(qh8));  // lanes 0-7
-  const __m512i s21 = _mm512_add_epi32(_mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(qh, 12), seven), 1),
-                                       _mm512_set1_epi32(1));
-  const __m512 blk = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(load_half(b)), _mm512_cvtepi32_ps(s21)),
-                                   _mm512_set1_ps(0.125f));
-  *ws = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7), blk);
-  *wo = _mm512_setzero_ps();
-}
-
-// IQ2_XXS (the 1.58-bit R1's down projections): d, then per 32-block four codebook indices and
-// a u32 of four 7-bit sign patterns and a 4-bit scale. A weight's byte is 128 +- g (Offset::k128):
-// the magnitude row from kIq2xxsGrid8, negated in bytes (256 - (128 + g)) where its sign bit is
-// set. A pattern's eighth sign makes the count of minus signs even (kSigns): the pattern's
-// parity, computed here for all 32 rows at once. The same integers as up_iq2_xxs's.
-static inline __attribute__((always_inline)) void load_iq2_xxs(const QActView &, const uint8_t *row, int64_t c,
-                                                              __m512 *ws, __m512 *wo, __m512i *q) {
-  const uint8_t *b = row + c * 66;
-  const __m512i aux = _mm512_srli_epi64(_mm512_loadu_si512(b + 2), 32);  // qword ib: block ib's u32
-  // Row r's sign pattern (aux[r / 4] >> 7 (r % 4)) & 127 in 32-bit lane r % 16 of s[r / 16].
-  const __m512i shift = _mm512_setr_epi32(0, 7, 14, 21, 0, 7, 14, 21, 0, 7, 14, 21, 0, 7, 14, 21);
-  const __m512i deint = _mm512_broadcast_i32x4(_mm_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15));
-  __mmask64 sign[4];  // the masks of g's four vectors (see deal_rows)
-  for (int h = 0; h < 2; ++h) {
-    const __m512i blocks = _mm512_setr_epi32(8 * h, 8 * h, 8 * h, 8 * h, 8 * h + 2, 8 * h + 2, 8 * h + 2, 8 * h + 2,
-                                             8 * h + 4, 8 * h + 4, 8 * h + 4, 8 * h + 4, 8 * h + 6, 8 * h + 6, 8 * h + 6,
-                                             8 * h + 6);  // the dword holding block 4h + r / 4's u32
-    const __m512i f = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi32(blocks, aux), shift),
-                                       _mm512_set1_epi32(127));
-    __m512i par = _mm512_xor_si512(f, _mm512_srli_epi32(f, 4));
-    par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 2));
-    par = _mm512_xor_si512(par, _mm512_srli_epi32(par, 1));
-    const __m512i pattern = _mm512_or_si512(f, _mm512_slli_epi32(_mm512_and_si512(par, _mm512_set1_epi32(1)), 7));
-    // 16 sign bytes in row order, even rows then odd rows.
-    const __m128i bytes = _mm_shuffle_epi8(_mm512_cvtepi32_epi8(pattern), _mm512_castsi512_si128(deint));
-    sign[h] = _cvtu64_mask64((uint64_t)_mm_cvtsi128_si64(bytes));
-    sign[2 + h] = _cvtu64_mask64((uint64_t)_mm_extract_epi64(bytes, 1));
-  }
-  const long long *grid = (const long long *)kIq2xxsGrid8.v;
-  auto row_of = [&](int r) { return grid + b[2 + 8 * (r / 4) + r % 4]; };
-  __m512i g[4] = {rows8(row_of, 0), rows8(row_of, 16), rows8(row_of, 1), rows8(row_of, 17)};
-  for (int i = 0; i < 4; ++i) g[i] = _mm512_mask_sub_epi8(g[i], sign[i], _mm512_setzero_si512(), g[i]);
-  deal_rows(g, q);
-  // ws = d * (0.5 + s) * 0.25 per block (s = aux >> 28), as up_iq2_xxs's operations, two lanes each.
-  const __m512i s = _mm512_srli_epi32(_mm512_permutexvar_epi32(_mm512_setr_epi32(0, 0, 2, 2, 4, 4, 6, 6, 8, 8, 10, 10,
-                                                                                  12, 12, 14, 14), aux), 28);
-  *ws = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(load_half(b)), _mm512_add_ps(_mm512_set1_ps(0.5f), _mm512_cvtepi32_ps(s))),
-                      _mm512_set1_ps(0.25f));
-  *wo = _mm512_setzero_ps();
-}
 #endif
 
 // A weight chunk as the integer path reads it: its 256 quants, prepared (on AVX-512 interleaved,
