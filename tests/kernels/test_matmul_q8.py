@@ -84,6 +84,9 @@ def test_rows_longer_than_one_chunk_block(name):
     assert all(torch.equal(results[0], r) for r in results[1:])
     ref = kernels.matmul_q8_reference(w, x)
     assert (results[0].double() - ref).abs().max() <= 1e-5 * ref.abs().max()
+    for t in (0, 5, 11):  # one token takes the stream path, twelve the GEMM: the same bits
+        assert torch.equal(kernels.matmul_q8(w, x[t : t + 1])[0], results[0][t])
+    assert torch.equal(kernels.matmul_q8(w, x[:6]), results[0][:6])  # 6 x 17 chunks: past the stream's share of L1
 
 
 @pytest.mark.parametrize("name", ["Q4_K", "IQ1_S", "Q8_0", "Q6_K"])
