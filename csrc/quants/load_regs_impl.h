@@ -176,6 +176,38 @@ static inline __attribute__((always_inline)) void load_nibble_blocks(const QActV
   for (int p = 0; p < 4; ++p) q[p] = two_blocks(block(2 * p), block(2 * p + 1));
 }
 
+// load_nibble_blocks straight into the interleaved order, for a chunk of 8 whole blocks (144
+// bytes): lane s of vector p is dword p of block s / 2's nibbles (2 + 18 (s / 2) + 4 p, word
+// aligned), its low nibbles for even s (the block's weights 0-15) and high for odd s. Two word
+// permutes gather a vector, block 7's words from a second window; the 8 d fields are words 9 i.
+// The same bytes and scales as load_nibble_blocks then interleave, at a third of the work.
+template <bool kCodebook>
+static inline __attribute__((always_inline)) void load_nibble_chunk(const QActView &a, const uint8_t *row, int64_t c,
+                                                                   __m512 *ws, __m512 *wo, __m512i *q) {
+  if (blocks_in_chunk(a, c) < 8) return interleaved<load_nibble_blocks<kCodebook>>(a, row, c, ws, wo, q);
+  const uint8_t *b = row + c * 8 * 18;
+  const __m512i w0 = _mm512_loadu_si512(b), w1 = _mm512_loadu_si512(b + 64), w2 = _mm512_loadu_si512(b + 80);
+  // Word index of lane s's dword for p = 0 (even word: low half); + 2 p per vector. Words 0-63
+  // come from (w0, w1); block 7's (64-71) from (w1, w2), where word w sits at index w - 8.
+  alignas(64) static constexpr int16_t kFirst[32] = {1,  2,  1,  2,  10, 11, 10, 11, 19, 20, 19, 20, 28, 29, 28, 29,
+                                                       37, 38, 37, 38, 46, 47, 46, 47, 55, 56, 55, 56, 56, 57, 56, 57};
+  alignas(64) static constexpr int16_t kScales[32] = {0, 0, 9, 9, 18, 18, 27, 27, 36, 36, 45, 45, 54, 54, 63, 63};
+  const __m512i first = _mm512_load_si512(kFirst);
+  const __mmask32 block7 = 0xF0000000u;
+  const __m512i shift = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4), m4 = _mm512_set1_epi8(0x0F);
+  const __m512i table = _mm512_broadcast_i32x4(_mm256_castsi256_si128(iq4_table()));
+  for (int p = 0; p < 4; ++p) {
+    const __m512i idx = _mm512_add_epi16(first, _mm512_set1_epi16((short)(2 * p)));
+    const __m512i v = _mm512_mask_mov_epi16(_mm512_permutex2var_epi16(w0, idx, w1), block7,
+                                            _mm512_permutex2var_epi16(w1, idx, w2));
+    const __m512i nib = _mm512_and_si512(_mm512_srlv_epi32(v, shift), m4);
+    q[p] = kCodebook ? _mm512_shuffle_epi8(table, nib) : nib;
+  }
+  const __m512i d = _mm512_permutex2var_epi16(w0, _mm512_load_si512(kScales), w1);
+  *ws = _mm512_cvtph_ps(_mm512_castsi512_si256(d));
+  *wo = _mm512_setzero_ps();
+}
+
 // IQ4_XS: d, 8 six-bit block scales (low nibbles in 4 bytes, high bit pairs in a u16), and
 // codebook indices as IQ4_NL's; the scale of 32-block ib is d * (ls - 32), as up_iq4_xs has it.
 static inline __attribute__((always_inline)) void load_iq4_xs(const QActView &, const uint8_t *row, int64_t c,
