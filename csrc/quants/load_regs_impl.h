@@ -210,19 +210,27 @@ static inline __attribute__((always_inline)) void load_nibble_chunk(const QActVi
 
 // IQ4_XS: d, 8 six-bit block scales (low nibbles in 4 bytes, high bit pairs in a u16), and
 // codebook indices as IQ4_NL's; the scale of 32-block ib is d * (ls - 32), as up_iq4_xs has it.
+// Straight into the interleaved order: lane s of vector p is dword 4 (s / 2) + p of the 128
+// index bytes, low nibbles for even s (the block's weights 0-15) and high for odd s; the scales
+// lane by lane from the broadcast fields.
 static inline __attribute__((always_inline)) void load_iq4_xs(const QActView &, const uint8_t *row, int64_t c,
                                                              __m512 *ws, __m512 *wo, __m512i *q) {
   const uint8_t *b = row + c * 136;
-  const uint32_t lo = load_u32(b + 4), hi = load_u16(b + 2);
-  alignas(64) int32_t ls[16];
-  for (int ib = 0; ib < 8; ++ib)
-    ls[2 * ib] = ls[2 * ib + 1] = (int)(((lo >> (4 * ib)) & 0xF) | (((hi >> (2 * ib)) & 3) << 4)) - 32;
-  *ws = _mm512_mul_ps(_mm512_set1_ps(load_half(b)), _mm512_cvtepi32_ps(_mm512_load_si512(ls)));
+  const __m512i block = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);  // ib = s / 2
+  const __m512i lo = _mm512_srlv_epi32(_mm512_set1_epi32((int)load_u32(b + 4)), _mm512_slli_epi32(block, 2));
+  const __m512i hi = _mm512_srlv_epi32(_mm512_set1_epi32((int)load_u16(b + 2)), _mm512_slli_epi32(block, 1));
+  const __m512i ls = _mm512_or_si512(_mm512_and_si512(lo, _mm512_set1_epi32(0xF)),
+                                     _mm512_slli_epi32(_mm512_and_si512(hi, _mm512_set1_epi32(3)), 4));
+  *ws = _mm512_mul_ps(_mm512_set1_ps(load_half(b)), _mm512_cvtepi32_ps(_mm512_sub_epi32(ls, _mm512_set1_epi32(32))));
   *wo = _mm512_setzero_ps();
-  const __m256i table = iq4_table();
-  for (int p = 0; p < 4; ++p)
-    q[p] = two_blocks(_mm256_shuffle_epi8(table, nibbles32(b + 8 + 32 * p)),
-                      _mm256_shuffle_epi8(table, nibbles32(b + 8 + 32 * p + 16)));
+  const __m512i q0 = _mm512_loadu_si512(b + 8), q1 = _mm512_loadu_si512(b + 72);
+  const __m512i shift = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4), m4 = _mm512_set1_epi8(0x0F);
+  const __m512i table = _mm512_broadcast_i32x4(_mm256_castsi256_si128(iq4_table()));
+  for (int p = 0; p < 4; ++p) {
+    const __m512i idx = _mm512_add_epi32(_mm512_slli_epi32(block, 2), _mm512_set1_epi32(p));
+    const __m512i v = _mm512_permutex2var_epi32(q0, idx, q1);
+    q[p] = _mm512_shuffle_epi8(table, _mm512_and_si512(_mm512_srlv_epi32(v, shift), m4));
+  }
 }
 
 // Q5_K: Q4_K's header and nibbles, plus a fifth bit per weight: bit sb of qh[i] for weight i of
