@@ -169,39 +169,36 @@ static inline __attribute__((always_inline)) void in_register(V &v) {
   __asm__("" : "+v"(v));
 }
 
-// sum_lanes for 16 accumulators at once: folded in halves, eight 256-bit halves added, then
+// sum_lanes for kN (8 or 16) accumulators at once: folded in halves, 256-bit halves added, then
 // 128-bit quarters, pairs and single lanes, each level joining two vectors' folds into one (30
-// shuffles and 15 adds for 16 sums). Accumulator i's sum ends in lane 4 (i % 4) + i / 4.
-static inline __attribute__((always_inline)) __m512 fold16(const __m512 *v) {
-  __m512 u[8], w[4], x[2];
-  for (int i = 0; i < 8; ++i)  // lanes j and j + 8
+// shuffles and 15 adds for 16 sums). Accumulator i's sum ends in lane 4 (i % 4) + i / 4 (for 8,
+// lanes 4 k + 2 and 4 k + 3 repeat 4 k and 4 k + 1).
+template <int kN>
+static inline __attribute__((always_inline)) __m512 fold(const __m512 *v) {
+  static_assert(kN == 8 || kN == 16, "8 or 16 accumulators");
+  __m512 u[kN / 2], w[kN / 4], x[2];
+  for (int i = 0; i < kN / 2; ++i)  // lanes j and j + 8
     u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44), _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
-  for (int i = 0; i < 4; ++i)  // + 4
+  for (int i = 0; i < kN / 4; ++i)  // + 4
     w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0x88), _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0xDD));
-  for (int i = 0; i < 2; ++i)  // + 2
+  for (int i = 0; i < kN / 8; ++i)  // + 2
     x[i] = _mm512_add_ps(_mm512_shuffle_ps(w[2 * i], w[2 * i + 1], 0x44), _mm512_shuffle_ps(w[2 * i], w[2 * i + 1], 0xEE));
+  if (kN == 8) x[1] = x[0];
   return _mm512_add_ps(_mm512_shuffle_ps(x[0], x[1], 0x88), _mm512_shuffle_ps(x[0], x[1], 0xDD));  // + 1
 }
 
-// Two rows by four tokens (acc[row * ld + token]) into y[token * ldy + row]: the same folds as
-// fold16 on eight accumulators, so the same bits; token j's two sums end in quarter j.
+// Two rows by four tokens (acc[row * ld + token]) into y[token * ldy + row]: fold<8> leaves
+// token j's two sums at the bottom of quarter j, one 8-byte store each.
 static inline __attribute__((always_inline)) void finish_2x4(const __m512 *acc, int64_t ld, float *y, int64_t ldy) {
-  __m512 u[4], w[2];
-  for (int i = 0; i < 4; ++i) {  // lanes j and j + 8
-    const __m512 a = acc[(i / 2) * ld + 2 * (i % 2)], b = acc[(i / 2) * ld + 2 * (i % 2) + 1];
-    u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
-  }
-  for (int i = 0; i < 2; ++i)  // + 4
-    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0x88), _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0xDD));
-  const __m512 x = _mm512_add_ps(_mm512_shuffle_ps(w[0], w[1], 0x44), _mm512_shuffle_ps(w[0], w[1], 0xEE));  // + 2
-  const __m512 sums = _mm512_add_ps(_mm512_shuffle_ps(x, x, 0x88), _mm512_shuffle_ps(x, x, 0xDD));       // + 1
+  const __m512 v[8] = {acc[0], acc[1], acc[2], acc[3], acc[ld], acc[ld + 1], acc[ld + 2], acc[ld + 3]};
+  const __m512 sums = fold<8>(v);
   _mm_storel_pi((__m64 *)y, _mm512_castps512_ps128(sums));
   _mm_storel_pi((__m64 *)(y + ldy), _mm512_extractf32x4_ps(sums, 1));
   _mm_storel_pi((__m64 *)(y + 2 * ldy), _mm512_extractf32x4_ps(sums, 2));
   _mm_storel_pi((__m64 *)(y + 3 * ldy), _mm512_extractf32x4_ps(sums, 3));
 }
 
-// Accumulators in any order and places, 16 at a time through fold16. Whatever is pending is
+// Accumulators in any order and places, 16 at a time through fold<16>. Whatever is pending is
 // written by flush().
 class Finisher {
   __m512 acc_[16];
@@ -218,7 +215,7 @@ class Finisher {
     if (n_ == 0) return;
     for (int i = n_; i < 16; ++i) acc_[i] = _mm512_setzero_ps();
     alignas(64) float out[16];
-    _mm512_store_ps(out, fold16(acc_));
+    _mm512_store_ps(out, fold<16>(acc_));
     for (int i = 0; i < n_; ++i) {
       *dst_[i] = out[4 * (i % 4) + i / 4];
       __asm__("" ::: "memory");  // keeps the stores scalar: a vscatterqps of 16 is far slower
