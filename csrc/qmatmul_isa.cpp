@@ -94,7 +94,7 @@ struct Unpacker {
 };
 
 // A row's 16 lane sums added up in a fixed tree, lane j with j + 8, then + 4, + 2, + 1: the
-// order the AVX-512 Finisher's halving shuffles give, so every ISA has the same bits.
+// order of the AVX-512 halving shuffles (fold), so every ISA has the same bits.
 static inline float sum_lanes(const float *l) {
   float a[8];
   for (int j = 0; j < 8; ++j) a[j] = l[j] + l[j + 8];
