@@ -50,6 +50,7 @@ def _load() -> ctypes.CDLL:
         "moe_matmul_q8_many": ([ctypes.c_int, vp, vp, vp, vp, i64, fp, i64, vp], ctypes.c_int),
         "moe_matmul_q8_heads": ([ctypes.c_int, vp, i64, i64, i64, i64, fp, i64, fp], ctypes.c_int),
         "moe_quantize_activations": ([ctypes.c_int, fp, i64, i64, vp, fp, fp], ctypes.c_int),
+        "moe_attend": ([vp, i64, i64, vp, i64, vp, i64, i64, i64, i64, ctypes.c_float, vp], ctypes.c_int),
         "moe_experts": ([i64, i64, i64, i64, i64, fp, vp, fp, vp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp,
                          ctypes.c_int, i64, fp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp,
                          ctypes.c_int, i64], ctypes.c_int),  # fmt: skip
@@ -326,6 +327,48 @@ def matmul_q8_reference(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
         corr = s.astype(np.float64) - d.astype(np.float64) * qb.sum(axis=-1)
         y += torch.from_numpy(corr @ m.astype(np.float64).T)
     return y
+
+
+# ---- attention ------------------------------------------------------------------------------
+
+
+def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:
+    """One new token's attention (decoding): q [H, Dh] against n positions, keys [n, K, Dh],
+    values [n, K, Dv] (query head h reads kv head h // (H / K), grouped-query attention) ->
+    [H, Dv] = softmax(scale * q . k) . v per head. Plain float operations in one fixed order: the
+    same bits on every ISA and thread count. keys and values may have any row stride (a slice
+    of a wider cache row, as MLA's latents) as long as each row's heads lie contiguous."""
+    if q.dim() != 2 or keys.dim() != 3 or values.dim() != 3 or keys.shape[:2] != values.shape[:2]:
+        raise KernelError(f"attend: q [H, Dh], keys [n, K, Dh], values [n, K, Dv], got {tuple(q.shape)}, "
+                          f"{tuple(keys.shape)}, {tuple(values.shape)}")  # fmt: skip
+    (H, Dh), (n, K, Dv) = q.shape, (keys.shape[0], keys.shape[1], values.shape[2])
+    if keys.shape[2] != Dh or n == 0 or H % K:
+        raise KernelError(f"attend: {H} query heads of {Dh} against {n} positions of {K} kv heads of {keys.shape[2]}")
+    for t in (q, keys, values):
+        if t.dtype != torch.float32 or t.device.type != "cpu":
+            raise KernelError(f"attend: CPU float32 tensors only, got {t.dtype} on {t.device}")
+    rows = []
+    for t in (keys, values):  # each row's heads contiguous, rows at a stride
+        if t.stride(2) != 1 or t.stride(1) != t.shape[2] or (n > 1 and t.stride(0) < t.shape[1] * t.shape[2]):
+            t = t.contiguous()
+        rows.append((t, t.stride(0) if n > 1 else t.shape[1] * t.shape[2]))
+    (keys, ldk), (values, ldv) = rows
+    q = q.contiguous()
+    out = torch.empty((H, Dv), dtype=torch.float32)
+    code = _lib.moe_attend(q.data_ptr(), H, Dh, keys.data_ptr(), ldk, values.data_ptr(), ldv, n, K, Dv, float(scale),
+                           out.data_ptr())  # fmt: skip
+    _check(code, "attend")
+    return out
+
+
+def attend_reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float) -> torch.Tensor:
+    """float64 softmax(scale * q k^T) v with each kv head repeated for its query heads (as
+    transformers' repeat_kv): the oracle for attend."""
+    H, K = q.shape[0], keys.shape[1]
+    k = keys.double().repeat_interleave(H // K, dim=1).transpose(0, 1)  # [H, n, Dh]
+    v = values.double().repeat_interleave(H // K, dim=1).transpose(0, 1)  # [H, n, Dv]
+    p = torch.softmax(scale * (k @ q.double()[:, :, None])[..., 0], dim=-1)  # [H, n]
+    return (p[:, None, :] @ v)[:, 0]
 
 
 # ---- the MoE layer -------------------------------------------------------------------------

@@ -18,9 +18,12 @@ namespace moe {
 
 const IsaKernels &active_kernels() {
   static const IsaKernels tables[] = {
-      {scalar::dequantize, scalar::tile_matmul, scalar::rows_matmul, scalar::swiglu, scalar::scale_add},
-      {avx2::dequantize, avx2::tile_matmul, avx2::rows_matmul, avx2::swiglu, avx2::scale_add},
-      {avx512::dequantize, avx512::tile_matmul, avx512::rows_matmul, avx512::swiglu, avx512::scale_add},
+      {scalar::dequantize, scalar::tile_matmul, scalar::rows_matmul, scalar::swiglu, scalar::scale_add,
+       scalar::attend},
+      {avx2::dequantize, avx2::tile_matmul, avx2::rows_matmul, avx2::swiglu, avx2::scale_add,
+       avx2::attend},
+      {avx512::dequantize, avx512::tile_matmul, avx512::rows_matmul, avx512::swiglu, avx512::scale_add,
+       avx512::attend},
   };
   return tables[moe_isa_active()];
 }
@@ -245,5 +248,35 @@ MOE_API int moe_quantize_activations(int type, const float *x, int64_t num_token
       s[t * (k / block) + b] = kind == kActQ8_1 ? v.asum[b * block / 16] : 0.0f;
     }
   }
+  return 0;
+}
+
+MOE_API int moe_attend(const float *q, int64_t heads, int64_t dh, const float *k, int64_t ldk, const float *v,
+                       int64_t ldv, int64_t n, int64_t kv_heads, int64_t dv, float scale, float *out) {
+  if (!q || !k || !v || !out || heads <= 0 || dh <= 0 || dv <= 0 || n <= 0 || kv_heads <= 0 || heads % kv_heads ||
+      ldk < kv_heads * dh || ldv < kv_heads * dv)
+    return MOE_ERR_SHAPE;
+  const IsaKernels &kern = active_kernels();
+  Runtime &rt = runtime();
+  std::lock_guard<std::mutex> lock(rt.mutex);
+  ThreadPool &pool = pool_locked(rt);
+  // A task is a group of query heads of one kv head, which reads each key and value once for
+  // all of them: the whole group, halved while there are fewer tasks than threads. Any grouping
+  // gives the same bits.
+  const int64_t per_kv = heads / kv_heads;
+  int64_t group = per_kv;
+  while (kv_heads * (per_kv / group) < pool.size() && group % 2 == 0) group /= 2;
+  auto task = [&](int64_t i) {
+    thread_local std::vector<float> scores;
+    if ((int64_t)scores.size() < group * n) scores.resize(group * n);
+    const int64_t h = i * group, g = h / per_kv;  // query head h reads kv head h / (heads / kv_heads)
+    kern.attend(q + h * dh, group, k + g * dh, ldk, v + g * dv, ldv, n, dh, dv, scale, scores.data(), out + h * dv);
+  };
+  // A short context is a few microseconds of work: waking the pool would cost more.
+  if (heads * n * (dh + dv) < (int64_t)1 << 18) {
+    for (int64_t i = 0; i < heads / group; ++i) task(i);
+    return 0;
+  }
+  pool.parallel_for(heads / group, task);
   return 0;
 }

@@ -68,3 +68,10 @@ MOE_API int moe_matmul_q8_heads(int ggml_type, const void *weight, int64_t weigh
 // scaled block sums (0 for the other formats). For tests against numpy.
 MOE_API int moe_quantize_activations(int ggml_type, const float *x, int64_t num_tokens, int64_t k, int8_t *q,
                                      float *d, float *s);
+
+// Attention of one new token per sequence (decoding): q [heads, dh] against n cached positions,
+// position s's key of kv head g at k + s * ldk + g * dh and its value at v + s * ldv + g * dv
+// (query head h reads kv head h / (heads / kv_heads)); out [heads, dv] = softmax(scale * q . k)
+// . v per head. Same bits on every ISA and thread count.
+MOE_API int moe_attend(const float *q, int64_t heads, int64_t dh, const float *k, int64_t ldk, const float *v,
+                       int64_t ldv, int64_t n, int64_t kv_heads, int64_t dv, float scale, float *out);

@@ -238,6 +238,110 @@ void scale_add(float *o, const float *y, float w, int64_t n) {
   for (int64_t j = 0; j < n; ++j) o[j] += y[j] * w;
 }
 
+// 16 lane sums in a fixed tree (lane j with j + 8, then + 4, + 2, + 1): depth four, where a
+// running sum of 16 is fifteen additions in a row.
+static inline float tree16(const float *l) {
+  float a[8];
+  for (int j = 0; j < 8; ++j) a[j] = l[j] + l[j + 8];
+  for (int j = 0; j < 4; ++j) a[j] = a[j] + a[j + 4];
+  for (int j = 0; j < 2; ++j) a[j] = a[j] + a[j + 2];
+  return a[0] + a[1];
+}
+
+// 16 floats as one value: GCC's vector extension, element-wise operations that stay in
+// registers (a float[16] array the compiler would keep on the stack) and lower to one zmm, two
+// ymm or sixteen scalars with the same bits.
+typedef float F16x __attribute__((vector_size(64)));
+
+static inline F16x load16(const float *p) {
+  F16x v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+static inline float tree16(F16x v) {
+  float l[16];
+  memcpy(l, &v, sizeof l);
+  return tree16(l);
+}
+
+// scale * q . k for kN keys (key r at k + r * ldk) of dh: each in 16 lanes (lane j takes
+// elements j, j + 16, ..., the tail padded with zeros, as dots), then tree16. kN keys at once
+// only to overlap their additions.
+template <int kN>
+static inline void key_scores(const float *q, const float *k, int64_t ldk, int64_t dh, float scale, float *out) {
+  F16x lanes[kN] = {};
+  int64_t i = 0;
+  for (; i + 16 <= dh; i += 16) {
+    const F16x qv = load16(q + i);
+    for (int r = 0; r < kN; ++r) lanes[r] += qv * load16(k + r * ldk + i);
+  }
+  if (i < dh) {
+    float qt[16] = {}, kt[kN][16] = {};
+    memcpy(qt, q + i, (size_t)(dh - i) * sizeof(float));
+    for (int r = 0; r < kN; ++r) memcpy(kt[r], k + r * ldk + i, (size_t)(dh - i) * sizeof(float));
+    for (int r = 0; r < kN; ++r) lanes[r] += load16(qt) * load16(kt[r]);
+  }
+  for (int r = 0; r < kN; ++r) out[r] = tree16(lanes[r]) * scale;
+}
+
+// o[j] += p[s] * v[s * ldv + j] for s in [s0, s1) and j < 16 kW, position by position: the sums
+// stay in registers over the positions.
+template <int kW>
+static inline void weighted_values(const float *p, const float *v, int64_t ldv, int64_t s0, int64_t s1, float *o) {
+  F16x acc[kW];
+  for (int j = 0; j < kW; ++j) acc[j] = load16(o + 16 * j);
+  for (int64_t s = s0; s < s1; ++s)
+    for (int j = 0; j < kW; ++j) acc[j] += p[s] * load16(v + s * ldv + 16 * j);
+  memcpy(o, acc, sizeof acc);
+}
+
+static inline void weighted_value(const float *p, const float *v, int64_t ldv, int64_t s0, int64_t s1, float *o) {
+  for (int64_t s = s0; s < s1; ++s) *o += p[s] * v[s * ldv];
+}
+
+// Plain lane loops the compiler vectorizes the same way on every ISA (no FMA, no reassociation):
+// the q.k dots (key_scores), the exponentials' sum in 16 lanes by position, then each output
+// the sum of its weighted values in position order. A head's operations do not depend on the
+// others in its group, which only share the reads of each key and value.
+void attend(const float *q, int64_t group, const float *k, int64_t ldk, const float *v, int64_t ldv, int64_t n,
+            int64_t dh, int64_t dv, float scale, float *scores, float *out) {
+  int64_t s0 = 0;
+  for (; s0 + 4 <= n; s0 += 4)
+    for (int64_t h = 0; h < group; ++h) key_scores<4>(q + h * dh, k + s0 * ldk, ldk, dh, scale, scores + h * n + s0);
+  for (; s0 < n; ++s0)
+    for (int64_t h = 0; h < group; ++h) key_scores<1>(q + h * dh, k + s0 * ldk, ldk, dh, scale, scores + h * n + s0);
+  for (int64_t h = 0; h < group; ++h) {  // softmax of each head's scores, in place
+    float *p = scores + h * n, top = -INFINITY, lanes[16] = {0};
+    for (int64_t s = 0; s < n; ++s) top = p[s] > top ? p[s] : top;
+    int64_t s = 0;
+    for (; s + 16 <= n; s += 16)
+      for (int j = 0; j < 16; ++j) {
+        p[s + j] = exp_poly(p[s + j] - top);
+        lanes[j] += p[s + j];
+      }
+    for (; s < n; ++s) {
+      p[s] = exp_poly(p[s] - top);
+      lanes[s % 16] += p[s];
+    }
+    const float inv = 1.0f / tree16(lanes);
+    for (s = 0; s < n; ++s) p[s] *= inv;
+  }
+  for (int64_t i = 0; i < group * dv; ++i) out[i] = 0.0f;
+  constexpr int64_t kPositions = 64;  // per pass over a head's outputs, whose values stay in L1
+  for (int64_t s = 0; s < n; s += kPositions) {
+    const int64_t s1 = n - s < kPositions ? n : s + kPositions;
+    for (int64_t h = 0; h < group; ++h) {
+      const float *p = scores + h * n;
+      float *o = out + h * dv;
+      int64_t d = 0;
+      for (; d + 64 <= dv; d += 64) weighted_values<4>(p, v + d, ldv, s, s1, o + d);
+      for (; d + 16 <= dv; d += 16) weighted_values<1>(p, v + d, ldv, s, s1, o + d);
+      for (; d < dv; ++d) weighted_value(p, v + d, ldv, s, s1, o + d);
+    }
+  }
+}
+
 void tile_matmul(const float *w_tile, int64_t rows, int64_t k, const float *const *x, int64_t num_tokens, float *y,
                  int64_t ldy) {
   int64_t r = 0;

@@ -13,6 +13,8 @@ namespace moe {
                    const float *const *x, int64_t num_tokens, float *y, int64_t ldy);                \
   void swiglu(float *g, const float *u, int64_t n);                                                  \
   void scale_add(float *o, const float *y, float w, int64_t n);                                      \
+  void attend(const float *q, int64_t group, const float *k, int64_t ldk, const float *v, int64_t ldv, \
+              int64_t n, int64_t dh, int64_t dv, float scale, float *scores, float *out);            \
   }
 
 MOE_DECLARE_ISA(scalar)
@@ -36,6 +38,11 @@ struct IsaKernels {
   // g[j] = silu(g[j]) * u[j], with an exp of plain float operations: the same bits on every ISA.
   void (*swiglu)(float *g, const float *u, int64_t n);
   void (*scale_add)(float *o, const float *y, float w, int64_t n);  // o[j] += y[j] * w
+  // `group` query heads q[group][dh] sharing one kv head, against n positions (key s at k + s *
+  // ldk, value s at v + s * ldv): out[h][dv] = softmax(scale * q_h . k_s) . v_s, with
+  // scores[group][n] as scratch. Same bits on every ISA and for any grouping.
+  void (*attend)(const float *q, int64_t group, const float *k, int64_t ldk, const float *v, int64_t ldv,
+                 int64_t n, int64_t dh, int64_t dv, float scale, float *scores, float *out);
 };
 
 // rows x k weights of `type` times num_tokens gathered rows: y[t * ldy + r], any number of rows.

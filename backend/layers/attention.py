@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import kernels
 from ..gguf_model import GGUFFile
 from ..kv_cache import ForwardBatch
 from .linear import Linear, load, project_many
@@ -32,6 +33,10 @@ def causal_attention(
         past, n = cache.length, end - start
         k_cache[past : past + n] = k[start:end]
         v_cache[past : past + n] = v[start:end]
+        if n == 1 and q.device.type == "cpu":  # decoding: our kernel, sdpa's overhead is most of a step's attention
+            first = 0 if window is None else max(0, past + 1 - window)  # keys j with past - j < window
+            out[start] = kernels.attend(q[start], k_cache[first : past + 1], v_cache[first : past + 1], scale)
+            continue
         keys, values = k_cache[: past + n], v_cache[: past + n]  # [S, K, Dh]
         # Query i sits at position past + i and sees keys 0 .. past + i (bottom-right causal).
         # The two common cases need no mask, which keeps sdpa on its fused CPU kernel: a fresh

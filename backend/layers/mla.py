@@ -182,6 +182,8 @@ class MLAttention(nn.Module):
         else:  # a cache allocated elsewhere as two separate tensors
             keys = torch.cat([latent_cache[:S], pe_cache[:S]], dim=-1)
         values = latent_cache[:S]  # [S, L]
+        if n == 1 and rows.device.type == "cpu" and rows.dtype == torch.float32:  # decoding: MQA in our kernel
+            return kernels.attend(rows, keys[:, None, :], values[:, None, :], self.softmax_scale).view(1, H, L)
         o = rows.new_empty(n * H, L)
         step = max(1, _SCORE_BUDGET // (S * H)) * H  # whole tokens per block, bounded score memory
         for r0 in range(0, n * H, step):
