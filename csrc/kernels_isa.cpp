@@ -253,13 +253,10 @@ static inline float tree16(const float *l) {
 // ymm or sixteen scalars with the same bits.
 typedef float F16x __attribute__((vector_size(64)));
 
-static inline F16x load16(const float *p) {
-  F16x v;
-  memcpy(&v, p, sizeof v);
-  return v;
-}
+// By reference: a 64-byte vector passed or returned by value changes the ABI below AVX-512.
+static inline void load16(F16x &v, const float *p) { memcpy(&v, p, sizeof v); }
 
-static inline float tree16(F16x v) {
+static inline float tree16(const F16x &v) {
   float l[16];
   memcpy(l, &v, sizeof l);
   return tree16(l);
@@ -272,15 +269,23 @@ template <int kN>
 static inline void key_scores(const float *q, const float *k, int64_t ldk, int64_t dh, float scale, float *out) {
   F16x lanes[kN] = {};
   int64_t i = 0;
+  F16x qv, kv;
   for (; i + 16 <= dh; i += 16) {
-    const F16x qv = load16(q + i);
-    for (int r = 0; r < kN; ++r) lanes[r] += qv * load16(k + r * ldk + i);
+    load16(qv, q + i);
+    for (int r = 0; r < kN; ++r) {
+      load16(kv, k + r * ldk + i);
+      lanes[r] += qv * kv;
+    }
   }
   if (i < dh) {
     float qt[16] = {}, kt[kN][16] = {};
     memcpy(qt, q + i, (size_t)(dh - i) * sizeof(float));
     for (int r = 0; r < kN; ++r) memcpy(kt[r], k + r * ldk + i, (size_t)(dh - i) * sizeof(float));
-    for (int r = 0; r < kN; ++r) lanes[r] += load16(qt) * load16(kt[r]);
+    load16(qv, qt);
+    for (int r = 0; r < kN; ++r) {
+      load16(kv, kt[r]);
+      lanes[r] += qv * kv;
+    }
   }
   for (int r = 0; r < kN; ++r) out[r] = tree16(lanes[r]) * scale;
 }
@@ -289,10 +294,13 @@ static inline void key_scores(const float *q, const float *k, int64_t ldk, int64
 // stay in registers over the positions.
 template <int kW>
 static inline void weighted_values(const float *p, const float *v, int64_t ldv, int64_t s0, int64_t s1, float *o) {
-  F16x acc[kW];
-  for (int j = 0; j < kW; ++j) acc[j] = load16(o + 16 * j);
+  F16x acc[kW], vv;
+  memcpy(acc, o, sizeof acc);
   for (int64_t s = s0; s < s1; ++s)
-    for (int j = 0; j < kW; ++j) acc[j] += p[s] * load16(v + s * ldv + 16 * j);
+    for (int j = 0; j < kW; ++j) {
+      load16(vv, v + s * ldv + 16 * j);
+      acc[j] += p[s] * vv;
+    }
   memcpy(o, acc, sizeof acc);
 }
 

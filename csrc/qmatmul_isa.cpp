@@ -519,7 +519,7 @@ void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, c
     case kIQ4_NL:
       return regs_matmul<kIQ4_NL, Offset::k128, load_nibble_chunk<true>>(w, row_bytes, rows, a, num_tokens, y, ldy);
     case kIQ4_XS: return regs_matmul<kIQ4_XS, Offset::k128, load_iq4_xs>(w, row_bytes, rows, a, num_tokens, y, ldy);
-    case kQ4_1: return regs_matmul<kQ4_1, Offset::kNone, interleaved<load_q4_1>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kQ4_1: return regs_matmul<kQ4_1, Offset::kNone, load_q4_1_chunk>(w, row_bytes, rows, a, num_tokens, y, ldy);
     case kQ5_0: return regs_matmul<kQ5_0, Offset::k16, interleaved<load_q5_0>>(w, row_bytes, rows, a, num_tokens, y, ldy);
     case kQ8_0: return regs_matmul<kQ8_0, Offset::k128, interleaved<load_q8_0>>(w, row_bytes, rows, a, num_tokens, y, ldy);
     case kIQ1_S: return regs_matmul<kIQ1_S, Offset::k128, load_iq1_s>(w, row_bytes, rows, a, num_tokens, y, ldy);

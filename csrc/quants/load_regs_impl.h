@@ -92,27 +92,49 @@ static inline __attribute__((always_inline)) __m512i two_blocks(__m256i first, _
   return _mm512_inserti64x4(_mm512_castsi256_si512(first), second, 1);
 }
 
-// 16 bytes of nibbles -> 32 bytes: low nibbles, then high (the 32-blocks' order); zeros when
-// the block lies past the row's end.
-static inline __attribute__((always_inline)) __m256i nibbles_or_zero(const uint8_t *qs, bool valid) {
-  return valid ? nibbles32(qs) : _mm256_setzero_si256();
-}
-
 // How many of a 32-block type's 8 blocks chunk c holds (fewer in a row's part-filled last chunk).
 static inline int blocks_in_chunk(const QActView &a, int64_t c) {
   const int64_t left = a.k / 32 - c * 8;
   return (int)(left < 8 ? left : 8);
 }
 
-// Q4_1: d, m, 16 bytes of nibbles (unsigned).
-static inline __attribute__((always_inline)) void load_q4_1(const QActView &a, const uint8_t *row, int64_t c,
-                                                           __m512 *ws, __m512 *wo, __m512i *q) {
+// The `n` bytes at p that a chunk holds of the 64 there, zeros for the rest (no read past them).
+static inline __attribute__((always_inline)) __m512i bytes_upto(const uint8_t *p, int64_t n) {
+  const __mmask64 m = n >= 64 ? ~0ull : n <= 0 ? 0ull : (1ull << n) - 1;
+  return _mm512_maskz_loadu_epi8(m, p);
+}
+
+// Q4_1: d, m, 16 bytes of nibbles (unsigned), straight into the interleaved order (a chunk of 8
+// blocks is 160 bytes): lane s of vector p is dword p of block s / 2's nibbles (byte 20 (s / 2)
+// + 4 + 4 p, word 10 (s / 2) + 2 + 2 p), its low nibbles for even s, high for odd; d and m are
+// words 10 (s / 2) and + 1. Words 0-63 come from bytes 0-127 (w0, w1), words 64-79 from bytes
+// 96-159 (w1, w2), where word w sits at index w - 16.
+static inline __attribute__((always_inline)) __m512i q4_1_words(__m512i w0, __m512i w1, __m512i w2, __m512i idx) {
+  const __mmask32 high = _mm512_cmpge_epu16_mask(idx, _mm512_set1_epi16(64));
+  return _mm512_mask_mov_epi16(_mm512_permutex2var_epi16(w0, idx, w1), high,
+                               _mm512_permutex2var_epi16(w1, _mm512_sub_epi16(idx, _mm512_set1_epi16(16)), w2));
+}
+
+// A row's part-filled last chunk (K = 576 has 2.25) reads as zeros past its blocks: zero
+// quants, d and m.
+static inline __attribute__((always_inline)) void load_q4_1_chunk(const QActView &a, const uint8_t *row, int64_t c,
+                                                                 __m512 *ws, __m512 *wo, __m512i *q) {
   const uint8_t *b = row + c * 8 * 20;
-  const int nblk = blocks_in_chunk(a, c);
-  *ws = halves_per_block(b, 20, nblk);
-  *wo = halves_per_block(b + 2, 20, nblk);
-  for (int p = 0; p < 4; ++p)
-    q[p] = two_blocks(nibbles_or_zero(b + 40 * p + 4, 2 * p < nblk), nibbles_or_zero(b + 40 * p + 24, 2 * p + 1 < nblk));
+  const int64_t bytes = 20 * blocks_in_chunk(a, c);
+  const __m512i w0 = bytes_upto(b, bytes), w1 = bytes_upto(b + 64, bytes - 64), w2 = bytes_upto(b + 96, bytes - 96);
+  alignas(64) static constexpr int16_t kFirst[32] = {2,  3,  2,  3,  12, 13, 12, 13, 22, 23, 22, 23, 32, 33, 32, 33,
+                                                       42, 43, 42, 43, 52, 53, 52, 53, 62, 63, 62, 63, 72, 73, 72, 73};
+  alignas(64) static constexpr int16_t kScales[32] = {0,  0,  10, 10, 20, 20, 30, 30, 40, 40, 50, 50, 60, 60, 70, 70,
+                                                        1,  1,  11, 11, 21, 21, 31, 31, 41, 41, 51, 51, 61, 61, 71, 71};
+  const __m512i first = _mm512_load_si512(kFirst);
+  const __m512i shift = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4), m4 = _mm512_set1_epi8(0x0F);
+  for (int p = 0; p < 4; ++p) {
+    const __m512i v = q4_1_words(w0, w1, w2, _mm512_add_epi16(first, _mm512_set1_epi16((short)(2 * p))));
+    q[p] = _mm512_and_si512(_mm512_srlv_epi32(v, shift), m4);
+  }
+  const __m512i dm = q4_1_words(w0, w1, w2, _mm512_load_si512(kScales));  // 16 d halves, then 16 m
+  *ws = _mm512_cvtph_ps(_mm512_castsi512_si256(dm));
+  *wo = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(dm, 1));
 }
 
 // Q5_0: d, 32 high bits, 16 bytes of nibbles; the byte nibble | high << 4 is the int8 + 16.
@@ -158,35 +180,18 @@ static inline __attribute__((always_inline)) __m256i iq4_table() {
 }
 
 // Q4_0 and IQ4_NL share their blocks: d and 16 bytes of nibbles. Q4_0's nibble is the int8 + 8;
-// IQ4_NL's indexes the codebook (kCodebook), carried as int8 + 128. A block past the row's end
-// holds the offset alone, so its bsum term cancels.
-template <bool kCodebook>
-static inline __attribute__((always_inline)) void load_nibble_blocks(const QActView &a, const uint8_t *row, int64_t c,
-                                                                    __m512 *ws, __m512 *wo, __m512i *q) {
-  const uint8_t *b = row + c * 8 * 18;
-  const int nblk = blocks_in_chunk(a, c);
-  const __m256i table = iq4_table(), none = _mm256_set1_epi8((char)(kCodebook ? 0x80 : 8));
-  auto block = [&](int i) {
-    if (i >= nblk) return none;
-    const __m256i v = nibbles32(b + 18 * i + 2);
-    return kCodebook ? _mm256_shuffle_epi8(table, v) : v;
-  };
-  *ws = halves_per_block(b, 18, nblk);
-  *wo = _mm512_setzero_ps();
-  for (int p = 0; p < 4; ++p) q[p] = two_blocks(block(2 * p), block(2 * p + 1));
-}
-
-// load_nibble_blocks straight into the interleaved order, for a chunk of 8 whole blocks (144
-// bytes): lane s of vector p is dword p of block s / 2's nibbles (2 + 18 (s / 2) + 4 p, word
-// aligned), its low nibbles for even s (the block's weights 0-15) and high for odd s. Two word
-// permutes gather a vector, block 7's words from a second window; the 8 d fields are words 9 i.
-// The same bytes and scales as load_nibble_blocks then interleave, at a third of the work.
+// IQ4_NL's indexes the codebook (kCodebook), carried as int8 + 128. Straight into the
+// interleaved order (a chunk of 8 blocks is 144 bytes): lane s of vector p is dword p of block
+// s / 2's nibbles (2 + 18 (s / 2) + 4 p, word aligned), its low nibbles for even s (the block's
+// weights 0-15) and high for odd s. Two word permutes gather a vector, block 7's words from a
+// second window; the 8 d fields are words 9 i. A part-filled last chunk reads zeros past its
+// blocks: their d is 0, and their sums are too, over the activations' zero padding.
 template <bool kCodebook>
 static inline __attribute__((always_inline)) void load_nibble_chunk(const QActView &a, const uint8_t *row, int64_t c,
                                                                    __m512 *ws, __m512 *wo, __m512i *q) {
-  if (blocks_in_chunk(a, c) < 8) return interleaved<load_nibble_blocks<kCodebook>>(a, row, c, ws, wo, q);
   const uint8_t *b = row + c * 8 * 18;
-  const __m512i w0 = _mm512_loadu_si512(b), w1 = _mm512_loadu_si512(b + 64), w2 = _mm512_loadu_si512(b + 80);
+  const int64_t bytes = 18 * blocks_in_chunk(a, c);
+  const __m512i w0 = bytes_upto(b, bytes), w1 = bytes_upto(b + 64, bytes - 64), w2 = bytes_upto(b + 80, bytes - 80);
   // Word index of lane s's dword for p = 0 (even word: low half); + 2 p per vector. Words 0-63
   // come from (w0, w1); block 7's (64-71) from (w1, w2), where word w sits at index w - 8.
   alignas(64) static constexpr int16_t kFirst[32] = {1,  2,  1,  2,  10, 11, 10, 11, 19, 20, 19, 20, 28, 29, 28, 29,
