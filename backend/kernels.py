@@ -8,7 +8,7 @@ import ctypes
 import glob
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
@@ -34,7 +34,9 @@ def _load() -> ctypes.CDLL:
         break
     else:
         raise KernelError("libmoe_kernels.so not found: build the package (pip install -e .)")
-    i64, vp, fp = ctypes.c_int64, ctypes.c_void_p, ctypes.POINTER(ctypes.c_float)
+    # Pointers as c_void_p: a tensor's data_ptr() or an array's address passes as a plain int.
+    i64, vp = ctypes.c_int64, ctypes.c_void_p
+    fp = vp
     signatures = {
         "moe_isa_detected": ([], ctypes.c_int),
         "moe_isa_active": ([], ctypes.c_int),
@@ -131,7 +133,7 @@ def dequantize(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> np.nd
     raw = _raw(raw)
     n = int(np.prod(shape))
     out = np.empty(shape, dtype=np.float32)
-    code = _lib.moe_dequantize(int(ggml_type), raw.ctypes.data, raw.nbytes, out.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), n)
+    code = _lib.moe_dequantize(int(ggml_type), raw.ctypes.data, raw.nbytes, out.ctypes.data, n)
     _check(code, f"dequantize {type_name(ggml_type)} {shape}")
     return out
 
@@ -151,6 +153,7 @@ class QuantWeight:
     raw: np.ndarray  # uint8, rows * row_bytes
     ggml_type: int
     shape: tuple[int, int]  # (rows = outputs, cols = inputs)
+    ptr: int = field(init=False, repr=False, compare=False)  # raw's address (numpy's lookup costs a microsecond)
 
     def __post_init__(self):
         rows, cols = self.shape
@@ -159,6 +162,7 @@ class QuantWeight:
             raise KernelError(f"{type_name(self.ggml_type)}: {cols} columns are not whole blocks")
         if self.raw.dtype != np.uint8 or not self.raw.flags.c_contiguous or self.raw.nbytes != rows * row_bytes:
             raise KernelError(f"weight bytes: expected {rows * row_bytes} contiguous uint8, got {self.raw.nbytes}")
+        object.__setattr__(self, "ptr", self.raw.ctypes.data)
 
     @property
     def row_bytes(self) -> int:
@@ -183,11 +187,7 @@ def _matmul_call(fn, what: str, weight: QuantWeight, x: torch.Tensor) -> torch.T
     y = torch.empty((x.shape[0], rows), dtype=torch.float32)
     if x.shape[0] == 0:
         return y
-    fp = ctypes.POINTER(ctypes.c_float)
-    code = fn(
-        int(weight.ggml_type), weight.raw.ctypes.data, weight.raw.nbytes, rows, cols,
-        ctypes.cast(x.data_ptr(), fp), x.shape[0], ctypes.cast(y.data_ptr(), fp),
-    )  # fmt: skip
+    code = fn(int(weight.ggml_type), weight.ptr, weight.raw.nbytes, rows, cols, x.data_ptr(), x.shape[0], y.data_ptr())
     _check(code, f"{what} {type_name(weight.ggml_type)} {weight.shape}")
     return y
 
@@ -227,9 +227,7 @@ def quantize_activations(x: torch.Tensor, ggml_type: int) -> tuple[np.ndarray, n
     q = np.empty((T, K), np.int8)
     d = np.empty((T, K // block), np.float32)
     s = np.empty((T, K // block), np.float32)
-    fp = ctypes.POINTER(ctypes.c_float)
-    code = _lib.moe_quantize_activations(int(ggml_type), ctypes.cast(x.data_ptr(), fp), T, K, q.ctypes.data,
-                                         d.ctypes.data_as(fp), s.ctypes.data_as(fp))  # fmt: skip
+    code = _lib.moe_quantize_activations(int(ggml_type), x.data_ptr(), T, K, q.ctypes.data, d.ctypes.data, s.ctypes.data)
     _check(code, "quantize_activations")
     return q, d, s
 
@@ -265,24 +263,36 @@ def matmul_q8(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
     return _matmul_call(_lib.moe_matmul_q8, "matmul_q8", weight, x)
 
 
-def matmul_q8_many(weights: list[QuantWeight], x: torch.Tensor) -> list[torch.Tensor]:
+class WeightGroup:
+    """Weights that read the same input (q/k/v, gate/up), checked and laid out for the C call once,
+    not on every step."""
+
+    def __init__(self, weights: list[QuantWeight]):
+        if not weights or any(w.shape[1] != weights[0].shape[1] or w.ggml_type in FLOAT_TYPES for w in weights):
+            raise KernelError(f"matmul_q8_many: every weight must be quantized with the same columns, got "
+                              f"{[(type_name(w.ggml_type), w.shape) for w in weights]}")  # fmt: skip
+        self.weights = list(weights)  # held: the addresses below point into their bytes
+        self.cols = weights[0].shape[1]
+        arr = lambda ctype, values: (ctype * len(weights))(*values)  # noqa: E731
+        self.types = arr(ctypes.c_int, [int(w.ggml_type) for w in weights])
+        self.ptrs = arr(ctypes.c_void_p, [w.ptr for w in weights])
+        self.nbytes = arr(ctypes.c_int64, [w.raw.nbytes for w in weights])
+        self.rows = arr(ctypes.c_int64, [w.shape[0] for w in weights])
+
+
+def matmul_q8_many(weights: list[QuantWeight] | WeightGroup, x: torch.Tensor) -> list[torch.Tensor]:
     """[matmul_q8(w, x) for w in weights] in one call, x quantized once per activation format:
     the same bits, one pass of the thread pool (q/k/v, gate/up). Quantized weight types only."""
-    cols = x.shape[-1] if x.dim() == 2 else -1
-    x = _check_x(x, cols, "matmul_q8_many")
-    if any(w.shape[1] != cols or w.ggml_type in FLOAT_TYPES for w in weights):
-        raise KernelError(f"matmul_q8_many: every weight must be quantized with {cols} columns, got "
-                          f"{[(type_name(w.ggml_type), w.shape) for w in weights]}")  # fmt: skip
-    ys = [torch.empty((x.shape[0], w.shape[0]), dtype=torch.float32) for w in weights]
+    group = weights if isinstance(weights, WeightGroup) else WeightGroup(weights)
+    x = _check_x(x, x.shape[-1] if x.dim() == 2 else -1, "matmul_q8_many")
+    if x.shape[1] != group.cols:
+        raise KernelError(f"matmul_q8_many: x has {x.shape[1]} columns, the weights {group.cols}")
+    ys = [torch.empty((x.shape[0], w.shape[0]), dtype=torch.float32) for w in group.weights]
     if x.shape[0] == 0:
         return ys
-    count = len(weights)
-    arr = lambda ctype, values: (ctype * count)(*values)  # noqa: E731
-    code = _lib.moe_matmul_q8_many(
-        count, arr(ctypes.c_int, [int(w.ggml_type) for w in weights]), arr(ctypes.c_void_p, [w.raw.ctypes.data for w in weights]),
-        arr(ctypes.c_int64, [w.raw.nbytes for w in weights]), arr(ctypes.c_int64, [w.shape[0] for w in weights]), cols,
-        ctypes.cast(x.data_ptr(), ctypes.POINTER(ctypes.c_float)), x.shape[0], arr(ctypes.c_void_p, [y.data_ptr() for y in ys]),
-    )  # fmt: skip
+    outs = (ctypes.c_void_p * len(ys))(*[y.data_ptr() for y in ys])
+    code = _lib.moe_matmul_q8_many(len(ys), group.types, group.ptrs, group.nbytes, group.rows, group.cols,
+                                   x.data_ptr(), x.shape[0], outs)  # fmt: skip
     _check(code, "matmul_q8_many")
     return ys
 
@@ -299,11 +309,8 @@ def matmul_q8_heads(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
     y = torch.empty((T, H, rows // H), dtype=torch.float32)
     if T == 0:
         return y
-    fp = ctypes.POINTER(ctypes.c_float)
-    code = _lib.moe_matmul_q8_heads(
-        int(weight.ggml_type), weight.raw.ctypes.data, weight.raw.nbytes, H, rows // H, cols,
-        ctypes.cast(x.data_ptr(), fp), T, ctypes.cast(y.data_ptr(), fp),
-    )  # fmt: skip
+    code = _lib.moe_matmul_q8_heads(int(weight.ggml_type), weight.ptr, weight.raw.nbytes, H, rows // H, cols,
+                                    x.data_ptr(), T, y.data_ptr())  # fmt: skip
     _check(code, f"matmul_q8_heads {type_name(weight.ggml_type)} {weight.shape}")
     return y
 
@@ -401,19 +408,17 @@ def moe_experts(
         Is = sg.shape[0]
         if sg.shape != (Is, D) or su.shape != (Is, D) or sd.shape != (D, Is):
             raise KernelError(f"moe_experts: shared experts {sg.shape}, {su.shape}, {sd.shape} do not fit dim {D}")
-        shared_args = (Is,) + tuple(v for w in (sg, su, sd) for v in (w.raw.ctypes.data, int(w.ggml_type), w.raw.nbytes))
+        shared_args = (Is,) + tuple(v for w in (sg, su, sd) for v in (w.ptr, int(w.ggml_type), w.raw.nbytes))
     x = x.float().contiguous()
     ids32 = ids.to(torch.int32).contiguous()
     w32 = weights.float().contiguous()
     out = torch.empty((T, D), dtype=torch.float32)
     if T == 0:
         return out
-    fp = ctypes.POINTER(ctypes.c_float)
     code = _lib.moe_experts(
-        T, D, I, num_experts, ids.shape[1], ctypes.cast(x.data_ptr(), fp), ids32.data_ptr(),
-        ctypes.cast(w32.data_ptr(), fp), gate.raw.ctypes.data, int(gate.ggml_type), gate.raw.nbytes,
-        up.raw.ctypes.data, int(up.ggml_type), up.raw.nbytes, down.raw.ctypes.data, int(down.ggml_type),
-        down.raw.nbytes, ctypes.cast(out.data_ptr(), fp), int(activations == "q8"), *shared_args,
+        T, D, I, num_experts, ids.shape[1], x.data_ptr(), ids32.data_ptr(), w32.data_ptr(), gate.ptr,
+        int(gate.ggml_type), gate.raw.nbytes, up.ptr, int(up.ggml_type), up.raw.nbytes, down.ptr, int(down.ggml_type),
+        down.raw.nbytes, out.data_ptr(), int(activations == "q8"), *shared_args,
     )  # fmt: skip
     _check(code, "moe_experts")
     return out

@@ -104,7 +104,12 @@ def project_many(linears: tuple[Linear, ...], x: torch.Tensor) -> list[torch.Ten
     ):  # fmt: skip
         return [lin(x) for lin in linears]
     k = x.shape[-1]
-    ys = kernels.matmul_q8_many([lin.qweight for lin in linears], x.reshape(-1, k).float())
+    # The group's C layout, built once and kept on the first layer (its weights live as long).
+    groups = linears[0].__dict__.setdefault("_weight_groups", {})
+    key = tuple(id(lin.qweight) for lin in linears)
+    if key not in groups:
+        groups[key] = kernels.WeightGroup([lin.qweight for lin in linears])
+    ys = kernels.matmul_q8_many(groups[key], x.reshape(-1, k).float())
     out = []
     for lin, y in zip(linears, ys):
         y = y.reshape(*x.shape[:-1], lin.qweight.shape[0]).to(x.dtype)
