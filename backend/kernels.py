@@ -52,6 +52,7 @@ def _load() -> ctypes.CDLL:
         "moe_matmul_q8_many": ([ctypes.c_int, vp, vp, vp, vp, i64, fp, i64, vp], ctypes.c_int),
         "moe_matmul_q8_heads": ([ctypes.c_int, vp, i64, i64, i64, i64, fp, i64, fp], ctypes.c_int),
         "moe_quantize_activations": ([ctypes.c_int, fp, i64, i64, vp, fp, fp], ctypes.c_int),
+        "moe_rope": ([vp, i64, i64, i64, i64, i64, vp, vp, ctypes.c_int, vp], ctypes.c_int),
         "moe_attend": ([vp, i64, i64, vp, i64, vp, i64, i64, i64, i64, ctypes.c_float, vp], ctypes.c_int),
         "moe_experts": ([i64, i64, i64, i64, i64, fp, vp, fp, vp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp,
                          ctypes.c_int, i64, fp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp,
@@ -376,6 +377,33 @@ def attend_reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     v = values.double().repeat_interleave(H // K, dim=1).transpose(0, 1)  # [H, n, Dv]
     p = torch.softmax(scale * (k @ q.double()[:, :, None])[..., 0], dim=-1)  # [H, n]
     return (p[:, None, :] @ v)[:, 0]
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, neox: bool) -> torch.Tensor:
+    """x [T, H, R] (any token and head strides, R contiguous) rotated by cos/sin [T, R/2]: pairs
+    (i, i + R/2) for neox, else (2i, 2i + 1). A new contiguous tensor, bit for bit
+    rope_reference's (the same float multiplies and adds)."""
+    T, H, R = x.shape
+    if x.dtype != torch.float32 or x.device.type != "cpu" or R % 2 or x.stride(2) != 1:
+        raise KernelError(f"rope: x must be a CPU float32 [T, H, R] tensor, R even and contiguous, got {x.dtype} "
+                          f"{tuple(x.shape)} strides {x.stride()}")  # fmt: skip
+    if cos.shape != (T, R // 2) or sin.shape != cos.shape:
+        raise KernelError(f"rope: cos/sin must be [{T}, {R // 2}], got {tuple(cos.shape)}, {tuple(sin.shape)}")
+    cos, sin = cos.float().contiguous(), sin.float().contiguous()
+    out = torch.empty((T, H, R), dtype=torch.float32)
+    _check(_lib.moe_rope(x.data_ptr(), T, H, R, x.stride(0), x.stride(1), cos.data_ptr(), sin.data_ptr(), int(neox),
+                         out.data_ptr()), "rope")  # fmt: skip
+    return out
+
+
+def rope_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, neox: bool) -> torch.Tensor:
+    """rope in torch operations (the oracle, and the path off the CPU)."""
+    cos, sin = cos[:, None, :], sin[:, None, :]  # [T, 1, R/2]
+    if neox:
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
 
 
 # ---- the MoE layer -------------------------------------------------------------------------

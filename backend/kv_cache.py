@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -34,6 +34,8 @@ class ForwardBatch:
 
     seq_lens: tuple[int, ...]
     caches: tuple[SequenceCache, ...]
+    # What every layer of one forward pass would otherwise recompute (rope's cos/sin).
+    memo: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self):
         if len(self.seq_lens) != len(self.caches):

@@ -19,11 +19,11 @@ namespace moe {
 const IsaKernels &active_kernels() {
   static const IsaKernels tables[] = {
       {scalar::dequantize, scalar::tile_matmul, scalar::rows_matmul, scalar::swiglu, scalar::scale_add,
-       scalar::attend},
+       scalar::attend, scalar::rope},
       {avx2::dequantize, avx2::tile_matmul, avx2::rows_matmul, avx2::swiglu, avx2::scale_add,
-       avx2::attend},
+       avx2::attend, avx2::rope},
       {avx512::dequantize, avx512::tile_matmul, avx512::rows_matmul, avx512::swiglu, avx512::scale_add,
-       avx512::attend},
+       avx512::attend, avx512::rope},
   };
   return tables[moe_isa_active()];
 }
@@ -278,5 +278,16 @@ MOE_API int moe_attend(const float *q, int64_t heads, int64_t dh, const float *k
     return 0;
   }
   pool.parallel_for(heads / group, task);
+  return 0;
+}
+
+MOE_API int moe_rope(const float *x, int64_t tokens, int64_t heads, int64_t dim, int64_t ld_token, int64_t ld_head,
+                     const float *cos, const float *sin, int neox, float *out) {
+  if (!x || !cos || !sin || !out || tokens < 0 || heads <= 0 || dim <= 0 || dim % 2) return MOE_ERR_SHAPE;
+  const IsaKernels &kern = active_kernels();
+  const int64_t half = dim / 2;
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t h = 0; h < heads; ++h)
+      kern.rope(x + t * ld_token + h * ld_head, cos + t * half, sin + t * half, half, neox, out + (t * heads + h) * dim);
   return 0;
 }

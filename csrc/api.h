@@ -75,3 +75,9 @@ MOE_API int moe_quantize_activations(int ggml_type, const float *x, int64_t num_
 // . v per head. Same bits on every ISA and thread count.
 MOE_API int moe_attend(const float *q, int64_t heads, int64_t dh, const float *k, int64_t ldk, const float *v,
                        int64_t ldv, int64_t n, int64_t kv_heads, int64_t dv, float scale, float *out);
+
+// Rotary embedding of x [tokens, heads, dim] (token t, head h at x + t * ld_token + h * ld_head,
+// its dim values contiguous) by cos/sin [tokens, dim / 2] into out [tokens, heads, dim]: pairs
+// (i, i + dim / 2) for neox, else (2 i, 2 i + 1). torch's float operations, so its bits.
+MOE_API int moe_rope(const float *x, int64_t tokens, int64_t heads, int64_t dim, int64_t ld_token, int64_t ld_head,
+                     const float *cos, const float *sin, int neox, float *out);

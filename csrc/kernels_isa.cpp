@@ -350,6 +350,15 @@ void attend(const float *q, int64_t group, const float *k, int64_t ldk, const fl
   }
 }
 
+void rope(const float *x, const float *cos, const float *sin, int64_t half, int neox, float *out) {
+  const int64_t second = neox ? half : 1, step = neox ? 1 : 2;  // where pair i's two values lie
+  for (int64_t i = 0; i < half; ++i) {
+    const float a = x[step * i], b = x[step * i + second];
+    out[step * i] = a * cos[i] - b * sin[i];
+    out[step * i + second] = b * cos[i] + a * sin[i];
+  }
+}
+
 void tile_matmul(const float *w_tile, int64_t rows, int64_t k, const float *const *x, int64_t num_tokens, float *y,
                  int64_t ldy) {
   int64_t r = 0;

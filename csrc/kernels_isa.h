@@ -15,6 +15,7 @@ namespace moe {
   void scale_add(float *o, const float *y, float w, int64_t n);                                      \
   void attend(const float *q, int64_t group, const float *k, int64_t ldk, const float *v, int64_t ldv, \
               int64_t n, int64_t dh, int64_t dv, float scale, float *scores, float *out);            \
+  void rope(const float *x, const float *cos, const float *sin, int64_t half, int neox, float *out);   \
   }
 
 MOE_DECLARE_ISA(scalar)
@@ -43,6 +44,9 @@ struct IsaKernels {
   // scores[group][n] as scratch. Same bits on every ISA and for any grouping.
   void (*attend)(const float *q, int64_t group, const float *k, int64_t ldk, const float *v, int64_t ldv,
                  int64_t n, int64_t dh, int64_t dv, float scale, float *scores, float *out);
+  // One head of 2 half values rotated by cos/sin[half]: pairs (i, i + half) for neox, else
+  // (2 i, 2 i + 1); torch's multiplies and adds, so its bits.
+  void (*rope)(const float *x, const float *cos, const float *sin, int64_t half, int neox, float *out);
 };
 
 // rows x k weights of `type` times num_tokens gathered rows: y[t * ldy + r], any number of rows.

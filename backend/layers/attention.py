@@ -105,7 +105,7 @@ class Attention(nn.Module):
         v = v.view(T, self.num_kv_heads, self.head_dim)  # [T, K, Dh]
         if self.q_norm is not None:  # per-head norm before rope (Qwen3, Gemma 3)
             q, k = self.q_norm(q), self.k_norm(k)
-        cos, sin = rope_cos_sin(positions, self.inv_freq)  # [T, Dh/2]
+        cos, sin = rope_cos_sin(positions, self.inv_freq, memo=batch.memo)  # [T, Dh/2]
         q, k = apply_rope(q, cos, sin, self.neox), apply_rope(k, cos, sin, self.neox)
         o = causal_attention(q, k, v, batch, layer, self.scale, self.sliding_window)  # [T, H, Dh]
         return self.o(o.reshape(T, self.num_heads * self.head_dim))

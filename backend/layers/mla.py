@@ -128,7 +128,7 @@ class MLAttention(nn.Module):
         q = self.q_b(self.q_a_norm(q_in)) if hasattr(self, "q_b") else q_in
         q_nope, q_pe = q.view(T, H, N + R).split([N, R], dim=-1)  # [T, H, N], [T, H, R]
         latent = self.kv_a_norm(kv[:, :L])  # [T, L]
-        cos, sin = rope_cos_sin(positions, self.inv_freq, self.rope_scale)  # [T, R/2]
+        cos, sin = rope_cos_sin(positions, self.inv_freq, self.rope_scale, batch.memo)  # [T, R/2]
         q_pe = apply_rope(q_pe, cos, sin, neox=False)
         k_pe = apply_rope(kv[:, None, L:], cos, sin, neox=False)[:, 0]  # [T, R], one head shared by all
         out = x.new_empty(T, H, self.v_head_dim)

@@ -6,6 +6,7 @@ import math
 
 import torch
 
+from .. import kernels
 from ..gguf_model import GGUFError, GGUFFile
 
 
@@ -21,10 +22,22 @@ def rope_inv_freq(rotary_dim: int, theta: float, freq_factors: torch.Tensor | No
     return inv_freq
 
 
-def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [T, rotary_dim/2] for absolute positions [T]; `scale` multiplies both (YaRN mscale)."""
+def rope_cos_sin(
+    positions: torch.Tensor, inv_freq: torch.Tensor, scale: float = 1.0, memo: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [T, rotary_dim/2] for absolute positions [T]; `scale` multiplies both (YaRN mscale).
+
+    `memo` (a forward pass's ForwardBatch.memo) keeps them for the next layer with the same
+    positions and frequencies: every layer but the first reads them instead.
+    """
+    key = ("rope", id(positions), inv_freq.data_ptr(), scale)
+    if memo is not None and key in memo:
+        return memo[key][1:]
     angles = positions.float()[:, None] * inv_freq[None, :]  # [T, R/2]
-    return angles.cos() * scale, angles.sin() * scale
+    cos_sin = angles.cos() * scale, angles.sin() * scale
+    if memo is not None:
+        memo[key] = (positions, *cos_sin)  # positions held: its id stays unique while the entry lives
+    return cos_sin
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, neox: bool) -> torch.Tensor:
@@ -35,12 +48,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, neox: bool
     (x_i, x_{i+R/2}) pairs, transformers' layout, used unpermuted by qwen2/qwen-moe. deepseek2
     is NORM without any permutation: DeepSeek's own checkpoints rotate interleaved pairs.
     """
-    cos, sin = cos[:, None, :], sin[:, None, :]  # [T, 1, R/2]
-    if neox:
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    x1, x2 = x[..., 0::2], x[..., 1::2]
-    return torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+    if x.device.type == "cpu" and x.dtype == torch.float32 and x.stride(-1) == 1:
+        return kernels.rope(x, cos, sin, neox)  # the same bits, without torch's six ops per call
+    return kernels.rope_reference(x, cos, sin, neox)
 
 
 def linear_scaling_factor(f: GGUFFile) -> float:
