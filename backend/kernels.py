@@ -52,6 +52,7 @@ def _load() -> ctypes.CDLL:
         "moe_matmul_q8_many": ([ctypes.c_int, vp, vp, vp, vp, i64, fp, i64, vp], ctypes.c_int),
         "moe_matmul_q8_heads": ([ctypes.c_int, vp, i64, i64, i64, i64, fp, i64, fp], ctypes.c_int),
         "moe_quantize_activations": ([ctypes.c_int, fp, i64, i64, vp, fp, fp], ctypes.c_int),
+        "moe_rms_norm": ([vp, i64, i64, vp, ctypes.c_float, vp], ctypes.c_int),
         "moe_rope": ([vp, i64, i64, i64, i64, i64, vp, vp, ctypes.c_int, vp], ctypes.c_int),
         "moe_attend": ([vp, i64, i64, vp, i64, vp, i64, i64, i64, i64, ctypes.c_float, vp], ctypes.c_int),
         "moe_experts": ([i64, i64, i64, i64, i64, fp, vp, fp, vp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp,
@@ -377,6 +378,27 @@ def attend_reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     v = values.double().repeat_interleave(H // K, dim=1).transpose(0, 1)  # [H, n, Dv]
     p = torch.softmax(scale * (k @ q.double()[:, :, None])[..., 0], dim=-1)  # [H, n]
     return (p[:, None, :] @ v)[:, 0]
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dimension of a CPU float32 x [..., D] with weight [D]: torch's
+    formula (rms_norm_reference) with its sum of squares in one fixed order."""
+    D = x.shape[-1]
+    if x.dtype != torch.float32 or x.device.type != "cpu" or weight.shape != (D,) or weight.dtype != torch.float32:
+        raise KernelError(f"rms_norm: x must be a CPU float32 [..., {weight.shape[0] if weight.dim() else '?'}] "
+                          f"tensor with a float32 weight of its last dim, got {x.dtype} {tuple(x.shape)}")  # fmt: skip
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    _check(_lib.moe_rms_norm(x.data_ptr(), x.numel() // D, D, weight.contiguous().data_ptr(), float(eps),
+                             out.data_ptr()), "rms_norm")  # fmt: skip
+    return out
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm as transformers computes it, in float32 (the oracle, and the path off the CPU)."""
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, neox: bool) -> torch.Tensor:

@@ -19,11 +19,11 @@ namespace moe {
 const IsaKernels &active_kernels() {
   static const IsaKernels tables[] = {
       {scalar::dequantize, scalar::tile_matmul, scalar::rows_matmul, scalar::swiglu, scalar::scale_add,
-       scalar::attend, scalar::rope},
+       scalar::attend, scalar::rope, scalar::rms_norm},
       {avx2::dequantize, avx2::tile_matmul, avx2::rows_matmul, avx2::swiglu, avx2::scale_add,
-       avx2::attend, avx2::rope},
+       avx2::attend, avx2::rope, avx2::rms_norm},
       {avx512::dequantize, avx512::tile_matmul, avx512::rows_matmul, avx512::swiglu, avx512::scale_add,
-       avx512::attend, avx512::rope},
+       avx512::attend, avx512::rope, avx512::rms_norm},
   };
   return tables[moe_isa_active()];
 }
@@ -289,5 +289,12 @@ MOE_API int moe_rope(const float *x, int64_t tokens, int64_t heads, int64_t dim,
   for (int64_t t = 0; t < tokens; ++t)
     for (int64_t h = 0; h < heads; ++h)
       kern.rope(x + t * ld_token + h * ld_head, cos + t * half, sin + t * half, half, neox, out + (t * heads + h) * dim);
+  return 0;
+}
+
+MOE_API int moe_rms_norm(const float *x, int64_t rows, int64_t d, const float *w, float eps, float *out) {
+  if (!x || !w || !out || rows < 0 || d <= 0) return MOE_ERR_SHAPE;
+  const IsaKernels &kern = active_kernels();
+  for (int64_t r = 0; r < rows; ++r) kern.rms_norm(x + r * d, w, d, eps, out + r * d);
   return 0;
 }

@@ -81,3 +81,7 @@ MOE_API int moe_attend(const float *q, int64_t heads, int64_t dh, const float *k
 // (i, i + dim / 2) for neox, else (2 i, 2 i + 1). torch's float operations, so its bits.
 MOE_API int moe_rope(const float *x, int64_t tokens, int64_t heads, int64_t dim, int64_t ld_token, int64_t ld_head,
                      const float *cos, const float *sin, int neox, float *out);
+
+// RMSNorm of rows x [rows, d] with weight w [d]: out[r, i] = w[i] * (x[r, i] / sqrt(mean_i(x[r,
+// i]^2) + eps)), the sum of squares in one fixed order (the same bits on every ISA).
+MOE_API int moe_rms_norm(const float *x, int64_t rows, int64_t d, const float *w, float eps, float *out);

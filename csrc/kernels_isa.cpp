@@ -359,6 +359,25 @@ void rope(const float *x, const float *cos, const float *sin, int64_t half, int 
   }
 }
 
+// The squares summed in 16 lanes (the tail padded with zeros) and tree16, as the attention dots;
+// then torch's operations: x * rsqrt(mean + eps), times the weight.
+void rms_norm(const float *x, const float *w, int64_t d, float eps, float *out) {
+  F16x lanes = {}, v;
+  int64_t i = 0;
+  for (; i + 16 <= d; i += 16) {
+    load16(v, x + i);
+    lanes += v * v;
+  }
+  if (i < d) {
+    float tail[16] = {};
+    memcpy(tail, x + i, (size_t)(d - i) * sizeof(float));
+    load16(v, tail);
+    lanes += v * v;
+  }
+  const float r = 1.0f / sqrtf(tree16(lanes) / (float)d + eps);
+  for (i = 0; i < d; ++i) out[i] = w[i] * (x[i] * r);
+}
+
 void tile_matmul(const float *w_tile, int64_t rows, int64_t k, const float *const *x, int64_t num_tokens, float *y,
                  int64_t ldy) {
   int64_t r = 0;

@@ -16,6 +16,7 @@ namespace moe {
   void attend(const float *q, int64_t group, const float *k, int64_t ldk, const float *v, int64_t ldv, \
               int64_t n, int64_t dh, int64_t dv, float scale, float *scores, float *out);            \
   void rope(const float *x, const float *cos, const float *sin, int64_t half, int neox, float *out);   \
+  void rms_norm(const float *x, const float *w, int64_t d, float eps, float *out);                     \
   }
 
 MOE_DECLARE_ISA(scalar)
@@ -47,6 +48,8 @@ struct IsaKernels {
   // One head of 2 half values rotated by cos/sin[half]: pairs (i, i + half) for neox, else
   // (2 i, 2 i + 1); torch's multiplies and adds, so its bits.
   void (*rope)(const float *x, const float *cos, const float *sin, int64_t half, int neox, float *out);
+  // out[i] = w[i] * (x[i] / sqrt(mean(x^2) + eps)) over one row of d; the same bits on every ISA.
+  void (*rms_norm)(const float *x, const float *w, int64_t d, float eps, float *out);
 };
 
 // rows x k weights of `type` times num_tokens gathered rows: y[t * ldy + r], any number of rows.
