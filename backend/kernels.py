@@ -385,8 +385,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     formula (rms_norm_reference) with its sum of squares in one fixed order."""
     D = x.shape[-1]
     if x.dtype != torch.float32 or x.device.type != "cpu" or weight.shape != (D,) or weight.dtype != torch.float32:
-        raise KernelError(f"rms_norm: x must be a CPU float32 [..., {weight.shape[0] if weight.dim() else '?'}] "
-                          f"tensor with a float32 weight of its last dim, got {x.dtype} {tuple(x.shape)}")  # fmt: skip
+        raise KernelError(f"rms_norm: x must be a CPU float32 [..., D] tensor and weight float32 [D], got x "
+                          f"{x.dtype} {tuple(x.shape)}, weight {weight.dtype} {tuple(weight.shape)}")  # fmt: skip
     x = x.contiguous()
     out = torch.empty_like(x)
     _check(_lib.moe_rms_norm(x.data_ptr(), x.numel() // D, D, weight.contiguous().data_ptr(), float(eps),
