@@ -347,25 +347,27 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: flo
     [H, Dv] = softmax(scale * q . k) . v per head. Plain float operations in one fixed order: the
     same bits on every ISA and thread count. keys and values may have any row stride (a slice
     of a wider cache row, as MLA's latents) as long as each row's heads lie contiguous."""
-    if q.dim() != 2 or keys.dim() != 3 or values.dim() != 3 or keys.shape[:2] != values.shape[:2]:
+    # Checked in few Python operations: a decoding step calls this once per layer.
+    if q.dim() != 2 or keys.dim() != 3 or values.dim() != 3:
         raise KernelError(f"attend: q [H, Dh], keys [n, K, Dh], values [n, K, Dv], got {tuple(q.shape)}, "
                           f"{tuple(keys.shape)}, {tuple(values.shape)}")  # fmt: skip
-    (H, Dh), (n, K, Dv) = q.shape, (keys.shape[0], keys.shape[1], values.shape[2])
-    if keys.shape[2] != Dh or n == 0 or H % K:
-        raise KernelError(f"attend: {H} query heads of {Dh} against {n} positions of {K} kv heads of {keys.shape[2]}")
-    for t in (q, keys, values):
-        if t.dtype != torch.float32 or t.device.type != "cpu":
-            raise KernelError(f"attend: CPU float32 tensors only, got {t.dtype} on {t.device}")
-    rows = []
-    for t in (keys, values):  # each row's heads contiguous, rows at a stride
-        if t.stride(2) != 1 or t.stride(1) != t.shape[2] or (n > 1 and t.stride(0) < t.shape[1] * t.shape[2]):
-            t = t.contiguous()
-        rows.append((t, t.stride(0) if n > 1 else t.shape[1] * t.shape[2]))
-    (keys, ldk), (values, ldv) = rows
-    q = q.contiguous()
-    out = torch.empty((H, Dv), dtype=torch.float32)
-    code = _lib.moe_attend(q.data_ptr(), H, Dh, keys.data_ptr(), ldk, values.data_ptr(), ldv, n, K, Dv, float(scale),
-                           out.data_ptr())  # fmt: skip
+    (H, Dh), (n, K, Dk), (nv, Kv, Dv) = q.shape, keys.shape, values.shape
+    if Dk != Dh or (nv, Kv) != (n, K) or n == 0 or H % K:
+        raise KernelError(f"attend: {H} query heads of {Dh} against keys {tuple(keys.shape)}, values "
+                          f"{tuple(values.shape)}")  # fmt: skip
+    f32 = torch.float32
+    if q.dtype != f32 or keys.dtype != f32 or values.dtype != f32 or q.device.type != "cpu" or keys.device.type != "cpu":
+        raise KernelError(f"attend: CPU float32 tensors only, got {q.dtype}, {keys.dtype}, {values.dtype} on {q.device}")
+    ks, vs = keys.stride(), values.stride()
+    if ks[2] != 1 or ks[1] != Dh or (n > 1 and ks[0] < K * Dh):  # each row's heads contiguous, rows at a stride
+        keys, ks = keys.contiguous(), (K * Dh,)
+    if vs[2] != 1 or vs[1] != Dv or (n > 1 and vs[0] < K * Dv):
+        values, vs = values.contiguous(), (K * Dv,)
+    if not q.is_contiguous():
+        q = q.contiguous()
+    out = torch.empty((H, Dv), dtype=f32)
+    code = _lib.moe_attend(q.data_ptr(), H, Dh, keys.data_ptr(), ks[0] if n > 1 else K * Dh, values.data_ptr(),
+                           vs[0] if n > 1 else K * Dv, n, K, Dv, float(scale), out.data_ptr())  # fmt: skip
     _check(code, "attend")
     return out
 
@@ -387,10 +389,13 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     if x.dtype != torch.float32 or x.device.type != "cpu" or weight.shape != (D,) or weight.dtype != torch.float32:
         raise KernelError(f"rms_norm: x must be a CPU float32 [..., D] tensor and weight float32 [D], got x "
                           f"{x.dtype} {tuple(x.shape)}, weight {weight.dtype} {tuple(weight.shape)}")  # fmt: skip
-    x = x.contiguous()
+    if not x.is_contiguous():
+        x = x.contiguous()
+    if not weight.is_contiguous():
+        weight = weight.contiguous()
     out = torch.empty_like(x)
-    _check(_lib.moe_rms_norm(x.data_ptr(), x.numel() // D, D, weight.contiguous().data_ptr(), float(eps),
-                             out.data_ptr()), "rms_norm")  # fmt: skip
+    _check(_lib.moe_rms_norm(x.data_ptr(), x.numel() // D, D, weight.data_ptr(), float(eps), out.data_ptr()),
+           "rms_norm")  # fmt: skip
     return out
 
 
@@ -406,14 +411,19 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, neox: bool) -> t
     (i, i + R/2) for neox, else (2i, 2i + 1). A new contiguous tensor, bit for bit
     rope_reference's (the same float multiplies and adds)."""
     T, H, R = x.shape
-    if x.dtype != torch.float32 or x.device.type != "cpu" or R % 2 or x.stride(2) != 1:
+    xs = x.stride()
+    if x.dtype != torch.float32 or x.device.type != "cpu" or R % 2 or xs[2] != 1:
         raise KernelError(f"rope: x must be a CPU float32 [T, H, R] tensor, R even and contiguous, got {x.dtype} "
-                          f"{tuple(x.shape)} strides {x.stride()}")  # fmt: skip
-    if cos.shape != (T, R // 2) or sin.shape != cos.shape:
-        raise KernelError(f"rope: cos/sin must be [{T}, {R // 2}], got {tuple(cos.shape)}, {tuple(sin.shape)}")
-    cos, sin = cos.float().contiguous(), sin.float().contiguous()
+                          f"{tuple(x.shape)} strides {xs}")  # fmt: skip
+    if cos.shape != (T, R // 2) or sin.shape != (T, R // 2) or cos.dtype != torch.float32 or sin.dtype != torch.float32:
+        raise KernelError(f"rope: cos/sin must be float32 [{T}, {R // 2}], got {cos.dtype} {tuple(cos.shape)}, "
+                          f"{sin.dtype} {tuple(sin.shape)}")  # fmt: skip
+    if not cos.is_contiguous():
+        cos = cos.contiguous()
+    if not sin.is_contiguous():
+        sin = sin.contiguous()
     out = torch.empty((T, H, R), dtype=torch.float32)
-    _check(_lib.moe_rope(x.data_ptr(), T, H, R, x.stride(0), x.stride(1), cos.data_ptr(), sin.data_ptr(), int(neox),
+    _check(_lib.moe_rope(x.data_ptr(), T, H, R, xs[0], xs[1], cos.data_ptr(), sin.data_ptr(), int(neox),
                          out.data_ptr()), "rope")  # fmt: skip
     return out
 
