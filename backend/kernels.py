@@ -363,8 +363,7 @@ def attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: flo
         keys, ks = keys.contiguous(), (K * Dh,)
     if vs[2] != 1 or vs[1] != Dv or (n > 1 and vs[0] < K * Dv):
         values, vs = values.contiguous(), (K * Dv,)
-    if not q.is_contiguous():
-        q = q.contiguous()
+    q = q.contiguous()
     out = torch.empty((H, Dv), dtype=f32)
     code = _lib.moe_attend(q.data_ptr(), H, Dh, keys.data_ptr(), ks[0] if n > 1 else K * Dh, values.data_ptr(),
                            vs[0] if n > 1 else K * Dv, n, K, Dv, float(scale), out.data_ptr())  # fmt: skip
@@ -389,10 +388,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     if x.dtype != torch.float32 or x.device.type != "cpu" or weight.shape != (D,) or weight.dtype != torch.float32:
         raise KernelError(f"rms_norm: x must be a CPU float32 [..., D] tensor and weight float32 [D], got x "
                           f"{x.dtype} {tuple(x.shape)}, weight {weight.dtype} {tuple(weight.shape)}")  # fmt: skip
-    if not x.is_contiguous():
-        x = x.contiguous()
-    if not weight.is_contiguous():
-        weight = weight.contiguous()
+    x, weight = x.contiguous(), weight.contiguous()  # no copy when they already are
     out = torch.empty_like(x)
     _check(_lib.moe_rms_norm(x.data_ptr(), x.numel() // D, D, weight.data_ptr(), float(eps), out.data_ptr()),
            "rms_norm")  # fmt: skip
@@ -418,10 +414,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, neox: bool) -> t
     if cos.shape != (T, R // 2) or sin.shape != (T, R // 2) or cos.dtype != torch.float32 or sin.dtype != torch.float32:
         raise KernelError(f"rope: cos/sin must be float32 [{T}, {R // 2}], got {cos.dtype} {tuple(cos.shape)}, "
                           f"{sin.dtype} {tuple(sin.shape)}")  # fmt: skip
-    if not cos.is_contiguous():
-        cos = cos.contiguous()
-    if not sin.is_contiguous():
-        sin = sin.contiguous()
+    cos, sin = cos.contiguous(), sin.contiguous()  # no copy when they already are
     out = torch.empty((T, H, R), dtype=torch.float32)
     _check(_lib.moe_rope(x.data_ptr(), T, H, R, xs[0], xs[1], cos.data_ptr(), sin.data_ptr(), int(neox),
                          out.data_ptr()), "rope")  # fmt: skip

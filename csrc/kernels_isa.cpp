@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "kernels_isa.h"
+#include "lane_tree.h"
 #include "quants/formats.h"
 #include "quants/tables.h"
 
@@ -238,16 +239,6 @@ void scale_add(float *o, const float *y, float w, int64_t n) {
   for (int64_t j = 0; j < n; ++j) o[j] += y[j] * w;
 }
 
-// 16 lane sums in a fixed tree (lane j with j + 8, then + 4, + 2, + 1): depth four, where a
-// running sum of 16 is fifteen additions in a row.
-static inline float tree16(const float *l) {
-  float a[8];
-  for (int j = 0; j < 8; ++j) a[j] = l[j] + l[j + 8];
-  for (int j = 0; j < 4; ++j) a[j] = a[j] + a[j + 4];
-  for (int j = 0; j < 2; ++j) a[j] = a[j] + a[j + 2];
-  return a[0] + a[1];
-}
-
 // 16 floats as one value: GCC's vector extension, element-wise operations that stay in
 // registers (a float[16] array the compiler would keep on the stack) and lower to one zmm, two
 // ymm or sixteen scalars with the same bits.
@@ -256,10 +247,10 @@ typedef float F16x __attribute__((vector_size(64)));
 // By reference: a 64-byte vector passed or returned by value changes the ABI below AVX-512.
 static inline void load16(F16x &v, const float *p) { memcpy(&v, p, sizeof v); }
 
-static inline float tree16(const F16x &v) {
+static inline float tree16(const F16x &v) {  // lane_tree.h's order
   float l[16];
   memcpy(l, &v, sizeof l);
-  return tree16(l);
+  return tree_sum16(l);
 }
 
 // scale * q . k for kN keys (key r at k + r * ldk) of dh: each in 16 lanes (lane j takes
@@ -332,7 +323,7 @@ void attend(const float *q, int64_t group, const float *k, int64_t ldk, const fl
       p[s] = exp_poly(p[s] - top);
       lanes[s % 16] += p[s];
     }
-    const float inv = 1.0f / tree16(lanes);
+    const float inv = 1.0f / tree_sum16(lanes);
     for (s = 0; s < n; ++s) p[s] *= inv;
   }
   for (int64_t i = 0; i < group * dv; ++i) out[i] = 0.0f;

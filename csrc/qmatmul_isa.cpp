@@ -9,6 +9,7 @@
 
 #include <vector>
 
+#include "lane_tree.h"
 #include "qmatmul.h"
 #include "quants/formats.h"
 #include "quants/tables.h"
@@ -93,18 +94,8 @@ struct Unpacker {
   }
 };
 
-// A row's 16 lane sums added up in a fixed tree, lane j with j + 8, then + 4, + 2, + 1: the
-// order of the AVX-512 halving shuffles (fold), so every ISA has the same bits.
-static inline float sum_lanes(const float *l) {
-  float a[8];
-  for (int j = 0; j < 8; ++j) a[j] = l[j] + l[j + 8];
-  for (int j = 0; j < 4; ++j) a[j] = a[j] + a[j + 4];
-  for (int j = 0; j < 2; ++j) a[j] = a[j] + a[j + 2];
-  return a[0] + a[1];
-}
-
 static inline void finish(const float (*acc)[kSubQ], int64_t nt, float *y, int64_t ldy) {
-  for (int64_t j = 0; j < nt; ++j) y[j * ldy] = sum_lanes(acc[j]);
+  for (int64_t j = 0; j < nt; ++j) y[j * ldy] = tree_sum16(acc[j]);  // as fold's shuffles
 }
 
 // A thread's scratch of n objects of V (buffer `kSlot`; whole cache lines, 64-byte aligned),
@@ -169,9 +160,9 @@ static inline __attribute__((always_inline)) void in_register(V &v) {
   __asm__("" : "+v"(v));
 }
 
-// sum_lanes for kN (8 or 16) accumulators at once: folded in halves, 256-bit halves added, then
-// 128-bit quarters, pairs and single lanes, each level joining two vectors' folds into one (30
-// shuffles and 15 adds for 16 sums). Accumulator i's sum ends in lane 4 (i % 4) + i / 4 (for 8,
+// tree_sum16 (lane_tree.h) for kN (8 or 16) accumulators at once: folded in halves, 256-bit
+// halves added, then 128-bit quarters, pairs and single lanes, each level joining two vectors'
+// folds into one (30 shuffles and 15 adds for 16 sums). Accumulator i's sum ends in lane 4 (i % 4) + i / 4 (for 8,
 // lanes 4 k + 2 and 4 k + 3 repeat 4 k and 4 k + 1).
 template <int kN>
 static inline __attribute__((always_inline)) __m512 fold(const __m512 *v) {
