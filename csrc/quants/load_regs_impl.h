@@ -8,7 +8,7 @@
 // dpbusd takes the unsigned bytes as they are; where the generic path's int8 is that byte minus
 // a constant (Q8_0 stored with +128 here, Q5_0's 16), the constant times the activation's
 // sub-block sum comes off: the same integers, the same float operations, the same bits.
-enum class Offset { kNone = 0, k8 = 3, k16 = 4, k32 = 5, k128 = 7 };  // log2 of what each weight byte carries extra
+enum class Offset { kNone = 0, k4 = 2, k8 = 3, k16 = 4, k32 = 5, k128 = 7 };  // log2 of what each weight byte carries extra
 
 // Q4_K's 16 sub-block scales (d * sc) and offsets (-(dmin * m)) straight into registers: the
 // 12 packed bytes give 8 six-bit scales and 8 mins with a few 32-bit operations (bytes 0-3 and
@@ -44,6 +44,53 @@ static inline __attribute__((always_inline)) void k_nibbles(const uint8_t *qs, _
   for (int p = 0; p < 4; ++p) {
     const __m512i d = _mm512_permutex2var_epi32(lo, _mm512_add_epi32(base, _mm512_set1_epi32(p)), hi);
     q[p] = _mm512_and_si512(_mm512_srlv_epi32(d, shift), mask);
+  }
+}
+
+// Q2_K and Q3_K's 2-bit quants (64 bytes at qs): sub-block s is bytes 32 (s / 8) + 16 (s % 2)
+// .. + 15, shifted down by 2 ((s / 2) % 4); lane s of vector p takes their dword p.
+static inline __attribute__((always_inline)) void k_crumbs(const uint8_t *qs, __m512i *q) {
+  const __m512i v = _mm512_loadu_si512(qs), m3 = _mm512_set1_epi8(3);
+  const __m512i base = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 8, 12, 8, 12, 8, 12, 8, 12);
+  const __m512i shift = _mm512_setr_epi32(0, 0, 2, 2, 4, 4, 6, 6, 0, 0, 2, 2, 4, 4, 6, 6);
+  for (int p = 0; p < 4; ++p)
+    q[p] = _mm512_and_si512(_mm512_srlv_epi32(_mm512_permutexvar_epi32(_mm512_add_epi32(base, _mm512_set1_epi32(p)), v),
+                                              shift), m3);
+}
+
+// Q2_K: 16 bytes of 4-bit scale and min per sub-block, 64 of 2-bit quants (unsigned), d, dmin.
+// The same integers and float operations as up_q2_k's.
+static inline __attribute__((always_inline)) void load_q2_k(const QActView &, const uint8_t *row, int64_t c,
+                                                           __m512 *ws, __m512 *wo, __m512i *q) {
+  const uint8_t *b = row + c * 84;
+  const __m512i sc = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)b));
+  *ws = _mm512_mul_ps(_mm512_set1_ps(load_half(b + 80)), _mm512_cvtepi32_ps(_mm512_and_si512(sc, _mm512_set1_epi32(15))));
+  const __m512 m = _mm512_mul_ps(_mm512_set1_ps(load_half(b + 82)), _mm512_cvtepi32_ps(_mm512_srli_epi32(sc, 4)));
+  *wo = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(m), _mm512_set1_epi32((int)0x80000000u)));
+  k_crumbs(b + 16, q);
+}
+
+// Q3_K: 32 bytes of high bits, 64 of 2-bit quants, 12 of packed 6-bit scales, d. A weight's byte
+// is its 2-bit quant plus 4 times its high bit: the int8 (from -4) + 4 (Offset::k4). Lane s of
+// vector p takes high-bit dword 4 (s % 2) + p, bit s / 2 of each byte. The scales unpack as
+// llama.cpp's 32-bit masks do; the same integers and floats as up_q3_k's.
+static inline __attribute__((always_inline)) void load_q3_k(const QActView &, const uint8_t *row, int64_t c,
+                                                           __m512 *ws, __m512 *, __m512i *q) {
+  const uint8_t *b = row + c * 110;
+  const uint32_t a0 = load_u32(b + 96), a1 = load_u32(b + 100), t = load_u32(b + 104);
+  const uint32_t low = 0x0f0f0f0fu, two = 0x03030303u;
+  const __m128i packed = _mm_setr_epi32((int)((a0 & low) | ((t & two) << 4)), (int)((a1 & low) | (((t >> 2) & two) << 4)),
+                                        (int)(((a0 >> 4) & low) | (((t >> 4) & two) << 4)),
+                                        (int)(((a1 >> 4) & low) | (((t >> 6) & two) << 4)));
+  const __m512i sc = _mm512_sub_epi32(_mm512_cvtepu8_epi32(packed), _mm512_set1_epi32(32));
+  *ws = _mm512_mul_ps(_mm512_set1_ps(load_half(b + 108)), _mm512_cvtepi32_ps(sc));
+  k_crumbs(b + 32, q);
+  const __m512i hm = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)b)), one = _mm512_set1_epi8(1);
+  const __m512i base = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
+  const __m512i bit = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+  for (int p = 0; p < 4; ++p) {
+    const __m512i h = _mm512_srlv_epi32(_mm512_permutexvar_epi32(_mm512_add_epi32(base, _mm512_set1_epi32(p)), hm), bit);
+    q[p] = _mm512_or_si512(q[p], _mm512_slli_epi32(_mm512_and_si512(h, one), 2));
   }
 }
 
