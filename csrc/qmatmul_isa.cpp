@@ -549,6 +549,8 @@ void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, c
     case kQ8_0: return regs_matmul<kQ8_0, Offset::k128, interleaved<load_q8_0>>(w, row_bytes, rows, a, num_tokens, y, ldy);
     case kIQ1_S: return regs_matmul<kIQ1_S, Offset::k128, load_iq1_s>(w, row_bytes, rows, a, num_tokens, y, ldy);
     case kIQ2_XXS: return regs_matmul<kIQ2_XXS, Offset::k128, load_iq2_xxs>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kIQ2_XS: return regs_matmul<kIQ2_XS, Offset::k128, load_iq2_xs>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kIQ3_XXS: return regs_matmul<kIQ3_XXS, Offset::k128, load_iq3_xxs>(w, row_bytes, rows, a, num_tokens, y, ldy);
   }
 #endif
   if (up.offsets) return unpacked_matmul<true>(up, w, row_bytes, rows, a, num_tokens, y, ldy);
