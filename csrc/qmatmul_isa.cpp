@@ -546,8 +546,10 @@ void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, c
     case kIQ4_XS: return regs_matmul<kIQ4_XS, Offset::k128, load_iq4_xs>(w, row_bytes, rows, a, num_tokens, y, ldy);
     case kQ4_1: return regs_matmul<kQ4_1, Offset::kNone, load_q4_1_chunk>(w, row_bytes, rows, a, num_tokens, y, ldy);
     case kQ5_0: return regs_matmul<kQ5_0, Offset::k16, interleaved<load_q5_0>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kQ5_1: return regs_matmul<kQ5_1, Offset::kNone, interleaved<load_q5_1>>(w, row_bytes, rows, a, num_tokens, y, ldy);
     case kQ8_0: return regs_matmul<kQ8_0, Offset::k128, interleaved<load_q8_0>>(w, row_bytes, rows, a, num_tokens, y, ldy);
     case kIQ1_S: return regs_matmul<kIQ1_S, Offset::k128, load_iq1_s>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kIQ1_M: return regs_matmul<kIQ1_M, Offset::k128, load_iq1_m>(w, row_bytes, rows, a, num_tokens, y, ldy);
     case kIQ2_XXS: return regs_matmul<kIQ2_XXS, Offset::k128, load_iq2_xxs>(w, row_bytes, rows, a, num_tokens, y, ldy);
     case kIQ2_XS: return regs_matmul<kIQ2_XS, Offset::k128, load_iq2_xs>(w, row_bytes, rows, a, num_tokens, y, ldy);
     case kIQ3_XXS: return regs_matmul<kIQ3_XXS, Offset::k128, load_iq3_xxs>(w, row_bytes, rows, a, num_tokens, y, ldy);

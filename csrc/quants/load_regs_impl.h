@@ -202,6 +202,24 @@ static inline __attribute__((always_inline)) void load_q5_0(const QActView &a, c
   }
 }
 
+// Q5_1: d, m, 32 high bits, 16 bytes of nibbles; unsigned 5-bit weights (Q5_0's without its
+// offset) and Q4_1's m. The same integers and floats as up_q5_1's.
+static inline __attribute__((always_inline)) void load_q5_1(const QActView &a, const uint8_t *row, int64_t c,
+                                                           __m512 *ws, __m512 *wo, __m512i *q) {
+  const uint8_t *b = row + c * 8 * 24;
+  const int nblk = blocks_in_chunk(a, c);
+  *ws = halves_per_block(b, 24, nblk);
+  *wo = halves_per_block(b + 2, 24, nblk);
+  __m256i v[2];
+  for (int p = 0; p < 4; ++p) {
+    for (int k = 0; k < 2; ++k) {
+      const uint8_t *blk = b + 24 * (2 * p + k);
+      v[k] = 2 * p + k < nblk ? _mm256_or_si256(nibbles32(blk + 8), q5_high_bits(load_u32(blk + 4))) : _mm256_setzero_si256();
+    }
+    q[p] = two_blocks(v[0], v[1]);
+  }
+}
+
 // Q8_0: d and 32 int8, carried as int8 + 128 (xor 0x80).
 static inline __attribute__((always_inline)) void load_q8_0(const QActView &a, const uint8_t *row, int64_t c,
                                                            __m512 *ws, __m512 *wo, __m512i *q) {
@@ -367,23 +385,10 @@ static inline __attribute__((always_inline)) void deal_rows(const __m512i *g, __
   for (int p = 0; p < 4; ++p) q[p] = _mm512_permutex2var_epi32(g[p & 2], p & 1 ? odd : even, g[(p & 2) + 1]);
 }
 
-// IQ1_S (the 1.58-bit DeepSeek-R1's experts): a weight is ws * (8 g + delta), its byte
-// 8 g + delta + 128 (Offset::k128): 32 codebook rows from kIq1sGrid8 plus the block's delta of
-// +-1. The same integers as up_iq1_s's.
-static inline __attribute__((always_inline)) void load_iq1_s(const QActView &, const uint8_t *row, int64_t c,
-                                                            __m512 *ws, __m512 *wo, __m512i *q) {
-  const uint8_t *b = row + c * 50;
-  const __m128i qh8 = _mm_loadu_si128((const __m128i *)(b + 34));  // 8 x u16
-  // The rows' 11-bit indices as u16: qs[r] | ((qh[r / 4] >> 3 (r % 4)) & 7) << 8, then four
-  // per 64-bit word into general registers.
-  const __m512i quarter = _mm512_set_epi16(7, 7, 7, 7, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 4, 3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1,
-                                           1, 0, 0, 0, 0);
-  const __m512i shift = _mm512_set_epi16(9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3,
-                                         0, 9, 6, 3, 0);
-  const __m512i hi = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi16(quarter, _mm512_castsi128_si512(qh8)), shift),
-                                      _mm512_set1_epi16(7));
-  const __m512i idx = _mm512_or_si512(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(b + 2))),
-                                      _mm512_slli_epi16(hi, 8));
+// The 32 codebook rows (8 g + 128, from kIq1sGrid8) of IQ1_S and IQ1_M, their 11-bit indices in
+// idx's u16 lanes (row r in lane r), into the interleaved order: the indices four per 64-bit
+// word into general registers, then rows8 and deal_rows.
+static inline __attribute__((always_inline)) void iq1_rows(__m512i idx, __m512i *q) {
   uint64_t x[8];
   for (int l = 0; l < 4; ++l) {
     const __m128i v = _mm512_extracti32x4_epi32(idx, l);
@@ -394,6 +399,25 @@ static inline __attribute__((always_inline)) void load_iq1_s(const QActView &, c
   auto row_of = [&](int r) { return grid + ((x[r / 4] >> (16 * (r % 4))) & 0xFFFF); };
   const __m512i g[4] = {rows8(row_of, 0), rows8(row_of, 16), rows8(row_of, 1), rows8(row_of, 17)};
   deal_rows(g, q);
+}
+
+// IQ1_S (the 1.58-bit DeepSeek-R1's experts): a weight is ws * (8 g + delta), its byte
+// 8 g + delta + 128 (Offset::k128): 32 codebook rows from kIq1sGrid8 plus the block's delta of
+// +-1. The same integers as up_iq1_s's.
+static inline __attribute__((always_inline)) void load_iq1_s(const QActView &, const uint8_t *row, int64_t c,
+                                                            __m512 *ws, __m512 *wo, __m512i *q) {
+  const uint8_t *b = row + c * 50;
+  const __m128i qh8 = _mm_loadu_si128((const __m128i *)(b + 34));  // 8 x u16
+  // The rows' 11-bit indices as u16: qs[r] | ((qh[r / 4] >> 3 (r % 4)) & 7) << 8.
+  const __m512i quarter = _mm512_set_epi16(7, 7, 7, 7, 6, 6, 6, 6, 5, 5, 5, 5, 4, 4, 4, 4, 3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1,
+                                           1, 0, 0, 0, 0);
+  const __m512i shift = _mm512_set_epi16(9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3, 0, 9, 6, 3,
+                                         0, 9, 6, 3, 0);
+  const __m512i hi = _mm512_and_si512(_mm512_srlv_epi16(_mm512_permutexvar_epi16(quarter, _mm512_castsi128_si512(qh8)), shift),
+                                      _mm512_set1_epi16(7));
+  const __m512i idx = _mm512_or_si512(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(b + 2))),
+                                      _mm512_slli_epi16(hi, 8));
+  iq1_rows(idx, q);
   const __mmask16 negative = (__mmask16)_mm_movemask_epi8(_mm_srai_epi16(qh8, 15));  // both lanes of a block
   const __m512i delta = _mm512_mask_mov_epi32(_mm512_set1_epi8(1), negative, _mm512_set1_epi8(-1));
   for (int p = 0; p < 4; ++p) q[p] = _mm512_add_epi8(q[p], delta);
@@ -521,5 +545,38 @@ static inline __attribute__((always_inline)) void load_iq3_xxs(const QActView &,
       _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7), aux), 28);
   *ws = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(load_half(b)), _mm512_add_ps(_mm512_set1_ps(0.5f), _mm512_cvtepi32_ps(s))),
                       _mm512_set1_ps(0.5f));
+  *wo = _mm512_setzero_ps();
+}
+
+// IQ1_M: 32 bytes of index low bits, 16 of a nibble per row (3 high index bits, and the sign of
+// the row's delta), 4 u16 of 3-bit scales (one per 16 weights) whose top nibbles make d. As
+// IQ1_S, with the delta per row of 8: lane s of vectors 0-1 holds row 2 s, of vectors 2-3 row
+// 2 s + 1 (deal_rows). The same integers and floats as up_iq1_m's.
+static inline __attribute__((always_inline)) void load_iq1_m(const QActView &, const uint8_t *row, int64_t c,
+                                                            __m512 *ws, __m512 *wo, __m512i *q) {
+  const uint8_t *b = row + c * 56;
+  const __m128i qh8 = _mm_loadu_si128((const __m128i *)(b + 32));
+  const __m512i nib = _mm512_and_si512(  // row r's nibble, qh[r / 2] >> 4 (r % 2), in u16 lane r
+      _mm512_srlv_epi16(_mm512_cvtepu8_epi16(_mm256_set_m128i(_mm_unpackhi_epi8(qh8, qh8), _mm_unpacklo_epi8(qh8, qh8))),
+                        _mm512_set1_epi32(4 << 16)),
+      _mm512_set1_epi16(15));
+  iq1_rows(_mm512_or_si512(_mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)b)),
+                           _mm512_slli_epi16(_mm512_and_si512(nib, _mm512_set1_epi16(7)), 8)),
+           q);
+  // Dword s of nib holds rows 2 s (low half) and 2 s + 1 (high half): their delta signs.
+  const __m512i one = _mm512_set1_epi8(1), minus = _mm512_set1_epi8(-1);
+  const __m512i even = _mm512_mask_mov_epi32(one, _mm512_test_epi32_mask(nib, _mm512_set1_epi32(8)), minus);
+  const __m512i odd = _mm512_mask_mov_epi32(one, _mm512_test_epi32_mask(nib, _mm512_set1_epi32(8 << 16)), minus);
+  for (int p = 0; p < 4; ++p) q[p] = _mm512_add_epi8(q[p], p < 2 ? even : odd);
+  // ws = d * (2 s + 1) * 0.125 per 16 weights (s: bits 3 (i % 4) of u16 i / 4), as up_iq1_m's.
+  uint16_t sc[4];
+  for (int i = 0; i < 4; ++i) sc[i] = load_u16(b + 48 + 2 * i);
+  const float d = half_to_float((uint16_t)((sc[0] >> 12) | ((sc[1] >> 8) & 0xF0) | ((sc[2] >> 4) & 0xF00) | (sc[3] & 0xF000)));
+  const __m512i u = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3),
+                                             _mm512_cvtepu16_epi32(_mm256_castsi128_si256(_mm_loadl_epi64((const __m128i *)(b + 48)))));
+  const __m512i s3 = _mm512_and_si512(_mm512_srlv_epi32(u, _mm512_setr_epi32(0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9)),
+                                      _mm512_set1_epi32(7));
+  const __m512i s21 = _mm512_add_epi32(_mm512_slli_epi32(s3, 1), _mm512_set1_epi32(1));
+  *ws = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(s21)), _mm512_set1_ps(0.125f));
   *wo = _mm512_setzero_ps();
 }

@@ -72,7 +72,7 @@ def test_every_isa_gives_the_same_bits(name, tokens):
     assert all(torch.equal(results[0], r) for r in results[1:])
 
 
-@pytest.mark.parametrize("name", ["Q4_K", "Q4_0", "Q2_K", "IQ1_M"])  # register loaders and the generic unpacker
+@pytest.mark.parametrize("name", ["Q4_K", "Q4_0", "Q2_K", "IQ1_M"])  # loaders of each family (and AVX2's unpackers)
 def test_rows_longer_than_one_chunk_block(name):
     """The GEMM walks the chunks of a row in blocks (16 chunks of 256): 17 chunks, 12 tokens."""
     w = weight(name, 7, 4352, seed=10)
