@@ -19,7 +19,8 @@ QKernels q_kernels(int isa) {
 QActView act_slots(const QActView &v, int64_t s0) {
   const int64_t n16 = v.chunks * kSubQ;
   const int64_t nq = s0 * v.chunks * kChunkQ;
-  return {v.k, v.chunks, v.q + nq, v.bsum + s0 * n16, v.scale + s0 * n16, v.asum + s0 * n16, v.packed + s0 * v.chunks};
+  return {v.k, v.chunks, v.q + nq, v.bsum + s0 * n16, v.scale + s0 * n16, v.asum + s0 * n16, v.packed + s0 * v.chunks,
+          v.pairs + s0 * act_pairs(v.chunks)};
 }
 
 void qmatmul(ThreadPool &pool, int isa, int type, const uint8_t *w, int64_t heads, int64_t n, int64_t k,

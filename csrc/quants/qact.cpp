@@ -25,7 +25,8 @@ const QActView &QActBuffers::resize(int64_t num_tokens, int64_t k) {
   scale.resize(bsum.size());
   asum.resize(bsum.size());
   packed.resize(num_tokens * chunks);
-  view = {k, chunks, q.data(), bsum.data(), scale.data(), asum.data(), packed.data()};
+  pairs.resize(num_tokens * act_pairs(chunks));
+  view = {k, chunks, q.data(), bsum.data(), scale.data(), asum.data(), packed.data(), pairs.data()};
   return view;
 }
 
@@ -36,6 +37,8 @@ void QActBuffers::copy_slot(const QActBuffers &src, int64_t from, int64_t to) {
   memcpy(scale.data() + to * n16, src.scale.data() + from * n16, sizeof(float) * (size_t)n16);
   memcpy(asum.data() + to * n16, src.asum.data() + from * n16, sizeof(float) * (size_t)n16);
   memcpy(packed.data() + to * view.chunks, src.packed.data() + from * view.chunks, sizeof(PackedChunk) * (size_t)view.chunks);
+  const int64_t np = act_pairs(view.chunks);
+  memcpy(pairs.data() + to * np, src.pairs.data() + from * np, sizeof(PackedPair) * (size_t)np);
 }
 
 }  // namespace moe

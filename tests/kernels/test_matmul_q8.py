@@ -72,9 +72,11 @@ def test_every_isa_gives_the_same_bits(name, tokens):
     assert all(torch.equal(results[0], r) for r in results[1:])
 
 
-@pytest.mark.parametrize("name", ["Q4_K", "Q4_0", "Q2_K", "IQ1_M"])  # loaders of each family (and AVX2's unpackers)
+# Loaders of each family (and AVX2's unpackers); Q4_K, Q5_K, IQ1_S and IQ2_XXS take their chunks
+# in pairs, so 17 chunks also leave a last pair with a missing odd chunk.
+@pytest.mark.parametrize("name", ["Q4_K", "Q5_K", "IQ1_S", "IQ2_XXS", "Q4_0", "Q2_K", "IQ1_M"])
 def test_rows_longer_than_one_chunk_block(name):
-    """The GEMM walks the chunks of a row in blocks (16 chunks of 256): 17 chunks, 12 tokens."""
+    """The GEMM walks the chunks of a row in blocks (16 chunks of 256, or 8 pairs): 17 chunks, 12 tokens."""
     w = weight(name, 7, 4352, seed=10)
     x = torch.randn(12, 4352)
     results = []
