@@ -79,7 +79,7 @@ constexpr bool pair_type(int type) { return type == kQ4_K || type == kQ5_K || ty
 
 // combine() for a pair of chunks (PackedPair's lanes), from their per-16 values: sums of the two
 // halves of each 32 (integers exact; asums even half first, as the AVX-512 quantizer adds them),
-// and the first half's scales. A missing odd chunk (is1 null) adds exact zeros.
+// and the first half's scales. A missing odd chunk (is[1] null) adds exact zeros.
 template <bool kOffsets>
 static inline void combine_pair(float *acc, const float *const ad[2], const float *const ws[2], const float *const wo[2],
                                 const int32_t *const is[2], const float *const as[2]) {
@@ -521,8 +521,8 @@ static void stream_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes,
 // The AVX-512 GEMM over a tile of prepared rows: tokens in tiles of kGemmTokens and chunks in
 // blocks of kChunkBlock, so one token tile's packed activations over one block (4 x 16 x 448 B
 // = 28 KB of the 48 KB L1) stay in L1 while every row pair of the tile passes over them; 32
-// chunks overflow it. A row's accumulators wait in acc between blocks (float stores and loads:
-// the same bits as registers).
+// chunks overflow it (pairs: blocks of 8, 4 x 8 x 704 B = 22 KB). A row's accumulators wait in
+// acc between blocks (float stores and loads: the same bits as registers).
 constexpr int kGemmTokens = 4;
 constexpr int64_t kChunkBlock = 16;
 
@@ -530,28 +530,19 @@ constexpr int64_t kChunkBlock = 16;
 // and of activations; steps per token row; and the dot products of a block of steps.
 template <bool kPair>
 struct GemmStep {
-  using Weights = PreparedChunk;
-  using Acts = PackedChunk;
-  static int64_t steps(const QActView &a) { return a.chunks; }
-  static const Acts *acts(const QActView &a) { return a.packed; }
-  template <bool kOffsets, int kRows, int kTokens>
-  static inline __attribute__((always_inline)) void dots(const Weights *w, int64_t ldw, const Acts *pk,
-                                                        const float *as16, int64_t ldt, int64_t nt, int64_t n,
-                                                        __m512 *acc) {
-    dots_block<kOffsets, kRows, kTokens>(w, ldw, pk, as16, ldt, nt, n, acc);
+  using Weights = std::conditional_t<kPair, PreparedPair, PreparedChunk>;
+  using Acts = std::conditional_t<kPair, PackedPair, PackedChunk>;
+  static int64_t steps(const QActView &a) { return kPair ? act_pairs(a.chunks) : a.chunks; }
+  static const Acts *acts(const QActView &a) {
+    if constexpr (kPair) return a.pairs;
+    else return a.packed;
   }
-};
-template <>
-struct GemmStep<true> {
-  using Weights = PreparedPair;
-  using Acts = PackedPair;
-  static int64_t steps(const QActView &a) { return act_pairs(a.chunks); }
-  static const Acts *acts(const QActView &a) { return a.pairs; }
   template <bool kOffsets, int kRows, int kTokens>
   static inline __attribute__((always_inline)) void dots(const Weights *w, int64_t ldw, const Acts *pk,
                                                         const float *as16, int64_t ldt, int64_t nt, int64_t n,
                                                         __m512 *acc) {
-    pair_block<kOffsets, kRows, kTokens>(w, ldw, pk, as16, ldt, nt, n, acc);
+    if constexpr (kPair) pair_block<kOffsets, kRows, kTokens>(w, ldw, pk, as16, ldt, nt, n, acc);
+    else dots_block<kOffsets, kRows, kTokens>(w, ldw, pk, as16, ldt, nt, n, acc);
   }
 };
 
