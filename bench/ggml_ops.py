@@ -3,15 +3,20 @@ ctypes on the ggml libraries that llama-cpp-python ships (the [bench] extra). Be
 
 The graphs are what llama.cpp builds for a model (build_moe_ffn: mul_mat_id gate and up,
 swiglu, mul_mat_id down, scale by the router weights, sum the slots), computed by the CPU backend
-with a persistent thread pool. Weights go through the CPU backend's repack buffer type when it
-accepts the op, as llama.cpp's model loader does, so ggml runs its interleaved GEMM/GEMV kernels
-where it has them; `repack=False` measures the plain path. Several weight sets rotate inside one
+with a persistent thread pool. Each op runs on every weight buffer llama.cpp's model loader could
+pick for it: the CPU device's extra buffer types that accept the op (AMX tiles where the CPU has
+them, CPU_REPACK's interleaved GEMM/GEMV) and the plain buffer; the caller gets every time and
+compares against the fastest. Several weight sets rotate inside one
 graph, so the weights are cold in DRAM and the per-graph overhead is shared as in a model graph.
 """
 
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
+import os
+import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +54,7 @@ class Ggml:
     """One CPU backend with `threads` threads; each op call builds, computes and frees its graph."""
 
     def __init__(self, threads: int):
+        self.threads = threads
         libs = _libs()
         base, cpu = libs["ggml-base"], libs["ggml-cpu"]
         i64 = ctypes.c_int64
@@ -91,12 +97,13 @@ class Ggml:
         self.device = get_device(self.backend)
         get_extra = ctypes.CFUNCTYPE(ctypes.POINTER(c_p), c_p)(proc(dev_reg(self.device), b"ggml_backend_dev_get_extra_bufts"))
         extras = get_extra(self.device)
-        self.repack_buft = None
+        # llama.cpp's loader tries these in order (AMX where the CPU has it, then CPU_REPACK)
+        # before the plain CPU buffer, and takes the first the device accepts for the op
+        self.extra_bufts: dict[str, int] = {}
         for i in range(8):
             if not extras[i]:
                 break
-            if self.buft_name(extras[i]) == b"CPU_REPACK":
-                self.repack_buft = extras[i]
+            self.extra_bufts[self.buft_name(extras[i]).decode()] = extras[i]
 
     def _context(self, n_tensors: int) -> int:
         size = n_tensors * self.tensor_overhead() + self.graph_overhead(4096, False)
@@ -124,13 +131,11 @@ class Ggml:
             self.expand(graph, out)
         return ctx_w, ctx_g, sets, ins, outs, graph
 
-    def _accepts_repack(self, weights, build, inputs) -> bool:
-        """llama.cpp's loader test: with the weights in a CPU_REPACK buffer, does the CPU device
+    def _accepts(self, buft: int, weights, build, inputs) -> bool:
+        """llama.cpp's loader test: with the weights in a `buft` buffer, does the CPU device
         accept every node of the graph?"""
-        if self.repack_buft is None:
-            return False
         ctx_w, ctx_g, _, _, _, graph = self._graph(weights, 1, build, inputs)
-        buffer = self.alloc_from_buft(ctx_w, self.repack_buft)
+        buffer = self.alloc_from_buft(ctx_w, buft)
         try:
             return all(self.supports_op(self.device, self.graph_node(graph, i)) for i in range(self.graph_n_nodes(graph)))
         finally:
@@ -138,20 +143,48 @@ class Ggml:
             self.free(ctx_g)
             self.free(ctx_w)
 
-    def _run(self, weights: list[tuple[int, tuple[int, ...], list[np.ndarray]]], build, inputs, repack: bool, reps: int):
+    def paths(self, weights, build, inputs, probe: tuple[str, tuple]) -> list[str]:
+        """The weight buffers llama.cpp's loader could place these weights in: every extra buffer
+        type the device accepts for the graph and computes it on without dying, and "plain"."""
+        accepted = [name for name, buft in self.extra_bufts.items() if self._accepts(buft, weights, build, inputs)]
+        return [name for name in accepted if self._survives(probe, name)] + ["plain"]
+
+    def _survives(self, probe: tuple[str, tuple], path: str) -> bool:
+        """Does one compute of `probe` (a method of this class and its arguments, one weight set)
+        on `path` finish? Tried in a fresh interpreter, because an extra buffer type can accept an
+        op it then crashes on: llama-cpp-python 0.3.36's AMX matmul dies (SIGILL or SIGSEGV in
+        ggml_backend_amx_mul_mat) for more than one token on a Sapphire Rapids VM. Spawned, not
+        forked: a forked child has none of ggml's OpenMP workers and waits for them forever."""
+        child = multiprocessing.get_context("spawn").Process(target=_probe, args=(self.threads, *probe, path))
+        child.start()
+        child.join()
+        if child.exitcode == 0:
+            return True
+        why = signal.Signals(-child.exitcode).name if child.exitcode < 0 else f"exit code {child.exitcode}"
+        print(f"llama.cpp's {path} path died ({why}); not compared", file=sys.stderr, flush=True)
+        return False
+
+    def _run(self, weights: list[tuple[int, tuple[int, ...], list[np.ndarray]]], build, inputs, reps: int,
+             probe: tuple[str, tuple], only: str | None):  # fmt: skip
         """weights: (ggml type, ne, one raw array per set) per weight tensor; build(ctx, the weight
-        tensors of one set, input tensors) -> output tensor. Returns (best seconds per set, the
-        last set's output as float32, whether the weights were repacked)."""
-        use_repack = repack and self._accepts_repack(weights, build, inputs)
+        tensors of one set, input tensors) -> output tensor. Runs every path of `paths` (or `only`)
+        and returns ({path: best seconds per set}, the last set's output of the fastest path as float32)."""
+        times, outputs = {}, {}
+        for path in [only] if only else self.paths(weights, build, inputs, probe):
+            times[path], outputs[path] = self._run_on(weights, build, inputs, path, reps)
+        fastest = min(times, key=times.get)
+        return times, outputs[fastest]
+
+    def _run_on(self, weights, build, inputs, path: str, reps: int):
         n_sets = len(weights[0][2])
         ctx_w, ctx_g, sets, ins, outs, graph = self._graph(weights, n_sets, build, inputs)
         buffers = []
         try:
-            buffers.append(self.alloc_from_buft(ctx_w, self.repack_buft if use_repack else self.cpu_buft))
+            buffers.append(self.alloc_from_buft(ctx_w, self.extra_bufts.get(path, self.cpu_buft)))
             buffers.append(self.alloc_from_buft(ctx_g, self.cpu_buft))
             for s, tensors in enumerate(sets):
                 for tensor, (_, _, arrays) in zip(tensors, weights):
-                    self._set(tensor, arrays[s])  # whole tensor at once: the repack buffer needs it so
+                    self._set(tensor, arrays[s])  # whole tensor at once: the extra buffers repack it so
             for tensor, (_, array) in zip(ins, inputs):
                 self._set(tensor, array)
             def compute():
@@ -161,29 +194,32 @@ class Ggml:
             best = best_of(compute, reps)
             result = np.empty(self.nbytes(outs[-1]) // 4, dtype=np.float32)
             self.tensor_get(outs[-1], result.ctypes.data, 0, result.nbytes)
-            return best / n_sets, result, use_repack
+            return best / n_sets, result
         finally:
             for buffer in buffers:
                 self.buffer_free(buffer)
             self.free(ctx_g)
             self.free(ctx_w)
 
-    def matmul(self, qtype: int, raws: list[np.ndarray], n: int, k: int, x: np.ndarray, repack: bool = True, reps: int = 5):
-        """y = W x for each raw W [n rows, k cols] of `qtype`, x [T, k] float32.
-        Returns (seconds per matmul, y [T, n] of the last W, whether repacked)."""
+    def matmul(self, qtype: int, raws: list[np.ndarray], n: int, k: int, x: np.ndarray, reps: int = 5,
+               only: str | None = None):  # fmt: skip
+        """y = W x for each raw W [n rows, k cols] of `qtype`, x [T, k] float32, on every path
+        (or `only` that one). Returns ({path: seconds per matmul}, y [T, n] of the last W)."""
         T = x.shape[0]
         inputs = [(lambda ctx: self.new_2d(ctx, GGML_TYPE_F32, k, T), x.astype(np.float32))]
 
         def build(ctx, ws, ins):
             return self.mul_mat(ctx, ws[0], ins[0])
 
-        dt, y, used = self._run([(qtype, (k, n), raws)], build, inputs, repack, reps)
-        return dt, y.reshape(T, n), used
+        probe = ("matmul", (qtype, raws[:1], n, k, x))
+        times, y = self._run([(qtype, (k, n), raws)], build, inputs, reps, probe, only)
+        return times, y.reshape(T, n)
 
     def moe(self, types: tuple[int, int, int], sets: list[tuple[np.ndarray, np.ndarray, np.ndarray]], E: int, D: int,
-            I: int, x: np.ndarray, ids: np.ndarray, weights: np.ndarray, repack: bool = True, reps: int = 5):  # fmt: skip
+            I: int, x: np.ndarray, ids: np.ndarray, weights: np.ndarray, reps: int = 5, only: str | None = None):  # fmt: skip
         """llama.cpp's MoE FFN (routed experts only) for each (gate [E*I, D], up, down [E*D, I]) raw set.
-        x [T, D], ids/weights [T, A]. Returns (seconds per layer, out [T, D] of the last set, repacked)."""
+        x [T, D], ids/weights [T, A], on every path (or `only` that one). Returns ({path: seconds
+        per layer}, out [T, D] of the last set)."""
         T, A = ids.shape
         inputs = [
             (lambda ctx: self.new_3d(ctx, GGML_TYPE_F32, D, 1, T), x.astype(np.float32)),
@@ -206,5 +242,12 @@ class Ggml:
 
         shapes = [(D, I, E), (D, I, E), (I, D, E)]
         per_kind = [[s[j] for s in sets] for j in range(3)]
-        dt, y, used = self._run([(types[j], shapes[j], per_kind[j]) for j in range(3)], build, inputs, repack, reps)
-        return dt, y.reshape(T, D), used
+        probe = ("moe", (types, sets[:1], E, D, I, x, ids, weights))
+        times, y = self._run([(types[j], shapes[j], per_kind[j]) for j in range(3)], build, inputs, reps, probe, only)
+        return times, y.reshape(T, D)
+
+
+def _probe(threads: int, op: str, args: tuple, path: str) -> None:
+    """Ggml._survives' child: one compute of Ggml.`op`(*args) on `path` alone."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # the repack chatter
+    getattr(Ggml(threads), op)(*args, reps=0, only=path)
