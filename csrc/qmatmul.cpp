@@ -20,7 +20,7 @@ QActView act_slots(const QActView &v, int64_t s0) {
   const int64_t n16 = v.chunks * kSubQ;
   const int64_t nq = s0 * v.chunks * kChunkQ;
   return {v.k, v.chunks, v.q + nq, v.bsum + s0 * n16, v.scale + s0 * n16, v.asum + s0 * n16, v.packed + s0 * v.chunks,
-          v.pairs + s0 * act_pairs(v.chunks)};
+          v.bpairs16 + s0 * v.chunks * kPairs16, v.bpairs32 + s0 * v.chunks * kPairs32};
 }
 
 void qmatmul(ThreadPool &pool, int isa, int type, const uint8_t *w, int64_t heads, int64_t n, int64_t k,

@@ -1,7 +1,9 @@
 // Per-ISA part of the integer-activation matmul (compiled once per ISA level, as
-// kernels_isa.cpp). Only how the 16 sub-block integer sums of a chunk are computed differs
-// between ISAs, and integers are exact; the float combination and the final lane sums are the
-// same operations in the same order everywhere, so every ISA gives the same bits.
+// kernels_isa.cpp). Only how the integer sums are computed differs between ISAs, and integers
+// are exact; the float combination and the final sums are the same operations in the same order
+// everywhere, so every ISA gives the same bits. This file has the legacy 32-block types (a
+// float combination per 16 weights); the super-block types have their own arithmetic
+// (qmatmul_superblock_impl.h).
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -72,31 +74,6 @@ static inline void combine(float *acc, const float *ad, const float *ws, const f
   }
 }
 
-// The types whose scales and offsets come per 32 weights and that take Q8_K activations: their
-// chunks go in pairs (PackedPair), each 32-sub-block summed whole before one float combination,
-// half the float work per dot product of the per-16 types (the GEMM is bound by that work).
-constexpr bool pair_type(int type) { return type == kQ4_K || type == kQ5_K || type == kIQ2_XXS || type == kIQ1_S; }
-
-// combine() for a pair of chunks (PackedPair's lanes), from their per-16 values: sums of the two
-// halves of each 32 (integers exact; asums even half first, as the AVX-512 quantizer adds them),
-// and the first half's scales. A missing odd chunk (is[1] null) adds exact zeros.
-template <bool kOffsets>
-static inline void combine_pair(float *acc, const float *const ad[2], const float *const ws[2], const float *const wo[2],
-                                const int32_t *const is[2], const float *const as[2]) {
-  alignas(64) float pad[kSubQ], pws[kSubQ], pwo[kSubQ], pas[kSubQ];
-  alignas(64) int32_t pis[kSubQ];
-  for (int L = 0; L < kSubQ; ++L) {
-    const int h = pair_lane_chunk(L), s = pair_lane_sub16(L);
-    const bool zero = is[h] == nullptr;
-    pad[L] = zero ? 0.0f : ad[h][s];
-    pws[L] = zero ? 0.0f : ws[h][s];
-    pwo[L] = zero ? 0.0f : wo[h][s];
-    pis[L] = zero ? 0 : is[h][s] + is[h][s + 1];
-    pas[L] = zero ? 0.0f : as[h][s] + as[h][s + 1];
-  }
-  combine<kOffsets>(acc, pad, pws, pwo, pis, pas);
-}
-
 constexpr int kTokenTile = 8;
 
 // Few tokens take the stream paths, which re-read every token's activations for each row: while
@@ -106,25 +83,18 @@ static inline bool stream_tokens(int64_t num_tokens, int64_t chunks) {
   return num_tokens <= kTokenTile && num_tokens * chunks <= 96;
 }
 
-// f(std::integral_constant<int, n>) for n = num_tokens (1 to kTokenTile, as stream_tokens
-// allows): the few-token paths keep their accumulators in registers only with a compile-time
-// count (a runtime one kept them on the stack, and each chunk's add waited on the last one's
-// store: one token 15 % slower, two 15 %, four 8 %, measured).
-template <typename F>
+// f(std::integral_constant<int, n>) for n = num_tokens (1 to kMax; more count as kMax): the
+// few-token paths keep their accumulators in registers only with a compile-time count (a
+// runtime one kept them on the stack, and each chunk's add waited on the last one's store: one
+// token 15 % slower, two 15 %, four 8 %, measured).
+template <int kMax = kTokenTile, typename F>
 static inline void with_token_count(int64_t num_tokens, F &&f) {
-  static_assert(kTokenTile == 8, "a case per token count up to kTokenTile");
-  switch (num_tokens) {
-    case 1: return f(std::integral_constant<int, 1>{});
-    case 2: return f(std::integral_constant<int, 2>{});
-    case 3: return f(std::integral_constant<int, 3>{});
-    case 4: return f(std::integral_constant<int, 4>{});
-    case 5: return f(std::integral_constant<int, 5>{});
-    case 6: return f(std::integral_constant<int, 6>{});
-    case 7: return f(std::integral_constant<int, 7>{});
-    default: return f(std::integral_constant<int, 8>{});
-  }
+  if constexpr (kMax > 1)
+    if (num_tokens < kMax) return with_token_count<kMax - 1>(num_tokens, f);
+  f(std::integral_constant<int, kMax>{});
 }
 
+// A legacy 32-block type's unpacker over the 8 blocks of a chunk.
 struct Unpacker {
   UnpackFn fn;
   int64_t blocks;
@@ -205,22 +175,33 @@ static inline __attribute__((always_inline)) void in_register(V &v) {
   __asm__("" : "+v"(v));
 }
 
+// Lane adds for fold: float, or 32-bit integers carried in float vectors (the shuffles do not
+// look at the bits).
+struct AddPs {
+  __m512 operator()(__m512 a, __m512 b) const { return _mm512_add_ps(a, b); }
+};
+struct AddEpi32 {
+  __m512 operator()(__m512 a, __m512 b) const {
+    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(a), _mm512_castps_si512(b)));
+  }
+};
+
 // tree_sum16 (lane_tree.h) for kN (8 or 16) accumulators at once: folded in halves, 256-bit
 // halves added, then 128-bit quarters, pairs and single lanes, each level joining two vectors'
 // folds into one (30 shuffles and 15 adds for 16 sums). Accumulator i's sum ends in lane 4 (i % 4) + i / 4 (for 8,
 // lanes 4 k + 2 and 4 k + 3 repeat 4 k and 4 k + 1).
-template <int kN>
-static inline __attribute__((always_inline)) __m512 fold(const __m512 *v) {
+template <int kN, typename Add = AddPs>
+static inline __attribute__((always_inline)) __m512 fold(const __m512 *v, Add add = {}) {
   static_assert(kN == 8 || kN == 16, "8 or 16 accumulators");
   __m512 u[kN / 2], w[kN / 4], x[2];
   for (int i = 0; i < kN / 2; ++i)  // lanes j and j + 8
-    u[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44), _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
+    u[i] = add(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x44), _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xEE));
   for (int i = 0; i < kN / 4; ++i)  // + 4
-    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0x88), _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0xDD));
+    w[i] = add(_mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0x88), _mm512_shuffle_f32x4(u[2 * i], u[2 * i + 1], 0xDD));
   for (int i = 0; i < kN / 8; ++i)  // + 2
-    x[i] = _mm512_add_ps(_mm512_shuffle_ps(w[2 * i], w[2 * i + 1], 0x44), _mm512_shuffle_ps(w[2 * i], w[2 * i + 1], 0xEE));
+    x[i] = add(_mm512_shuffle_ps(w[2 * i], w[2 * i + 1], 0x44), _mm512_shuffle_ps(w[2 * i], w[2 * i + 1], 0xEE));
   if (kN == 8) x[1] = x[0];
-  return _mm512_add_ps(_mm512_shuffle_ps(x[0], x[1], 0x88), _mm512_shuffle_ps(x[0], x[1], 0xDD));  // + 1
+  return add(_mm512_shuffle_ps(x[0], x[1], 0x88), _mm512_shuffle_ps(x[0], x[1], 0xDD));  // + 1
 }
 
 // Two rows by four tokens (acc[row * ld + token]) into y[token * ldy + row]: fold<8> leaves
@@ -288,40 +269,6 @@ static void stream_regs(const uint8_t *w, int64_t row_bytes, int64_t rows, const
   finish.flush();
 }
 
-// stream_regs for a pair type: chunks 2 i and 2 i + 1 meet each token as two chains of dot
-// products whose per-16 sums pair_sums joins (the same integers as PackedPair's eight dpbusd),
-// then one combination with the pair's scales.
-template <Offset kOff, bool kOffsets, auto kLoad, int kTokens>
-static void stream_pairs(const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, float *y, int64_t ldy) {
-  constexpr int64_t nt = kTokens;
-  __m512 acc[kTokens];
-  Finisher finish;
-  const int64_t chunk_bytes = row_bytes / a.chunks, np = act_pairs(a.chunks);
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t t = 0; t < nt; ++t) acc[t] = _mm512_setzero_ps();
-    for (int64_t i = 0; i < np; ++i) {
-      const int64_t c = 2 * i;
-      const bool odd = c + 1 < a.chunks;
-      prefetch_ahead(w + r * row_bytes + c * chunk_bytes, 2 * chunk_bytes);
-      __m512 ws[2] = {}, wo[2] = {};
-      __m512i q[2][4];
-      kLoad(a, w + r * row_bytes, c, &ws[0], &wo[0], q[0]);
-      if (odd) kLoad(a, w + r * row_bytes, c + 1, &ws[1], &wo[1], q[1]);
-      const __m512 pws = pair_pick<0x88>(ws[0], ws[1]), pwo = pair_pick<0x88>(wo[0], wo[1]);
-      for (int64_t t = 0; t < nt; ++t) {
-        const PackedChunk *pk = a.packed + t * a.chunks + c;
-        const __m512i s0 = chain_dots(q[0], pk[0].qi, offset_init<(int)kOff>(pk[0]));
-        const __m512i s1 = odd ? chain_dots(q[1], pk[1].qi, offset_init<(int)kOff>(pk[1])) : _mm512_setzero_si512();
-        const PackedPair &pp = a.pairs[t * np + i];
-        const __m512 as = kOffsets ? _mm512_load_ps(pp.asum) : _mm512_setzero_ps();
-        acc[t] = combine_regs<kOffsets>(acc[t], _mm512_load_ps(pp.scale), pws, pwo, pair_sums(s0, s1), as);
-      }
-    }
-    for (int64_t t = 0; t < nt; ++t) finish.add(acc[t], y + t * ldy + r);
-  }
-  finish.flush();
-}
-
 #endif
 
 // A weight chunk as the integer path reads it: its 256 quants, prepared (on AVX-512 interleaved,
@@ -329,13 +276,6 @@ static void stream_pairs(const uint8_t *w, int64_t row_bytes, int64_t rows, cons
 // its 16 sub-blocks' scales and offsets: six cache lines.
 struct alignas(64) PreparedChunk {
   int8_t q[kChunkQ];
-  float ws[kSubQ], wo[kSubQ];
-};
-
-// A pair of weight chunks as the pair GEMM reads them: the prepared quants of both in PackedPair's
-// order, and the scales and offsets of its 16 lanes (each 32-sub-block's: its first half's).
-struct alignas(64) PreparedPair {
-  int8_t q[2 * kChunkQ];
   float ws[kSubQ], wo[kSubQ];
 };
 
@@ -403,46 +343,6 @@ static inline __attribute__((always_inline)) void dots_block(const PreparedChunk
     for (int i = 0; i < kLocal; ++i) acc_out[i] = local[i];
 }
 
-// dots_block over prepared pairs (row i's pair p at w[p * ldw + i]) and packed pairs (token j's
-// at pk[j * ldt + p]): the 32-sub-block sums of kRows rows x the tokens are built in registers
-// over the pair's eight vectors (each weight and activation vector loaded once), then combined
-// once. `as16` is unused (the pairs carry their asums).
-template <bool kOffsets, int kRows, int kTokens>
-static inline __attribute__((always_inline)) void pair_block(const PreparedPair *w, int64_t ldw, const PackedPair *pk,
-                                                            const float *, int64_t ldt, int64_t nt_, int64_t n,
-                                                            __m512 *acc_out) {
-  const int64_t nt = kTokens ? kTokens : nt_;
-  constexpr int kLocal = kTokens ? kRows * kTokenTile : 1;
-  __m512 local[kLocal];
-  if (kTokens)
-    for (int i = 0; i < kLocal; ++i) local[i] = acc_out[i];
-  __m512 *const acc = kTokens ? local : acc_out;
-  for (int64_t p = 0; p < n; ++p, w += ldw, ++pk) {
-    __m512i is[kRows][kTokenTile];
-    for (int64_t j = 0; j < nt; ++j) {
-      const __m512i bias = _mm512_load_si512(pk[j * ldt].bias);
-      for (int i = 0; i < kRows; ++i) is[i][j] = bias;
-    }
-    for (int v = 0; v < 8; ++v) {
-      __m512i wv[kRows];
-      for (int i = 0; i < kRows; ++i) wv[i] = _mm512_load_si512(w[i].q + 64 * v);
-      for (int64_t j = 0; j < nt; ++j) {
-        const __m512i av = _mm512_load_si512(pk[j * ldt].qi + 64 * v);
-        for (int i = 0; i < kRows; ++i) is[i][j] = _mm512_dpbusd_epi32(is[i][j], wv[i], av);
-      }
-    }
-    for (int64_t j = 0; j < nt; ++j) {
-      const PackedPair &t = pk[j * ldt];
-      const __m512 ad = _mm512_load_ps(t.scale), as = kOffsets ? _mm512_load_ps(t.asum) : _mm512_setzero_ps();
-      for (int i = 0; i < kRows; ++i)
-        acc[i * kTokenTile + j] = combine_regs<kOffsets>(acc[i * kTokenTile + j], ad, _mm512_load_ps(w[i].ws),
-                                                         _mm512_load_ps(w[i].wo), is[i][j], as);
-    }
-  }
-  if (kTokens)
-    for (int i = 0; i < kLocal; ++i) acc_out[i] = local[i];
-}
-
 #else
 // One prepared row (its chunk c at w[c * ldw]) against tokens t0 .. t0 + nt - 1: y[j * ldy] for
 // token t0 + j.
@@ -462,35 +362,12 @@ static void row_dots(const PreparedChunk *w, int64_t ldw, const QActView &a, int
   finish(acc, nt, y, ldy);
 }
 
-// row_dots for a pair type: chunks 2 i and 2 i + 1 into one combination (combine_pair).
-template <bool kOffsets>
-static void row_dots_pairs(const PreparedChunk *w, int64_t ldw, const QActView &a, int64_t t0, int64_t nt, float *y,
-                           int64_t ldy) {
-  alignas(64) int32_t is[2][kSubQ];
-  alignas(64) float acc[kTokenTile][kSubQ];
-  memset(acc, 0, sizeof acc);
-  for (int64_t c = 0; c < a.chunks; c += 2, w += 2 * ldw) {
-    const bool odd = c + 1 < a.chunks;
-    const PreparedChunk *wc[2] = {w, odd ? w + ldw : w};
-    for (int64_t j = 0; j < nt; ++j) {
-      const int64_t off = (t0 + j) * a.chunks + c;
-      for (int h = 0; h < 1 + odd; ++h) isums(wc[h]->q, a.q + (off + h) * kChunkQ, is[h]);
-      const float *ad[2] = {a.scale + off * kSubQ, a.scale + (off + odd) * kSubQ};
-      const float *as[2] = {a.asum + off * kSubQ, a.asum + (off + odd) * kSubQ};
-      const float *ws[2] = {wc[0]->ws, wc[1]->ws}, *wo[2] = {wc[0]->wo, wc[1]->wo};
-      const int32_t *isp[2] = {is[0], odd ? is[1] : nullptr};
-      combine_pair<kOffsets>(acc[j], ad, ws, wo, isp, as);
-    }
-  }
-  finish(acc, nt, y, ldy);
-}
-
 #endif
 
 // Few tokens (decoding): a row is unpacked whole into L1, then used by every token. Unpacking
 // the whole row first (not chunk by chunk) matters: the unpackers write quants and scales in
 // small stores, and reading them back at once as 64-byte vectors stalls on store forwarding.
-template <bool kOffsets, int kTokens, bool kPair = false>  // kTokens: the AVX-512 path's count (with_token_count)
+template <bool kOffsets, int kTokens>  // kTokens: the AVX-512 path's count (with_token_count)
 static void stream_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,
                         int64_t nt, float *y, int64_t ldy) {
   PreparedChunk *const row = thread_vectors<PreparedChunk, 0>(a.chunks);
@@ -506,10 +383,7 @@ static void stream_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes,
     dots_block<kOffsets, 1, kTokens>(row, 1, a.packed, a.asum, a.chunks, nt, a.chunks, acc);
     for (int64_t j = 0; j < nt; ++j) finish.add(acc[j], y + j * ldy + r);
 #else
-    if (kPair)
-      row_dots_pairs<kOffsets>(row, 1, a, 0, nt, y + r, ldy);
-    else
-      row_dots<kOffsets>(row, 1, a, 0, nt, y + r, ldy);
+    row_dots<kOffsets>(row, 1, a, 0, nt, y + r, ldy);
 #endif
   }
 #if defined(__AVX512VNNI__)
@@ -519,53 +393,32 @@ static void stream_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes,
 
 #if defined(__AVX512VNNI__)
 // The AVX-512 GEMM over a tile of prepared rows: tokens in tiles of kGemmTokens and chunks in
-// blocks of kChunkBlock, so one token tile's packed activations over one block (4 x 16 x 448 B
-// = 28 KB of the 48 KB L1) stay in L1 while every row pair of the tile passes over them; 32
-// chunks overflow it (pairs: blocks of 8, 4 x 8 x 704 B = 22 KB). A row's accumulators wait in
-// acc between blocks (float stores and loads: the same bits as registers).
+// blocks of kChunkBlock, so one token tile's packed activations over one block (4 x 8 x 384 B
+// = 12 KB) stay in L1 (32 KB on Zen 4, 48 KB on Zen 5; blocks of 16 ran 4-7 % slower on Zen 4)
+// while every row pair of the tile passes over them. A row's accumulators wait in acc between
+// blocks (float stores and loads: the same bits as registers).
 constexpr int kGemmTokens = 4;
-constexpr int64_t kChunkBlock = 16;
+constexpr int64_t kChunkBlock = 8;
 
-// What a GEMM step reads: a chunk, or for the pair types (kPair) a pair of chunks, of weights
-// and of activations; steps per token row; and the dot products of a block of steps.
-template <bool kPair>
-struct GemmStep {
-  using Weights = std::conditional_t<kPair, PreparedPair, PreparedChunk>;
-  using Acts = std::conditional_t<kPair, PackedPair, PackedChunk>;
-  static int64_t steps(const QActView &a) { return kPair ? act_pairs(a.chunks) : a.chunks; }
-  static const Acts *acts(const QActView &a) {
-    if constexpr (kPair) return a.pairs;
-    else return a.packed;
-  }
-  template <bool kOffsets, int kRows, int kTokens>
-  static inline __attribute__((always_inline)) void dots(const Weights *w, int64_t ldw, const Acts *pk,
-                                                        const float *as16, int64_t ldt, int64_t nt, int64_t n,
-                                                        __m512 *acc) {
-    if constexpr (kPair) pair_block<kOffsets, kRows, kTokens>(w, ldw, pk, as16, ldt, nt, n, acc);
-    else dots_block<kOffsets, kRows, kTokens>(w, ldw, pk, as16, ldt, nt, n, acc);
-  }
-};
-
-template <bool kOffsets, bool kPair = false>
-static void gemm_tile(const typename GemmStep<kPair>::Weights *tile, int64_t rows, const QActView &a,
-                      int64_t num_tokens, float *y, int64_t ldy) {
-  using Step = GemmStep<kPair>;
-  const int64_t chunks = Step::steps(a), block = kPair ? kChunkBlock / 2 : kChunkBlock;  // steps, and per block
+template <bool kOffsets>
+static void gemm_tile(const PreparedChunk *tile, int64_t rows, const QActView &a, int64_t num_tokens, float *y,
+                      int64_t ldy) {
+  const int64_t chunks = a.chunks, block = kChunkBlock;
   __m512 *const acc = thread_vectors<__m512, 0>(rows * kTokenTile);  // [rows][kTokenTile]
   for (int64_t t0 = 0; t0 < num_tokens; t0 += kGemmTokens) {
     const int64_t nt = num_tokens - t0 < kGemmTokens ? num_tokens - t0 : kGemmTokens;
     for (int64_t c0 = 0; c0 < chunks; c0 += block) {
       const int64_t c1 = chunks - c0 < block ? chunks : c0 + block;
-      const typename Step::Acts *pk = Step::acts(a) + t0 * chunks + c0;
-      const float *as16 = a.asum + (t0 * a.chunks + c0) * kSubQ;  // (the chunk steps alone read it)
+      const PackedChunk *pk = a.packed + t0 * chunks + c0;
+      const float *as16 = a.asum + (t0 * chunks + c0) * kSubQ;
       for (int64_t r = 0; r < rows; r += 2) {
-        const typename Step::Weights *w = tile + tile_index(r, c0, chunks);
+        const PreparedChunk *w = tile + tile_index(r, c0, chunks);
         if (rows - r >= 2 && nt == kGemmTokens) {  // a full pass: finished from registers after the last block
           __m512 v[2 * kTokenTile];
           for (int i = 0; i < 2; ++i)
             for (int j = 0; j < kGemmTokens; ++j)
               v[i * kTokenTile + j] = c0 ? acc[(r + i) * kTokenTile + j] : _mm512_setzero_ps();
-          Step::template dots<kOffsets, 2, kGemmTokens>(w, 2, pk, as16, chunks, nt, c1 - c0, v);
+          dots_block<kOffsets, 2, kGemmTokens>(w, 2, pk, as16, chunks, nt, c1 - c0, v);
           if (c1 == chunks) {
             finish_2x4(v, kTokenTile, y + t0 * ldy + r, ldy);
           } else {
@@ -580,9 +433,9 @@ static void gemm_tile(const typename GemmStep<kPair>::Weights *tile, int64_t row
           for (int i = 0; i < n; ++i)
             for (int64_t j = 0; j < nt; ++j) v[i * kTokenTile + j] = _mm512_setzero_ps();
         if (n == 2)
-          Step::template dots<kOffsets, 2, 0>(w, 2, pk, as16, chunks, nt, c1 - c0, v);
+          dots_block<kOffsets, 2, 0>(w, 2, pk, as16, chunks, nt, c1 - c0, v);
         else
-          Step::template dots<kOffsets, 1, 0>(w, 2, pk, as16, chunks, nt, c1 - c0, v);
+          dots_block<kOffsets, 1, 0>(w, 2, pk, as16, chunks, nt, c1 - c0, v);
       }
     }
     Finisher finish;
@@ -600,7 +453,7 @@ static int64_t tile_rows_for(int64_t chunks) {
   return r < 16 ? 16 : r > 64 ? 64 : r;
 }
 
-template <bool kOffsets, bool kPair = false>
+template <bool kOffsets>
 static void tile_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,
                       int64_t num_tokens, float *y, int64_t ldy) {
   const int64_t chunks = a.chunks, chunk_bytes = row_bytes / chunks;
@@ -618,14 +471,12 @@ static void tile_rows(const Unpacker &up, const uint8_t *w, int64_t row_bytes, i
 #else
   for (int64_t t0 = 0; t0 < num_tokens; t0 += kTokenTile) {
     const int64_t nt = num_tokens - t0 < kTokenTile ? num_tokens - t0 : kTokenTile;
-    for (int64_t r = 0; r < rows; ++r)
-      (kPair ? row_dots_pairs<kOffsets> : row_dots<kOffsets>)(tile + tile_index(r, 0, chunks), 2, a, t0, nt,
-                                                               y + t0 * ldy + r, ldy);
+    for (int64_t r = 0; r < rows; ++r) row_dots<kOffsets>(tile + tile_index(r, 0, chunks), 2, a, t0, nt, y + t0 * ldy + r, ldy);
   }
 #endif
 }
 
-template <bool kOffsets, bool kPair = false>
+template <bool kOffsets>
 static void unpacked_matmul(const Unpacker &up, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,
                             int64_t num_tokens, float *y, int64_t ldy) {
   if (stream_tokens(num_tokens, a.chunks)) {
@@ -634,111 +485,87 @@ static void unpacked_matmul(const Unpacker &up, const uint8_t *w, int64_t row_by
       stream_rows<kOffsets, decltype(n)::value>(up, w, row_bytes, rows, a, num_tokens, y, ldy);
     });
 #else
-    return stream_rows<kOffsets, 0, kPair>(up, w, row_bytes, rows, a, num_tokens, y, ldy);
+    return stream_rows<kOffsets, 0>(up, w, row_bytes, rows, a, num_tokens, y, ldy);
 #endif
   }
   const int64_t tile = tile_rows_for(a.chunks);
   for (int64_t r0 = 0; r0 < rows; r0 += tile)
-    tile_rows<kOffsets, kPair>(up, w + r0 * row_bytes, row_bytes, rows - r0 < tile ? rows - r0 : tile, a, num_tokens,
-                        y + r0, ldy);
+    tile_rows<kOffsets>(up, w + r0 * row_bytes, row_bytes, rows - r0 < tile ? rows - r0 : tile, a, num_tokens, y + r0,
+                        ldy);
 }
 
 #if defined(__AVX512VNNI__)
 // A register type's GEMM: tiles of rows filled through its loader (prepared bytes: the loader's
-// plus 128 - 2^kOff, so int8 + 128), far cheaper than the generic unpacker and prepare; for the
-// pair types, pairs of chunks in PackedPair's order (a missing odd chunk as zeros).
-template <Offset kOff, bool kOffsets, auto kLoad, bool kPair>
+// plus 128 - 2^kOff, so int8 + 128), far cheaper than the generic unpacker and prepare.
+template <Offset kOff, bool kOffsets, auto kLoad>
 static void tile_regs(const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, int64_t num_tokens,
                       float *y, int64_t ldy) {
-  using Weights = typename GemmStep<kPair>::Weights;
-  const int64_t chunks = a.chunks, steps = GemmStep<kPair>::steps(a), chunk_bytes = row_bytes / chunks;
-  const int64_t tile = tile_rows_for(chunks);
+  const int64_t chunks = a.chunks, chunk_bytes = row_bytes / chunks, tile = tile_rows_for(chunks);
   const __m512i shift = _mm512_set1_epi8((char)(kOff == Offset::kNone ? 128 : 128 - (1 << (int)kOff)));
-  const auto prepared = [&](__m512i q) { return kOff == Offset::k128 ? q : _mm512_add_epi8(q, shift); };
-  Weights *const buf = thread_vectors<Weights, 1>(tile_slots(tile, steps));
+  PreparedChunk *const buf = thread_vectors<PreparedChunk, 1>(tile_slots(tile, chunks));
   for (int64_t r0 = 0; r0 < rows; r0 += tile) {
     const int64_t n = rows - r0 < tile ? rows - r0 : tile;
     for (int64_t r = 0; r < n; ++r) {
       const uint8_t *row = w + (r0 + r) * row_bytes;
-      for (int64_t c = 0; c < steps; ++c) {
-        Weights &p = buf[tile_index(r, c, steps)];
-        __m512 ws[2] = {}, wo[2] = {};
-        __m512i q[2][4];
-        const int per_step = kPair ? 2 : 1;
-        for (int h = 0; h < per_step; ++h) {
-          const int64_t cc = per_step * c + h;
-          if (cc == chunks) {  // the missing odd chunk of a pair
-            for (int i = 0; i < 4; ++i) q[h][i] = _mm512_setzero_si512();
-            continue;
-          }
-          prefetch_ahead(row + cc * chunk_bytes, chunk_bytes);
-          kLoad(a, row, cc, &ws[h], &wo[h], q[h]);
-          for (int i = 0; i < 4; ++i) q[h][i] = prepared(q[h][i]);
-        }
-        if constexpr (kPair) {
-          __m512i qp[8];
-          pair_vectors(q[0], q[1], qp);
-          for (int i = 0; i < 8; ++i) _mm512_store_si512(p.q + 64 * i, qp[i]);
-          _mm512_store_ps(p.ws, pair_pick<0x88>(ws[0], ws[1]));
-          if (kOffsets) _mm512_store_ps(p.wo, pair_pick<0x88>(wo[0], wo[1]));
-        } else {
-          for (int i = 0; i < 4; ++i) _mm512_store_si512(p.q + 64 * i, q[0][i]);
-          _mm512_store_ps(p.ws, ws[0]);
-          if (kOffsets) _mm512_store_ps(p.wo, wo[0]);
-        }
+      for (int64_t c = 0; c < chunks; ++c) {
+        PreparedChunk &p = buf[tile_index(r, c, chunks)];
+        __m512 ws, wo;
+        __m512i q[4];
+        prefetch_ahead(row + c * chunk_bytes, chunk_bytes);
+        kLoad(a, row, c, &ws, &wo, q);
+        for (int i = 0; i < 4; ++i) _mm512_store_si512(p.q + 64 * i, kOff == Offset::k128 ? q[i] : _mm512_add_epi8(q[i], shift));
+        _mm512_store_ps(p.ws, ws);
+        if (kOffsets) _mm512_store_ps(p.wo, wo);
       }
     }
-    gemm_tile<kOffsets, kPair>(buf, n, a, num_tokens, y + r0, ldy);
+    gemm_tile<kOffsets>(buf, n, a, num_tokens, y + r0, ldy);
   }
 }
 
-// The types with a register loader: the few-token stream or the GEMM over loader-filled tiles.
-template <int kType, Offset kOff, auto kLoad, bool kOffsets = has_offsets(kType), bool kPair = pair_type(kType)>
+// The legacy types with a register loader: the few-token stream or the GEMM over loader-filled tiles.
+template <int kType, Offset kOff, auto kLoad, bool kOffsets = has_offsets(kType)>
 static void regs_matmul(const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, int64_t num_tokens,
                         float *y, int64_t ldy) {
   if (stream_tokens(num_tokens, a.chunks))
     return with_token_count(num_tokens, [&](auto n) {
-      if constexpr (kPair)
-        stream_pairs<kOff, kOffsets, kLoad, decltype(n)::value>(w, row_bytes, rows, a, y, ldy);
-      else
-        stream_regs<kOff, kOffsets, kLoad, decltype(n)::value>(w, row_bytes, rows, a, y, ldy);
+      stream_regs<kOff, kOffsets, kLoad, decltype(n)::value>(w, row_bytes, rows, a, y, ldy);
     });
-  tile_regs<kOff, kOffsets, kLoad, kPair>(w, row_bytes, rows, a, num_tokens, y, ldy);
+  tile_regs<kOff, kOffsets, kLoad>(w, row_bytes, rows, a, num_tokens, y, ldy);
 }
 #endif
 
+#include "qmatmul_superblock_impl.h"
+
 void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,
                   int64_t num_tokens, float *y, int64_t ldy) {
-  const Geometry g = geometry(type);
-  const Unpacker up{unpack_fn(type), a.k / g.block_size, kChunkQ / g.block_size, g.type_size, has_offsets(type)};
 #if defined(__AVX512VNNI__)
   switch (type) {
-    case kQ2_K: return regs_matmul<kQ2_K, Offset::kNone, load_q2_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
-    case kQ3_K: return regs_matmul<kQ3_K, Offset::k4, load_q3_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
-    case kQ4_K: return regs_matmul<kQ4_K, Offset::kNone, load_q4_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
-    case kQ6_K: return regs_matmul<kQ6_K, Offset::k32, interleaved<load_q6_k>>(w, row_bytes, rows, a, num_tokens, y, ldy);
-    case kQ5_K: return regs_matmul<kQ5_K, Offset::kNone, load_q5_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kQ2_K: return super_matmul<kQ2_K, Offset::kNone, load_q2_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kQ3_K: return super_matmul<kQ3_K, Offset::k4, load_q3_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kQ4_K: return super_matmul<kQ4_K, Offset::kNone, load_q4_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kQ5_K: return super_matmul<kQ5_K, Offset::kNone, load_q5_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kQ6_K:
+      return super_matmul<kQ6_K, Offset::k32, interleaved_super<load_q6_k>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kIQ4_XS: return super_matmul<kIQ4_XS, Offset::k128, load_iq4_xs>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kIQ1_S: return super_matmul<kIQ1_S, Offset::k128, load_iq1_s>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kIQ1_M: return super_matmul<kIQ1_M, Offset::k128, load_iq1_m>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kIQ2_XXS: return super_matmul<kIQ2_XXS, Offset::k128, load_iq2_xxs>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kIQ2_XS: return super_matmul<kIQ2_XS, Offset::k128, load_iq2_xs>(w, row_bytes, rows, a, num_tokens, y, ldy);
+    case kIQ3_XXS: return super_matmul<kIQ3_XXS, Offset::k128, load_iq3_xxs>(w, row_bytes, rows, a, num_tokens, y, ldy);
     case kQ4_0:
       return regs_matmul<kQ4_0, Offset::k8, load_nibble_chunk<false>>(w, row_bytes, rows, a, num_tokens, y, ldy);
     case kIQ4_NL:
       return regs_matmul<kIQ4_NL, Offset::k128, load_nibble_chunk<true>>(w, row_bytes, rows, a, num_tokens, y, ldy);
-    case kIQ4_XS: return regs_matmul<kIQ4_XS, Offset::k128, load_iq4_xs>(w, row_bytes, rows, a, num_tokens, y, ldy);
     case kQ4_1: return regs_matmul<kQ4_1, Offset::kNone, load_q4_1_chunk>(w, row_bytes, rows, a, num_tokens, y, ldy);
     case kQ5_0: return regs_matmul<kQ5_0, Offset::k16, interleaved<load_q5_0>>(w, row_bytes, rows, a, num_tokens, y, ldy);
     case kQ5_1: return regs_matmul<kQ5_1, Offset::kNone, interleaved<load_q5_1>>(w, row_bytes, rows, a, num_tokens, y, ldy);
     case kQ8_0: return regs_matmul<kQ8_0, Offset::k128, interleaved<load_q8_0>>(w, row_bytes, rows, a, num_tokens, y, ldy);
-    case kIQ1_S: return regs_matmul<kIQ1_S, Offset::k128, load_iq1_s>(w, row_bytes, rows, a, num_tokens, y, ldy);
-    case kIQ1_M: return regs_matmul<kIQ1_M, Offset::k128, load_iq1_m>(w, row_bytes, rows, a, num_tokens, y, ldy);
-    case kIQ2_XXS: return regs_matmul<kIQ2_XXS, Offset::k128, load_iq2_xxs>(w, row_bytes, rows, a, num_tokens, y, ldy);
-    case kIQ2_XS: return regs_matmul<kIQ2_XS, Offset::k128, load_iq2_xs>(w, row_bytes, rows, a, num_tokens, y, ldy);
-    case kIQ3_XXS: return regs_matmul<kIQ3_XXS, Offset::k128, load_iq3_xxs>(w, row_bytes, rows, a, num_tokens, y, ldy);
   }
 #else
-  if (pair_type(type)) {
-    if (up.offsets) return unpacked_matmul<true, true>(up, w, row_bytes, rows, a, num_tokens, y, ldy);
-    return unpacked_matmul<false, true>(up, w, row_bytes, rows, a, num_tokens, y, ldy);
-  }
+  if (superblock_type(type)) return super_unpacked_matmul(super_unpack_fn(type), w, row_bytes, rows, a, num_tokens, y, ldy);
 #endif
+  const Geometry g = geometry(type);
+  const Unpacker up{unpack_fn(type), a.k / g.block_size, kChunkQ / g.block_size, g.type_size, has_offsets(type)};
   if (up.offsets) return unpacked_matmul<true>(up, w, row_bytes, rows, a, num_tokens, y, ldy);
   unpacked_matmul<false>(up, w, row_bytes, rows, a, num_tokens, y, ldy);
 }

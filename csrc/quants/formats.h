@@ -24,7 +24,7 @@ struct Geometry {
 };
 
 // {0, 0} for a type we do not support.
-inline Geometry geometry(int type) {
+constexpr Geometry geometry(int type) {
   switch (type) {
     case kF32: return {1, 4};
     case kF16: return {1, 2};
@@ -50,11 +50,28 @@ inline Geometry geometry(int type) {
   }
 }
 
-// IEEE half -> float, exact for every input (subnormals, inf, NaN payloads), as numpy's astype.
-// Whether a type's weights carry an offset per sub-block (w = ws * q + wo, wo != 0).
-constexpr bool has_offsets(int type) {
-  return type == kQ4_1 || type == kQ5_1 || type == kQ2_K || type == kQ4_K || type == kQ5_K;
+// The super-block types (K and IQ quants): one float scale (and a min scale) per 256 weights and
+// small integer scales per sub-block, w = d * S_s * q - dmin * M_s with integers S, q, M. Their
+// integer path keeps the sub-block scales in integers (qmatmul_superblock_impl.h).
+constexpr bool superblock_type(int type) {
+  return type == kQ2_K || type == kQ3_K || type == kQ4_K || type == kQ5_K || type == kQ6_K || type == kIQ2_XXS ||
+         type == kIQ2_XS || type == kIQ3_XXS || type == kIQ1_S || type == kIQ1_M || type == kIQ4_XS;
 }
+
+// The super-block types whose sub-blocks have mins (M_s above).
+constexpr bool has_mins(int type) { return type == kQ2_K || type == kQ4_K || type == kQ5_K; }
+
+// Weights per sub-block of a super-block type (per scale).
+constexpr int sub_block_size(int type) {
+  return type == kQ4_K || type == kQ5_K || type == kIQ4_XS || type == kIQ2_XXS || type == kIQ3_XXS || type == kIQ1_S
+             ? 32
+             : 16;
+}
+
+// Whether a legacy 32-block type's weights carry an offset per block (w = ws * q + wo, wo != 0).
+constexpr bool has_offsets(int type) { return type == kQ4_1 || type == kQ5_1; }
+
+// IEEE half -> float, exact for every input (subnormals, inf, NaN payloads), as numpy's astype.
 
 inline float half_to_float(uint16_t h) {
   uint32_t sign = (uint32_t)(h & 0x8000) << 16;

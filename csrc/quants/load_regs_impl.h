@@ -1,36 +1,60 @@
 // AVX-512 register loaders (included once, in the avx512 namespace, by qmatmul_isa.cpp): a GGUF
 // type's 256-weight chunk straight from its blocks into four vectors of unsigned bytes in the
-// interleaved order of PackedChunk::qi (see interleave) plus 16-lane scale and offset vectors,
-// never through an int8 buffer. The few-token path runs them per row and chunk; the GEMM fills
-// its tiles with them.
+// interleaved order of PackedChunk::qi (see interleave) plus its scales, never through an int8
+// buffer: 16-lane float scale and offset vectors for the legacy 32-blocks, the integer scales
+// of SuperRegs for the super-block types. The few-token paths run them per row and chunk; the
+// GEMMs fill their tiles with them.
 #pragma once
+
+// A super-block's scales in registers: lane s the integer scale and min of 16-weight sub-block s
+// (a 32-weight sub-block's in both of its lanes; zero mins for the types without), the mins
+// once more as int16 pairs of consecutive sub-blocks (per 32 weights for Q4_K/Q5_K: 4 pairs in
+// the low half; per 16 for Q2_K: 8 pairs), and the block's float scales: unpack_impl.h's
+// SuperScales.
+struct SuperRegs {
+  __m512i s, m;
+  __m256i mp;
+  float d, dmin;
+};
+
+static inline __attribute__((always_inline)) void no_mins(SuperRegs *sc) {
+  sc->m = _mm512_setzero_si512();
+  sc->mp = _mm256_setzero_si256();
+  sc->dmin = 0.0f;
+}
 
 // dpbusd takes the unsigned bytes as they are; where the generic path's int8 is that byte minus
 // a constant (Q8_0 stored with +128 here, Q5_0's 16), the constant times the activation's
 // sub-block sum comes off: the same integers, the same float operations, the same bits.
 enum class Offset { kNone = 0, k4 = 2, k8 = 3, k16 = 4, k32 = 5, k128 = 7 };  // log2 of what each weight byte carries extra
 
-// Q4_K's 16 sub-block scales (d * sc) and offsets (-(dmin * m)) straight into registers: the
-// 12 packed bytes give 8 six-bit scales and 8 mins with a few 32-bit operations (bytes 0-3 and
-// 4-7 hold scales/mins 0-3 in their low 6 bits and the top 2 bits of scales/mins 4-7, whose low
-// 4 bits are the nibbles of bytes 8-11), each duplicated for the two 16-halves of its 32.
-static inline __attribute__((always_inline)) void q4_k_scales(const uint8_t *b, __m512 *ws, __m512 *wo) {
+// Q4_K's 8 six-bit scales and 8 mins straight into registers: the 12 packed bytes give them
+// with a few 32-bit operations (bytes 0-3 and 4-7 hold scales/mins 0-3 in their low 6 bits and
+// the top 2 bits of scales/mins 4-7, whose low 4 bits are the nibbles of bytes 8-11), each in
+// the two lanes of its 32.
+static inline __attribute__((always_inline)) void q4_k_scales(const uint8_t *b, SuperRegs *r) {
   const uint32_t u0 = load_u32(b + 4), u1 = load_u32(b + 8), u2 = load_u32(b + 12);
   const uint64_t sc = (u0 & 0x3f3f3f3fu) | (uint64_t)((u2 & 0x0f0f0f0fu) | ((u0 >> 2) & 0x30303030u)) << 32;
   const uint64_t mn = (u1 & 0x3f3f3f3fu) | (uint64_t)(((u2 >> 4) & 0x0f0f0f0fu) | ((u1 >> 2) & 0x30303030u)) << 32;
   const __m128i s8 = _mm_cvtsi64_si128((long long)sc), m8 = _mm_cvtsi64_si128((long long)mn);
-  const __m512 fs = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(s8, s8)));
-  const __m512 fm = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(m8, m8)));
-  *ws = _mm512_mul_ps(_mm512_set1_ps(load_half(b)), fs);
-  const __m512 dm = _mm512_mul_ps(_mm512_set1_ps(load_half(b + 2)), fm);
-  *wo = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(dm), _mm512_set1_epi32((int)0x80000000u)));
+  r->s = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(s8, s8));
+  r->m = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(m8, m8));
+  r->mp = _mm256_zextsi128_si256(_mm_cvtepu8_epi16(m8));
+  r->d = load_half(b);
+  r->dmin = load_half(b + 2);
 }
 
-// A loader of the natural order, then interleaved.
+// A loader of the natural order, then interleaved (legacy 32-blocks, super-blocks).
 template <auto kLoad>
 static inline __attribute__((always_inline)) void interleaved(const QActView &a, const uint8_t *row, int64_t c,
                                                              __m512 *ws, __m512 *wo, __m512i *q) {
   kLoad(a, row, c, ws, wo, q);
+  interleave(q);
+}
+template <auto kLoad>
+static inline __attribute__((always_inline)) void interleaved_super(const uint8_t *row, int64_t c, SuperRegs *sc,
+                                                                   __m512i *q) {
+  kLoad(row, c, sc, q);
   interleave(q);
 }
 
@@ -59,31 +83,33 @@ static inline __attribute__((always_inline)) void k_crumbs(const uint8_t *qs, __
 }
 
 // Q2_K: 16 bytes of 4-bit scale and min per sub-block, 64 of 2-bit quants (unsigned), d, dmin.
-// The same integers and float operations as up_q2_k's.
-static inline __attribute__((always_inline)) void load_q2_k(const QActView &, const uint8_t *row, int64_t c,
-                                                           __m512 *ws, __m512 *wo, __m512i *q) {
+// The same integers as up_q2_k's.
+static inline __attribute__((always_inline)) void load_q2_k(const uint8_t *row, int64_t c, SuperRegs *r, __m512i *q) {
   const uint8_t *b = row + c * 84;
-  const __m512i sc = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)b));
-  *ws = _mm512_mul_ps(_mm512_set1_ps(load_half(b + 80)), _mm512_cvtepi32_ps(_mm512_and_si512(sc, _mm512_set1_epi32(15))));
-  const __m512 m = _mm512_mul_ps(_mm512_set1_ps(load_half(b + 82)), _mm512_cvtepi32_ps(_mm512_srli_epi32(sc, 4)));
-  *wo = _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(m), _mm512_set1_epi32((int)0x80000000u)));
+  const __m128i sc8 = _mm_loadu_si128((const __m128i *)b);
+  const __m512i sc = _mm512_cvtepu8_epi32(sc8);
+  r->s = _mm512_and_si512(sc, _mm512_set1_epi32(15));
+  r->m = _mm512_srli_epi32(sc, 4);
+  r->mp = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(sc8, 4), _mm_set1_epi8(15)));
+  r->d = load_half(b + 80);
+  r->dmin = load_half(b + 82);
   k_crumbs(b + 16, q);
 }
 
 // Q3_K: 32 bytes of high bits, 64 of 2-bit quants, 12 of packed 6-bit scales, d. A weight's byte
 // is its 2-bit quant plus 4 times its high bit: the int8 (from -4) + 4 (Offset::k4). Lane s of
 // vector p takes high-bit dword 4 (s % 2) + p, bit s / 2 of each byte. The scales unpack as
-// llama.cpp's 32-bit masks do; the same integers and floats as up_q3_k's.
-static inline __attribute__((always_inline)) void load_q3_k(const QActView &, const uint8_t *row, int64_t c,
-                                                           __m512 *ws, __m512 *, __m512i *q) {
+// llama.cpp's 32-bit masks do; the same integers as up_q3_k's.
+static inline __attribute__((always_inline)) void load_q3_k(const uint8_t *row, int64_t c, SuperRegs *r, __m512i *q) {
   const uint8_t *b = row + c * 110;
   const uint32_t a0 = load_u32(b + 96), a1 = load_u32(b + 100), t = load_u32(b + 104);
   const uint32_t low = 0x0f0f0f0fu, two = 0x03030303u;
   const __m128i packed = _mm_setr_epi32((int)((a0 & low) | ((t & two) << 4)), (int)((a1 & low) | (((t >> 2) & two) << 4)),
                                         (int)(((a0 >> 4) & low) | (((t >> 4) & two) << 4)),
                                         (int)(((a1 >> 4) & low) | (((t >> 6) & two) << 4)));
-  const __m512i sc = _mm512_sub_epi32(_mm512_cvtepu8_epi32(packed), _mm512_set1_epi32(32));
-  *ws = _mm512_mul_ps(_mm512_set1_ps(load_half(b + 108)), _mm512_cvtepi32_ps(sc));
+  r->s = _mm512_sub_epi32(_mm512_cvtepu8_epi32(packed), _mm512_set1_epi32(32));
+  r->d = load_half(b + 108);
+  no_mins(r);
   k_crumbs(b + 32, q);
   const __m512i hm = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)b)), one = _mm512_set1_epi8(1);
   const __m512i base = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
@@ -94,10 +120,9 @@ static inline __attribute__((always_inline)) void load_q3_k(const QActView &, co
   }
 }
 
-static inline __attribute__((always_inline)) void load_q4_k(const QActView &, const uint8_t *row, int64_t c,
-                                                           __m512 *ws, __m512 *wo, __m512i *q) {
+static inline __attribute__((always_inline)) void load_q4_k(const uint8_t *row, int64_t c, SuperRegs *r, __m512i *q) {
   const uint8_t *b = row + c * 144;
-  q4_k_scales(b, ws, wo);
+  q4_k_scales(b, r);
   k_nibbles(b + 16, q);
 }
 
@@ -105,12 +130,11 @@ static inline __attribute__((always_inline)) void load_q4_k(const QActView &, co
 // 2 (p % 2) and 2 (p % 2) + 1 of half p / 2 (up_q6_k's order): the low or high nibbles of that
 // half's 64 ql bytes, and bit pairs 0/2 or 4/6 of its 32 qh bytes, seen once per 256-bit lane,
 // moved to bits 4-5 by a per-lane shift. The byte is the int8 + 32.
-static inline __attribute__((always_inline)) void load_q6_k(const QActView &, const uint8_t *row, int64_t c,
-                                                           __m512 *ws, __m512 *wo, __m512i *q) {
+static inline __attribute__((always_inline)) void load_q6_k(const uint8_t *row, int64_t c, SuperRegs *r, __m512i *q) {
   const uint8_t *b = row + c * 210;
-  const __m128i sc = _mm_loadu_si128((const __m128i *)(b + 192));
-  *ws = _mm512_mul_ps(_mm512_set1_ps(load_half(b + 208)), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(sc)));
-  *wo = _mm512_setzero_ps();
+  r->s = _mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 192)));
+  r->d = load_half(b + 208);
+  no_mins(r);
   const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30);
   const __m512i up_01 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);  // bits 0, 2 -> 4
   const __m512i down_23 = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);  // bits 4, 6 -> 4
@@ -279,20 +303,20 @@ static inline __attribute__((always_inline)) void load_nibble_chunk(const QActVi
 }
 
 // IQ4_XS: d, 8 six-bit block scales (low nibbles in 4 bytes, high bit pairs in a u16), and
-// codebook indices as IQ4_NL's; the scale of 32-block ib is d * (ls - 32), as up_iq4_xs has it.
+// codebook indices as IQ4_NL's; the scale of 32-block ib is ls - 32, as up_iq4_xs has it.
 // Straight into the interleaved order: lane s of vector p is dword 4 (s / 2) + p of the 128
 // index bytes, low nibbles for even s (the block's weights 0-15) and high for odd s; the scales
 // lane by lane from the broadcast fields.
-static inline __attribute__((always_inline)) void load_iq4_xs(const QActView &, const uint8_t *row, int64_t c,
-                                                             __m512 *ws, __m512 *wo, __m512i *q) {
+static inline __attribute__((always_inline)) void load_iq4_xs(const uint8_t *row, int64_t c, SuperRegs *r, __m512i *q) {
   const uint8_t *b = row + c * 136;
   const __m512i block = _mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);  // ib = s / 2
   const __m512i lo = _mm512_srlv_epi32(_mm512_set1_epi32((int)load_u32(b + 4)), _mm512_slli_epi32(block, 2));
   const __m512i hi = _mm512_srlv_epi32(_mm512_set1_epi32((int)load_u16(b + 2)), _mm512_slli_epi32(block, 1));
   const __m512i ls = _mm512_or_si512(_mm512_and_si512(lo, _mm512_set1_epi32(0xF)),
                                      _mm512_slli_epi32(_mm512_and_si512(hi, _mm512_set1_epi32(3)), 4));
-  *ws = _mm512_mul_ps(_mm512_set1_ps(load_half(b)), _mm512_cvtepi32_ps(_mm512_sub_epi32(ls, _mm512_set1_epi32(32))));
-  *wo = _mm512_setzero_ps();
+  r->s = _mm512_sub_epi32(ls, _mm512_set1_epi32(32));
+  r->d = load_half(b);
+  no_mins(r);
   const __m512i q0 = _mm512_loadu_si512(b + 8), q1 = _mm512_loadu_si512(b + 72);
   const __m512i shift = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4), m4 = _mm512_set1_epi8(0x0F);
   const __m512i table = _mm512_broadcast_i32x4(_mm256_castsi256_si128(iq4_table()));
@@ -306,8 +330,7 @@ static inline __attribute__((always_inline)) void load_iq4_xs(const QActView &, 
 // Q5_K: Q4_K's header and nibbles, plus a fifth bit per weight: bit sb of qh[i] for weight i of
 // 32-block sb, added as 16 under a byte mask. Lane s of vector p reads qh dword 4 (s % 2) + p,
 // bit s / 2 of each byte.
-static inline __attribute__((always_inline)) void load_q5_k(const QActView &, const uint8_t *row, int64_t c,
-                                                           __m512 *ws, __m512 *wo, __m512i *q) {
+static inline __attribute__((always_inline)) void load_q5_k(const uint8_t *row, int64_t c, SuperRegs *r, __m512i *q) {
   const uint8_t *b = row + c * 176;
   const __m512i qh = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(b + 16)));
   const __m512i bits = _mm512_setr_epi32(0x01010101, 0x01010101, 0x02020202, 0x02020202, 0x04040404, 0x04040404,
@@ -315,12 +338,17 @@ static inline __attribute__((always_inline)) void load_q5_k(const QActView &, co
                                          0x40404040, 0x40404040, (int)0x80808080, (int)0x80808080);
   const __m512i base = _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4);
   const __m512i sixteen = _mm512_set1_epi8(16);
-  q4_k_scales(b, ws, wo);
+  q4_k_scales(b, r);
   k_nibbles(b + 48, q);
   for (int p = 0; p < 4; ++p) {
     const __m512i h = _mm512_permutexvar_epi32(_mm512_add_epi32(base, _mm512_set1_epi32(p)), qh);
     q[p] = _mm512_mask_add_epi8(q[p], _mm512_test_epi8_mask(h, bits), q[p], sixteen);
   }
+}
+
+// The IQ2/IQ3/IQ1 sub-block scales 2 s + 1 (unpack_impl.h's odd_scale).
+static inline __attribute__((always_inline)) __m512i odd_scales(__m512i s) {
+  return _mm512_add_epi32(_mm512_slli_epi32(s, 1), _mm512_set1_epi32(1));
 }
 
 // The grid types' codebooks as the bytes dpbusd takes (int8 + 128): IQ1_S's 8 g (g in
@@ -404,8 +432,7 @@ static inline __attribute__((always_inline)) void iq1_rows(__m512i idx, __m512i 
 // IQ1_S (the 1.58-bit DeepSeek-R1's experts): a weight is ws * (8 g + delta), its byte
 // 8 g + delta + 128 (Offset::k128): 32 codebook rows from kIq1sGrid8 plus the block's delta of
 // +-1. The same integers as up_iq1_s's.
-static inline __attribute__((always_inline)) void load_iq1_s(const QActView &, const uint8_t *row, int64_t c,
-                                                            __m512 *ws, __m512 *wo, __m512i *q) {
+static inline __attribute__((always_inline)) void load_iq1_s(const uint8_t *row, int64_t c, SuperRegs *r, __m512i *q) {
   const uint8_t *b = row + c * 50;
   const __m128i qh8 = _mm_loadu_si128((const __m128i *)(b + 34));  // 8 x u16
   // The rows' 11-bit indices as u16: qs[r] | ((qh[r / 4] >> 3 (r % 4)) & 7) << 8.
@@ -421,15 +448,13 @@ static inline __attribute__((always_inline)) void load_iq1_s(const QActView &, c
   const __mmask16 negative = (__mmask16)_mm_movemask_epi8(_mm_srai_epi16(qh8, 15));  // both lanes of a block
   const __m512i delta = _mm512_mask_mov_epi32(_mm512_set1_epi8(1), negative, _mm512_set1_epi8(-1));
   for (int p = 0; p < 4; ++p) q[p] = _mm512_add_epi8(q[p], delta);
-  // ws = d * (2 s + 1) * 0.125 per block, as up_iq1_s's operations, two lanes each.
-  const __m512i seven = _mm512_set1_epi32(7);
-  const __m512i qh = _mm512_cvtepu16_epi32(_mm256_castsi128_si256(qh8));  // lanes 0-7
-  const __m512i s21 = _mm512_add_epi32(_mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(qh, 12), seven), 1),
-                                       _mm512_set1_epi32(1));
-  const __m512 blk = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(load_half(b)), _mm512_cvtepi32_ps(s21)),
-                                   _mm512_set1_ps(0.125f));
-  *ws = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7), blk);
-  *wo = _mm512_setzero_ps();
+  // Scale 2 s + 1 per block (two lanes each) with d / 8, as up_iq1_s's.
+  const __m512i qh = _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7),
+                                              _mm512_cvtepu16_epi32(_mm256_castsi128_si256(qh8)));
+  r->s = _mm512_add_epi32(_mm512_slli_epi32(_mm512_and_si512(_mm512_srli_epi32(qh, 12), _mm512_set1_epi32(7)), 1),
+                          _mm512_set1_epi32(1));
+  r->d = load_half(b) * 0.125f;
+  no_mins(r);
 }
 
 // The sign masks of rows8's four groups (see deal_rows) from per-block u32s whose bits 7 l ..
@@ -463,8 +488,8 @@ static inline __attribute__((always_inline)) void grid_signs(__m512i aux, __mmas
 // a u32 of four 7-bit sign patterns and a 4-bit scale. A weight's byte is 128 +- g (Offset::k128):
 // the magnitude row from kIq2xxsGrid8, negated in bytes (256 - (128 + g)) where its sign bit is
 // set (grid_signs). The same integers as up_iq2_xxs's.
-static inline __attribute__((always_inline)) void load_iq2_xxs(const QActView &, const uint8_t *row, int64_t c,
-                                                              __m512 *ws, __m512 *wo, __m512i *q) {
+static inline __attribute__((always_inline)) void load_iq2_xxs(const uint8_t *row, int64_t c, SuperRegs *r,
+                                                              __m512i *q) {
   const uint8_t *b = row + c * 66;
   const __m512i aux = _mm512_srli_epi64(_mm512_loadu_si512(b + 2), 32);  // qword ib: block ib's u32
   __mmask64 sign[4];
@@ -474,19 +499,18 @@ static inline __attribute__((always_inline)) void load_iq2_xxs(const QActView &,
   __m512i g[4] = {rows8(row_of, 0), rows8(row_of, 16), rows8(row_of, 1), rows8(row_of, 17)};
   for (int i = 0; i < 4; ++i) g[i] = _mm512_mask_sub_epi8(g[i], sign[i], _mm512_setzero_si512(), g[i]);
   deal_rows(g, q);
-  // ws = d * (0.5 + s) * 0.25 per block (s = aux >> 28), as up_iq2_xxs's operations, two lanes each.
+  // Scale 2 s + 1 per block (s = aux >> 28, two lanes each) with d / 8, as up_iq2_xxs's.
   const __m512i s = _mm512_srli_epi32(_mm512_permutexvar_epi32(_mm512_setr_epi32(0, 0, 2, 2, 4, 4, 6, 6, 8, 8, 10, 10,
                                                                                   12, 12, 14, 14), aux), 28);
-  *ws = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(load_half(b)), _mm512_add_ps(_mm512_set1_ps(0.5f), _mm512_cvtepi32_ps(s))),
-                      _mm512_set1_ps(0.25f));
-  *wo = _mm512_setzero_ps();
+  r->s = odd_scales(s);
+  r->d = load_half(b) * 0.125f;
+  no_mins(r);
 }
 
 // IQ2_XS: d, 32 u16 (a row's 9-bit codebook index and 7-bit sign pattern), 8 bytes of 4-bit
 // scales (one per 16 weights). As IQ2_XXS: magnitude rows from kIq2xsGrid8, negated in bytes
 // where the pattern, its parity the eighth sign, says. The same integers as up_iq2_xs's.
-static inline __attribute__((always_inline)) void load_iq2_xs(const QActView &, const uint8_t *row, int64_t c,
-                                                             __m512 *ws, __m512 *wo, __m512i *q) {
+static inline __attribute__((always_inline)) void load_iq2_xs(const uint8_t *row, int64_t c, SuperRegs *r, __m512i *q) {
   const uint8_t *b = row + c * 74;
   const __m512i f = _mm512_srli_epi16(_mm512_loadu_si512(b + 2), 9);  // row r's pattern in word r
   __m512i par = _mm512_xor_si512(f, _mm512_srli_epi16(f, 4));
@@ -506,22 +530,22 @@ static inline __attribute__((always_inline)) void load_iq2_xs(const QActView &, 
   __m512i g[4] = {rows8(row_of, 0), rows8(row_of, 16), rows8(row_of, 1), rows8(row_of, 17)};
   for (int i = 0; i < 4; ++i) g[i] = _mm512_mask_sub_epi8(g[i], sign[i], _mm512_setzero_si512(), g[i]);
   deal_rows(g, q);
-  // ws = d * (0.5 + s) * 0.25 per 16 weights (s the nibble s % 2 of byte s / 2), as up_iq2_xs's.
+  // Scale 2 s + 1 per 16 weights (s the nibble s % 2 of byte s / 2) with d / 8, as up_iq2_xs's.
   const __m128i s8 = _mm_loadl_epi64((const __m128i *)(b + 66));
   const __m512i s = _mm512_and_si512(_mm512_srlv_epi32(_mm512_cvtepu8_epi32(_mm_unpacklo_epi8(s8, s8)),
                                                        _mm512_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4)),
                                      _mm512_set1_epi32(15));
-  *ws = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(load_half(b)), _mm512_add_ps(_mm512_set1_ps(0.5f), _mm512_cvtepi32_ps(s))),
-                      _mm512_set1_ps(0.25f));
-  *wo = _mm512_setzero_ps();
+  r->s = odd_scales(s);
+  r->d = load_half(b) * 0.125f;
+  no_mins(r);
 }
 
 // IQ3_XXS: d, 64 codebook indices (row r of 8 weights is entries 2 r and 2 r + 1 of 4), then per
 // 32-block a u32 of four 7-bit sign patterns and a 4-bit scale. As IQ2_XXS, the rows built from
 // 32-bit table loads (a gather of 16 entries measured slower, 0.65 against 0.42 ms a 4096x4096
 // token). The same integers as up_iq3_xxs's.
-static inline __attribute__((always_inline)) void load_iq3_xxs(const QActView &, const uint8_t *row, int64_t c,
-                                                              __m512 *ws, __m512 *wo, __m512i *q) {
+static inline __attribute__((always_inline)) void load_iq3_xxs(const uint8_t *row, int64_t c, SuperRegs *r,
+                                                              __m512i *q) {
   const uint8_t *b = row + c * 98;
   const __m512i aux = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(b + 66)));  // dword ib: block ib's
   __mmask64 sign[4];
@@ -540,20 +564,19 @@ static inline __attribute__((always_inline)) void load_iq3_xxs(const QActView &,
   __m512i g[4] = {group(0), group(16), group(1), group(17)};
   for (int i = 0; i < 4; ++i) g[i] = _mm512_mask_sub_epi8(g[i], sign[i], _mm512_setzero_si512(), g[i]);
   deal_rows(g, q);
-  // ws = d * (0.5 + s) * 0.5 per block (s = aux >> 28), as up_iq3_xxs's operations, two lanes each.
+  // Scale 2 s + 1 per block (s = aux >> 28, two lanes each) with d / 4, as up_iq3_xxs's.
   const __m512i s = _mm512_srli_epi32(
       _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7), aux), 28);
-  *ws = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(load_half(b)), _mm512_add_ps(_mm512_set1_ps(0.5f), _mm512_cvtepi32_ps(s))),
-                      _mm512_set1_ps(0.5f));
-  *wo = _mm512_setzero_ps();
+  r->s = odd_scales(s);
+  r->d = load_half(b) * 0.25f;
+  no_mins(r);
 }
 
 // IQ1_M: 32 bytes of index low bits, 16 of a nibble per row (3 high index bits, and the sign of
 // the row's delta), 4 u16 of 3-bit scales (one per 16 weights) whose top nibbles make d. As
 // IQ1_S, with the delta per row of 8: lane s of vectors 0-1 holds row 2 s, of vectors 2-3 row
-// 2 s + 1 (deal_rows). The same integers and floats as up_iq1_m's.
-static inline __attribute__((always_inline)) void load_iq1_m(const QActView &, const uint8_t *row, int64_t c,
-                                                            __m512 *ws, __m512 *wo, __m512i *q) {
+// 2 s + 1 (deal_rows). The same integers and d as up_iq1_m's.
+static inline __attribute__((always_inline)) void load_iq1_m(const uint8_t *row, int64_t c, SuperRegs *r, __m512i *q) {
   const uint8_t *b = row + c * 56;
   const __m128i qh8 = _mm_loadu_si128((const __m128i *)(b + 32));
   const __m512i nib = _mm512_and_si512(  // row r's nibble, qh[r / 2] >> 4 (r % 2), in u16 lane r
@@ -568,7 +591,7 @@ static inline __attribute__((always_inline)) void load_iq1_m(const QActView &, c
   const __m512i even = _mm512_mask_mov_epi32(one, _mm512_test_epi32_mask(nib, _mm512_set1_epi32(8)), minus);
   const __m512i odd = _mm512_mask_mov_epi32(one, _mm512_test_epi32_mask(nib, _mm512_set1_epi32(8 << 16)), minus);
   for (int p = 0; p < 4; ++p) q[p] = _mm512_add_epi8(q[p], p < 2 ? even : odd);
-  // ws = d * (2 s + 1) * 0.125 per 16 weights (s: bits 3 (i % 4) of u16 i / 4), as up_iq1_m's.
+  // Scale 2 s + 1 per 16 weights (s: bits 3 (i % 4) of u16 i / 4) with d / 8, as up_iq1_m's.
   uint16_t sc[4];
   for (int i = 0; i < 4; ++i) sc[i] = load_u16(b + 48 + 2 * i);
   const float d = half_to_float((uint16_t)((sc[0] >> 12) | ((sc[1] >> 8) & 0xF0) | ((sc[2] >> 4) & 0xF00) | (sc[3] & 0xF000)));
@@ -576,7 +599,7 @@ static inline __attribute__((always_inline)) void load_iq1_m(const QActView &, c
                                              _mm512_cvtepu16_epi32(_mm256_castsi128_si256(_mm_loadl_epi64((const __m128i *)(b + 48)))));
   const __m512i s3 = _mm512_and_si512(_mm512_srlv_epi32(u, _mm512_setr_epi32(0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9, 0, 3, 6, 9)),
                                       _mm512_set1_epi32(7));
-  const __m512i s21 = _mm512_add_epi32(_mm512_slli_epi32(s3, 1), _mm512_set1_epi32(1));
-  *ws = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(d), _mm512_cvtepi32_ps(s21)), _mm512_set1_ps(0.125f));
-  *wo = _mm512_setzero_ps();
+  r->s = odd_scales(s3);
+  r->d = d * 0.125f;
+  no_mins(r);
 }

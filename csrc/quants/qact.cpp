@@ -25,8 +25,9 @@ const QActView &QActBuffers::resize(int64_t num_tokens, int64_t k) {
   scale.resize(bsum.size());
   asum.resize(bsum.size());
   packed.resize(num_tokens * chunks);
-  pairs.resize(num_tokens * act_pairs(chunks));
-  view = {k, chunks, q.data(), bsum.data(), scale.data(), asum.data(), packed.data(), pairs.data()};
+  bpairs16.resize(num_tokens * chunks * kPairs16);
+  bpairs32.resize(num_tokens * chunks * kPairs32);
+  view = {k, chunks, q.data(), bsum.data(), scale.data(), asum.data(), packed.data(), bpairs16.data(), bpairs32.data()};
   return view;
 }
 
@@ -37,8 +38,9 @@ void QActBuffers::copy_slot(const QActBuffers &src, int64_t from, int64_t to) {
   memcpy(scale.data() + to * n16, src.scale.data() + from * n16, sizeof(float) * (size_t)n16);
   memcpy(asum.data() + to * n16, src.asum.data() + from * n16, sizeof(float) * (size_t)n16);
   memcpy(packed.data() + to * view.chunks, src.packed.data() + from * view.chunks, sizeof(PackedChunk) * (size_t)view.chunks);
-  const int64_t np = act_pairs(view.chunks);
-  memcpy(pairs.data() + to * np, src.pairs.data() + from * np, sizeof(PackedPair) * (size_t)np);
+  const int64_t np16 = view.chunks * kPairs16, np32 = view.chunks * kPairs32;
+  memcpy(bpairs16.data() + to * np16, src.bpairs16.data() + from * np16, sizeof(int32_t) * (size_t)np16);
+  memcpy(bpairs32.data() + to * np32, src.bpairs32.data() + from * np32, sizeof(int32_t) * (size_t)np32);
 }
 
 }  // namespace moe

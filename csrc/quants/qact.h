@@ -41,24 +41,10 @@ struct alignas(64) PackedChunk {
   float scale[kSubQ];
 };
 
-// Two chunks' worth of one token's Q8_K activations, for the types whose weight scales come per
-// 32 (pair_type): lane 4 q + i of a vector holds 32-weight sub-block 2 q + (i & 1) of the even
-// chunk (i < 2) or the odd one (pair_lane_source), so eight dpbusd sum each sub-block whole in
-// its own lane and one float combination covers eight of them, not four. qi vector P holds bytes
-// 4 P .. 4 P + 3 of each lane's sub-block; bias and asum are those of the lane's 32 quants (asum
-// as the sum of its two halves' asums, even half first), scale its chunk's scale. A last odd
-// chunk pairs with zeros.
-struct alignas(64) PackedPair {
-  int8_t qi[2 * kChunkQ];
-  int32_t bias[kSubQ];
-  float scale[kSubQ], asum[kSubQ];
-};
-
-inline int64_t act_pairs(int64_t chunks) { return (chunks + 1) / 2; }
-
-// Pair lane L's chunk of the two (0 even, 1 odd) and the first of its two 16-sub-blocks there.
-inline int pair_lane_chunk(int L) { return (L % 4) / 2; }
-inline int pair_lane_sub16(int L) { return 4 * (L / 4) + 2 * (L % 2); }
+// Per token and chunk, Q8_K alone: its sub-block sums in int16 pairs for the super-block
+// kernels' pair multiplies (madd): (sums of 16-weight sub-blocks 2 i, 2 i + 1) for i < 8, and
+// (sums of 32-weight sub-blocks 2 i, 2 i + 1) for i < 4 (|sum| <= 32 * 127 fits int16).
+constexpr int kPairs16 = 8, kPairs32 = 4;
 
 struct QActView {
   int64_t k = 0, chunks = 0;
@@ -69,7 +55,8 @@ struct QActView {
   // its fp16 block sum in the block's first sub-block and 0 in the second; Q8_0 zeros.
   float *asum = nullptr;
   PackedChunk *packed = nullptr;  // [T][chunks]: filled by the AVX-512 quantizer alone
-  PackedPair *pairs = nullptr;    // [T][act_pairs(chunks)]: the same, for Q8_K alone
+  int32_t *bpairs16 = nullptr;    // [T][chunks][kPairs16]: the AVX-512 quantizer, Q8_K alone
+  int32_t *bpairs32 = nullptr;    // [T][chunks][kPairs32]: the same
 };
 
 // The activation buffers of T tokens of width k, owned. resize keeps the capacity, so a
@@ -79,7 +66,7 @@ struct QActBuffers {
   std::vector<int32_t> bsum;
   std::vector<float> scale, asum;
   std::vector<PackedChunk> packed;
-  std::vector<PackedPair> pairs;
+  std::vector<int32_t> bpairs16, bpairs32;
   QActView view;
   QActBuffers() = default;
   QActBuffers(int64_t num_tokens, int64_t k) { resize(num_tokens, k); }

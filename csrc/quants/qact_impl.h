@@ -21,29 +21,6 @@ static inline __attribute__((always_inline)) void interleave(__m512i *q) {
   }
 }
 
-// Lanes 4 q + {0, 1} of the even chunk's vector a and 4 q + {0, 1} of the odd one's b in PackedPair
-// order: kImm 0x88 picks each 128-bit quarter's even lanes (the first 16-half of each 32-sub-block
-// in pair order), 0xDD its odd lanes (the second halves).
-template <int kImm>
-static inline __attribute__((always_inline)) __m512 pair_pick(__m512 a, __m512 b) {
-  return _mm512_shuffle_ps(a, b, kImm);
-}
-template <int kImm>
-static inline __attribute__((always_inline)) __m512i pair_pick(__m512i a, __m512i b) {
-  return _mm512_castps_si512(_mm512_shuffle_ps(_mm512_castsi512_ps(a), _mm512_castsi512_ps(b), kImm));
-}
-// Per-16 integer sums of two chunks -> per-32 sums in pair order.
-static inline __attribute__((always_inline)) __m512i pair_sums(__m512i a, __m512i b) {
-  return _mm512_add_epi32(pair_pick<0x88>(a, b), pair_pick<0xDD>(a, b));
-}
-// Two chunks' interleaved vectors (4 each; b all zeros for a missing odd chunk) -> a pair's 8.
-static inline __attribute__((always_inline)) void pair_vectors(const __m512i *a, const __m512i *b, __m512i *out) {
-  for (int p = 0; p < 4; ++p) {
-    out[p] = pair_pick<0x88>(a[p], b[p]);
-    out[p + 4] = pair_pick<0xDD>(a[p], b[p]);
-  }
-}
-
 // One block of n (32 or 256) floats -> n quants in natural order and the block's float scale
 // (before any fp16 rounding), 16 at a time: the portable version's operations, so its quants.
 // max_ps(|x|, m) keeps m where |x| is NaN, as the scalar comparison does.
@@ -159,26 +136,12 @@ void quantize_act_row(int kind, const float *x, int64_t t, const QActView &v) {
     _mm512_store_ps(p.scale, _mm512_loadu_ps(scale + c * kSubQ));
   }
   if (kind != kActQ8_K) return;
-  const int64_t np = act_pairs(v.chunks);
-  for (int64_t i = 0; i < np; ++i) {
-    const int64_t c = 2 * i;
-    const bool odd = c + 1 < v.chunks;
-    const PackedChunk &e = v.packed[t * v.chunks + c];
-    const PackedChunk *o = odd ? &e + 1 : nullptr;
-    PackedPair &p = v.pairs[t * np + i];
-    const __m512i zi = _mm512_setzero_si512();
-    const __m512 zf = _mm512_setzero_ps();
-    __m512i qa[4], qb[4], qp[8];
-    for (int j = 0; j < 4; ++j) {
-      qa[j] = _mm512_load_si512(e.qi + 64 * j);
-      qb[j] = o ? _mm512_load_si512(o->qi + 64 * j) : zi;
-    }
-    pair_vectors(qa, qb, qp);
-    for (int j = 0; j < 8; ++j) _mm512_store_si512(p.qi + 64 * j, qp[j]);
-    _mm512_store_si512(p.bias, pair_sums(_mm512_load_si512(e.bias), o ? _mm512_load_si512(o->bias) : zi));
-    _mm512_store_ps(p.scale, pair_pick<0x88>(_mm512_load_ps(e.scale), o ? _mm512_load_ps(o->scale) : zf));
-    const __m512 aa = _mm512_loadu_ps(asum + c * kSubQ), ab = odd ? _mm512_loadu_ps(asum + (c + 1) * kSubQ) : zf;
-    _mm512_store_ps(p.asum, _mm512_add_ps(pair_pick<0x88>(aa, ab), pair_pick<0xDD>(aa, ab)));
+  for (int64_t c = 0; c < v.chunks; ++c) {  // the sub-block sums in int16 pairs (qact.h)
+    const int32_t *s16 = bsum + c * kSubQ;
+    int32_t *p16 = v.bpairs16 + (t * v.chunks + c) * kPairs16, *p32 = v.bpairs32 + (t * v.chunks + c) * kPairs32;
+    auto pair = [](int32_t lo, int32_t hi) { return (int32_t)((uint32_t)(uint16_t)lo | (uint32_t)hi << 16); };
+    for (int i = 0; i < kPairs16; ++i) p16[i] = pair(s16[2 * i], s16[2 * i + 1]);
+    for (int i = 0; i < kPairs32; ++i) p32[i] = pair(s16[4 * i] + s16[4 * i + 1], s16[4 * i + 2] + s16[4 * i + 3]);
   }
 #endif
 }
