@@ -107,60 +107,80 @@ static inline __attribute__((always_inline)) __m512i lane_sums16(const __m512i *
 }
 
 // kTokens tokens (see with_token_count): each chunk of a row goes from its blocks into registers
-// once and meets every token there, a token's sub-block sums times the scales in lanes; every
-// 16 chunks, those lanes are summed into A (B from the mins' pairs, mins_sums16) and the 16
-// terms added in order. (Groups of 8 chunks kept in registers measured slower: the work per
-// group then weighs twice as much.)
-template <int kType, Offset kOff, auto kLoad, int kTokens>
+// once and meets every token there, a token's sub-block sums times the scales in lanes. Slots of
+// 16 (row, chunk) pairs are then summed across lanes at once into A (B from the mins' pairs,
+// mins_sums16), and each row's terms added in order: 16 chunks of a row, or with fewer chunks
+// (K = 2048 or 768 in MoE experts) as many whole rows as fit, so no lanes are summed for
+// nothing. (Groups of 8 chunks kept in registers measured slower: the work per group then
+// weighs twice as much.)
+// kRows: groups of whole rows (chunks < 16); a compile-time case, as the general loops cost a
+// cycle or two a chunk where a group is one row's chunks.
+template <int kType, Offset kOff, auto kLoad, int kTokens, bool kRows>
 static void stream_super(const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, float *y, int64_t ldy) {
   constexpr bool kMins = has_mins(kType);
   constexpr int kSub = sub_block_size(kType), kPairs = kSub == 32 ? kPairs32 : kPairs16;
   constexpr int64_t kBlockBytes = geometry(kType).type_size;  // a constant, so prefetch_ahead unrolls
   const int32_t *const act_pairs = kSub == 32 ? a.bpairs32 : a.bpairs16;
   const int64_t chunks = a.chunks;
+  const int64_t group_rows = kRows ? 16 / chunks : 1, group_chunks = kRows ? chunks : 16;
+  // Per token, the activation scale and sums in pairs of each slot: the token's own arrays when a
+  // group is chunks of one row; repeated for each row of a group of whole rows.
+  thread_local std::vector<float> da_buf;
+  thread_local std::vector<int32_t> pairs_buf;
+  const int64_t da_len = kRows ? 16 : chunks;
+  da_buf.resize(kTokens * da_len);
+  float *const da = da_buf.data();
+  if (kRows) pairs_buf.resize(kTokens * 16 * kPairs);
+  for (int64_t t = 0; t < kTokens; ++t)
+    for (int64_t slot = 0; slot < (kRows ? group_rows * chunks : chunks); ++slot) {
+      const int64_t c = slot % chunks;
+      da[t * da_len + slot] = act_scale(a, t, c);
+      if (kRows)
+        for (int j = 0; j < kPairs; ++j) pairs_buf[(t * 16 + slot) * kPairs + j] = act_pairs[(t * chunks + c) * kPairs + j];
+    }
   __m512i *const va = thread_vectors<__m512i, 0>(kTokens * 16);
   alignas(64) int32_t mins[16 * kPairs];
-  thread_local std::vector<float> da_buf;  // [token][chunk]
-  da_buf.resize(kTokens * chunks);
-  float *const da = da_buf.data();
-  for (int64_t t = 0; t < kTokens; ++t)
-    for (int64_t c = 0; c < chunks; ++c) da[t * chunks + c] = act_scale(a, t, c);
   alignas(64) float d[16], dmin[16], f[16];
-  for (int64_t r = 0; r < rows; ++r) {
-    const uint8_t *row = w + r * row_bytes;
-    float acc[kTokens];
-    for (int t = 0; t < kTokens; ++t) acc[t] = 0.0f;
-    for (int64_t c0 = 0; c0 < chunks; c0 += 16) {
-      const int n = chunks - c0 < 16 ? (int)(chunks - c0) : 16;
-      for (int i = 0; i < n; ++i) {
+  for (int64_t r0 = 0; r0 < rows; r0 += group_rows) {
+    const int64_t nr = rows - r0 < group_rows ? rows - r0 : group_rows;
+    float acc[kTokens][16];
+    for (int t = 0; t < kTokens; ++t)
+      for (int64_t g = 0; g < nr; ++g) acc[t][g] = 0.0f;
+    for (int64_t c0 = 0; c0 < chunks; c0 += group_chunks) {
+      const int nc = chunks - c0 < group_chunks ? (int)(chunks - c0) : (int)group_chunks, n = (int)nr * nc;
+      for (int slot = 0, g = 0; g < nr; ++g)
+        for (int i = 0; i < nc; ++i, ++slot) {
         const int64_t c = c0 + i;
+        const uint8_t *row = w + (r0 + g) * row_bytes;
         prefetch_ahead(row + c * kBlockBytes, kBlockBytes);
         SuperRegs sc;
         __m512i q[4];
         kLoad(row, c, &sc, q);
-        d[i] = sc.d, dmin[i] = sc.dmin;
+        d[slot] = sc.d, dmin[slot] = sc.dmin;
         if (kMins) {
-          if (kPairs == 4) _mm_storeu_si128((__m128i *)(mins + 4 * i), _mm256_castsi256_si128(sc.mp));
-          else _mm256_storeu_si256((__m256i *)(mins + 8 * i), sc.mp);
+          if (kPairs == 4) _mm_storeu_si128((__m128i *)(mins + 4 * slot), _mm256_castsi256_si128(sc.mp));
+          else _mm256_storeu_si256((__m256i *)(mins + 8 * slot), sc.mp);
         }
         for (int t = 0; t < kTokens; ++t) {
           const PackedChunk &pk = a.packed[t * chunks + c];
-          va[t * 16 + i] = _mm512_mullo_epi32(chain_dots(q, pk.qi, offset_init<(int)kOff>(pk)), sc.s);
+          va[t * 16 + slot] = _mm512_mullo_epi32(chain_dots(q, pk.qi, offset_init<(int)kOff>(pk)), sc.s);
         }
-      }
+        }
       const __mmask16 m = (__mmask16)((1u << n) - 1);
       const __m512 vd = _mm512_maskz_loadu_ps(m, d), vdm = _mm512_maskz_loadu_ps(m, dmin);
       for (int t = 0; t < kTokens; ++t) {
         __m512 x = _mm512_mul_ps(vd, _mm512_cvtepi32_ps(lane_sums16(va + t * 16, n)));
         if (kMins) {
-          const __m512i B = mins_sums16<kSub>(mins, act_pairs + (t * chunks + c0) * kPairs, n);
-          x = _mm512_sub_ps(x, _mm512_mul_ps(vdm, _mm512_cvtepi32_ps(B)));
+          const int32_t *pairs = kRows ? pairs_buf.data() + t * 16 * kPairs : act_pairs + (t * chunks + c0) * kPairs;
+          x = _mm512_sub_ps(x, _mm512_mul_ps(vdm, _mm512_cvtepi32_ps(mins_sums16<kSub>(mins, pairs, n))));
         }
-        _mm512_store_ps(f, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, da + t * chunks + c0), x));
-        for (int i = 0; i < n; ++i) acc[t] += f[i];
+        _mm512_store_ps(f, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, da + t * da_len + (kRows ? 0 : c0)), x));
+        for (int64_t g = 0; g < nr; ++g)
+          for (int i = 0; i < nc; ++i) acc[t][g] += f[g * nc + i];
       }
     }
-    for (int t = 0; t < kTokens; ++t) y[t * ldy + r] = acc[t];
+    for (int t = 0; t < kTokens; ++t)
+      for (int64_t g = 0; g < nr; ++g) y[t * ldy + r0 + g] = acc[t][g];
   }
 }
 
@@ -396,7 +416,7 @@ static void super_gemm(const uint8_t *w, int64_t row_bytes, int64_t rows, const 
 // Tokens up to which the stream beats the GEMM: past them, the stream's lane sums (about 3
 // operations per token, chunk and vector) cost more than the GEMM's tile fill (about 50 cycles a
 // row and chunk, transposes included), measured for Q4_K, Q6_K and IQ2_XXS on Zen 4.
-constexpr int kSuperStreamTokens = 4;
+constexpr int kSuperStreamTokens = 6;
 
 // The super-block types: the few-token stream or the GEMM.
 template <int kType, Offset kOff, auto kLoad>
@@ -404,7 +424,10 @@ static void super_matmul(const uint8_t *w, int64_t row_bytes, int64_t rows, cons
                          float *y, int64_t ldy) {
   if (num_tokens <= kSuperStreamTokens && stream_tokens(num_tokens, a.chunks))
     return with_token_count<kSuperStreamTokens>(num_tokens, [&](auto n) {
-      stream_super<kType, kOff, kLoad, decltype(n)::value>(w, row_bytes, rows, a, y, ldy);
+      if (a.chunks < 16)
+        stream_super<kType, kOff, kLoad, decltype(n)::value, true>(w, row_bytes, rows, a, y, ldy);
+      else
+        stream_super<kType, kOff, kLoad, decltype(n)::value, false>(w, row_bytes, rows, a, y, ldy);
     });
   super_gemm<sub_block_size(kType), kOff, has_mins(kType), kLoad>(w, row_bytes, rows, a, num_tokens, y, ldy);
 }
