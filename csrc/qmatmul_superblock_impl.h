@@ -191,14 +191,11 @@ static void stream_super(const uint8_t *w, int64_t row_bytes, int64_t rows, cons
 template <int kSub>
 struct alignas(64) BandChunk {
   static constexpr int kSubs = kChunkQ / kSub;
-  __m512i q[64];          // group g: row r's weight bytes 4 g .. 4 g + 3, as the loader gives them
-  __m512i s[kSubs];       // sub-block scales
-  __m512i p[kSubs / 2];   // int16 pairs (sub-blocks 2 i, 2 i + 1) of what multiplies bsum (below)
+  __m512i q[64];         // group g: row r's weight bytes 4 g .. 4 g + 3, as the loader gives them
+  __m512i s[kSubs];      // sub-block scales
+  __m512i m[kSubs / 2];  // the mins in int16 pairs (sub-blocks 2 i, 2 i + 1): B = m . bsum pairs
   __m512 d, dmin;
 };
-// p: the mins for the types with them (B = p . bsum pairs); for the others, -offset * scale,
-// which takes off what the loader's offset bytes added (A = sum_s S_s <q + offset, a>_s + p .
-// bsum pairs). |-128 * S| <= 16384 fits int16, and madd's pair sums stay exact.
 
 // 16 vectors as a 16 x 16 dword matrix (row i in v[i]), transposed in place: pairs, quads, then
 // 128-bit lanes (64 shuffles).
@@ -262,12 +259,7 @@ static void fill_band(const uint8_t *w, int64_t row_bytes, int64_t n, int64_t c0
     for (int i = 0; i < kSubs; ++i) _mm512_store_si512(&b.s[i], s[kStep * i]);
     if (kMins) {
       transpose16(m);
-      for (int i = 0; i < kSubs / 2; ++i) _mm512_store_si512(&b.p[i], pack_pairs(m[2 * kStep * i], m[2 * kStep * i + kStep]));
-    } else {
-      const __m512i neg = _mm512_set1_epi32(-(1 << (int)kOff) * (kOff != Offset::kNone));
-      for (int i = 0; i < kSubs / 2; ++i)
-        _mm512_store_si512(&b.p[i], pack_pairs(_mm512_mullo_epi32(s[2 * kStep * i], neg),
-                                               _mm512_mullo_epi32(s[2 * kStep * i + kStep], neg)));
+      for (int i = 0; i < kSubs / 2; ++i) _mm512_store_si512(&b.m[i], pack_pairs(m[2 * kStep * i], m[2 * kStep * i + kStep]));
     }
     _mm512_store_ps(&b.d, _mm512_load_ps(d));
     _mm512_store_ps(&b.dmin, _mm512_load_ps(dmin));
@@ -277,10 +269,13 @@ static void fill_band(const uint8_t *w, int64_t row_bytes, int64_t n, int64_t c0
 constexpr int kSuperTokens = 6;  // tokens per GEMM pass (2 bands x 6 tokens: 24 accumulators)
 
 // kBands bands (band b's chunk c at band[b][c - c0]) x kTokens tokens (t0 ..) over chunks
-// [c0, c1), added to acc[b * kTokens + t].
-template <int kSub, bool kMins, int kBands, int kTokens>
+// [c0, c1), added to acc[b * kTokens + t]. For the types with an offset in their weight bytes,
+// each sub-block's dot products start from bias[(t * chunks + c) * kSubs + s], -offset times
+// the token's sum over the sub-block, which takes off what the offset added.
+template <int kSub, bool kMins, bool kBias, int kBands, int kTokens>
 static inline __attribute__((always_inline)) void band_dots(const BandChunk<kSub> *const *band, const QActView &a,
-                                                           int64_t t0, int64_t c0, int64_t c1, __m512 *acc) {
+                                                           const int32_t *bias, int64_t t0, int64_t c0, int64_t c1,
+                                                           __m512 *acc) {
   constexpr int kSubs = kChunkQ / kSub, kGroups = kSub / 4;
   for (int64_t c = c0; c < c1; ++c) {
     const BandChunk<kSub> *bc_[kBands];
@@ -292,8 +287,10 @@ static inline __attribute__((always_inline)) void band_dots(const BandChunk<kSub
       for (int t = 0; t < kTokens; ++t) sums[b][t] = _mm512_setzero_si512();
     for (int s = 0; s < kSubs; ++s) {
       __m512i dots[kBands][kTokens];
-      for (int b = 0; b < kBands; ++b)
-        for (int t = 0; t < kTokens; ++t) dots[b][t] = _mm512_setzero_si512();
+      for (int t = 0; t < kTokens; ++t) {
+        const __m512i init = kBias ? _mm512_set1_epi32(bias[((t0 + t) * a.chunks + c) * kSubs + s]) : _mm512_setzero_si512();
+        for (int b = 0; b < kBands; ++b) dots[b][t] = init;
+      }
 #pragma GCC unroll 8
       for (int g = s * kGroups; g < (s + 1) * kGroups; ++g) {
         __m512i wv[kBands];
@@ -316,13 +313,11 @@ static inline __attribute__((always_inline)) void band_dots(const BandChunk<kSub
       const __m512 da = _mm512_set1_ps(a.scale[tc * kSubQ]);
       for (int b = 0; b < kBands; ++b) {
         const BandChunk<kSub> &bc = *bc_[b];
-        __m512i side = _mm512_setzero_si512();
-        for (int i = 0; i < kSubs / 2; ++i) side = _mm512_add_epi32(side, _mm512_madd_epi16(bc.p[i], _mm512_set1_epi32(bp[i])));
-        __m512 x;
+        __m512 x = _mm512_mul_ps(bc.d, _mm512_cvtepi32_ps(sums[b][t]));
         if (kMins) {
-          x = _mm512_sub_ps(_mm512_mul_ps(bc.d, _mm512_cvtepi32_ps(sums[b][t])), _mm512_mul_ps(bc.dmin, _mm512_cvtepi32_ps(side)));
-        } else {
-          x = _mm512_mul_ps(bc.d, _mm512_cvtepi32_ps(_mm512_add_epi32(sums[b][t], side)));
+          __m512i B = _mm512_setzero_si512();
+          for (int i = 0; i < kSubs / 2; ++i) B = _mm512_add_epi32(B, _mm512_madd_epi16(bc.m[i], _mm512_set1_epi32(bp[i])));
+          x = _mm512_sub_ps(x, _mm512_mul_ps(bc.dmin, _mm512_cvtepi32_ps(B)));
         }
         acc[b * kTokens + t] = _mm512_add_ps(acc[b * kTokens + t], _mm512_mul_ps(da, x));
       }
@@ -348,45 +343,27 @@ static inline void store_pass(const __m512 *acc, int64_t r0, int64_t nrows, int6
 }
 
 // Many tokens: a tile of row bands filled once (in L2), then every kSuperTokens tokens against
-// each pair of its bands over all chunks. At most kSuperTokens tokens use each band chunk once:
-// it is filled into L1 and used at once, two bands at a time.
+// each pair of its bands over all chunks.
 template <int kSub, Offset kOff, bool kMins, auto kLoad>
 static void super_gemm(const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, int64_t num_tokens,
                        float *y, int64_t ldy) {
   using Band = BandChunk<kSub>;
+  constexpr int kSubs = kChunkQ / kSub;
+  constexpr bool kBias = kOff != Offset::kNone;
   const int64_t chunks = a.chunks, chunk_bytes = row_bytes / chunks;
-  auto pass = [&](auto n, const Band *const *bands, int kb, int64_t c0, int64_t c1, __m512 *acc, int64_t t0) {
-    constexpr int kTokens = decltype(n)::value;
-    if (kb == 2)
-      band_dots<kSub, kMins, 2, kTokens>(bands, a, t0, c0, c1, acc);
-    else
-      band_dots<kSub, kMins, 1, kTokens>(bands, a, t0, c0, c1, acc);
-  };
-  if (num_tokens <= kSuperTokens) {
-    Band *const buf = thread_vectors<Band, 0>(2);
-    return with_token_count<kSuperTokens>(num_tokens, [&](auto n) {
-      constexpr int kTokens = decltype(n)::value;
-      for (int64_t r0 = 0; r0 < rows; r0 += 32) {
-        const int64_t nrows = rows - r0 < 32 ? rows - r0 : 32;
-        const int kb = nrows > 16 ? 2 : 1;
-        __m512 acc[2 * kTokens];
-        for (int i = 0; i < 2 * kTokens; ++i) acc[i] = _mm512_setzero_ps();
-        const Band *bands[2] = {buf, buf + 1};
-        for (int64_t c = 0; c < chunks; ++c) {
-          for (int b = 0; b < kb; ++b)
-            fill_band<kSub, kOff, kMins, kLoad>(w + (r0 + 16 * b) * row_bytes, row_bytes,
-                                                nrows - 16 * b < 16 ? nrows - 16 * b : 16, c, c + 1, chunk_bytes, buf + b);
-          pass(n, bands, kb, c, c + 1, acc, 0);
-        }
-        if (kb == 2)
-          store_pass<2, kTokens>(acc, r0, nrows, 0, y, ldy);
-        else
-          store_pass<1, kTokens>(acc, r0, nrows, 0, y, ldy);
+  // -offset times each token's sub-block sums (from PackedChunk's -128 x its 16-sums: exact shifts).
+  thread_local std::vector<int32_t> bias_buf;
+  if (kBias) {
+    bias_buf.resize(num_tokens * chunks * kSubs);
+    for (int64_t tc = 0; tc < num_tokens * chunks; ++tc)
+      for (int i = 0; i < kSubs; ++i) {
+        const int32_t *b128 = a.packed[tc].bias + i * (kSub / 16);
+        bias_buf[tc * kSubs + i] = ((kSub == 32 ? b128[0] + b128[1] : b128[0]) >> (7 - (int)kOff));
       }
-    });
   }
+  const int32_t *const bias = bias_buf.data();
   const int64_t tile_bands = super_tile_bands(chunks, sizeof(Band));
-  Band *const tile = thread_vectors<Band, 1>(tile_bands * chunks);
+  Band *const tile = thread_vectors<Band, 0>(tile_bands * chunks);
   for (int64_t r0 = 0; r0 < rows; r0 += 16 * tile_bands) {
     const int64_t nrows = rows - r0 < 16 * tile_bands ? rows - r0 : 16 * tile_bands, nb = (nrows + 15) / 16;
     for (int64_t b = 0; b < nb; ++b)
@@ -401,12 +378,13 @@ static void super_gemm(const uint8_t *w, int64_t row_bytes, int64_t rows, const 
           __m512 acc[2 * kTokens];
           for (int i = 0; i < 2 * kTokens; ++i) acc[i] = _mm512_setzero_ps();
           const Band *bands[2] = {tile + b * chunks, tile + (b + 1) * chunks};
-          const int kb = nb - b >= 2 ? 2 : 1;
-          pass(n, bands, kb, 0, chunks, acc, t0);
-          if (kb == 2)
+          if (nb - b >= 2) {
+            band_dots<kSub, kMins, kBias, 2, kTokens>(bands, a, bias, t0, 0, chunks, acc);
             store_pass<2, kTokens>(acc, r0 + 16 * b, nrows - 16 * b, t0, y, ldy);
-          else
+          } else {
+            band_dots<kSub, kMins, kBias, 1, kTokens>(bands, a, bias, t0, 0, chunks, acc);
             store_pass<1, kTokens>(acc, r0 + 16 * b, nrows - 16 * b, t0, y, ldy);
+          }
         }
       });
     }
@@ -414,15 +392,19 @@ static void super_gemm(const uint8_t *w, int64_t row_bytes, int64_t rows, const 
 }
 
 // Tokens up to which the stream beats the GEMM: past them, the stream's lane sums (about 3
-// operations per token, chunk and vector) cost more than the GEMM's tile fill (about 50 cycles a
-// row and chunk, transposes included), measured for Q4_K, Q6_K and IQ2_XXS on Zen 4.
-constexpr int kSuperStreamTokens = 6;
+// operations per token, chunk and vector) cost more than the GEMM's tile fill (about 45 cycles a
+// row and chunk, transposes included). Measured on Zen 4 for Q4_K, Q6_K, IQ4_XS and IQ2_XXS,
+// weights cold, 2 threads: at 7 tokens the stream took 0.78-0.88 of the GEMM's time, at 8 about
+// the same. Unlike the legacy stream, it needs no L1 bound on tokens x chunks: its activations
+// are read once per row and chunk, and from L2 they still cost less than the GEMM's fill (IQ2_XXS
+// 2048 x 7168, 4 tokens: 0.7 against 1.2 ms).
+constexpr int kSuperStreamTokens = 8;
 
 // The super-block types: the few-token stream or the GEMM.
 template <int kType, Offset kOff, auto kLoad>
 static void super_matmul(const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, int64_t num_tokens,
                          float *y, int64_t ldy) {
-  if (num_tokens <= kSuperStreamTokens && stream_tokens(num_tokens, a.chunks))
+  if (num_tokens <= kSuperStreamTokens)
     return with_token_count<kSuperStreamTokens>(num_tokens, [&](auto n) {
       if (a.chunks < 16)
         stream_super<kType, kOff, kLoad, decltype(n)::value, true>(w, row_bytes, rows, a, y, ldy);
