@@ -10,6 +10,7 @@ import torch
 from gguf import GGMLQuantizationType
 
 from backend import kernels
+from backend.superblock_reference import superblock_matmul_q8_reference
 
 from .conftest import AVAILABLE_ISAS, FP16_FIELDS, random_tensor
 
@@ -58,6 +59,17 @@ def test_close_to_float64_over_the_same_quants(name, tokens, isa):
     wd = np.abs(kernels.dequantize_reference(w.raw, w.ggml_type, w.shape).astype(np.float64))
     bound = torch.from_numpy(xq @ wd.T)
     assert ((ours - ref).abs() <= 2e-6 * bound + 1e-30).all()
+
+
+@pytest.mark.parametrize("name", ["Q4_K", "Q6_K", "IQ4_XS"])  # mins; per-16 scales and an offset; a codebook
+@pytest.mark.parametrize(("rows", "cols"), [(37, 512), (21, 4352), (40, 768)])  # 2, 17 and 3 chunks
+@pytest.mark.parametrize("tokens", [1, 3, 8, 11, 40])  # the stream and the GEMM (one pass, several)
+def test_super_blocks_equal_their_integer_arithmetic(name, rows, cols, tokens, isa):
+    """K and IQ types: exact integer sums per super-block, then one float term per chunk added
+    in order (backend/superblock_reference.py), bit for bit on every ISA and path."""
+    w = weight(name, rows, cols, seed=rows + tokens)
+    x = torch.randn(tokens, cols, generator=torch.Generator().manual_seed(cols + tokens))
+    assert torch.equal(kernels.matmul_q8(w, x), superblock_matmul_q8_reference(w, x))
 
 
 @pytest.mark.parametrize("name", QUANT_TYPES)
