@@ -396,11 +396,11 @@ static void super_gemm(const uint8_t *w, int64_t row_bytes, int64_t rows, const 
 // Tokens up to which the stream beats the GEMM: past them, the stream's lane sums (about 3
 // operations per token, chunk and vector) cost more than the GEMM's tile fill (about 45 cycles a
 // row and chunk, transposes included). Measured on Zen 4 for Q4_K, Q6_K, IQ4_XS and IQ2_XXS,
-// weights cold, 2 threads: at 7 tokens the stream took 0.78-0.88 of the GEMM's time, at 8 about
-// the same. Unlike the legacy stream, it needs no L1 bound on tokens x chunks: its activations
-// are read once per row and chunk, and from L2 they still cost less than the GEMM's fill (IQ2_XXS
-// 2048 x 7168, 4 tokens: 0.7 against 1.2 ms).
-constexpr int kSuperStreamTokens = 8;
+// weights cold, 2 threads: at 7 tokens the stream took 0.82-1.0 of the GEMM's time, at 8 it
+// took 0.95-1.1. Unlike the legacy stream, it needs no L1 bound on tokens x chunks: its
+// activations are read once per row and chunk, and from L2 they still cost less than the GEMM's
+// fill (IQ2_XXS 2048 x 7168, 4 tokens: 0.7 against 1.2 ms).
+constexpr int kSuperStreamTokens = 7;
 
 // The super-block types: the few-token stream or the GEMM.
 template <int kType, Offset kOff, auto kLoad>
