@@ -562,7 +562,9 @@ void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, c
     case kQ8_0: return regs_matmul<kQ8_0, Offset::k128, interleaved<load_q8_0>>(w, row_bytes, rows, a, num_tokens, y, ldy);
   }
 #else
-  if (superblock_type(type)) return super_unpacked_matmul(super_unpack_fn(type), w, row_bytes, rows, a, num_tokens, y, ldy);
+  if (superblock_type(type))
+    return (has_mins(type) ? super_unpacked_matmul<true> : super_unpacked_matmul<false>)(super_unpack_fn(type), w, row_bytes,
+                                                                                         rows, a, num_tokens, y, ldy);
 #endif
   const Geometry g = geometry(type);
   const Unpacker up{unpack_fn(type), a.k / g.block_size, kChunkQ / g.block_size, g.type_size, has_offsets(type)};
