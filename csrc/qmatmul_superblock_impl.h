@@ -15,8 +15,8 @@
 //    interleaved order of PackedChunk), summed across lanes for 16 chunks at once;
 //  - the AVX-512 GEMM: 16 rows in the lanes of a vector against each token's 4 activation bytes
 //    broadcast, so scales and sums stay in their lanes and nothing crosses lanes.
-// Bounds: |A| and the partial sums below stay under 2^29 for every type (Q6_K: 16 sub-blocks of
-// 16 weights, |S| <= 128, |q| <= 32 or 63 offset, |a| <= 127), so int32 is exact.
+// Bounds: |A|, |B| and every partial sum below stay under 2^28 for every type (the largest, Q6_K
+// and IQ4_XS: 16 x 128 x 16 x 32 x 127 and 8 x 32 x 32 x 127 x 127), so int32 is exact.
 
 static inline float chunk_term(float da, float d, float dmin, int32_t A, int32_t B) {
   return da * ((d * (float)A) - (dmin * (float)B));
@@ -44,7 +44,7 @@ static inline int32_t hsum8(__m256i v) {
 // A and B of one unpacked chunk against one token's quants aq and sub-block sums bsum (see the
 // top); B only for the types with mins. With AVX2 the sub-block sums stay in registers and the
 // products are vector multiplies (the scalar loops took half the time of an AVX2 row), and the
-// types whose quants are never negative (Q2_K, Q4_K, Q5_K) skip maddubs' sign transfer.
+// types with mins (Q2_K, Q4_K, Q5_K), whose quants are never negative, skip maddubs' sign transfer.
 template <bool kMins>
 static inline void chunk_ints(const SuperChunk &w, const int8_t *aq, const int32_t *bsum, int32_t *A, int32_t *B) {
 #if defined(__AVX2__)
@@ -192,25 +192,25 @@ static void stream_super(const uint8_t *w, int64_t row_bytes, int64_t rows, cons
       const int nc = chunks - c0 < group_chunks ? (int)(chunks - c0) : (int)group_chunks, n = (int)nr * nc;
       for (int slot = 0, g = 0; g < nr; ++g)
         for (int i = 0; i < nc; ++i, ++slot) {
-        const int64_t c = c0 + i;
-        const uint8_t *row = w + (r0 + g) * row_bytes;
-        prefetch_ahead(row + c * kBlockBytes, kBlockBytes);
-        SuperRegs sc;
-        __m512i q[4];
-        kLoad(row, c, &sc, q);
-        d[slot] = sc.d, dmin[slot] = sc.dmin;
-        if (kMins) {
-          if (kPairs == 4) _mm_storeu_si128((__m128i *)(mins + 4 * slot), _mm256_castsi256_si128(sc.mp));
-          else _mm256_storeu_si256((__m256i *)(mins + 8 * slot), sc.mp);
-        }
-        for (int t = 0; t < kTokens; ++t) {
-          const PackedChunk &pk = a.packed[t * chunks + c];
-          // One chain of four dpbusd, not chain_dots' two of two: with the lane sums per token,
-          // its latency hides, and the add and second init cost 1-8 % at 2-6 tokens (Zen 4).
-          __m512i isum = offset_init<(int)kOff>(pk);
-          for (int p = 0; p < 4; ++p) isum = _mm512_dpbusd_epi32(isum, q[p], _mm512_loadu_si512(pk.qi + 64 * p));
-          va[t * 16 + slot] = _mm512_mullo_epi32(isum, sc.s);
-        }
+          const int64_t c = c0 + i;
+          const uint8_t *row = w + (r0 + g) * row_bytes;
+          prefetch_ahead(row + c * kBlockBytes, kBlockBytes);
+          SuperRegs sc;
+          __m512i q[4];
+          kLoad(row, c, &sc, q);
+          d[slot] = sc.d, dmin[slot] = sc.dmin;
+          if (kMins) {
+            if (kPairs == 4) _mm_storeu_si128((__m128i *)(mins + 4 * slot), _mm256_castsi256_si128(sc.mp));
+            else _mm256_storeu_si256((__m256i *)(mins + 8 * slot), sc.mp);
+          }
+          for (int t = 0; t < kTokens; ++t) {
+            const PackedChunk &pk = a.packed[t * chunks + c];
+            // One chain of four dpbusd, not chain_dots' two of two: with the lane sums per token,
+            // its latency hides, and the add and second init cost 1-8 % at 2-6 tokens (Zen 4).
+            __m512i isum = offset_init<(int)kOff>(pk);
+            for (int p = 0; p < 4; ++p) isum = _mm512_dpbusd_epi32(isum, q[p], _mm512_loadu_si512(pk.qi + 64 * p));
+            va[t * 16 + slot] = _mm512_mullo_epi32(isum, sc.s);
+          }
         }
       const __mmask16 m = (__mmask16)((1u << n) - 1);
       const __m512 vd = _mm512_maskz_loadu_ps(m, d), vdm = _mm512_maskz_loadu_ps(m, dmin);
