@@ -276,15 +276,15 @@ static inline __attribute__((always_inline)) __m512i pack_pairs(__m512i lo, __m5
   return _mm512_or_si512(_mm512_and_si512(lo, _mm512_set1_epi32(0xFFFF)), _mm512_slli_epi32(hi, 16));
 }
 
-// Rows [0, n) (n <= 16; the rest zeros) of a row band, chunks [c0, c1) into band[c - c0],
-// through the loader.
+// Rows [0, n) (n <= 16; the rest zeros) of a row band, each of its chunks into band[c], through
+// the loader.
 template <int kSub, Offset kOff, bool kMins, auto kLoad>
-static void fill_band(const uint8_t *w, int64_t row_bytes, int64_t n, int64_t c0, int64_t c1, int64_t chunk_bytes,
-                      BandChunk<kSub> *band) {
+static void fill_band(const uint8_t *w, int64_t row_bytes, int64_t n, int64_t chunks, BandChunk<kSub> *band) {
+  const int64_t chunk_bytes = row_bytes / chunks;
   constexpr int kSubs = kChunkQ / kSub;
   alignas(64) float d[16], dmin[16];
   __m512i q[4][16], s[16], m[16];
-  for (int64_t c = c0; c < c1; ++c) {
+  for (int64_t c = 0; c < chunks; ++c) {
     for (int r = 0; r < 16; ++r) {
       SuperRegs sc{_mm512_setzero_si512(), _mm512_setzero_si512(), _mm256_setzero_si256(), 0.0f, 0.0f};
       __m512i qr[4] = {};
@@ -295,7 +295,7 @@ static void fill_band(const uint8_t *w, int64_t row_bytes, int64_t n, int64_t c0
       for (int p = 0; p < 4; ++p) q[p][r] = qr[p];
       s[r] = sc.s, m[r] = sc.m, d[r] = sc.d, dmin[r] = sc.dmin;
     }
-    BandChunk<kSub> &b = band[c - c0];
+    BandChunk<kSub> &b = band[c];
     for (int p = 0; p < 4; ++p) {  // the loader's lane j of vector p is group 4 j + p
       transpose16(q[p]);
       for (int j = 0; j < 16; ++j) _mm512_store_si512(&b.q[4 * j + p], q[p][j]);
@@ -312,22 +312,21 @@ static void fill_band(const uint8_t *w, int64_t row_bytes, int64_t n, int64_t c0
   }
 }
 
-// Tokens per GEMM pass: 2 bands x 4 tokens keep 16 sums and 8 dot products in registers (6
-// tokens spilled and ran 3-6 % slower at 512 tokens on Zen 4).
+// Tokens per GEMM pass: 2 bands x 4 tokens keep 8 sums and 8 dot products in registers (6 tokens
+// spilled and ran 3-6 % slower at 512 tokens on Zen 4).
 constexpr int kSuperTokens = 4;
 
-// kBands bands (band b's chunk c at band[b][c - c0]) x kTokens tokens (t0 ..) over chunks
-// [c0, c1), added to acc[b * kTokens + t]. For the types with an offset in their weight bytes,
+// kBands bands (band b's chunk c at band[b][c]) x kTokens tokens (t0 ..) over all chunks, added
+// to acc[b * kTokens + t]. For the types with an offset in their weight bytes,
 // each sub-block's dot products start from bias[(t * chunks + c) * kSubs + s], -offset times
 // the token's sum over the sub-block, which takes off what the offset added.
 template <int kSub, bool kMins, bool kBias, int kBands, int kTokens>
 static inline __attribute__((always_inline)) void band_dots(const BandChunk<kSub> *const *band, const QActView &a,
-                                                           const int32_t *bias, int64_t t0, int64_t c0, int64_t c1,
-                                                           __m512 *acc) {
+                                                           const int32_t *bias, int64_t t0, __m512 *acc) {
   constexpr int kSubs = kChunkQ / kSub, kGroups = kSub / 4;
-  for (int64_t c = c0; c < c1; ++c) {
+  for (int64_t c = 0; c < a.chunks; ++c) {
     const BandChunk<kSub> *bc_[kBands];
-    for (int b = 0; b < kBands; ++b) bc_[b] = &band[b][c - c0];
+    for (int b = 0; b < kBands; ++b) bc_[b] = &band[b][c];
     const int8_t *aq[kTokens];
     for (int t = 0; t < kTokens; ++t) aq[t] = a.q + ((t0 + t) * a.chunks + c) * kChunkQ;
     __m512i sums[kBands][kTokens];
@@ -398,7 +397,7 @@ static void super_gemm(const uint8_t *w, int64_t row_bytes, int64_t rows, const 
   using Band = BandChunk<kSub>;
   constexpr int kSubs = kChunkQ / kSub;
   constexpr bool kBias = kOff != Offset::kNone;
-  const int64_t chunks = a.chunks, chunk_bytes = row_bytes / chunks;
+  const int64_t chunks = a.chunks;
   // -offset times each token's sub-block sums (from PackedChunk's -128 x its 16-sums: exact shifts).
   thread_local std::vector<int32_t> bias_buf;
   if (kBias) {
@@ -416,8 +415,7 @@ static void super_gemm(const uint8_t *w, int64_t row_bytes, int64_t rows, const 
     const int64_t nrows = rows - r0 < 16 * tile_bands ? rows - r0 : 16 * tile_bands, nb = (nrows + 15) / 16;
     for (int64_t b = 0; b < nb; ++b)
       fill_band<kSub, kOff, kMins, kLoad>(w + (r0 + 16 * b) * row_bytes, row_bytes,
-                                          nrows - 16 * b < 16 ? nrows - 16 * b : 16, 0, chunks, chunk_bytes,
-                                          tile + b * chunks);
+                                          nrows - 16 * b < 16 ? nrows - 16 * b : 16, chunks, tile + b * chunks);
     for (int64_t t0 = 0; t0 < num_tokens; t0 += kSuperTokens) {
       const int64_t nt = num_tokens - t0 < kSuperTokens ? num_tokens - t0 : kSuperTokens;
       with_token_count<kSuperTokens>(nt, [&](auto n) {
@@ -427,10 +425,10 @@ static void super_gemm(const uint8_t *w, int64_t row_bytes, int64_t rows, const 
           for (int i = 0; i < 2 * kTokens; ++i) acc[i] = _mm512_setzero_ps();
           const Band *bands[2] = {tile + b * chunks, tile + (b + 1) * chunks};
           if (nb - b >= 2) {
-            band_dots<kSub, kMins, kBias, 2, kTokens>(bands, a, bias, t0, 0, chunks, acc);
+            band_dots<kSub, kMins, kBias, 2, kTokens>(bands, a, bias, t0, acc);
             store_pass<2, kTokens>(acc, r0 + 16 * b, nrows - 16 * b, t0, y, ldy);
           } else {
-            band_dots<kSub, kMins, kBias, 1, kTokens>(bands, a, bias, t0, 0, chunks, acc);
+            band_dots<kSub, kMins, kBias, 1, kTokens>(bands, a, bias, t0, acc);
             store_pass<1, kTokens>(acc, r0 + 16 * b, nrows - 16 * b, t0, y, ldy);
           }
         }
