@@ -260,8 +260,10 @@ def quantize_activations_reference(x: torch.Tensor, ggml_type: int) -> tuple[np.
 
 def matmul_q8(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
     """x [T, cols] -> [T, rows] as llama.cpp computes it: x quantized once to 8 bits
-    (quantize_activations), integer dot products per 16 weights, float scales. Same bits on
-    every ISA and thread count. Float weights (F32/F16/BF16) run matmul."""
+    (quantize_activations), integer dot products, float scales (per 16 weights for the legacy
+    32-blocks; per 256-weight super-block, its sub-block scales in integers, for the K and IQ
+    types: superblock_reference.py). Same bits on every ISA, thread count and batch. Float
+    weights (F32/F16/BF16) run matmul."""
     return _matmul_call(_lib.moe_matmul_q8, "matmul_q8", weight, x)
 
 
