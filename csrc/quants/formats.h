@@ -72,7 +72,6 @@ constexpr int sub_block_size(int type) {
 constexpr bool has_offsets(int type) { return type == kQ4_1 || type == kQ5_1; }
 
 // IEEE half -> float, exact for every input (subnormals, inf, NaN payloads), as numpy's astype.
-
 inline float half_to_float(uint16_t h) {
   uint32_t sign = (uint32_t)(h & 0x8000) << 16;
   uint32_t exp = (h >> 10) & 0x1f;

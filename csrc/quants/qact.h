@@ -51,8 +51,9 @@ struct QActView {
   int8_t *q = nullptr;      // [T][chunks * 256], zero padded
   int32_t *bsum = nullptr;  // [T][chunks * 16]: integer sum of each sub-block's quants
   float *scale = nullptr;   // [T][chunks * 16]: the activation block scale of each sub-block
-  // [T][chunks * 16]: what a weight offset (w = ws * q + wo) multiplies: Q8_K d * bsum; Q8_1
-  // its fp16 block sum in the block's first sub-block and 0 in the second; Q8_0 zeros.
+  // [T][chunks * 16]: what a legacy weight offset (w = ws * q + wo) multiplies: Q8_1's fp16
+  // block sum in the block's first sub-block and 0 in the second; zeros for Q8_0 and Q8_K (the
+  // super-block kernels take their mins against bsum, in integers).
   float *asum = nullptr;
   PackedChunk *packed = nullptr;  // [T][chunks]: filled by the AVX-512 quantizer alone
   int32_t *bpairs16 = nullptr;    // [T][chunks][kPairs16]: the AVX-512 quantizer, Q8_K alone

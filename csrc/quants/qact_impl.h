@@ -121,7 +121,6 @@ void quantize_act_row(int kind, const float *x, int64_t t, const QActView &v) {
       bsum[s0 + s] = sum;
       total += sum;
       scale[s0 + s] = kind == kActQ8_K ? d : round_to_half(d);
-      asum[s0 + s] = kind == kActQ8_K ? d * (float)sum : 0.0f;
     }
     if (kind == kActQ8_1) asum[s0] = round_to_half(d * (float)total);
   }
