@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from backend.engine import create_engine
+from backend.engine.local_engine import create_engine
 from backend.interface import GenerateRequest, LoadOptions, SamplingParams
 
 

@@ -92,7 +92,7 @@ def differential(shape_name: str, tokens: list[int], extra: int, reps: int, thre
     from synth_gguf import SHAPES, write
     from worker import LlamaCpp, Ours
 
-    from backend.pypi_models import fetch
+    from backend.store.pypi_models import fetch
 
     shape = SHAPES[shape_name]
     base = max(shape.first_dense, 1)

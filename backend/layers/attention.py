@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import kernels
+from ..engine.kv_cache import ForwardBatch
 from ..gguf_model import GGUFFile
-from ..kv_cache import ForwardBatch
 from .linear import Linear, load, project_many
 from .norm import RMSNorm
 from .rope import apply_rope, rope_cos_sin

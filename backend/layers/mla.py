@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..gguf_model import GGUFError, GGUFFile
-from ..kv_cache import ForwardBatch
 from .. import kernels
+from ..engine.kv_cache import ForwardBatch
+from ..gguf_model import GGUFError, GGUFFile
 from .linear import DEFAULT_ACTIVATIONS, Linear, load, project_many, quantized
 from .norm import RMSNorm
 from .rope import apply_rope, rope_cos_sin

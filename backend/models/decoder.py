@@ -7,8 +7,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..engine.kv_cache import ForwardBatch, SequenceCache
 from ..gguf_model import GGUFFile
-from ..kv_cache import ForwardBatch, SequenceCache
 
 
 class DecoderLM(nn.Module):

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..engine.kv_cache import ForwardBatch
 from ..gguf_model import GGUFError, GGUFFile
-from ..kv_cache import ForwardBatch
 from ..layers.linear import Embedding, FeedForward, Linear, load
 from ..layers.mla import MLAttention
 from ..layers.moe import Experts

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine.kv_cache import ForwardBatch
 from ..gguf_model import GGUFFile
-from ..kv_cache import ForwardBatch
 from ..layers.attention import Attention
 from ..layers.linear import Embedding, Linear, load, project_many
 from ..layers.norm import RMSNorm

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..engine.kv_cache import ForwardBatch
 from ..gguf_model import GGUFFile
-from ..kv_cache import ForwardBatch
 from ..layers.attention import Attention
 from ..layers.linear import Embedding, Linear, load
 from ..layers.moe import SparseMoE

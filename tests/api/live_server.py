@@ -8,7 +8,7 @@ import threading
 
 from aiohttp import web
 
-from backend.engine import create_engine
+from backend.engine.local_engine import create_engine
 from ollama_compat.app import create_app
 from ollama_compat.settings import Settings
 

@@ -10,13 +10,13 @@ import os
 
 import pytest
 
-from backend import manifest as mf
-from backend.engine import create_engine
+from backend.engine.local_engine import create_engine
+from backend.store import manifest as mf
 from backend.testmodels import write_model
-
-from .conftest import ndjson
 from ollama_compat.app import create_app
 from ollama_compat.settings import Settings
+
+from .conftest import ndjson
 
 
 @pytest.fixture

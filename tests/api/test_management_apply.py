@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from backend.engine import create_engine
+from backend.engine.local_engine import create_engine
 from backend.testmodels import write_model
 from ollama_compat.app import create_app
 from ollama_compat.settings import Settings

@@ -3,12 +3,12 @@ named deepseek-r1: the reference deployment's requests verbatim, and the openai 
 
 from __future__ import annotations
 
-import orjson
 import openai
+import orjson
 import pytest
 
-from backend import manifest as mf
-from backend.engine import create_engine
+from backend.engine.local_engine import create_engine
+from backend.store import manifest as mf
 from backend.testmodels import write_model
 from ollama_compat.app import create_app
 from ollama_compat.settings import Settings

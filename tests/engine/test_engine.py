@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from backend.engine import create_engine
+from backend.engine.local_engine import create_engine
 from backend.interface import (
     EngineError,
     GenerateRequest,
@@ -13,7 +13,7 @@ from backend.interface import (
     ModelNotFound,
     SamplingParams,
 )
-from backend.sampling import Sampler
+from backend.engine.sampling import Sampler
 from backend.testmodels import write_model
 
 GREEDY = SamplingParams(temperature=0, repeat_penalty=1.0, num_predict=12)
@@ -188,13 +188,13 @@ def prompt_len(chunks):
 
 def _tokenizer(engine):
     from backend.gguf_model import open_gguf
-    from backend.tokenizer import Tokenizer
+    from backend.text.tokenizer import Tokenizer
 
     return Tokenizer.from_metadata(open_gguf(engine.get_model("tiny").paths[0]).metadata)
 
 
 def test_context_is_fitted_to_free_memory(monkeypatch):
-    from backend import model_loader
+    from backend.engine import loaded_model as model_loader
 
     monkeypatch.setattr(model_loader, "available_memory", lambda: 10 * 2**20)
     assert model_loader._fit_context(4096, 4, 100) == 4096  # 1.6 MB fits in 8 MB
@@ -212,8 +212,8 @@ def test_grammar_mask_drives_random_logits_to_the_schema(tmp_path):
     import torch
 
     from backend.gguf_model import open_gguf
-    from backend.grammar import GrammarCompiler
-    from backend.tokenizer import Tokenizer
+    from backend.text.grammar import GrammarCompiler
+    from backend.text.tokenizer import Tokenizer
 
     write_model("llama", tmp_path / "t.gguf", seed=3)
     tokenizer = Tokenizer.from_metadata(open_gguf(tmp_path / "t.gguf").metadata)

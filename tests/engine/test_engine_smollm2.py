@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from backend.engine import create_engine
+from backend.engine.local_engine import create_engine
 from backend.interface import GenerateRequest, LoadOptions, SamplingParams
 
 QUESTIONS = [

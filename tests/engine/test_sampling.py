@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from backend.interface import InvalidRequest, SamplingParams
-from backend.sampling import Sampler
+from backend.engine.sampling import Sampler
 
 
 def np_penalise(logits, history, p):

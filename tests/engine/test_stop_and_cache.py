@@ -6,8 +6,8 @@ import random
 import pytest
 import torch
 
-from backend.kv_cache import CachePool, ForwardBatch, SequenceCache
-from backend.sequence import StopMatcher
+from backend.engine.kv_cache import CachePool, ForwardBatch, SequenceCache
+from backend.engine.sequence import StopMatcher
 
 
 def run_stop(pieces, stops):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from backend import kernels
-from backend.kv_cache import ForwardBatch, SequenceCache
+from backend.engine.kv_cache import ForwardBatch, SequenceCache
 from backend.layers.attention import causal_attention
 
 from .conftest import AVAILABLE_ISAS

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from backend.gguf_model import open_gguf
-from backend.kv_cache import ForwardBatch, SequenceCache
+from backend.engine.kv_cache import ForwardBatch, SequenceCache
 from backend.layers.mla import MLAttention
 from backend.models import load_model
 from backend.testmodels import write_model

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from backend.gguf_model import open_gguf
-from backend.kv_cache import ForwardBatch
+from backend.engine.kv_cache import ForwardBatch
 from backend.models import load_model
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from backend.gguf_model import GGUFError, GGUFFile, open_gguf
-from backend.kv_cache import ForwardBatch
+from backend.engine.kv_cache import ForwardBatch
 from backend.models import ARCHITECTURES, load_model
 from backend.testmodels import llama as llama_family
 from backend.testmodels import model_config, write_model

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from backend.gguf_model import open_gguf
-from backend.kv_cache import ForwardBatch
+from backend.engine.kv_cache import ForwardBatch
 from backend.layers.linear import Linear
 from backend.layers.mla import MLAttention
 from backend.layers.moe import Experts

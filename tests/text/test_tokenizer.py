@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from backend.tokenizer import BYTE, CONTROL, Tokenizer, TokenizerError
+from backend.text.tokenizer import BYTE, CONTROL, Tokenizer, TokenizerError
 
-GOLDEN = Path(__file__).parent / "data" / "golden"
+GOLDEN = Path(__file__).parent.parent / "data" / "golden"
 CORPUS: list[str] = json.loads((GOLDEN / "corpus.json").read_text(encoding="utf-8"))["texts"]
 
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from tokenizers import Regex
+from tokenizers import Regex, models, pre_tokenizers
 from tokenizers import Tokenizer as _HFTokenizer
-from tokenizers import models, pre_tokenizers
 
 from .detokenizer import IncrementalDetokenizer, byte_level_decoder
 

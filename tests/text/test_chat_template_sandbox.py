@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from jinja2.sandbox import SecurityError
 
-from backend.chat_template import ChatTemplate
+from backend.text.chat_template import ChatTemplate
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

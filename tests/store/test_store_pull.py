@@ -8,9 +8,10 @@ import subprocess
 
 import pytest
 
-from backend import pypi_models, store_admin
 from backend.interface import EngineError, InvalidRequest
-from backend.store import ModelStore
+from backend.store import admin as store_admin
+from backend.store import pypi_models
+from backend.store.model_store import ModelStore
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from backend import manifest as mf
 from backend.interface import InvalidRequest, ModelNotFound
-from backend.store import ModelStore, canonical_name
+from backend.store import manifest as mf
+from backend.store.model_store import ModelStore, canonical_name
 from backend.testmodels import write_model
 
 

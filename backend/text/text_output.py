@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .interface import GenerateRequest
-from .sequence import StopMatcher
+from ..engine.sequence import StopMatcher
+from ..interface import GenerateRequest
 from .thinking import ThinkingParser, ToolCallParser
 from .tokenizer import IncrementalDetokenizer
 

@@ -7,9 +7,8 @@ from typing import Any
 
 import torch
 
-from .interface import InvalidRequest
+from ..interface import InvalidRequest
 from .tokenizer import CONTROL, USER_DEFINED, Tokenizer
-
 
 # One space after separators and no free whitespace: small models given a grammar that allows
 # any run of blanks tend to emit newlines forever (llama.cpp bounds its `ws` rule for this).

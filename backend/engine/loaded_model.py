@@ -9,11 +9,9 @@ import time
 
 import torch
 
-from . import kernels
-from .chat_template import ChatTemplate
-from .gguf_model import open_gguf
-from .grammar import GrammarCompiler, TokenMask
-from .interface import (
+from .. import kernels
+from ..gguf_model import open_gguf
+from ..interface import (
     Chunk,
     EngineError,
     GenerateRequest,
@@ -24,14 +22,16 @@ from .interface import (
     RunningModel,
     TokenLogprob,
 )
+from ..models import load_model
+from ..text.chat_template import ChatTemplate
+from ..text.grammar import GrammarCompiler, TokenMask
+from ..text.text_output import TextOutput
+from ..text.thinking import prompt_opens_thinking
+from ..text.tokenizer import Tokenizer
 from .kv_cache import CachePool, ForwardBatch
 from .model_runner import ModelRunner
-from .models import load_model
 from .scheduler import ScheduledItem, Scheduler
 from .sequence import Sequence
-from .text_output import TextOutput
-from .thinking import prompt_opens_thinking
-from .tokenizer import Tokenizer
 
 THINK_OPEN = "<think>"
 

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
-from .interface import (
+from ..interface import (
     Chunk,
     EmbedResult,
     EngineError,
@@ -21,8 +21,8 @@ from .interface import (
     RunningModel,
     ServerBusy,
 )
-from . import store_admin
-from .store import ModelStore
+from ..store import admin as store_admin
+from ..store.model_store import ModelStore
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class LocalEngine:
         info = self.store.resolve(name)
         template = self._templates.get(info.digest)
         if template is None:
-            from .model_loader import chat_template_for
+            from .loaded_model import chat_template_for
 
             template = self._templates[info.digest] = chat_template_for(info)
         return template.render(
@@ -240,7 +240,7 @@ class LocalEngine:
         if lm is not None:
             self._touch(lm, keep_alive)
             return lm, 0
-        from .model_loader import LoadedModel
+        from .loaded_model import LoadedModel
 
         start = time.perf_counter_ns()
         lm = LoadedModel(info, load, self.config)

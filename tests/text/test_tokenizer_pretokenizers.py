@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from backend.tokenizer import Tokenizer
+from backend.text.tokenizer import Tokenizer
 
-GOLDEN = json.loads((Path(__file__).parent / "data" / "golden" / "pretokenizers.json").read_text(encoding="utf-8"))
+GOLDEN = json.loads((Path(__file__).parent.parent / "data" / "golden" / "pretokenizers.json").read_text(encoding="utf-8"))
 
 
 @pytest.mark.parametrize("pre", sorted(GOLDEN["tokens"]))
@@ -35,7 +35,7 @@ def test_llama3_family_ignores_merges_and_adds_bos(smollm2_metadata):
 
 def test_sentencepiece_space_prefix_matches_llama_cpp(gemma3_metadata):
     """add_space_prefix (llama-2-era SPM GGUFs): a space before the text and after each special."""
-    golden = json.loads((Path(__file__).parent / "data" / "golden" / "spm_space_prefix.json").read_text(encoding="utf-8"))
+    golden = json.loads((Path(__file__).parent.parent / "data" / "golden" / "spm_space_prefix.json").read_text(encoding="utf-8"))
     tok = Tokenizer.from_metadata({**gemma3_metadata, **golden["overrides"]})
     assert tok.add_space_prefix
     tokens = golden["tokens"]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from backend.thinking import ThinkingParser, ToolCallParser
+from backend.text.thinking import ThinkingParser, ToolCallParser
 
 
 def cuts(text: str):
@@ -110,7 +110,7 @@ def test_tool_call_arguments_are_objects_in_ollamas_shape():
 
 
 def test_prompt_opens_thinking():
-    from backend.thinking import prompt_opens_thinking
+    from backend.text.thinking import prompt_opens_thinking
 
     assert prompt_opens_thinking("<|im_start|>assistant\n<think>\n")
     assert not prompt_opens_thinking("<|im_start|>assistant\n<think>\n\n</think>\n\n")  # Qwen3, thinking off
@@ -123,7 +123,7 @@ def test_prompt_opens_thinking():
 @pytest.mark.parametrize("model", ["smollm2", "gemma3"])
 def test_real_token_stream_through_detokenizer_and_both_parsers(model, smollm2_tokenizer, gemma3_tokenizer):
     """Model output arrives token by token: tags and multi-byte characters fall across tokens."""
-    from backend.tokenizer import IncrementalDetokenizer
+    from backend.text.tokenizer import IncrementalDetokenizer
 
     tok = {"smollm2": smollm2_tokenizer, "gemma3": gemma3_tokenizer}[model]
     output = ('<think>\nThe user wants 🦙 weather in 東京.\n</think>\n\nChecking.'

@@ -13,9 +13,9 @@ from typing import Any
 
 import gguf
 
-from .chat_template import _is_go_template
-from .gguf_model import GGUFError, open_gguf
-from .interface import InvalidRequest, ModelInfo, ModelNotFound
+from ..gguf_model import GGUFError, open_gguf
+from ..interface import InvalidRequest, ModelInfo, ModelNotFound
+from ..text.chat_template import _is_go_template
 from . import manifest as mf
 from .manifest import Manifest, parse_name
 

