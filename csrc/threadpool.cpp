@@ -1,11 +1,24 @@
 #include "threadpool.h"
 
+#include <algorithm>
 #include <chrono>
+#include <system_error>
 
 namespace moe {
 
 ThreadPool::ThreadPool(int num_threads) {
-  for (int i = 1; i < num_threads; ++i) workers_.emplace_back([this] { worker_loop(); });
+  // An absurd count (40000 from a request) must neither abort the process nor throw across the
+  // C ABI: at most 1024 threads (or one per hardware thread on bigger machines), and when the
+  // OS refuses one (std::system_error), the pool runs with the workers it has.
+  const int limit = std::max(1024, (int)std::thread::hardware_concurrency());
+  num_threads = std::min(num_threads, limit);
+  for (int i = 1; i < num_threads; ++i) {
+    try {
+      workers_.emplace_back([this] { worker_loop(); });
+    } catch (const std::system_error &) {
+      break;
+    }
+  }
 }
 
 ThreadPool::~ThreadPool() {
