@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from backend.interface import Engine
@@ -12,13 +14,10 @@ from .cors import OriginPolicy, add_cors_headers, cors_middleware
 from .errors import error_middleware
 from .settings import Settings
 
-MAX_BODY = 100 * 2**20  # base64 images run to megabytes; aiohttp's default is 1 MiB
-
-
 def create_app(engine: Engine, settings: Settings) -> web.Application:
     policy = OriginPolicy(settings.origins, settings.host.host)
     app = web.Application(
-        client_max_size=MAX_BODY,
+        client_max_size=settings.max_body,  # aiohttp's default is 1 MiB
         middlewares=[
             cors_middleware(policy),  # before routing, as gin's: a preflight works on any path
             web.normalize_path_middleware(append_slash=False, remove_slash=True, merge_slashes=True),
@@ -33,3 +32,14 @@ def create_app(engine: Engine, settings: Settings) -> web.Application:
     management.add_routes(app)
     openai.add_routes(app)
     return app
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """The connection handler's settings, for web.run_app and web.AppRunner alike.
+
+    keepalive_timeout bounds both an idle connection and one whose headers never finish: aiohttp
+    arms it when a connection opens and after each response, and closes the connection if no
+    whole request head has arrived by then (a slowloris that sends a byte a second included).
+    handler_cancellation: a client that disconnects cancels its handler, which closes the
+    engine's stream and frees the sequence at the next step."""
+    return {"keepalive_timeout": settings.header_timeout, "handler_cancellation": True}

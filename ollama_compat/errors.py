@@ -15,10 +15,13 @@ JSON_TYPE = "application/json; charset=utf-8"
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str):
+    """`close`: answer, then close the connection (a body that never finished arriving)."""
+
+    def __init__(self, status: int, message: str, close: bool = False):
         super().__init__(message)
         self.status = status
         self.message = message
+        self.close = close
 
 
 def json_response(body, status: int = 200) -> web.Response:
@@ -30,6 +33,16 @@ def error_response(status: int, message: str) -> web.Response:
     return json_response({"error": message}, status)
 
 
+async def closing(request: web.Request, response: web.Response) -> web.Response:
+    """Sends `response`, then closes the connection at once. Without this aiohttp would keep
+    reading the unfinished body for its lingering time before closing (10 s)."""
+    response.force_close()
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()  # the transport flushes the answer, then closes
+    return response
+
+
 def _plain(status: int, text: str) -> web.Response:
     return web.Response(status=status, text=text, content_type="text/plain")
 
@@ -39,7 +52,8 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except ApiError as e:
-        return error_response(e.status, e.message)
+        response = error_response(e.status, e.message)
+        return await closing(request, response) if e.close else response
     except EngineError as e:
         return error_response(e.status, e.message)
     except web.HTTPNotFound:
@@ -48,6 +62,9 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
         return _plain(405, "405 method not allowed")
     except web.HTTPException:
         raise
+    except ConnectionError:  # the client went away mid-request: this answer reaches no one
+        log.info("client went away during %s %s", request.method, request.path)
+        return error_response(400, "client disconnected")
     except Exception as e:  # the server keeps serving everyone else
         log.exception("%s %s failed", request.method, request.path)
         return error_response(500, f"{type(e).__name__}: {e}")

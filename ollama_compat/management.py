@@ -11,6 +11,7 @@ from backend.interface import EngineError
 
 from . import options as opt
 from .appkeys import ENGINE
+from .body import body_chunks
 from .errors import ApiError, json_response
 from .routes import read_json
 from .streaming import stream_ndjson
@@ -119,7 +120,7 @@ async def post_blob(request: web.Request) -> web.Response:
         return web.Response(status=200)
     writer = await asyncio.to_thread(engine.blob_writer, digest)
     try:
-        async for chunk in request.content.iter_chunked(1 << 20):
+        async for chunk in body_chunks(request):
             await asyncio.to_thread(writer.write, chunk)
         await asyncio.to_thread(writer.commit)
     except BaseException:

@@ -17,14 +17,15 @@ from backend.interface import EngineError, ModelNotFound
 from . import inference
 from . import options as opt
 from .appkeys import ENGINE
-from .errors import ApiError
+from .errors import ApiError, closing
 
 EFFORT = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high", "max": "max",
           "xhigh": "max", "ultra": "max"}  # fmt: skip
 
 
 def _error(status: int, message: str) -> web.Response:
-    kind = {400: "invalid_request_error", 404: "not_found_error"}.get(status, "api_error")
+    kind = {400: "invalid_request_error", 404: "not_found_error", 408: "invalid_request_error",
+            413: "invalid_request_error"}.get(status, "api_error")  # fmt: skip
     body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
@@ -40,7 +41,10 @@ async def openai_errors(request: web.Request, handler):
         return await handler(request)
     try:
         return await handler(request)
-    except (ApiError, EngineError) as e:
+    except ApiError as e:
+        response = _error(e.status, e.message)
+        return await closing(request, response) if e.close else response
+    except EngineError as e:
         return _error(e.status, e.message)
 
 

@@ -14,6 +14,7 @@ from . import inference
 from . import options as opt
 from . import types as wire
 from .appkeys import ENGINE, SETTINGS
+from .body import read_body
 from .errors import ApiError, json_response
 from .streaming import collect, stream_ndjson
 
@@ -25,7 +26,7 @@ embed_response = inference.embed_response
 
 async def read_json(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object whatever the Content-Type (curl -d sends form-urlencoded)."""
-    raw = await request.read()
+    raw = await read_body(request)
     if not raw.strip():
         raise ApiError(400, "missing request body")
     try:

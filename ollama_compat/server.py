@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .app import create_app
+from .app import create_app, server_options
 from .settings import Settings
 
 log = logging.getLogger("ollama_compat")
@@ -59,10 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     host = settings.host.host or "0.0.0.0"
     shown = f"[{host}]" if ":" in host else host
     log.info("Listening on %s:%d (version %s)", shown, settings.host.port, _version())
-    # handler_cancellation: a client that disconnects cancels its handler, which closes the
-    # engine's stream and frees the sequence at the next step.
-    web.run_app(app, host=settings.host.host or None, port=settings.host.port, print=None,
-                handler_cancellation=True, access_log=None)  # fmt: skip
+    web.run_app(app, host=settings.host.host or None, port=settings.host.port, print=None, access_log=None,
+                **server_options(settings))  # fmt: skip
     return 0
 
 

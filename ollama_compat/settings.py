@@ -99,6 +99,11 @@ class Settings:
     context_length: int  # default num_ctx (0: the engine's default)
     num_thread: int  # 0: one per physical core
     debug: bool
+    # Bounds on what one client may hold open. Ollama's http.Server sets no timeouts at all; these
+    # are the usual values of Go services that set ReadHeaderTimeout and friends.
+    header_timeout: float = 30.0  # seconds for a request's headers, and for an idle connection's next request
+    body_timeout: float = 60.0  # seconds for a JSON body to arrive whole; for a blob upload, between two chunks
+    max_body: int = 100 * 2**20  # bytes of a JSON body (base64 images run to megabytes); blob uploads are unbounded
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> "Settings":

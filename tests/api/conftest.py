@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from ollama_compat.app import create_app
+from ollama_compat.app import create_app, server_options
 from ollama_compat.settings import Settings
 
 from .fake_engine import FakeEngine
@@ -22,7 +22,7 @@ def make_app(engine, env: dict | None = None):
 
 @pytest.fixture
 async def client(aiohttp_client, engine):
-    return await aiohttp_client(make_app(engine), server_kwargs={"handler_cancellation": True})
+    return await aiohttp_client(make_app(engine), server_kwargs=server_options(Settings.from_env({})))
 
 
 def ndjson(text: str) -> list[dict]:
