@@ -25,7 +25,8 @@ const IsaKernels &active_kernels() {
       {avx512::dequantize, avx512::tile_matmul, avx512::rows_matmul, avx512::swiglu, avx512::scale_add,
        avx512::attend, avx512::rope, avx512::rms_norm},
   };
-  return tables[moe_isa_active()];
+  const int isa = moe_isa_active();  // AMX runs the AVX-512 table (tiles serve the integer GEMMs alone)
+  return tables[isa < MOE_ISA_AVX512 ? isa : MOE_ISA_AVX512];
 }
 
 namespace {

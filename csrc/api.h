@@ -4,8 +4,9 @@
 
 #define MOE_API extern "C" __attribute__((visibility("default")))
 
-// ISA levels, in increasing order of capability.
-enum moe_isa { MOE_ISA_SCALAR = 0, MOE_ISA_AVX2 = 1, MOE_ISA_AVX512 = 2 };
+// ISA levels, in increasing order of capability. AMX is AVX-512 plus Intel's int8 tiles
+// (Sapphire Rapids and later) for the prompt GEMMs; everything else runs AVX-512 there.
+enum moe_isa { MOE_ISA_SCALAR = 0, MOE_ISA_AVX2 = 1, MOE_ISA_AVX512 = 2, MOE_ISA_AMX = 3 };
 
 MOE_API int moe_isa_detected(void);          // best level this CPU and OS support
 MOE_API int moe_isa_active(void);            // level in use (detected, or forced lower)

@@ -1,8 +1,13 @@
-// Runtime ISA selection: cpuid feature bits plus XGETBV (the OS must save the wide registers).
+// Runtime ISA selection: cpuid feature bits plus XGETBV (the OS must save the wide registers),
+// and for AMX the Linux permission to use tile data.
 #include "api.h"
 #include <cpuid.h>
 #include <cstdlib>
 #include <cstring>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace {
 
@@ -11,6 +16,18 @@ bool os_saves(uint64_t mask) {
   __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
   uint64_t xcr0 = (uint64_t(hi) << 32) | lo;
   return (xcr0 & mask) == mask;
+}
+
+// Linux enables the 8 KB of tile data per process only on request (ARCH_REQ_XCOMP_PERM for
+// XFEATURE_XTILEDATA, kernel 5.16+); without it the first tile instruction faults. The request
+// is idempotent, so asking at every detection costs one syscall and keeps no state here.
+bool os_permits_tiles() {
+#if defined(__linux__) && defined(SYS_arch_prctl)
+  constexpr int kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
 }
 
 int detect() {
@@ -22,14 +39,20 @@ int detect() {
   const bool avx2 = b & bit_AVX2;
   const bool avx512 = (b & bit_AVX512F) && (b & bit_AVX512BW) && (b & bit_AVX512VL) &&
                       (b & bit_AVX512DQ) && (c & bit_AVX512VNNI);
-  if (avx512 && fma && f16c && os_saves(0xE6)) return MOE_ISA_AVX512;  // + opmask, ZMM
+  const bool amx = (d & (1u << 24)) && (d & (1u << 25));  // AMX-TILE, AMX-INT8 (leaf 7, EDX)
+  if (avx512 && fma && f16c && os_saves(0xE6)) {            // + opmask, ZMM
+    // XTILECFG and XTILEDATA in XCR0 (bits 17, 18), then the process's permission.
+    if (amx && os_saves(0x60000) && os_permits_tiles()) return MOE_ISA_AMX;
+    return MOE_ISA_AVX512;
+  }
   if (avx2 && fma && f16c) return MOE_ISA_AVX2;
   return MOE_ISA_SCALAR;
 }
 
 int initial_isa() {
   int best = detect();
-  // MOE_ISA=scalar|avx2|avx512 forces a lower level (tests run every path this way).
+  // MOE_ISA=scalar|avx2|avx512|amx forces a lower level (tests run every path this way;
+  // MOE_ISA=avx512 on an AMX machine runs the VNNI GEMMs for comparison).
   if (const char *env = std::getenv("MOE_ISA")) {
     for (int isa = MOE_ISA_SCALAR; isa <= best; ++isa)
       if (std::strcmp(env, moe_isa_name(isa)) == 0) return isa;
@@ -59,6 +82,7 @@ MOE_API const char *moe_isa_name(int isa) {
     case MOE_ISA_SCALAR: return "scalar";
     case MOE_ISA_AVX2: return "avx2";
     case MOE_ISA_AVX512: return "avx512";
+    case MOE_ISA_AMX: return "amx";
     default: return "unknown";
   }
 }

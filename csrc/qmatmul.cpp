@@ -11,6 +11,7 @@
 namespace moe {
 
 QKernels q_kernels(int isa) {
+  if (isa == 3) return {amx::qrows_matmul, avx512::quantize_act_row};
   if (isa == 2) return {avx512::qrows_matmul, avx512::quantize_act_row};
   if (isa == 1) return {avx2::qrows_matmul, avx2::quantize_act_row};
   return {scalar::qrows_matmul, scalar::quantize_act_row};

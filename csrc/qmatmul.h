@@ -29,6 +29,13 @@ MOE_DECLARE_QISA(avx2)
 MOE_DECLARE_QISA(avx512)
 #undef MOE_DECLARE_QISA
 
+// The AMX level's row kernel (qmatmul_amx.cpp): int8 tiles for enough tokens, else
+// avx512::qrows_matmul; the same bits either way. Its activations are the avx512 quantizer's.
+namespace amx {
+void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, int64_t num_tokens,
+                  float *y, int64_t ldy);
+}
+
 // The active ISA's row kernel: rows x k weights of `type` against num_tokens quantized
 // activations (a view, token t at slot t), y[t * ldy + r]. Runs on the calling thread.
 using QRowsFn = void (*)(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a,

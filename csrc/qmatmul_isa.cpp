@@ -25,6 +25,7 @@ namespace MOE_ISA_NS {
 #include "quants/unpack_impl.h"
 #if defined(__AVX512VNNI__)
 #include "quants/load_regs_impl.h"
+#include "transpose16_impl.h"
 #endif
 
 // Software prefetch of the `bytes` that lie kPrefetchBytes past `p`: a task's rows are one
