@@ -38,7 +38,6 @@ template <int kType, Offset kOff, auto kLoad>
 static void fill_super_panel(const uint8_t *w, int64_t row_bytes, int64_t n, int64_t c0, int64_t nc,
                              SuperPanel *panel) {
   constexpr bool kHigh = has_high_plane(kType);
-  constexpr int64_t kBlockBytes = geometry(kType).type_size;
   const __m512i off = _mm512_set1_epi16(kOff == Offset::kNone ? 0 : (short)(1 << (int)kOff));
   const __m512i low_bytes = _mm512_set1_epi16(0x00FF), high_bytes = _mm512_set1_epi16((short)0xFF00);
   for (int64_t c = c0; c < c0 + nc; ++c) {
@@ -46,10 +45,7 @@ static void fill_super_panel(const uint8_t *w, int64_t row_bytes, int64_t n, int
     for (int r = 0; r < 16; ++r) {
       SuperRegs sc{_mm512_setzero_si512(), _mm512_setzero_si512(), _mm256_setzero_si256(), 0.0f, 0.0f};
       __m512i q[4] = {};
-      if (r < n) {
-        __builtin_prefetch(w + r * row_bytes + (c + 4) * kBlockBytes);
-        kLoad(w + r * row_bytes, c, &sc, q);
-      }
+      if (r < n) kLoad(w + r * row_bytes, c, &sc, q);
       // S (|S| <= 128) in both 16-bit halves of its lane; rows past n have S = 0, so w' = 0.
       const __m512i s16 = _mm512_or_si512(_mm512_and_si512(sc.s, _mm512_set1_epi32(0xFFFF)), _mm512_slli_epi32(sc.s, 16));
       for (int p = 0; p < 4; ++p) {
@@ -73,27 +69,39 @@ static TileConfig super_tile_config() {
   return c;
 }
 
-// One chunk's float terms for rows [r0, r1) of one token block, added to acc[r] (lane t: row
-// r's sum for token t) as band_dots adds them: acc + da * ((d * A) - (dmin * B)).
-template <int kType>
-static inline __attribute__((always_inline)) void super_chunk_floats(const SuperPanel &pc, const TokenScales &ts,
-                                                                    const int32_t (*sums)[16][16], int r0, int r1,
+// One chunk's float terms for rows [r0, r1) of kBlocks token blocks (block j's sums at
+// sums[j], its scales at *ts[j]), added to acc[16 j + r] (lane t: row r's sum for token t) as
+// band_dots adds them: acc + da * ((d * A) - (dmin * B)). A row's scales are loaded once for
+// both blocks, the blocks' scales and sum pairs once for all rows.
+template <int kType, int kBlocks>
+static inline __attribute__((always_inline)) void super_chunk_floats(const SuperPanel &pc, const TokenScales *const *ts,
+                                                                    const int32_t (*sums)[2][16][16], int r0, int r1,
                                                                     __m512 *acc) {
   constexpr bool kMins = has_mins(kType), kHigh = has_high_plane(kType);
   constexpr int kPairs = sub_block_size(kType) == 32 ? kPairs32 : kPairs16;
-  const __m512 da = _mm512_load_ps(ts.scale[0]);
+  __m512 da[kBlocks];
+  __m512i bp[kBlocks][kMins ? kPairs : 1];
+  for (int j = 0; j < kBlocks; ++j) {
+    da[j] = _mm512_load_ps(ts[j]->scale);
+    if (kMins)
+      for (int i = 0; i < kPairs; ++i) bp[j][i] = _mm512_load_si512(kPairs == kPairs32 ? ts[j]->pairs32[i] : ts[j]->pairs16[i]);
+  }
   for (int r = r0; r < r1; ++r) {
-    __m512i A = _mm512_load_si512(sums[0][r]);
-    if (kHigh) A = _mm512_add_epi32(A, _mm512_slli_epi32(_mm512_load_si512(sums[1][r]), 8));
-    __m512 x = _mm512_mul_ps(_mm512_set1_ps(pc.d[r]), _mm512_cvtepi32_ps(A));
-    if (kMins) {
-      __m512i B = _mm512_setzero_si512();
-      for (int j = 0; j < kPairs; ++j)
-        B = _mm512_dpwssd_epi32(B, _mm512_set1_epi32(pc.mp[r][j]),
-                                _mm512_load_si512(kPairs == kPairs32 ? ts.pairs32[j] : ts.pairs16[j]));
-      x = _mm512_sub_ps(x, _mm512_mul_ps(_mm512_set1_ps(pc.dmin[r]), _mm512_cvtepi32_ps(B)));
+    const __m512 d = _mm512_set1_ps(pc.d[r]), dmin = _mm512_set1_ps(pc.dmin[r]);
+    __m512i mp[kMins ? kPairs : 1];
+    if (kMins)
+      for (int i = 0; i < kPairs; ++i) mp[i] = _mm512_set1_epi32(pc.mp[r][i]);
+    for (int j = 0; j < kBlocks; ++j) {
+      __m512i A = _mm512_load_si512(sums[j][0][r]);
+      if (kHigh) A = _mm512_add_epi32(A, _mm512_slli_epi32(_mm512_load_si512(sums[j][1][r]), 8));
+      __m512 x = _mm512_mul_ps(d, _mm512_cvtepi32_ps(A));
+      if (kMins) {
+        __m512i B = _mm512_setzero_si512();
+        for (int i = 0; i < kPairs; ++i) B = _mm512_dpwssd_epi32(B, mp[i], bp[j][i]);
+        x = _mm512_sub_ps(x, _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(B)));
+      }
+      acc[16 * j + r] = _mm512_add_ps(acc[16 * j + r], _mm512_mul_ps(da[j], x));
     }
-    acc[r] = _mm512_add_ps(acc[r], _mm512_mul_ps(da, x));
   }
 }
 
@@ -108,13 +116,9 @@ static void super_pass(const SuperPanel *panel, const TokenTiles *q, const Token
                        int64_t nc, __m512 *acc) {
   constexpr bool kHigh = has_high_plane(kType);
   alignas(64) int32_t sums[2][2][2][16][16];  // [chunk parity][block][plane][row][token]
-  auto floats = [&](int64_t i, int slice) {  // rows 16 kBlocks slice / 4 .. of chunk i's blocks
-    for (int j = 0; j < kBlocks; ++j) {
-      const int r0 = (16 * kBlocks * slice / 4) - 16 * j, r1 = r0 + 4 * kBlocks;
-      if (r1 <= 0 || r0 >= 16) continue;
-      super_chunk_floats<kType>(panel[i], sc[j + i * stride], sums[i & 1][j], r0 < 0 ? 0 : r0, r1 > 16 ? 16 : r1,
-                                acc + 16 * j);
-    }
+  auto floats = [&](int64_t i, int slice) {  // rows 4 slice .. 4 slice + 3 of chunk i, every block
+    const TokenScales *ts[2] = {sc + i * stride, sc + (kBlocks - 1) + i * stride};
+    super_chunk_floats<kType, kBlocks>(panel[i], ts, sums[i & 1], 4 * slice, 4 * slice + 4, acc);
   };
   for (int64_t i = 0; i <= nc; ++i) {
     if (i == nc) {
@@ -179,7 +183,7 @@ static void super_tiles(const uint8_t *w, int64_t row_bytes, int64_t rows, const
   TokenScales *const sc = thread_buffer<TokenScales, 1>(chunks * blocks);
   for (int64_t b = 0; b < blocks; ++b) {
     const int64_t t0 = b * kTileTokens, nt = num_tokens - t0 < kTileTokens ? num_tokens - t0 : kTileTokens;
-    token_tiles(a, t0, nt, q + b, sc + b, has_mins(kType) ? kTokenPairs : kTokenScale, blocks);
+    token_tiles(a, t0, nt, has_mins(kType), q + b, sc + b, blocks);
   }
   const SuperBlocking blk(chunks, blocks);
   SuperPanel *const panel = thread_buffer<SuperPanel, 2>(blk.kc);

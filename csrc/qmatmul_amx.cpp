@@ -8,11 +8,17 @@
 // by the AVX-512 register loaders (quants/load_regs_impl.h); 16 tokens' activations, transposed
 // once per call, are the B tiles; a C tile holds the int32 sums of 16 rows x 16 tokens.
 //
-// Exactness: every C tile holds integers the VNNI path also computes (the same sub-block sums,
-// or the same super-block A and B), and the float operations that follow are the VNNI path's,
-// element by element in its order, so the bits equal every other ISA's (backend/kernels.py
-// and backend/superblock_reference.py state that arithmetic; tests/kernels compare bit for bit).
-// Few tokens run the AVX-512 kernels: a tile multiply needs 16 tokens to fill its columns.
+// Exactness: the C tiles hold integers the VNNI path also computes (the super-block types' A),
+// and the float operations that follow are the VNNI path's, element by element in its order,
+// so the bits equal every other ISA's (backend/superblock_reference.py states that arithmetic;
+// tests/kernels compare bit for bit).
+//
+// What runs on AVX-512 instead: fewer than 16 tokens (a tile multiply needs 16 to fill its
+// columns), and the legacy 32-block types (Q4_0, Q8_0, Q5_0, ...). Their arithmetic combines in
+// float per 16 weights (a convert, two multiplies and an add per row, token and 16 weights),
+// so tiles could only save the VNNI path's 4 vpdpbusd per row, token and chunk, and a C tile per
+// 16-weight sub-block costs a 1 KB tile store plus 256 float sums to keep per 16 x 16 block: a
+// tile version measured 0.62-0.70x the VNNI GEMM here (Q8_0 and Q5_0, 16-512 tokens).
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
@@ -74,27 +80,23 @@ constexpr int kTileTokens = 16;  // the columns of a B tile
 
 // 16 tokens of one chunk as B tiles: K-step p (the 64 bytes of PackedChunk::qi's vector p) is
 // 16 rows of 64 bytes, row j holding each token's 4 bytes of lane j (natural bytes 16 j + 4 p ..
-// + 3, sub-block j of 16). A legacy 16-weight sub-block s is rows s of steps 0-3 (1 KB apart).
+// + 3, sub-block j of 16).
 struct alignas(64) TokenTiles {
   int8_t q[4][16][64];
 };
 
-// The token scales by sub-block of 16 (the super-block types read sub-block 0's, their one
-// scale per chunk), tokens in the lanes; the asums of the legacy types with offsets; the Q8_K
-// sub-block sums in int16 pairs (qact.h) for the super-block types with mins.
+// A chunk's Q8_K scale (one per token) and, for the super-block types with mins, the token's
+// sub-block sums in int16 pairs (qact.h), tokens in the lanes.
 struct alignas(64) TokenScales {
-  float scale[16][16];  // [sub-block][token]
-  float asum[16][16];
+  float scale[16];
   int32_t pairs16[kPairs16][16];
   int32_t pairs32[kPairs32][16];
 };
 
-enum TokenExtras { kTokenScale, kTokenAsums, kTokenPairs };  // what token_tiles fills beyond the quants
-
 // The transposed activations of tokens t0 .. t0 + nt - 1 (nt <= 16; the rest zeros), chunk c
 // into q[c * stride] and sc[c * stride]: once per call and token block, shared by every row of
 // the call.
-static void token_tiles(const QActView &a, int64_t t0, int64_t nt, TokenTiles *q, TokenScales *sc, TokenExtras extras,
+static void token_tiles(const QActView &a, int64_t t0, int64_t nt, bool pairs, TokenTiles *q, TokenScales *sc,
                         int64_t stride) {
   for (int64_t c = 0; c < a.chunks; ++c) {
     TokenTiles &tt = q[c * stride];
@@ -106,29 +108,18 @@ static void token_tiles(const QActView &a, int64_t t0, int64_t nt, TokenTiles *q
       for (int j = 0; j < 16; ++j) _mm512_store_si512(tt.q[p][j], v[j]);
     }
     TokenScales &ts = sc[c * stride];
-    __m512i v[16];
-    for (int n = 0; n < 16; ++n)
-      v[n] = n < nt ? _mm512_castps_si512(_mm512_load_ps(a.packed[(t0 + n) * a.chunks + c].scale)) : _mm512_setzero_si512();
-    transpose16(v);
-    for (int j = 0; j < 16; ++j) _mm512_store_si512(ts.scale[j], v[j]);
-    if (extras == kTokenScale) continue;
+    for (int n = 0; n < 16; ++n) ts.scale[n] = n < nt ? a.packed[(t0 + n) * a.chunks + c].scale[0] : 0.0f;
+    if (!pairs) continue;
+    __m512i v[16];  // token n: its pairs16 in lanes 0-7, pairs32 in 8-11
     for (int n = 0; n < 16; ++n) {
       const int64_t i = (t0 + n) * a.chunks + c;
-      if (n >= nt)
-        v[n] = _mm512_setzero_si512();
-      else if (extras == kTokenAsums)
-        v[n] = _mm512_castps_si512(_mm512_loadu_ps(a.asum + i * kSubQ));
-      else  // pairs16 in lanes 0-7, pairs32 in 8-11
-        v[n] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(a.bpairs16 + i * kPairs16))),
-                                  _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(a.bpairs32 + i * kPairs32))), 1);
+      v[n] = n >= nt ? _mm512_setzero_si512()
+                     : _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(a.bpairs16 + i * kPairs16))),
+                                          _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(a.bpairs32 + i * kPairs32))), 1);
     }
     transpose16(v);
-    if (extras == kTokenAsums) {
-      for (int j = 0; j < 16; ++j) _mm512_store_si512(ts.asum[j], v[j]);
-    } else {
-      for (int j = 0; j < kPairs16; ++j) _mm512_store_si512(ts.pairs16[j], v[j]);
-      for (int j = 0; j < kPairs32; ++j) _mm512_store_si512(ts.pairs32[j], v[kPairs16 + j]);
-    }
+    for (int j = 0; j < kPairs16; ++j) _mm512_store_si512(ts.pairs16[j], v[j]);
+    for (int j = 0; j < kPairs32; ++j) _mm512_store_si512(ts.pairs32[j], v[kPairs16 + j]);
   }
 }
 
