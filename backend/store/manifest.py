@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 from ..interface import InvalidRequest
+from .files import write_atomic
 
 DEFAULT_HOST = "registry.ollama.ai"
 DEFAULT_NAMESPACE = "library"
@@ -66,7 +66,8 @@ def parse_name(name: str) -> ModelRef:
     host = parts[0] if len(parts) == 2 else DEFAULT_HOST
     namespace = parts[-1] if parts else DEFAULT_NAMESPACE
     ok = _HOST.match(host) and _PART.match(namespace) and _PART.match(last) and _PART.match(tag)
-    if not ok or ".." in raw:
+    # `<tag>.partial` is how older versions named a manifest being written.
+    if not ok or ".." in raw or tag.endswith(".partial"):
         raise InvalidRequest(f'name "{name}" is invalid')
     return ModelRef(host, namespace, last, tag)
 
@@ -82,6 +83,10 @@ def manifest_path(root: Path, ref: ModelRef) -> Path:
     return root / "manifests" / ref.host / ref.namespace / ref.model / ref.tag
 
 
+class ManifestError(ValueError):
+    """What is wrong with a manifest file, in one line."""
+
+
 @dataclass(frozen=True)
 class Manifest:
     ref: ModelRef
@@ -91,18 +96,71 @@ class Manifest:
     mtime: float
 
     def layer(self, media_type: str) -> dict[str, Any] | None:
-        return next((layer for layer in self.layers if layer.get("mediaType") == media_type), None)
+        return next((layer for layer in self.layers if layer["mediaType"] == media_type), None)
 
     def size(self) -> int:
-        return sum(int(layer.get("size", 0)) for layer in self.layers)
+        return sum(layer["size"] for layer in self.layers)
+
+
+def _check_layer(layer: Any, where: str) -> dict[str, Any]:
+    """Ollama's Layer as its JSON decoder would take it: mediaType and digest strings, size an
+    integer; anything else fails to decode there too."""
+    if not isinstance(layer, dict):
+        raise ManifestError(f"{where} is {type(layer).__name__}, not an object")
+    media_type, digest, size = layer.get("mediaType", ""), layer.get("digest"), layer.get("size", 0)
+    if not isinstance(media_type, str):
+        raise ManifestError(f"{where}: mediaType is {type(media_type).__name__}, not a string")
+    if not isinstance(digest, str) or not _DIGEST.match(digest):
+        raise ManifestError(f"{where}: digest {digest!r} is not sha256:<64 hex digits>")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ManifestError(f"{where}: size {size!r} is not a byte count")
+    return {**layer, "mediaType": media_type, "size": size}
+
+
+def parse_manifest(data: bytes) -> tuple[dict[str, Any], ...]:
+    """The layers of a manifest, each checked; ManifestError says what is wrong."""
+    try:
+        doc = json.loads(data)
+    except ValueError as e:
+        raise ManifestError(f"manifest is not JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise ManifestError(f"manifest is a JSON {type(doc).__name__}, not an object")
+    layers = doc.get("layers") or []
+    if not isinstance(layers, list):
+        raise ManifestError(f"manifest layers is {type(layers).__name__}, not a list")
+    if doc.get("config") is not None:
+        _check_layer(doc["config"], "manifest config")
+    return tuple(_check_layer(layer, f"manifest layer {i}") for i, layer in enumerate(layers))
+
+
+def referenced_digests(data: bytes) -> set[str] | None:
+    """Every well-formed digest a manifest names, read leniently: a manifest too damaged to
+    list still keeps the blobs it points at. None when it is not JSON at all."""
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict):
+        return set()
+    layers = doc.get("layers") if isinstance(doc.get("layers"), list) else []
+    found = set()
+    for layer in [doc.get("config"), *layers]:
+        digest = layer.get("digest") if isinstance(layer, dict) else None
+        if isinstance(digest, str) and _DIGEST.match(digest):
+            found.add("sha256:" + digest[7:])
+    return found
 
 
 def read_manifest(root: Path, ref: ModelRef, path: Path | None = None) -> Manifest:
     path = path or manifest_path(root, ref)
     data = path.read_bytes()
-    doc = json.loads(data)
-    layers = tuple(doc.get("layers") or ())
+    layers = parse_manifest(data)
     return Manifest(ref, path, hashlib.sha256(data).hexdigest(), layers, path.stat().st_mtime)
+
+
+def is_manifest_name(name: str) -> bool:
+    """Temp files (ours start with '.', older versions wrote `<tag>.partial`) are never models."""
+    return not name.startswith(".") and not name.endswith(".partial")
 
 
 def iter_manifests(root: Path) -> Iterator[tuple[ModelRef, Path]]:
@@ -111,7 +169,7 @@ def iter_manifests(root: Path) -> Iterator[tuple[ModelRef, Path]]:
     if not base.is_dir():
         return
     for path in base.glob("*/*/*/*"):
-        if not path.is_file():
+        if not is_manifest_name(path.name) or not path.is_file():
             continue
         host, namespace, model, tag = path.relative_to(base).parts
         try:
@@ -119,6 +177,13 @@ def iter_manifests(root: Path) -> Iterator[tuple[ModelRef, Path]]:
         except InvalidRequest:
             continue
         yield ref, path
+
+
+def existing_manifests(root: Path, ref: ModelRef) -> list[Path]:
+    """The manifest files that spell `ref` in any case (Ollama compares names case-insensitively;
+    a store written by an older version may hold several spellings), newest first."""
+    found = [path for other, path in iter_manifests(root) if other.key() == ref.key()]
+    return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
 
 
 def read_text_layer(root: Path, manifest: Manifest, media_type: str) -> str:
@@ -132,14 +197,13 @@ def write_blob(root: Path, data: bytes) -> dict[str, Any]:
     digest = hashlib.sha256(data).hexdigest()
     path = blob_path(root, f"sha256:{digest}")
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".partial")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        write_atomic(path, data)
     return {"digest": f"sha256:{digest}", "size": len(data)}
 
 
-def write_manifest(root: Path, ref: ModelRef, layers: list[dict[str, Any]]) -> Manifest:
+def write_manifest(root: Path, ref: ModelRef, layers: list[dict[str, Any]], path: Path | None = None) -> Manifest:
+    """Writes the manifest for `ref` at `path` (default: the name as spelled); a unique temp
+    file renamed into place, so concurrent writers of one name never share a file."""
     config = write_blob(root, json.dumps({"model_format": "gguf", "file_type": ""}).encode())
     doc = {
         "schemaVersion": 2,
@@ -147,9 +211,6 @@ def write_manifest(root: Path, ref: ModelRef, layers: list[dict[str, Any]]) -> M
         "config": {"mediaType": MEDIA_CONFIG, **config},
         "layers": layers,
     }
-    path = manifest_path(root, ref)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(doc, indent=None))
-    os.replace(tmp, path)
-    return read_manifest(root, ref)
+    path = path or manifest_path(root, ref)
+    write_atomic(path, json.dumps(doc, indent=None).encode())
+    return read_manifest(root, ref, path)

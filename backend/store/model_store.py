@@ -1,29 +1,34 @@
-"""Models on disk: names (name:tag) -> GGUF files in OLLAMA_MODELS, described without loading weights."""
+"""Models on disk: names (name:tag) -> GGUF files in OLLAMA_MODELS, described without loading
+weights. A damaged entry is set aside with its reason; it never breaks a listing."""
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import os
 import re
-import threading
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import gguf
-
-from ..gguf_model import GGUFError, open_gguf
-from ..interface import InvalidRequest, ModelInfo, ModelNotFound
+from ..gguf_model import GGUFError
+from ..interface import EngineError, InvalidRequest, ModelInfo, ModelNotFound
 from ..text.chat_template import _is_go_template
 from . import manifest as mf
-from .manifest import Manifest, parse_name
+from . import prune as pr
+from .describe import capabilities, describe
+from .files import exclusive
+from .manifest import Manifest, ManifestError, parse_name
+
+log = logging.getLogger(__name__)
 
 _SPLIT = re.compile(r"^(?P<stem>.+)-(?P<idx>\d{5})-of-(?P<n>\d{5})\.gguf$", re.IGNORECASE)
 
-# Metadata arrays longer than this are dropped from ModelInfo.metadata: /api/show elides them
-# anyway, and keeping a 129k-entry vocabulary per model in memory helps nobody.
-_MAX_ARRAY = 64
+
+class DamagedModel(EngineError):
+    """A model on disk that cannot be used (a manifest that does not parse, a missing blob, a
+    GGUF that is not one); the message names the model and what is wrong."""
 
 
 def canonical_name(name: str) -> str:
@@ -31,92 +36,65 @@ def canonical_name(name: str) -> str:
     return parse_name(name).display()
 
 
-def human_number(n: int) -> str:
-    """Parameter counts the way Ollama prints them: 134.52M, 7.6B, 671.0B."""
-    if n >= 1_000_000_000:
-        return f"{n / 1e9:.1f}B"
-    if n >= 1_000_000:
-        return f"{n / 1e6:.2f}M"
-    if n >= 1_000:
-        return f"{n / 1e3:.2f}K"
-    return str(n)
+# A file's identity: a rewrite (new inode), an append or a touch all change it.
+Identity = tuple[int, int, int, int]
 
 
-def quantization_name(file_type: int | None) -> str:
-    if file_type is None:
-        return "unknown"
+def identity(path: Path) -> Identity | None:
     try:
-        name = gguf.LlamaFileType(file_type).name
-    except ValueError:
-        return "unknown"
-    return name.removeprefix("MOSTLY_").removeprefix("ALL_")
-
-
-def capabilities(arch: str, template: str) -> tuple[str, ...]:
-    caps = ["completion"]
-    if "tools" in template:
-        caps.append("tools")
-    if "<think>" in template or "thinking" in template:
-        caps.append("thinking")
-    return tuple(caps)
-
-
-def describe(paths: tuple[Path, ...], name: str) -> ModelInfo:
-    """ModelInfo from GGUF headers alone (tensor data stays on disk)."""
-    f = open_gguf(paths[0])
-    meta = f.metadata
-    arch = f.architecture
-    stats = [p.stat() for p in f.paths]
-    params = sum(int(_numel(t.shape)) for t in f.tensors.values())
-    template = meta.get("tokenizer.chat_template", "") or ""
-    # A loose file has no Ollama manifest; the digest identifies this exact version of the
-    # files (paths, sizes, mtimes) without hashing gigabytes on the request path.
-    version = "|".join(f"{p}:{s.st_size}:{s.st_mtime_ns}" for p, s in zip(f.paths, stats))
-    shown = {k: v for k, v in meta.items() if not (isinstance(v, list) and len(v) > _MAX_ARRAY)}
-    shown["general.parameter_count"] = params
-    return ModelInfo(
-        name=name,
-        paths=tuple(str(p) for p in f.paths),
-        size=sum(s.st_size for s in stats),
-        digest=hashlib.sha256(version.encode()).hexdigest(),
-        modified_at=max(s.st_mtime for s in stats),
-        architecture=arch,
-        family=arch,
-        families=(arch,),
-        parameter_size=human_number(params),
-        quantization_level=quantization_name(meta.get("general.file_type")),
-        context_length=int(meta.get(f"{arch}.context_length", 0) or 0),
-        embedding_length=int(meta.get(f"{arch}.embedding_length", 0) or 0),
-        capabilities=capabilities(arch, template),
-        template=template,
-        license=str(meta.get("general.license", "") or ""),
-        metadata=shown,
-    )
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 @dataclass(frozen=True)
 class _Entry:
     """Where a model comes from: an Ollama manifest, or a loose GGUF (or split set)."""
 
-    paths: tuple[Path, ...]
-    manifest: Manifest | None = None
+    paths: tuple[Path, ...] = ()  # a loose file and its split parts
+    manifest_path: Path | None = None
+    ref: mf.ModelRef | None = None
 
 
 class ModelStore:
     """Ollama's layout under `root` (manifests/ + blobs/) plus loose `*.gguf` files in `root`
-    itself, listed as `<stem>:latest`. Manifests win when both give the same name."""
+    itself, listed as `<stem>:latest`. Manifests win when both give the same name.
 
-    def __init__(self, root: str | os.PathLike):
+    Opening a store cleans up after a killed process (temp files nobody is writing) and, unless
+    `prune` is off (OLLAMA_NOPRUNE), removes blobs no manifest has used for an hour. Parsed
+    manifests and GGUF headers are cached by file identity, failures included, so a listing
+    reads only what changed."""
+
+    def __init__(self, root: str | os.PathLike, prune: bool = True):
         self.root = Path(root).expanduser()
-        self._lock = threading.Lock()
-        self._cache: dict[tuple, ModelInfo] = {}  # (name, identity of the files) -> info
+        self.prune = prune
+        self._manifests: dict[tuple, Manifest | str] = {}  # (path, identity) -> parsed, or what is wrong
+        self._described: dict[tuple, ModelInfo | str] = {}  # GGUF identities -> header info, or what is wrong
+        self._infos: dict[tuple, ModelInfo | str] = {}  # (name, identities) -> what /api/show serves
+        if self.root.is_dir():
+            self._start_up()
+
+    def changing(self) -> AbstractContextManager[None]:
+        """The lock every change to manifests or blobs holds (create, copy, pull, delete, prune)."""
+        return exclusive(self.root)
+
+    def _start_up(self) -> None:
+        try:
+            with self.changing():
+                from .pypi_models import remove_interrupted
+
+                removed = pr.remove_leftovers(self.root) + remove_interrupted()
+                if self.prune:
+                    removed += pr.prune_blobs(self.root)
+                    pr.remove_empty_dirs(self.root / "manifests")
+        except OSError as e:  # a read-only store still lists
+            log.warning("store %s: start-up cleanup skipped: %s", self.root, e)
+            return
+        for path in removed:
+            log.info("removed unused %s", path)
+
+    # ---- what is there -------------------------------------------------------------------
 
     def _scan(self) -> dict[str, _Entry]:
         found: dict[str, _Entry] = {}
@@ -127,39 +105,86 @@ class ModelStore:
             if m and m["idx"] != "00001":
                 continue  # later parts of a split set travel with the first
             try:
-                found[canonical_name(m["stem"] if m else path.stem)] = _Entry((path,))
+                name = canonical_name(m["stem"] if m else path.stem)
             except InvalidRequest:
                 continue  # a file name that is no valid model name is not a model
+            parts = (path,)
+            if m:
+                n = int(m["n"])
+                parts = tuple(path.with_name(f"{m['stem']}-{i:05d}-of-{n:05d}.gguf") for i in range(1, n + 1))
+            found[name] = _Entry(paths=parts)
+        newest: dict[str, int] = {}
         for ref, path in mf.iter_manifests(self.root):
-            try:
-                manifest = mf.read_manifest(self.root, ref, path)
-            except (OSError, ValueError):
-                continue
-            layer = manifest.layer(mf.MEDIA_MODEL)
-            if layer is None:
-                continue
-            found[ref.display()] = _Entry((mf.blob_path(self.root, layer["digest"]),), manifest)
+            # Spellings of one name in several cases (an older version wrote them): the newest wins.
+            name, mtime = ref.display(), (identity(path) or (0, 0, 0, 0))[3]
+            if name not in newest or mtime > newest[name]:
+                newest[name] = mtime
+                found[name] = _Entry(manifest_path=path, ref=ref)
         return found
 
-    def _info(self, name: str, entry: _Entry) -> ModelInfo | None:
-        try:
-            st = entry.paths[0].stat()
-        except OSError:
-            return None
-        digest = entry.manifest.digest if entry.manifest else ""
-        key = (name, entry.paths, st.st_size, st.st_mtime_ns, digest)
-        with self._lock:
-            info = self._cache.get(key)
-        if info is None:
+    def _manifest(self, entry: _Entry) -> Manifest:
+        path = entry.manifest_path
+        key = (path, identity(path))
+        parsed = self._manifests.get(key)
+        if parsed is None:
             try:
-                info = describe(entry.paths, name)
-            except GGUFError:
-                return None  # a broken file is reported when someone loads it, not in lists
-            if entry.manifest is not None:
-                info = self._with_manifest(info, entry.manifest)
-            with self._lock:
-                self._cache[key] = info
+                parsed = mf.read_manifest(self.root, entry.ref, path)
+            except (OSError, ManifestError) as e:
+                parsed = str(e)
+            self._manifests[key] = parsed
+        if isinstance(parsed, str):
+            raise ManifestError(parsed)
+        return parsed
+
+    def _info(self, name: str, entry: _Entry) -> ModelInfo | str:
+        """The model's info, or one line saying why it cannot be used."""
+        manifest = None
+        if entry.manifest_path is not None:
+            try:
+                manifest = self._manifest(entry)
+            except ManifestError as e:
+                return self._remember((name, entry.manifest_path, str(e)), name, str(e))
+            model = manifest.layer(mf.MEDIA_MODEL)
+            if model is None:
+                return self._remember((name, manifest.digest, "no model"), name, "manifest has no model layer")
+            paths = (mf.blob_path(self.root, model["digest"]),)
+            layers = [(layer["mediaType"], mf.blob_path(self.root, layer["digest"])) for layer in manifest.layers]
+        else:
+            paths = entry.paths
+            layers = [(mf.MEDIA_MODEL, p) for p in paths]
+        ids = tuple(identity(p) for p in paths)
+        key = (name, manifest.digest if manifest else None, tuple(identity(p) for _, p in layers))
+        info = self._infos.get(key)
+        if info is not None:
+            return info
+        missing = [(kind, p) for kind, p in layers if identity(p) is None]
+        if missing:
+            kind, path = missing[0]
+            what = "model" if kind == mf.MEDIA_MODEL else kind.rsplit(".", 1)[-1]
+            return self._remember(key, name, f"the {what} file {path.name} is missing")
+        described = self._described.get(ids)
+        if described is None:
+            try:
+                described = describe(paths, name)
+            except (GGUFError, OSError, ValueError) as e:
+                described = str(e)
+            self._described[ids] = described
+        if isinstance(described, str):
+            return self._remember(key, name, described)
+        try:
+            info = replace(described, name=name)
+            if manifest is not None:
+                info = self._with_manifest(info, manifest)
+        except OSError as e:
+            return self._remember(key, name, f"a layer cannot be read ({e})")
+        self._infos[key] = info
         return info
+
+    def _remember(self, key: tuple, name: str, problem: str) -> str:
+        if self._infos.get(key) != problem:
+            log.warning("model %s is damaged and not listed: %s", name, problem)
+            self._infos[key] = problem
+        return problem
 
     def _with_manifest(self, info: ModelInfo, manifest: Manifest) -> ModelInfo:
         params = _json_layer(self.root, manifest, mf.MEDIA_PARAMS)
@@ -184,48 +209,65 @@ class ModelStore:
         )
 
     def list(self) -> list[ModelInfo]:
-        infos = [self._info(n, e) for n, e in self._scan().items()]
-        return sorted((i for i in infos if i), key=lambda i: i.modified_at, reverse=True)
+        """Every usable model, newest first; damaged ones are logged once and left out."""
+        entries = self._scan()
+        infos = [self._info(n, e) for n, e in entries.items()]
+        # Files that changed leave stale keys behind: past a bound, start the caches afresh.
+        for cache in (self._manifests, self._described, self._infos):
+            if len(cache) > 2 * len(entries) + 64:
+                cache.clear()
+        return sorted((i for i in infos if isinstance(i, ModelInfo)), key=lambda i: i.modified_at, reverse=True)
 
-    def resolve(self, name: str) -> ModelInfo:
+    def entry_name(self, name: str) -> str:
+        """The canonical name of a model on disk, usable or not. Raises ModelNotFound."""
         try:
             key = canonical_name(name)
         except InvalidRequest:
             raise ModelNotFound(f"model '{name}' not found") from None
+        if key not in self._scan():
+            raise ModelNotFound(f"model '{name}' not found")
+        return key
+
+    def resolve(self, name: str) -> ModelInfo:
+        """The model's info. ModelNotFound, or DamagedModel saying what is wrong with it."""
+        key = self.entry_name(name)
         entry = self._scan().get(key)
         if entry is None:
             raise ModelNotFound(f"model '{name}' not found")
         info = self._info(key, entry)
-        if info is None:
-            open_gguf(entry.paths[0])  # raises the precise GGUFError for a broken file
-            raise ModelNotFound(f"model '{name}' not found")
+        if isinstance(info, str):
+            raise DamagedModel(f"model '{name}' is damaged: {info}")
         return info
 
-    def delete(self, name: str) -> None:
-        """Remove the manifest (blobs shared with other models stay) or the loose file(s)."""
-        key = canonical_name(name)
-        entry = self._scan().get(key)
-        if entry is None:
-            raise ModelNotFound(f"model '{name}' not found")
-        if entry.manifest is not None:
-            doc = json.loads(entry.manifest.path.read_bytes())
-            entry.manifest.path.unlink(missing_ok=True)
-            self._remove_unused(_digests(doc))
-        else:
-            info = self._info(key, entry)
-            for p in info.paths if info else entry.paths:
-                Path(p).unlink(missing_ok=True)
+    def manifest_of(self, name: str) -> Manifest | None:
+        """The manifest a name lists from, or None for a loose GGUF."""
+        entry = self._scan().get(canonical_name(name))
+        return self._manifest(entry) if entry is not None and entry.manifest_path is not None else None
 
-    def _remove_unused(self, candidates: set[str]) -> None:
-        """Delete the removed model's blobs unless another manifest still uses them (Ollama's
-        RemoveLayers); uploads waiting for a create are never touched."""
-        for _, path in mf.iter_manifests(self.root):
-            try:
-                candidates -= _digests(json.loads(path.read_bytes()))
-            except (OSError, ValueError):
-                return  # an unreadable manifest might reference anything: keep everything
-        for digest in candidates:
-            mf.blob_path(self.root, digest).unlink(missing_ok=True)
+    # ---- changes -------------------------------------------------------------------------
+
+    def delete(self, name: str) -> None:
+        """Removes the manifest (in every spelling of the name) and the blobs no other manifest
+        uses, or the loose file(s). Works for a damaged model too."""
+        ref = parse_name(name)
+        with self.changing():
+            paths = mf.existing_manifests(self.root, ref)
+            if paths:
+                candidates: set[str] = set()
+                for path in paths:
+                    try:
+                        candidates |= mf.referenced_digests(path.read_bytes()) or set()
+                    except OSError:
+                        pass
+                    path.unlink(missing_ok=True)
+                pr.remove_empty_dirs(self.root / "manifests")
+                pr.remove_unused(self.root, candidates)
+                return
+            entry = self._scan().get(ref.display())
+            if entry is None:
+                raise ModelNotFound(f"model '{name}' not found")
+            for path in entry.paths:
+                path.unlink(missing_ok=True)
 
 
 def _json_layer(root: Path, manifest: Manifest, media_type: str) -> Any:
@@ -235,7 +277,3 @@ def _json_layer(root: Path, manifest: Manifest, media_type: str) -> Any:
         return json.loads(text) if text.strip() else None
     except ValueError:
         return None
-
-
-def _digests(doc: dict) -> set[str]:
-    return {layer["digest"] for layer in [doc.get("config") or {}, *(doc.get("layers") or ())] if "digest" in layer}

@@ -20,6 +20,8 @@ from typing import Callable, Iterator
 
 from tqdm import tqdm
 
+from .files import TEMP_PREFIX, exclusive
+
 _BLOCK = 1 << 20
 
 
@@ -102,16 +104,36 @@ def ensure_default_model(models_dir: str | os.PathLike, name: str = DEFAULT_MODE
     if any(models_dir.glob("*.gguf")) or (manifests.is_dir() and any(p.is_file() for p in manifests.rglob("*"))):
         return None
     source = fetch(name)
-    models_dir.mkdir(parents=True, exist_ok=True)
     dest = models_dir / (name.replace(":", "-") + ".gguf")
-    tmp = dest.with_name(dest.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)  # no second copy of the weights when the cache is on the same disk
-    except OSError:
-        shutil.copyfile(source, tmp)
-    os.replace(tmp, dest)
+    # Under the store's lock: its start-up cleanup removes temp files nobody is writing.
+    with exclusive(models_dir):
+        tmp = models_dir / f"{TEMP_PREFIX}{os.getpid()}-{dest.name}"
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(source, tmp)  # no second copy of the weights when the cache is on the same disk
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, dest)
     return dest
+
+
+def remove_interrupted() -> list[Path]:
+    """Extractions a killed process left in the cache (`models/.<file>.<random>`); one whose
+    model lock is held is still running and stays."""
+    root, removed = cache_dir(), []
+    for model in MODELS.values():
+        lock = root / f".{model.filename}.lock"
+        if not lock.is_file():
+            continue  # never fetched here, so nothing was left
+        with open(lock, "a") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # another process is fetching this model now
+            for tmp in (root / "models").glob(f".{model.filename}.*"):
+                tmp.unlink(missing_ok=True)
+                removed.append(tmp)
+    return removed
 
 
 @contextmanager
