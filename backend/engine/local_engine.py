@@ -34,6 +34,7 @@ class EngineConfig:
     max_queue: int = 512  # OLLAMA_MAX_QUEUE: requests waiting beyond that get 503
     default_keep_alive: float = 300.0  # seconds; < 0 keeps models forever
     num_thread: int = 0  # 0: one per physical core
+    prune: bool = True  # OLLAMA_NOPRUNE unset: unused blobs go at start-up and after delete/re-create
 
 
 class _Ticket:
@@ -50,7 +51,7 @@ class LocalEngine:
 
     def __init__(self, config: EngineConfig):
         self.config = config
-        self.store = ModelStore(config.models_dir)
+        self.store = ModelStore(config.models_dir, prune=config.prune)
         self._loaded: dict[str, Any] = {}  # name -> LoadedModel; mutated by the worker only
         self._snapshot: list[RunningModel] = []
         self._templates: dict[str, Any] = {}
@@ -93,9 +94,9 @@ class LocalEngine:
         await self._call(lambda: self._expire(info.name))
 
     def delete_model(self, name: str) -> None:
-        info = self.store.resolve(name)
+        key = self.store.entry_name(name)  # not resolve(): a damaged model must be deletable too
         done = threading.Event()
-        self._submit(lambda: (self._expire(info.name), done.set()))
+        self._submit(lambda: (self._expire(key), done.set()))
         done.wait(timeout=60)
         self.store.delete(name)
 
@@ -300,6 +301,8 @@ def create_engine(
     max_queue: int = 512,
     default_keep_alive: float = 300.0,
     num_thread: int = 0,
+    prune: bool = True,
 ) -> LocalEngine:
-    return LocalEngine(EngineConfig(models_dir, num_parallel, max_queue, default_keep_alive, num_thread))
+    config = EngineConfig(models_dir, num_parallel, max_queue, default_keep_alive, num_thread, prune=prune)
+    return LocalEngine(config)
 
