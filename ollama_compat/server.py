@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         max_queue=settings.max_queue,
         default_keep_alive=settings.keep_alive,
         num_thread=settings.num_thread,
+        prune=not settings.noprune,
     )
     # The model stack (torch) is imported now, before listening: imported at the first request,
     # its C initialisation would hold the GIL for seconds while other clients wait.
@@ -76,6 +77,7 @@ def _config_line(settings: Settings) -> str:
         "OLLAMA_CONTEXT_LENGTH": settings.context_length,
         "OLLAMA_NUM_THREAD": settings.num_thread,
         "OLLAMA_DEBUG": settings.debug,
+        "OLLAMA_NOPRUNE": settings.noprune,
     }
     return "map[" + " ".join(f"{k}:{v}" for k, v in values.items()) + "]"
 

@@ -81,6 +81,14 @@ def parse_duration(value: str | int | float | None, default: float) -> float:
     return sign * total
 
 
+def _bool_env(env: dict, key: str) -> bool:
+    """envconfig.Bool: strconv.ParseBool's spellings; any other non-empty value means true."""
+    value = (env.get(key) or "").strip().strip("\"'").strip()
+    if not value:
+        return False
+    return value not in ("0", "f", "F", "FALSE", "false", "False")
+
+
 def _int_env(env: dict, key: str, default: int) -> int:
     try:
         return int(env.get(key, "") or default)
@@ -99,6 +107,7 @@ class Settings:
     context_length: int  # default num_ctx (0: the engine's default)
     num_thread: int  # 0: one per physical core
     debug: bool
+    noprune: bool = False  # OLLAMA_NOPRUNE: keep blobs no manifest uses (start-up, delete, re-create)
     # Bounds on what one client may hold open. Ollama's http.Server sets no timeouts at all; these
     # are the usual values of Go services that set ReadHeaderTimeout and friends.
     header_timeout: float = 30.0  # seconds for a request's headers, and for an idle connection's next request
@@ -123,6 +132,7 @@ class Settings:
             context_length=max(0, _int_env(env, "OLLAMA_CONTEXT_LENGTH", 0)),
             num_thread=max(0, _int_env(env, "OLLAMA_NUM_THREAD", 0)),
             debug=env.get("OLLAMA_DEBUG", "") not in ("", "0", "false"),
+            noprune=_bool_env(env, "OLLAMA_NOPRUNE"),
         )
         return settings.replace(**overrides) if overrides else settings
 
