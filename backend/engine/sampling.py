@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from dataclasses import dataclass
@@ -21,6 +22,11 @@ def validate(params: SamplingParams) -> None:
         raise InvalidRequest("min_p must be between 0 and 1")
     if not 0 <= params.top_logprobs <= 20:
         raise InvalidRequest("top_logprobs must be between 0 and 20")
+
+
+# Temperatures below float32's smallest normal number divide as 0 (Ollama's float32 option holds
+# 1e-300 as 0): their limit, greedy decoding, is what they get.
+_TINY_TEMPERATURE = torch.finfo(torch.float32).tiny
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,10 @@ class Sampler:
         p = self.params
         logprobs_full = torch.log_softmax(logits, dim=-1)
         logits = self._penalise(logits.clone(), history)
-        if p.temperature <= 0:
+        # Penalties past float32's range (repeat_penalty 0, presence_penalty -1e308) make inf and NaN:
+        # kept finite so the draw stays defined, while -inf (a token the grammar forbids) stays so.
+        logits = torch.nan_to_num(logits, nan=-math.inf, posinf=torch.finfo(logits.dtype).max, neginf=-math.inf)
+        if p.temperature < _TINY_TEMPERATURE:
             token = int(torch.argmax(logits))
         else:
             token = self._draw(logits)
@@ -88,7 +97,8 @@ class Sampler:
         if p.min_p > 0.0:
             mask = probs >= p.min_p * probs[0]
             values, ids = values[mask], ids[mask]
-        scaled = torch.softmax(values / p.temperature, dim=-1)
+        # The best logit subtracted first: a tiny temperature then sends the others to -inf, never inf - inf.
+        scaled = torch.softmax((values - values[0]) / p.temperature, dim=-1)
         choice = torch.multinomial(scaled, 1, generator=self.generator)
         return int(ids[choice])
 
