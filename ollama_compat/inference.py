@@ -16,6 +16,7 @@ from aiohttp import web
 
 from backend.interface import Chunk, Engine, GenerateRequest, ModelInfo, ModelNotFound
 
+from . import fields
 from . import options as opt
 from . import types as wire
 from .appkeys import ENGINE, SETTINGS
@@ -67,7 +68,7 @@ def _format(value: Any) -> str | dict | None:
 def _images(values: Any, info: ModelInfo, model: str) -> tuple[bytes, ...]:
     if opt.unset(values) or values == []:
         return ()
-    if not isinstance(values, list):
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
         raise ApiError(400, "images must be an array of base64 strings")
     if "vision" not in info.capabilities:
         raise ApiError(400, f'"{model}" does not support images')
@@ -81,8 +82,14 @@ def _images(values: Any, info: ModelInfo, model: str) -> tuple[bytes, ...]:
     return tuple(out)
 
 
+# api.GenerateRequest / api.ChatRequest fields read as they are (the rest have their own readers).
+_FLAGS = {"truncate": "boolean", "shift": "boolean", "logprobs": "boolean", "raw": "boolean"}
+_GENERATE = {"prompt": "string", "suffix": "string", "system": "string", "template": "string", "context": "array"}
+
+
 def _common(app: web.Application, body: dict, info: ModelInfo) -> dict[str, Any]:
     settings = app[SETTINGS]
+    fields.check(body, _FLAGS)
     merged = opt.merge_options(info.parameters, body.get("options"))
     top = opt.top_logprobs(body.get("top_logprobs"))
     truncate, shift = body.get("truncate"), body.get("shift")
@@ -96,11 +103,10 @@ def _common(app: web.Application, body: dict, info: ModelInfo) -> dict[str, Any]
     }
 
 
-def _message(m: Any) -> dict[str, Any]:
+def _message(m: Any, where: str = "messages") -> dict[str, Any]:
     """Ollama's api.Message, made safe for the template: role lower-cased, content a string,
     tool-call arguments an object (stringified ones are parsed, a leniency Ollama lacks)."""
-    if not isinstance(m, dict):
-        raise ApiError(400, "messages must be objects with a role and content")
+    fields.message(m, where)
     out = dict(m)
     out["role"] = str(m.get("role") or "").lower()
     out["content"] = m.get("content") if isinstance(m.get("content"), str) else ""
@@ -113,6 +119,8 @@ def _message(m: Any) -> dict[str, Any]:
                 fn["arguments"] = orjson.loads(args) if args.strip() else {}
             except orjson.JSONDecodeError:
                 raise ApiError(400, f"tool call arguments are not JSON: {args[:80]}") from None
+            if not isinstance(fn["arguments"], dict):
+                raise ApiError(400, f"tool call arguments must be a JSON object: {args[:80]}")
         calls.append({**call, "function": fn})
     if calls:
         out["tool_calls"] = calls
@@ -150,10 +158,11 @@ def prepare_chat(app: web.Application, body: dict) -> Job:
     if not isinstance(messages, list):
         raise ApiError(400, "messages must be an array")
     _completion(info, model, "chat")
-    own = [_message(m) for m in messages]
+    own = [_message(m, f"messages[{i}]") for i, m in enumerate(messages)]
     # As Ollama's ChatHandler: the model's Modelfile MESSAGEs come before the request's own.
     messages = [_message(m) for m in info.messages] + own
     tools = body.get("tools")
+    fields.tools(tools)
     if not opt.unset(tools) and tools:
         if "tools" not in info.capabilities:
             raise ApiError(400, f"{info.name} does not support tools")
@@ -178,6 +187,7 @@ def prepare_generate(app: web.Application, body: dict) -> Job:
         raise ApiError(404, "model '' not found")  # generate differs from chat here, as Ollama
     opt.top_logprobs(body.get("top_logprobs"))
     info = resolve(engine, model)
+    fields.check(body, _GENERATE)
     prompt = body.get("prompt")
     images = _images(body.get("images"), info, model)
     if opt.unset(prompt) and not images:
@@ -185,8 +195,11 @@ def prepare_generate(app: web.Application, body: dict) -> Job:
     _completion(info, model, "generate")
     if not isinstance(prompt, str):
         raise ApiError(400, "prompt must be a string")
+    fields.check(body, _FLAGS)
     raw = bool(body.get("raw"))
     system, template, context = body.get("system"), body.get("template"), body.get("context")
+    if context is not None:  # ids past the vocabulary are the engine's to refuse
+        context = [fields.integer(token, f"context[{i}]", low=0) for i, token in enumerate(context)]
     if raw and not (opt.unset(system) and opt.unset(template) and not context):
         raise ApiError(400, "raw mode does not support template, system, or context")
     if not opt.unset(body.get("suffix")) and "insert" not in info.capabilities:
@@ -206,8 +219,6 @@ def prepare_generate(app: web.Application, body: dict) -> Job:
             messages += [_message(m) for m in info.messages]
         messages.append({"role": "user", "content": prompt})
         text = engine.render_chat(info.name, messages, think=think_value)
-    if context is not None and not (isinstance(context, list) and all(isinstance(t, int) for t in context)):
-        raise ApiError(400, "context must be an array of token ids")
     request = GenerateRequest(
         model=info.name, prompt=text, context=tuple(context or ()), images=images, think=split_thinking,
         **_common(app, body, info),
@@ -348,6 +359,7 @@ async def embed_response(app: web.Application, body: dict) -> dict[str, Any]:
     merged = opt.merge_options(info.parameters, body.get("options"))
     load = opt.load_options(merged, app[SETTINGS])
     keep_alive = opt.keep_alive(body.get("keep_alive"))
+    fields.check(body, {"truncate": "boolean"})
     truncate = body.get("truncate")
     if not inputs:
         load_ns = await engine.load(info.name, load, keep_alive)

@@ -4,6 +4,7 @@ openai/openai.go), so both APIs share one implementation of generation."""
 from __future__ import annotations
 
 import base64
+import logging
 import secrets
 import struct
 import time
@@ -14,10 +15,12 @@ from aiohttp import web
 
 from backend.interface import EngineError, ModelNotFound
 
-from . import inference
+from . import fields, inference
 from . import options as opt
 from .appkeys import ENGINE
 from .errors import ApiError, closing
+
+log = logging.getLogger(__name__)
 
 EFFORT = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high", "max": "max",
           "xhigh": "max", "ultra": "max"}  # fmt: skip
@@ -46,6 +49,11 @@ async def openai_errors(request: web.Request, handler):
         return await closing(request, response) if e.close else response
     except EngineError as e:
         return _error(e.status, e.message)
+    except (web.HTTPException, ConnectionError):
+        raise
+    except Exception as e:  # still OpenAI's shape: its SDKs read error.message
+        log.exception("%s %s failed", request.method, request.path)
+        return _error(500, f"{type(e).__name__}: {e}")
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -81,18 +89,19 @@ def _format(body: dict[str, Any]) -> str | dict | None:
         return None
     if kind == "json_object":
         return "json"
-    if kind == "json_schema":
-        schema = (fmt.get("json_schema") or {}).get("schema")
+    if kind == "json_schema" and isinstance(fmt.get("json_schema"), dict):
+        schema = fmt["json_schema"].get("schema")
         if isinstance(schema, dict):
             return schema
     raise ApiError(400, f"invalid response_format: {orjson.dumps(fmt).decode()}")
 
 
 def _think(body: dict[str, Any]) -> Any:
+    fields.check(body, {"reasoning_effort": "string", "reasoning": "object"})
     effort = body.get("reasoning_effort") or (body.get("reasoning") or {}).get("effort")
     if effort is None:
         return None
-    if effort not in EFFORT:
+    if not isinstance(effort, str) or effort not in EFFORT:
         raise ApiError(400, f"invalid reasoning value: '{effort}' (must be one of {', '.join(EFFORT)})")
     return EFFORT[effort]
 
@@ -107,6 +116,8 @@ def _content(content: Any) -> tuple[str, list[str]]:
     for part in content:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text":
+            if not isinstance(part.get("text") or "", str):
+                raise ApiError(400, "invalid message part: text must be a string")
             texts.append(part.get("text") or "")
         elif kind == "image_url":
             url = part["image_url"]["url"] if isinstance(part.get("image_url"), dict) else part.get("image_url")
@@ -123,9 +134,11 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
         raise ApiError(400, "[] is too short - 'messages'")
     names: dict[str, str] = {}  # tool_call_id -> function name, for the tool results
     out = []
-    for m in messages:
+    for i, m in enumerate(messages):
         if not isinstance(m, dict):
             raise ApiError(400, "invalid message")
+        fields.check(m, {"role": "string", "tool_calls": "array", "tool_call_id": "string", "reasoning": "string",
+                         "reasoning_content": "string"}, f"messages[{i}].")  # fmt: skip
         text, images = _content(m.get("content"))
         native: dict[str, Any] = {"role": m.get("role", ""), "content": text}
         if images:
@@ -133,8 +146,13 @@ def _messages(messages: Any) -> list[dict[str, Any]]:
         if m.get("reasoning") or m.get("reasoning_content"):
             native["thinking"] = m.get("reasoning") or m.get("reasoning_content")
         calls = []
-        for call in m.get("tool_calls") or []:
+        for j, call in enumerate(m.get("tool_calls") or []):
+            at = f"messages[{i}].tool_calls[{j}]"
+            if not isinstance(call, dict):
+                raise ApiError(400, f'field "{at}" must be of type object')
+            fields.check(call, {"id": "string", "function": "object"}, at + ".")
             fn = call.get("function") or {}
+            fields.check(fn, {"name": "string"}, at + ".function.")
             names[call.get("id", "")] = fn.get("name", "")
             calls.append({"function": {"name": fn.get("name", ""), "arguments": fn.get("arguments") or "{}"}})
         if calls:
@@ -183,6 +201,13 @@ async def _sse(request: web.Request, events: AsyncIterator[dict]) -> web.StreamR
     return response
 
 
+def _include_usage(body: dict[str, Any]) -> bool:
+    fields.check(body, {"stream_options": "object"})
+    options = body.get("stream_options") or {}
+    fields.check(options, {"include_usage": "boolean"}, "stream_options.")
+    return bool(options.get("include_usage"))
+
+
 def _one_choice(body: dict[str, Any]) -> None:
     if body.get("n") not in (None, 1):
         raise ApiError(400, "n > 1 is not supported: ask once per choice")
@@ -191,6 +216,7 @@ def _one_choice(body: dict[str, Any]) -> None:
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     body = await _body(request)
     _one_choice(body)
+    usage = _include_usage(body)
     native = {
         "model": body.get("model"),
         "messages": _messages(body.get("messages")),
@@ -207,7 +233,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     base = {"id": ident, "created": created, "model": model, "system_fingerprint": "fp_ollama"}
     if not opt.stream(body.get("stream"), default=False):
         return _json(await _chat_object(lines, base))
-    usage = bool((body.get("stream_options") or {}).get("include_usage"))
     return await _sse(request, _chat_chunks(lines, base, usage))
 
 
@@ -259,13 +284,14 @@ async def _chat_chunks(lines: AsyncIterator[dict], base: dict, include_usage: bo
 async def completions(request: web.Request) -> web.StreamResponse:
     body = await _body(request)
     _one_choice(body)
+    usage = _include_usage(body)
     prompt = body.get("prompt")
     if not isinstance(prompt, str):
         raise ApiError(400, "prompt must be a string")
     logprobs = body.get("logprobs")
     native = {"model": body.get("model"), "prompt": prompt, "options": _options(body), "suffix": body.get("suffix"),
               "raw": False, "format": _format(body), "keep_alive": body.get("keep_alive"),
-              "logprobs": bool(logprobs), "top_logprobs": logprobs if isinstance(logprobs, int) and logprobs > 0 else None}  # fmt: skip
+              "logprobs": bool(logprobs), "top_logprobs": logprobs if _is_count(logprobs) and logprobs > 0 else None}  # fmt: skip
     if not prompt:
         raise ApiError(400, "prompt is required")
     lines = inference.generate_responses(request.app, native)
@@ -278,7 +304,6 @@ async def completions(request: web.Request) -> web.StreamResponse:
             last = line
         choice = {"text": text, "index": 0, "finish_reason": last.get("done_reason", "stop"), "logprobs": None}
         return _json({**base, "choices": [choice], "usage": _usage(last)})
-    usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
     async def events() -> AsyncIterator[dict]:
         zero = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
@@ -291,6 +316,10 @@ async def completions(request: web.Request) -> web.StreamResponse:
                 yield {**base, "choices": [], "usage": _usage(line)}
 
     return await _sse(request, events())
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _model_entry(info, shown_id: str | None = None) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from typing import Any
 from backend.interface import LoadOptions, SamplingParams
 
 from .errors import ApiError
+from .fields import INT64
 from .settings import Settings, parse_duration
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,10 @@ def _typed(key: str, value: Any) -> Any:
     if key in _INT:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ApiError(400, f'option "{key}" must be of type integer')
-        return int(value)  # any JSON number, truncated (FromMap)
+        number = int(value)  # any JSON number, truncated (FromMap)
+        if not INT64[0] <= number <= INT64[1]:  # Go's int: Ollama would wrap seed 2^64 to a negative
+            raise ApiError(400, f'option "{key}" must be between {INT64[0]} and {INT64[1]}')
+        return number
     if key in _FLOAT:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ApiError(400, f'option "{key}" must be of type number')

@@ -156,6 +156,8 @@ async def embeddings(request: web.Request) -> web.Response:
     model = body.get("model")
     if opt.unset(model):
         raise ApiError(400, "model is required")
+    if not isinstance(model, str) or not wire.valid_name(model):
+        raise ApiError(400, "invalid model name")
     try:
         info = engine.get_model(model)
     except ModelNotFound:

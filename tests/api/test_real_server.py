@@ -130,6 +130,22 @@ async def test_listings_answer_while_a_long_prompt_is_processed(server):
     assert done["prompt_eval_count"] > 300 and slowest < 0.5, slowest
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{"temperature": 1e-300}, {"temperature": 1e-40}, {"repeat_penalty": 0}, {"repeat_penalty": 1e-300},
+     {"presence_penalty": -1e308}, {"frequency_penalty": 1e308, "temperature": 1e300}],
+)  # fmt: skip
+def test_extreme_sampling_options_still_give_tokens(client, options):
+    """Values Ollama accepts (its float32 holds 1e-300 as 0 and -1e308 as -inf) made NaN in
+    sampling, a 500. Now they decode: a temperature that small is greedy, so its answer is the
+    greedy one; penalties past float32's range still leave finite logits to draw from."""
+    reply = client.chat(model="smollm2", messages=SUM, options={"num_predict": 6, "seed": 1, **options})
+    assert reply.eval_count == 6 and reply.message.content.strip()
+    if options.get("temperature", 1) < 1e-38:
+        greedy = client.chat(model="smollm2", messages=SUM, options={"num_predict": 6, "temperature": 0})
+        assert reply.message.content == greedy.message.content
+
+
 def test_keep_alive_expiry_unloads(client):
     """Last in this module: it leaves the model unloaded."""
     client.generate(model="smollm2", prompt="", keep_alive="1s")  # a load call
