@@ -202,9 +202,11 @@ def cmd_create(client: Client, args) -> None:
         raise CliError(f"Error: {e}") from None
     body: dict[str, Any] = {"model": args.model, **{k: v for k, v in spec.items() if v and k != "from"}}
     source = Path(spec["from"])
-    if source.is_file():  # upload the weights, so a remote server works too
+    if source.is_file():  # upload the weights, as Ollama's CLI does: the server takes no paths
         print("gathering model components", flush=True)
         body["files"] = {source.name: client.upload(source)}
+    elif spec["from"].startswith(("/", "./", "../", "~")) or spec["from"].endswith(".gguf"):
+        raise CliError(f"Error: FROM {spec['from']}: no such file")
     else:
         body["from"] = spec["from"]
     _progress(client.stream("/api/create", body))

@@ -10,6 +10,7 @@ from aiohttp import web
 from backend.interface import EngineError
 
 from . import options as opt
+from . import types as wire
 from .appkeys import ENGINE
 from .body import body_chunks
 from .errors import ApiError, json_response
@@ -72,15 +73,12 @@ async def create(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "parameters must be an object")
     opt.merge_options(parameters)  # the same type rules as request options, checked now
     engine = request.app[ENGINE]
-    spec = {
-        "source": body.get("from") or None,
-        "files": files or None,
-        "system": body.get("system"),
-        "template": body.get("template") or None,
-        "parameters": parameters,
-        "messages": body.get("messages") or None,
-        "license": body.get("license") or None,
-    }
+    # Values go through as sent ("" and [] as unset): the store checks their types, so a number
+    # where a string belongs is a 400 naming the field, never a crash.
+    spec = {key: None if _empty(body.get(field)) else body.get(field) for key, field in
+            (("source", "from"), ("files", "files"), ("template", "template"), ("messages", "messages"),
+             ("license", "license"))}  # fmt: skip
+    spec.update(system=body.get("system"), parameters=parameters)
 
     def work(report: Callable[[dict], None]) -> None:
         engine.create_model(name, status=lambda s: report({"status": s}), **spec)
@@ -88,11 +86,17 @@ async def create(request: web.Request) -> web.StreamResponse:
     return await _respond(request, body, _progress(work))
 
 
+def _empty(value: Any) -> bool:
+    return value is None or value == "" or value == [] or value == {}
+
+
 async def copy(request: web.Request) -> web.Response:
     body = await read_json(request)
     source, destination = body.get("source"), body.get("destination")
     if opt.unset(source) or opt.unset(destination):
         raise ApiError(400, "source and destination are required")
+    if not isinstance(source, str) or not isinstance(destination, str):
+        raise ApiError(400, "source and destination must be model names (strings)")
     await asyncio.to_thread(request.app[ENGINE].copy_model, source, destination)
     return web.Response(status=200)
 
@@ -132,8 +136,10 @@ async def post_blob(request: web.Request) -> web.Response:
 async def pull(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     name = body.get("model") if not opt.unset(body.get("model")) else body.get("name")
-    if opt.unset(name) or not isinstance(name, str):
+    if opt.unset(name):
         raise ApiError(400, "model is required")
+    if not isinstance(name, str) or not wire.valid_name(name):
+        raise ApiError(400, "invalid model name")
     engine = request.app[ENGINE]
     statuses = _progress(lambda report: engine.pull_model(name, report))
     try:
