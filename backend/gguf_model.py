@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import struct
 import sys
@@ -123,7 +124,9 @@ class _CheckedReader(GGUFReader):
             except ValueError:
                 raise GGUFError(f"{self._path.name}: tensor {name} has unsupported quant type {int(raw_dtype[0])}") from None
             block, type_size = GGML_QUANT_SIZES[qtype]
-            n_elems = int(np.prod(dims.astype(np.int64)))
+            # Python integers: a product of absurd dims wraps around in int64 (2^32 x 2^32 -> 0)
+            # and would pass the extent check below.
+            n_elems = math.prod(int(d) for d in dims)
             if int(dims[0]) % block:
                 raise GGUFError(
                     f"{self._path.name}: tensor {name} row length {int(dims[0])} is not a multiple of "

@@ -10,6 +10,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import gguf
 import numpy as np
 import pytest
 
@@ -106,19 +107,29 @@ def test_spellings_an_older_version_wrote_list_once_and_delete_together(tmp_path
     assert blobs(tmp_path) == set()  # what either spelling named went with them
 
 
-@pytest.mark.parametrize("kind", ["random bytes after the magic", "truncated", "split part"])
-def test_a_blob_that_is_no_loadable_gguf_is_refused_at_create(tmp_path, tiny, kind):
+@pytest.mark.parametrize("kind, reason", [
+    ("random bytes after the magic", "corrupt or truncated GGUF header"),
+    ("truncated", "is truncated: expected"),
+    ("split part", "part of a 3-file split model"),
+    ("absurd shape", "is truncated: expected 73786976294838206464 bytes, file has 128"),  # 2^32 x 2^32 x 4
+])  # fmt: skip
+def test_a_blob_that_is_no_loadable_gguf_is_refused_at_create(tmp_path, tiny, kind, reason):
     data = tiny.read_bytes()
     if kind == "random bytes after the magic":
         data = b"GGUF" + (3).to_bytes(4, "little") + np.random.default_rng(0).bytes(4096)
     elif kind == "truncated":
         data = data[: len(data) - 100]
+    elif kind == "split part":
+        data = write_model("llama", tmp_path / "split.gguf", seed=1, split_max_tensors=8).read_bytes()
     else:
-        first = write_model("llama", tmp_path / "split.gguf", seed=1, split_max_tensors=4)
-        data = first.read_bytes()
+        writer = gguf.GGUFWriter(str(tmp_path / "absurd.gguf"), "llama")
+        writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32), raw_shape=(2**32, 2**32))
+        writer.write_header_to_file(), writer.write_kv_data_to_file(), writer.write_tensors_to_file()
+        writer.close()
+        data = (tmp_path / "absurd.gguf").read_bytes()
     store = ModelStore(tmp_path / "models")
     digest = upload(store, data)
-    with pytest.raises(InvalidRequest, match=f"blob {digest} is not a usable GGUF model: "):
+    with pytest.raises(InvalidRequest, match=f"blob {digest} is not a usable GGUF model: .*{reason}"):
         admin.create(store, "bad", files={"m.gguf": digest})
     assert manifest_files(tmp_path / "models") == [] and store.list() == []
 
