@@ -182,8 +182,15 @@ def iter_manifests(root: Path) -> Iterator[tuple[ModelRef, Path]]:
 def existing_manifests(root: Path, ref: ModelRef) -> list[Path]:
     """The manifest files that spell `ref` in any case (Ollama compares names case-insensitively;
     a store written by an older version may hold several spellings), newest first."""
-    found = [path for other, path in iter_manifests(root) if other.key() == ref.key()]
-    return sorted(found, key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    found = {path: _mtime_ns(path) for other, path in iter_manifests(root) if other.key() == ref.key()}
+    return [path for path, mtime in sorted(found.items(), key=lambda item: item[1], reverse=True) if mtime >= 0]
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return -1  # gone since the directory was read
 
 
 def read_text_layer(root: Path, manifest: Manifest, media_type: str) -> str:

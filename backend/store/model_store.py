@@ -168,6 +168,8 @@ class ModelStore:
                 described = describe(paths, name)
             except (GGUFError, OSError, ValueError) as e:
                 described = str(e)
+            except Exception as e:  # a reader bug on one odd file must not hide every other model
+                described = f"{paths[0].name}: unreadable GGUF ({type(e).__name__}: {e})"
             self._described[ids] = described
         if isinstance(described, str):
             return self._remember(key, name, described)
@@ -218,22 +220,23 @@ class ModelStore:
                 cache.clear()
         return sorted((i for i in infos if isinstance(i, ModelInfo)), key=lambda i: i.modified_at, reverse=True)
 
-    def entry_name(self, name: str) -> str:
-        """The canonical name of a model on disk, usable or not. Raises ModelNotFound."""
+    def _entry(self, name: str) -> tuple[str, _Entry]:
         try:
             key = canonical_name(name)
         except InvalidRequest:
             raise ModelNotFound(f"model '{name}' not found") from None
-        if key not in self._scan():
-            raise ModelNotFound(f"model '{name}' not found")
-        return key
-
-    def resolve(self, name: str) -> ModelInfo:
-        """The model's info. ModelNotFound, or DamagedModel saying what is wrong with it."""
-        key = self.entry_name(name)
         entry = self._scan().get(key)
         if entry is None:
             raise ModelNotFound(f"model '{name}' not found")
+        return key, entry
+
+    def entry_name(self, name: str) -> str:
+        """The canonical name of a model on disk, usable or not. Raises ModelNotFound."""
+        return self._entry(name)[0]
+
+    def resolve(self, name: str) -> ModelInfo:
+        """The model's info. ModelNotFound, or DamagedModel saying what is wrong with it."""
+        key, entry = self._entry(name)
         info = self._info(key, entry)
         if isinstance(info, str):
             raise DamagedModel(f"model '{name}' is damaged: {info}")
