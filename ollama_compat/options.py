@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from backend.interface import LoadOptions, SamplingParams
@@ -126,6 +127,7 @@ def load_options(options: dict[str, Any], settings: Settings) -> LoadOptions:
     o = {**defaults, **{k: v for k, v in options.items() if k in _LOAD_DEFAULTS}}
     if o["num_ctx"] < 1 or o["num_batch"] < 1:
         raise ApiError(400, "num_ctx and num_batch must be positive")
+    o["num_thread"] = _num_thread(o["num_thread"])
     # Accepted with Ollama's types, but this engine has nothing to apply them to: said in the log.
     if o["num_gpu"] not in (-1, 0):
         log.info("num_gpu=%s: no GPU layers on this build, running on the CPU", o["num_gpu"])
@@ -136,17 +138,37 @@ def load_options(options: dict[str, Any], settings: Settings) -> LoadOptions:
     return LoadOptions(o["num_ctx"], o["num_batch"], o["num_thread"], o["num_gpu"], o["main_gpu"], o["use_mmap"])
 
 
+def _num_thread(value: int) -> int:
+    """As Ollama: a positive count is passed on (the engine clamps it to the CPUs), 0 or less
+    means the default. A count no integer type holds (2^64, 1e30) is nonsense: 400."""
+    if not -(2**63) <= value < 2**63:
+        raise ApiError(400, f'option "num_thread" must be a number of threads, got {value}')
+    return max(0, value)
+
+
+# Go's time.Duration holds 2^63-1 ns, about 292 years: anything longer is forever.
+_MAX_DURATION = (2**63 - 1) / 1e9
+
+
 def keep_alive(value: Any) -> float | None:
-    """Seconds, None for the server default. Numbers, Go durations and (a deliberate deviation,
-    since Open WebUI and others send it) unit-less numeric strings such as "-1"."""
+    """Seconds, None for the server default, -1 for forever. Numbers, Go durations and (a
+    deliberate deviation, since Open WebUI and others send it) unit-less numeric strings such as
+    "-1". Durations past what the clock holds (1e10, "2600000h", "inf") mean forever."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ApiError(400, f"Unsupported type: '{type(value).__name__}'")
+    if isinstance(value, int) and abs(value) >= _MAX_DURATION:
+        return -1.0  # float() of a very long int would overflow
     try:
-        return parse_duration(value, default=0.0) if value != "" else None
-    except ValueError as e:
+        seconds = parse_duration(value, default=0.0) if value != "" else None
+    except (ValueError, OverflowError) as e:
         raise ApiError(400, str(e)) from None
+    if seconds is None:
+        return None
+    if math.isnan(seconds):
+        raise ApiError(400, f'time: invalid duration "{value}"')
+    return -1.0 if seconds >= _MAX_DURATION else seconds
 
 
 def think(value: Any) -> bool | str | None:
