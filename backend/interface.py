@@ -175,7 +175,9 @@ class Engine(Protocol):
         think: bool | str | None = None,
         add_generation_prompt: bool = True,
     ) -> str:
-        """The model's chat template applied to Ollama-style messages (role, content, images, tool_calls)."""
+        """The model's chat template applied to Ollama-style messages (role, content, images, tool_calls).
+        Blocking (call it from a worker thread). InvalidRequest when the template rejects the
+        messages; EngineError when it is broken or runs past its time, memory or output limits."""
 
     async def load(self, name: str, load: LoadOptions, keep_alive: float | None) -> int:
         """Load (or keep) a model; returns the load duration in ns (0 when it was already loaded)."""

@@ -23,17 +23,13 @@ from ..interface import (
     TokenLogprob,
 )
 from ..models import load_model
-from ..text.chat_template import ChatTemplate
 from ..text.grammar import GrammarCompiler, TokenMask
 from ..text.text_output import TextOutput
-from ..text.thinking import prompt_opens_thinking
-from ..text.tokenizer import Tokenizer
 from .kv_cache import CachePool, ForwardBatch
 from .model_runner import ModelRunner
+from .model_text import ModelText, context_size, truncated
 from .scheduler import ScheduledItem, Scheduler
-from .sequence import Sequence
-
-THINK_OPEN = "<think>"
+from .sequence import Sequence, Status
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +45,27 @@ def physical_cores() -> int:
         return max(1, len(cores)) if cores else max(1, os.cpu_count() or 1)
     except OSError:
         return max(1, os.cpu_count() or 1)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: a container's cpuset, taskset)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def kernel_threads(requested: int) -> int:
+    """Kernel threads for a num_thread: 0 or less is one per physical core; more than the usable
+    CPUs is clamped to them, as Ollama accepts and clamps (256 threads on 2 cores made an 8-token
+    chat take 53 s: every kernel call waits for all of them)."""
+    usable = usable_cpus()
+    if requested <= 0:
+        return min(physical_cores(), usable)
+    if requested > usable:
+        log.warning("num_thread %d lowered to %d: this process may run on %d CPUs", requested, usable, usable)
+        return usable
+    return requested
 
 
 def _pool(hidden: torch.Tensor, pooling: int) -> torch.Tensor:  # [T, D] -> [D]
@@ -71,29 +88,34 @@ def available_memory() -> int:
     return 0
 
 
-def _fit_context(num_ctx: int, num_slots: int, bytes_per_token: int) -> int:
-    """num_ctx, lowered when every slot's full cache would not fit in 80 % of free memory
-    (slots are allocated on first use, so an overcommit would only fail mid-request)."""
+def _size(n: float) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 2**10:.1f} KiB"
+
+
+def _fit_context(num_ctx: int, num_slots: int, bytes_per_token: int, requested: int | None = None) -> int:
+    """num_ctx, when every slot's full cache fits in 80 % of free memory (slots are allocated on
+    first use, so an overcommit would only fail mid-request); otherwise an error naming the most
+    that fits, as Ollama refuses a model that needs more memory than the system has."""
     free = available_memory()
-    if not free or num_ctx * num_slots * bytes_per_token <= 0.8 * free:
+    need = num_ctx * num_slots * bytes_per_token
+    if not free or need <= 0.8 * free:
         return num_ctx
-    fitted = int(0.8 * free) // (num_slots * bytes_per_token)
-    if fitted < 256:
-        need = 256 * num_slots * bytes_per_token / 2**30
-        raise EngineError(f"not enough memory for the KV cache: {need:.1f} GiB needed for 256 tokens per slot")
-    log.warning("num_ctx %d lowered to %d: the KV cache of %d slots must fit in memory", num_ctx, fitted, num_slots)
-    return fitted
-
-
-def chat_template_for(info: ModelInfo) -> ChatTemplate:
-    """The model's template with its own bos/eos strings (needs the full vocabulary once)."""
-    f = open_gguf(info.paths[0])
-    return ChatTemplate.from_metadata(f.metadata, override=info.template or None)
+    fits = int(0.8 * free) // (num_slots * bytes_per_token)
+    hint = f"use num_ctx {fits} or less" if fits >= 256 else "free some memory"
+    asked = f"num_ctx {num_ctx}" if requested in (None, num_ctx) else f"num_ctx {requested} (this model's limit is {num_ctx})"
+    raise EngineError(
+        f"{asked} needs {_size(need)} of KV cache for {num_slots} parallel sequences, more than "
+        f"the {_size(0.8 * free)} this server may use (80% of {_size(free)} free): {hint}"
+        + (", or lower OLLAMA_NUM_PARALLEL" if num_slots > 1 else "")
+    )
 
 
 class LoadedModel:
-    def __init__(self, info: ModelInfo, load: LoadOptions, config):
-        threads = load.num_thread or config.num_thread or physical_cores()
+    def __init__(self, info: ModelInfo, load: LoadOptions, config, text: ModelText):
+        threads = kernel_threads(load.num_thread or config.num_thread)
         # Every projection and expert runs on the kernels' pool; torch's OpenMP threads would only
         # spin against it between ops (measured on SmolLM2, 2 cores: 92 -> 31 ms per token).
         kernels.set_num_threads(threads)
@@ -101,14 +123,13 @@ class LoadedModel:
         f = open_gguf(info.paths[0])
         self.info = info
         self.load = load
-        self.tokenizer = Tokenizer.from_metadata(f.metadata)
+        self.tokenizer = text.tokenizer  # shared with the prompt side, which tokenizes
         self.model = load_model(f)
         # Embedding GGUFs declare how to pool (llama.cpp's pooling_type: 1 mean, 2 cls, 3 last);
         # a generative model has none and gets mean pooling, as Ollama does.
         self.pooling = int(f.metadata.get(f"{f.metadata.get('general.architecture')}.pooling_type", 1) or 1)
-        train_ctx = info.context_length or load.num_ctx
-        self.num_ctx = _fit_context(max(8, min(load.num_ctx, train_ctx)), config.num_parallel,
-                                    self.model.allocate_cache(1).nbytes())
+        self.num_ctx = _fit_context(context_size(load.num_ctx, info.context_length), config.num_parallel,
+                                    self.model.allocate_cache(1).nbytes(), requested=load.num_ctx)
         self.pool = CachePool(self.model.allocate_cache, config.num_parallel, self.num_ctx)
         self.scheduler = Scheduler(self.pool, load.num_batch)
         self.runner = ModelRunner(self.model)
@@ -122,8 +143,6 @@ class LoadedModel:
         self._texts: dict[int, TextOutput] = {}
         self._grammars: dict[int, TokenMask] = {}  # sequences with structured output
         self.grammar_compiler = GrammarCompiler(self.tokenizer)
-        # R1-style models: "<think>" is one special token of the vocabulary.
-        self.can_think = any(t == THINK_OPEN for t in self.tokenizer.tokens)
 
     # ---- requests ----------------------------------------------------------------------
 
@@ -131,8 +150,10 @@ class LoadedModel:
     def idle(self) -> bool:
         return not self._live
 
-    def submit(self, request: GenerateRequest, emit, load_ns: int) -> Sequence:
-        prompt = self._prompt_tokens(request)
+    def submit(self, request: GenerateRequest, tokens: list[int], emit, load_ns: int) -> Sequence:
+        """`tokens`: the prompt as ModelText.prompt_tokens made it, off this thread; cut here
+        only when this model was loaded with a smaller num_ctx than the request asked for."""
+        prompt = truncated(tokens, self.num_ctx - 1, request.sampling.num_keep, request.truncate)
         grammar = self.grammar_compiler.compile(request.format)
         seq = Sequence(request, prompt, emit)
         seq.timings.load_ns = load_ns
@@ -142,31 +163,6 @@ class LoadedModel:
         self._live[seq.id] = seq
         self.scheduler.add(seq)
         return seq
-
-    def _prompt_text(self, request: GenerateRequest) -> str:
-        """The prompt, with reasoning forced open when thinking was asked for: DeepSeek-R1 skips
-        "<think>" on some prompts and then answers without reasoning (KTransformers' force_think);
-        the parser starts in reasoning either way (TextOutput builds it opened)."""
-        if request.think and self.can_think and not prompt_opens_thinking(request.prompt):
-            return request.prompt + THINK_OPEN + "\n"
-        return request.prompt
-
-    def _prompt_tokens(self, request: GenerateRequest) -> list[int]:
-        tokens = list(request.context)
-        # A rendered template usually spells out the BOS token itself; encode() adds one only
-        # when the model asks for it and the text does not already start with it.
-        text = self._prompt_text(request)
-        tokens += self.tokenizer.encode(text, add_special=not request.context, parse_special=True)
-        if not tokens:
-            raise InvalidRequest("prompt is empty after tokenization")
-        limit = self.num_ctx - 1  # leave room for at least one generated token
-        if len(tokens) > limit:
-            if not request.truncate:
-                raise InvalidRequest("the input length exceeds the context length")
-            # Ollama's rule: keep the first num_keep tokens (BOS, system start) and the tail.
-            keep = min(max(0, request.sampling.num_keep), limit // 2)
-            tokens = tokens[:keep] + tokens[len(tokens) - (limit - keep) :]
-        return tokens
 
     def fail_all(self, error: EngineError) -> None:
         for seq in list(self._live.values()):
@@ -182,16 +178,14 @@ class LoadedModel:
         if not items:
             return False
         start = time.perf_counter_ns()
-        try:
-            logits = self.runner.run(items)
-        except Exception as e:
-            log.exception("forward pass failed")
-            for item in items:
-                item.seq.emit(EngineError(f"forward pass failed: {e}"))
-                self._retire(item.seq)
-            return True
+        logits, failed = self._forward(items)
         elapsed = time.perf_counter_ns() - start
+        for item, error in failed:
+            item.seq.emit(EngineError(f"forward pass failed: {error}"))
+            self._retire(item.seq)
         for item in items:
+            if item.seq.status is Status.FINISHED:
+                continue  # its pass failed
             self._account(item, elapsed)
             if item.sample:
                 try:
@@ -201,6 +195,26 @@ class LoadedModel:
                     item.seq.emit(EngineError(f"sampling failed: {e}"))
                     self._retire(item.seq)
         return True
+
+    def _forward(self, items: list[ScheduledItem]) -> tuple[dict[int, torch.Tensor], list[tuple[ScheduledItem, Exception]]]:
+        """Logits of one pass over the batch, and the items that failed. When the batch fails,
+        every sequence runs alone, so only the one that breaks it ends: a failed pass has moved
+        no cache length (it wrote only at positions past them), so the others recompute exactly."""
+        try:
+            return self.runner.run(items), []
+        except Exception as e:
+            if len(items) == 1:
+                log.exception("forward pass failed for sequence %d", items[0].seq.id)
+                return {}, [(items[0], e)]
+            log.warning("forward pass of %d sequences failed (%s); running each alone", len(items), e)
+        logits, failed = {}, []
+        for item in items:
+            try:
+                logits.update(self.runner.run([item]))
+            except Exception as e:
+                log.exception("forward pass failed for sequence %d", item.seq.id)
+                failed.append((item, e))
+        return logits, failed
 
     def _account(self, item: ScheduledItem, elapsed: int) -> None:
         t = item.seq.timings
@@ -292,16 +306,14 @@ class LoadedModel:
     # ---- embeddings ----------------------------------------------------------------------
 
     @torch.inference_mode()
-    def embed(self, inputs: list[str], *, truncate: bool) -> tuple[list[list[float]], int]:
+    def embed(self, token_lists: list[list[int]], *, truncate: bool) -> tuple[list[list[float]], int]:
+        """Pooled hidden states of inputs tokenized off this thread (ModelText.input_tokens)."""
         vectors, count = [], 0
-        for text in inputs:
-            tokens = self.tokenizer.encode(text, add_special=True, parse_special=True)
+        for tokens in token_lists:
             if len(tokens) > self.num_ctx:
                 if not truncate:
                     raise InvalidRequest("the input length exceeds the context length")
                 tokens = tokens[: self.num_ctx]
-            if not tokens:
-                raise InvalidRequest("input is empty after tokenization")
             cache = self.model.allocate_cache(len(tokens))
             batch = ForwardBatch.single(len(tokens), cache)
             hidden = self.model.hidden_states(torch.tensor(tokens, dtype=torch.long), batch)  # [T, D]

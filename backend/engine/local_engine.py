@@ -8,14 +8,17 @@ import math
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Callable
 
+from ..gguf_model import GGUFError
 from ..interface import (
     Chunk,
     EmbedResult,
     EngineError,
     GenerateRequest,
+    InvalidRequest,
     LoadOptions,
     ModelInfo,
     RunningModel,
@@ -23,8 +26,24 @@ from ..interface import (
 )
 from ..store import admin as store_admin
 from ..store.model_store import ModelStore
+from ..text.chat_template import ChatTemplateError, SecurityError, TemplateLimitError, TemplateSyntaxError
+from ..text.renderer import ChatTemplateRenderer
+from .model_text import ModelText, context_size
 
 log = logging.getLogger(__name__)
+
+# Go's time.Duration holds 2^63-1 ns (about 292 years): a keep_alive past it (1e10 s, "2600000h",
+# inf) means forever, as a negative one does.
+MAX_KEEP_ALIVE = (2**63 - 1) / 1e9
+# threading's waits refuse timeouts past PY_TIMEOUT_MAX; the loop re-reads expiries when it wakes.
+MAX_IDLE_WAIT = 3600.0
+
+
+def expiry(keep_alive: float, now: float) -> float:
+    """When a model idle since `now` unloads: inf for a negative, infinite or over-long keep_alive."""
+    if keep_alive < 0 or not keep_alive < MAX_KEEP_ALIVE:
+        return math.inf
+    return now + keep_alive
 
 
 @dataclass(frozen=True)
@@ -54,7 +73,9 @@ class LocalEngine:
         self.store = ModelStore(config.models_dir, prune=config.prune)
         self._loaded: dict[str, Any] = {}  # name -> LoadedModel; mutated by the worker only
         self._snapshot: list[RunningModel] = []
-        self._templates: dict[str, Any] = {}
+        self._texts: OrderedDict[str, ModelText] = OrderedDict()  # by digest, the latest few
+        self._texts_lock = threading.Lock()
+        self._renderer = ChatTemplateRenderer()
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stopping = False
@@ -72,15 +93,20 @@ class LocalEngine:
         return self.store.resolve(name)
 
     def render_chat(self, name, messages, *, tools=None, think=None, add_generation_prompt=True) -> str:
+        """Called from a worker thread (file work on a model's first render); the template itself
+        runs in a render process, under a deadline and a memory cap."""
         info = self.store.resolve(name)
-        template = self._templates.get(info.digest)
-        if template is None:
-            from .loaded_model import chat_template_for
-
-            template = self._templates[info.digest] = chat_template_for(info)
-        return template.render(
-            messages, tools=tools, think=think, add_generation_prompt=add_generation_prompt
-        )
+        template = self._model_text(info).template
+        try:
+            return self._renderer.render(
+                template, messages, tools=tools, think=think, add_generation_prompt=add_generation_prompt
+            )
+        except (TemplateLimitError, TemplateSyntaxError) as e:  # the template's fault
+            raise EngineError(f"{e} (model '{info.name}')") from None
+        except SecurityError as e:
+            raise EngineError(f"chat template refused: {e} (model '{info.name}')") from None
+        except ChatTemplateError as e:  # raise_exception: the template rejected these messages
+            raise InvalidRequest(f"{e} (model '{info.name}')") from None
 
     def running(self) -> list[RunningModel]:
         return list(self._snapshot)
@@ -104,9 +130,15 @@ class LocalEngine:
         info = self.store.resolve(name)
         start = time.perf_counter_ns()
 
+        def tokenize() -> list[list[int]]:
+            text, num_ctx = self._model_text(info), context_size(load.num_ctx, info.context_length, warn=False)
+            return [text.input_tokens(s, num_ctx, truncate) for s in inputs]
+
+        token_lists = await asyncio.to_thread(tokenize)  # never on the engine thread
+
         def work():
             lm, load_ns = self._ensure_loaded(info, load, keep_alive)
-            vectors, count = lm.embed(list(inputs), truncate=truncate)
+            vectors, count = lm.embed(token_lists, truncate=truncate)
             self._touch(lm, keep_alive)
             return EmbedResult(vectors, count, load_ns, time.perf_counter_ns() - start)
 
@@ -125,8 +157,11 @@ class LocalEngine:
         def emit(item) -> None:
             loop.call_soon_threadsafe(out.put_nowait, item)
 
-        self._submit(lambda: self._start(info, request, emit, ticket))
         try:
+            # Tokenized in a thread with the GIL released, and only as much of the prompt as
+            # num_ctx can hold: a 10 MB prompt on the engine thread made every stream wait 36 s.
+            tokens = await asyncio.to_thread(self._prompt_tokens, info, request)
+            self._submit(lambda: self._start(info, request, tokens, emit, ticket))
             while True:
                 item = await out.get()
                 if isinstance(item, BaseException):
@@ -165,6 +200,27 @@ class LocalEngine:
         self._stopping = True
         self._wake.set()
         self._thread.join(timeout=30)
+        self._renderer.close()
+
+    def _model_text(self, info: ModelInfo) -> ModelText:
+        """The model's tokenizer and template, read once per file: off the engine thread, since
+        a 262k-token vocabulary takes seconds (under the lock, so it is read once)."""
+        with self._texts_lock:
+            text = self._texts.get(info.digest)
+            if text is None:
+                try:
+                    text = ModelText.load(info)
+                except (OSError, ValueError, GGUFError) as e:
+                    raise EngineError(f"model '{info.name}' cannot be read: {e}") from None
+                self._texts[info.digest] = text
+                while len(self._texts) > 8:
+                    self._texts.popitem(last=False)
+            self._texts.move_to_end(info.digest)
+            return text
+
+    def _prompt_tokens(self, info: ModelInfo, request: GenerateRequest) -> list[int]:
+        num_ctx = context_size(request.load.num_ctx, info.context_length, warn=False)  # the load warns
+        return self._model_text(info).prompt_tokens(request, num_ctx)
 
     def _submit(self, fn: Callable[[], None]) -> None:
         self._commands.put(fn)
@@ -188,27 +244,40 @@ class LocalEngine:
     # ---- worker side -----------------------------------------------------------------
 
     def _loop(self) -> None:
+        # Nothing may end this thread but close(): every chat, generate and /api/ps waits on it.
         while not self._stopping:
-            self._run_commands()
             busy = False
-            for lm in list(self._loaded.values()):
-                try:
-                    busy |= lm.step()
-                except Exception as e:  # a broken model fails its requests, not the engine
-                    log.exception("step failed for %s", lm.info.name)
-                    lm.fail_all(EngineError(f"model runner failed: {e}"))
-                if lm.became_idle:
-                    # keep_alive counts from the end of the last request, as in Ollama.
-                    lm.became_idle = False
-                    if not lm.unload_requested:
-                        self._touch(lm, None)
-            self._expire_idle()
-            self._publish()
+            try:
+                self._run_commands()
+                busy = self._step_models()
+                self._expire_idle()
+                self._publish()
+            except Exception:
+                log.exception("engine loop failed; it goes on with the next iteration")
             if not busy:
-                self._wake.wait(timeout=self._next_expiry())
+                try:
+                    self._wake.wait(timeout=self._next_expiry())
+                except Exception:
+                    log.exception("engine loop could not wait; retrying in 1 s")
+                    time.sleep(1.0)
                 self._wake.clear()
         for lm in list(self._loaded.values()):
             lm.fail_all(EngineError("server shutting down"))
+
+    def _step_models(self) -> bool:
+        busy = False
+        for lm in list(self._loaded.values()):
+            try:
+                busy |= lm.step()
+            except Exception as e:  # a broken model fails its requests, not the engine
+                log.exception("step failed for %s", lm.info.name)
+                lm.fail_all(EngineError(f"model runner failed: {e}"))
+            if lm.became_idle:
+                # keep_alive counts from the end of the last request, as in Ollama.
+                lm.became_idle = False
+                if not lm.unload_requested:
+                    self._touch(lm, None)
+        return busy
 
     def _run_commands(self) -> None:
         while True:
@@ -221,12 +290,12 @@ class LocalEngine:
             except Exception:
                 log.exception("engine command failed")
 
-    def _start(self, info: ModelInfo, request: GenerateRequest, emit, ticket: _Ticket) -> None:
+    def _start(self, info: ModelInfo, request: GenerateRequest, tokens: list[int], emit, ticket: _Ticket) -> None:
         if ticket.cancelled:
             return
         try:
             lm, load_ns = self._ensure_loaded(info, request.load, request.keep_alive)
-            ticket.seq = lm.submit(request, emit, load_ns)
+            ticket.seq = lm.submit(request, tokens, emit, load_ns)
         except EngineError as e:
             emit(e)
         except Exception as e:
@@ -234,6 +303,11 @@ class LocalEngine:
             emit(EngineError(f"{type(e).__name__}: {e}"))
 
     def _ensure_loaded(self, info: ModelInfo, load: LoadOptions, keep_alive: float | None):
+        from .loaded_model import LoadedModel, usable_cpus
+
+        # A thread count past the CPUs is the same load as the CPUs themselves, and one below 1
+        # the default: neither reloads the model.
+        load = replace(load, num_thread=min(max(0, load.num_thread), usable_cpus()))
         lm = self._loaded.get(info.name)
         if lm is not None and (lm.info.digest != info.digest or (lm.load != load and lm.idle)):
             self._expire(info.name)  # the file changed, or load-time options did: reload
@@ -241,10 +315,8 @@ class LocalEngine:
         if lm is not None:
             self._touch(lm, keep_alive)
             return lm, 0
-        from .loaded_model import LoadedModel
-
         start = time.perf_counter_ns()
-        lm = LoadedModel(info, load, self.config)
+        lm = LoadedModel(info, load, self.config, self._model_text(info))
         self._loaded[info.name] = lm
         self._touch(lm, keep_alive)
         self._publish()
@@ -254,8 +326,9 @@ class LocalEngine:
         if keep_alive is not None:
             lm.keep_alive = keep_alive
         ka = lm.keep_alive
-        ka = self.config.default_keep_alive if ka is None else ka
-        lm.expires_at = math.inf if ka < 0 else time.time() + ka
+        if ka is None or math.isnan(ka):
+            ka = self.config.default_keep_alive
+        lm.expires_at = expiry(ka, time.time())
 
     def _expire(self, name: str) -> None:
         lm = self._loaded.get(name)
@@ -274,15 +347,23 @@ class LocalEngine:
         for name, lm in list(self._loaded.items()):
             if lm.idle and lm.expires_at <= now:
                 del self._loaded[name]
-                lm.close()
+                try:
+                    lm.close()
+                except Exception:
+                    log.exception("closing %s failed", name)
 
-    def _next_expiry(self) -> float | None:
+    def _next_expiry(self) -> float:
         times = [lm.expires_at for lm in self._loaded.values() if lm.expires_at != math.inf]
-        return max(0.01, min(times) - time.time()) if times else None
+        wait = min(times) - time.time() if times else MAX_IDLE_WAIT
+        return min(MAX_IDLE_WAIT, max(0.01, wait))
 
     def _publish(self) -> None:
-        models = [lm.running_model() for lm in self._loaded.values()]
-        self._snapshot = sorted(models, key=lambda m: m.expires_at, reverse=True)
+        # Reporting never fails the work it reports on: a load or an unload whose snapshot broke.
+        try:
+            models = [lm.running_model() for lm in self._loaded.values()]
+            self._snapshot = sorted(models, key=lambda m: m.expires_at, reverse=True)
+        except Exception:
+            log.exception("could not list the running models; /api/ps keeps the last list")
 
 
 def _settle(fut: asyncio.Future, result, error) -> None:

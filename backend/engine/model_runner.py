@@ -28,8 +28,11 @@ class ModelRunner:
             ends.append(last)
         want = [e for e, i in zip(ends, items) if i.sample]
         logits = self.model.forward(tokens, batch, logits_indices=torch.tensor(want, dtype=torch.long))
+        sampled = [i for i in items if i.sample]
+        out = {i.seq.id: logits[k].float() for k, i in enumerate(sampled)}
+        # Lengths move last, once nothing can fail: a failed pass leaves every cache as it was
+        # (its writes lie past the lengths), so the batch can be recomputed without the culprit.
         batch.advance()
         for i in items:
             i.seq.num_cached += i.num_tokens
-        sampled = [i for i in items if i.sample]
-        return {i.seq.id: logits[k].float() for k, i in enumerate(sampled)}
+        return out

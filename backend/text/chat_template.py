@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 import json
 import logging
 from datetime import datetime
@@ -13,7 +14,7 @@ from jinja2 import nodes
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
-__all__ = ["ChatTemplate", "ChatTemplateError", "SecurityError", "CHATML_TEMPLATE", "GEMMA_TEMPLATE"]
+__all__ = ["ChatTemplate", "ChatTemplateError", "TemplateLimitError", "TemplateSource", "TemplateSyntaxError", "SecurityError", "CHATML_TEMPLATE", "GEMMA_TEMPLATE"]
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,15 @@ class ChatTemplateError(ValueError):
     """The template is broken or rejected the conversation (its raise_exception message)."""
 
 
+class TemplateSyntaxError(ChatTemplateError):
+    """The template does not compile: the model's template is broken, whatever the messages."""
+
+
+class TemplateLimitError(ChatTemplateError):
+    """The template ran past a limit (its output, a sequence or power it builds, its time or its
+    memory): the template is at fault, not the conversation."""
+
+
 class _GenerationTracker(Extension):
     """Accepts transformers' {% generation %}...{% endgeneration %} blocks (assistant-mask
     markers used by some training templates) and renders their body unchanged."""
@@ -130,8 +140,31 @@ def _strftime_now(fmt: str) -> str:
     return datetime.now().strftime(fmt)
 
 
+# The longest string or list one `*` may build, and the largest power: past them a template
+# would spend seconds and gigabytes in one C call, where neither a deadline nor a check runs.
+MAX_SEQUENCE = 2**24
+MAX_EXPONENT = 4096
+
+
+class _BoundedSandbox(ImmutableSandboxedEnvironment):
+    """The immutable sandbox whose `*` and `**` are checked before they run. Intercepting them
+    also keeps jinja from folding constants such as 'a'*4000000000 while it compiles."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_SEQUENCE:
+                    raise TemplateLimitError(f"chat template builds a sequence of {len(seq) * n} items")
+        elif operator == "**" and isinstance(left, int) and abs(left) > 1 and isinstance(right, (int, float)):
+            if abs(right) > MAX_EXPONENT:
+                raise TemplateLimitError(f"chat template raises to the power {right}")
+        return super().call_binop(context, operator, left, right)
+
+
 def _environment() -> ImmutableSandboxedEnvironment:
-    env = ImmutableSandboxedEnvironment(
+    env = _BoundedSandbox(
         trim_blocks=True,
         lstrip_blocks=True,
         extensions=["jinja2.ext.loopcontrols", _GenerationTracker],
@@ -195,21 +228,17 @@ def _is_go_template(source: str) -> bool:
     return "{{ ." in source or "{{- ." in source or "{{ range ." in source or "{{- range ." in source
 
 
-class ChatTemplate:
-    """render(messages, tools=, think=, add_generation_prompt=) -> the prompt text."""
+@dataclass(frozen=True)
+class TemplateSource:
+    """A chat template's text and its bos/eos strings, not compiled: compiling folds constants,
+    which runs template code ('a'*4000000000), so only the render process compiles."""
 
-    def __init__(self, source: str, bos_token: str = "", eos_token: str = "", extra: dict[str, Any] | None = None):
-        self.source = source
-        self.bos_token = bos_token
-        self.eos_token = eos_token
-        self.extra = dict(extra or {})
-        try:
-            self._template = _environment().from_string(source)
-        except jinja2.TemplateSyntaxError as e:
-            raise ChatTemplateError(f"chat template syntax error at line {e.lineno}: {e.message}") from None
+    source: str
+    bos_token: str = ""
+    eos_token: str = ""
 
     @classmethod
-    def from_metadata(cls, metadata: dict[str, Any], override: str | None = None) -> "ChatTemplate":
+    def from_metadata(cls, metadata: dict[str, Any], override: str | None = None) -> "TemplateSource":
         """The GGUF's template (or `override`), with its bos/eos strings from the vocabulary."""
         tokens = metadata.get("tokenizer.ggml.tokens") or []
 
@@ -221,15 +250,42 @@ class ChatTemplate:
         if source and _is_go_template(source):
             log.warning("ignoring a Go-syntax (Ollama Modelfile) template; using the GGUF's Jinja template")
             source = None
-        source = source or metadata.get("tokenizer.chat_template") or default_template(tokens)
-        return cls(source, bos_token=text("tokenizer.ggml.bos_token_id"), eos_token=text("tokenizer.ggml.eos_token_id"))
+        source = source or metadata.get("tokenizer.chat_template")
+        if source is not None and not isinstance(source, str):
+            log.warning("ignoring a chat template of type %s; using the default one", type(source).__name__)
+            source = None
+        source = source or default_template(tokens)
+        return cls(source, text("tokenizer.ggml.bos_token_id"), text("tokenizer.ggml.eos_token_id"))
+
+
+class ChatTemplate:
+    """render(messages, tools=, think=, add_generation_prompt=) -> the prompt text."""
+
+    def __init__(self, source: str, bos_token: str = "", eos_token: str = "", extra: dict[str, Any] | None = None):
+        self.source = source
+        self.bos_token = bos_token
+        self.eos_token = eos_token
+        self.extra = dict(extra or {})
+        try:
+            self._template = _environment().from_string(source)
+        except jinja2.TemplateSyntaxError as e:
+            raise TemplateSyntaxError(f"chat template syntax error at line {e.lineno}: {e.message}") from None
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, Any], override: str | None = None) -> "ChatTemplate":
+        """The GGUF's template (or `override`), with its bos/eos strings from the vocabulary."""
+        spec = TemplateSource.from_metadata(metadata, override)
+        return cls(spec.source, bos_token=spec.bos_token, eos_token=spec.eos_token)
 
     @property
     def supports_thinking(self) -> bool:
         return "enable_thinking" in self.source or "<think>" in self.source or "reasoning_content" in self.source
 
     def render(self, messages: Iterable[Any], *, tools: list[dict[str, Any]] | None = None,
-               think: bool | str | None = None, add_generation_prompt: bool = True, **kwargs: Any) -> str:  # fmt: skip
+               think: bool | str | None = None, add_generation_prompt: bool = True,
+               max_chars: int | None = None, **kwargs: Any) -> str:  # fmt: skip
+        """The prompt; with max_chars, rendering stops with TemplateLimitError once the output
+        passes it (the pieces are counted as the template yields them, before they are joined)."""
         context: dict[str, Any] = {
             **self.extra,
             "messages": [_message(m) for m in messages],
@@ -247,13 +303,25 @@ class ChatTemplate:
             context["reasoning_effort"] = think  # gpt-oss style levels: "low", "medium", "high"
             context["enable_thinking"] = True
         try:
-            return self._template.render(**context)
+            if max_chars is None:
+                return self._template.render(**context)
+            return _joined(self._template.generate(**context), max_chars)
         except (ChatTemplateError, SecurityError):
             raise
         except jinja2.TemplateError as e:
             raise ChatTemplateError(f"chat template failed: {e}") from None
         except (TypeError, ValueError, KeyError, IndexError, AttributeError) as e:
             raise ChatTemplateError(f"chat template failed: {type(e).__name__}: {e}") from None
+
+
+def _joined(pieces: Iterable[str], max_chars: int) -> str:
+    out, total = [], 0
+    for piece in pieces:
+        total += len(piece)
+        if total > max_chars:
+            raise TemplateLimitError(f"chat template output exceeds {max_chars} characters")
+        out.append(piece)
+    return "".join(out)
 
 
 def default_template(tokens: list[str]) -> str:

@@ -193,13 +193,15 @@ def _tokenizer(engine):
     return Tokenizer.from_metadata(open_gguf(engine.get_model("tiny").paths[0]).metadata)
 
 
-def test_context_is_fitted_to_free_memory(monkeypatch):
+def test_a_context_past_free_memory_is_refused_with_what_fits(monkeypatch):
     from backend.engine import loaded_model as model_loader
 
     monkeypatch.setattr(model_loader, "available_memory", lambda: 10 * 2**20)
     assert model_loader._fit_context(4096, 4, 100) == 4096  # 1.6 MB fits in 8 MB
-    assert model_loader._fit_context(4096, 4, 1000) == int(0.8 * 10 * 2**20) // 4000
-    with pytest.raises(EngineError, match="not enough memory for the KV cache"):
+    fits = int(0.8 * 10 * 2**20) // 4000
+    with pytest.raises(EngineError, match=f"num_ctx 4096 needs 15.6 MiB .* use num_ctx {fits} or less"):
+        model_loader._fit_context(4096, 4, 1000)
+    with pytest.raises(EngineError, match="free some memory"):
         model_loader._fit_context(4096, 4, 100_000)
 
 

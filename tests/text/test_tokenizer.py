@@ -158,3 +158,31 @@ def test_golden_prompts_and_continuations_round_trip(model, ours):
             assert tok.encode(run["prompt"]) == prompt
             text = tok.decode([t for t in run["greedy_tokens"] if not tok.is_eog(t)], skip_special=True)
             assert text == run["greedy_text"]
+
+
+def test_encoding_lets_other_threads_run(smollm2_tokenizer):
+    """The engine thread runs while a prompt is tokenized beside it: the crate works with the
+    GIL released (plain encode held it: a 1 MB prompt froze every thread for 0.5 s)."""
+    import threading
+    import time
+
+    text = "the quick brown fox jumps over the lazy dog. " * 60_000  # 2.7 MB
+    gaps, done = [], threading.Event()
+
+    def ticker():
+        last = time.perf_counter()
+        while not done.is_set():
+            time.sleep(0.001)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    thread = threading.Thread(target=ticker)
+    thread.start()
+    start = time.perf_counter()
+    ids = smollm2_tokenizer.encode(text)
+    elapsed = time.perf_counter() - start
+    done.set()
+    thread.join()
+    assert len(ids) > 500_000 and ids[:10] == smollm2_tokenizer.encode(text[:450])[:10]
+    assert max(gaps) < elapsed / 4, f"a {max(gaps):.3f} s pause in a {elapsed:.3f} s encode"
