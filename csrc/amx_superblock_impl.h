@@ -156,8 +156,14 @@ static void super_pass(const SuperPanel *panel, const TokenTiles *q, const Token
   }
 }
 
-// Tokens from which the tiles beat the VNNI GEMM (measured, see the README's kernel table).
-constexpr int64_t kAmxSuperTokens = 16;
+// Tokens from which the tiles beat the VNNI GEMM, measured (weights warm, one thread): from 8
+// tokens (where the VNNI GEMM starts too) the K types and IQ4_XS took 0.7-0.87 of the VNNI
+// time (Q4_K 4096 x 4096: 1.34 against 1.54 ms; 16 tokens 0.62-0.78), but the codebook types
+// (IQ1_S, IQ2_XXS at 2048 x 7168), whose loaders gather grid rows, still took 1.1-1.5x as long
+// at 16 tokens (one token block amortizes their fill over too little); at 64 all took 0.55-0.6.
+constexpr int64_t amx_min_tokens(int type) {
+  return type == kIQ1_S || type == kIQ1_M || type == kIQ2_XXS || type == kIQ2_XS || type == kIQ3_XXS ? 32 : 8;
+}
 
 // The blocking, for L2 (2 MB a core on Sapphire Rapids; its L3 gives a core only about 30 GB/s,
 // measured here, so what a pass rereads must stay in L2): the tokens' tiles over kc chunks

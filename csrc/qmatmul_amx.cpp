@@ -136,7 +136,7 @@ static void store_block(__m512 *acc, int64_t nrows, int64_t nt, float *y, int64_
 
 void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, const QActView &a, int64_t num_tokens,
                   float *y, int64_t ldy) {
-  if (num_tokens >= kAmxSuperTokens) switch (type) {
+  if (num_tokens >= amx_min_tokens(type)) switch (type) {
       case kQ2_K: return super_tiles<kQ2_K, Offset::kNone, load_q2_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
       case kQ3_K: return super_tiles<kQ3_K, Offset::k4, load_q3_k>(w, row_bytes, rows, a, num_tokens, y, ldy);
       case kQ4_K: return super_tiles<kQ4_K, Offset::kNone, load_q4_k>(w, row_bytes, rows, a, num_tokens, y, ldy);

@@ -39,11 +39,12 @@ def on(isa: str, fn, *args):
 @pytest.mark.parametrize("name", list(FP16_FIELDS))
 @pytest.mark.parametrize(("rows", "cols"), [(37, 512), (21, 4352), (40, 768), (70, 2048)])
 def test_matmul_equals_vnni_bit_for_bit(name, rows, cols):
-    """Token counts below, at and past the tiles' 16, with tails: the same bits as AVX-512."""
+    """Token counts below, at and past the tiles' thresholds (8; 32 for the codebook types), with
+    tails of 16-token blocks: the same bits as AVX-512."""
     if kernels.activation_block(GGMLQuantizationType[name]) == 32 and cols == 768:
         cols = 800  # a 32-block row that ends inside a chunk (3.125 chunks)
     w = weight(name, rows, cols, seed=rows)
-    for tokens in (15, 16, 17, 33, 48, 100):
+    for tokens in (7, 8, 15, 16, 17, 31, 33, 48, 100):
         x = torch.randn(tokens, cols, generator=torch.Generator().manual_seed(tokens))
         vnni, amx = on("avx512", kernels.matmul_q8, w, x), on("amx", kernels.matmul_q8, w, x)
         assert torch.equal(vnni, amx), f"{name} {rows}x{cols}, {tokens} tokens"
