@@ -75,6 +75,7 @@ class LocalEngine:
         self._snapshot: list[RunningModel] = []
         self._texts: OrderedDict[str, ModelText] = OrderedDict()  # by digest, the latest few
         self._texts_lock = threading.Lock()
+        self._texts_building: dict[str, threading.Lock] = {}  # digest -> held while it is read
         self._renderer = ChatTemplateRenderer()
         self._commands: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -203,19 +204,28 @@ class LocalEngine:
         self._renderer.close()
 
     def _model_text(self, info: ModelInfo) -> ModelText:
-        """The model's tokenizer and template, read once per file: off the engine thread, since
-        a 262k-token vocabulary takes seconds (under the lock, so it is read once)."""
+        """The model's tokenizer and template, read once per file and off the engine thread
+        (a 262k-token vocabulary takes seconds). One lock per model: reading one model's
+        vocabulary never holds up another's requests, nor the engine thread."""
         with self._texts_lock:
             text = self._texts.get(info.digest)
+            if text is not None:
+                self._texts.move_to_end(info.digest)
+                return text
+            building = self._texts_building.setdefault(info.digest, threading.Lock())
+        with building:
+            with self._texts_lock:
+                text = self._texts.get(info.digest)
             if text is None:
                 try:
                     text = ModelText.load(info)
                 except (OSError, ValueError, GGUFError) as e:
                     raise EngineError(f"model '{info.name}' cannot be read: {e}") from None
-                self._texts[info.digest] = text
-                while len(self._texts) > 8:
-                    self._texts.popitem(last=False)
-            self._texts.move_to_end(info.digest)
+                with self._texts_lock:
+                    self._texts[info.digest] = text
+                    self._texts_building.pop(info.digest, None)
+                    while len(self._texts) > 8:
+                        self._texts.popitem(last=False)
             return text
 
     def _prompt_tokens(self, info: ModelInfo, request: GenerateRequest) -> list[int]:

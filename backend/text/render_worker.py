@@ -75,7 +75,9 @@ class Renderer:
     def render(self, req: dict[str, Any]) -> dict[str, Any]:
         # The address space the render may add: a template that builds 'a'*4000000000 or a
         # million-fold loop output gets MemoryError here instead of swapping the machine.
-        resource.setrlimit(resource.RLIMIT_AS, (_address_space() + req["memory"], resource.RLIM_INFINITY))
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)  # a container may set one; stay under it
+        soft = _address_space() + req["memory"]
+        resource.setrlimit(resource.RLIMIT_AS, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
         signal.setitimer(signal.ITIMER_REAL, req["timeout"])
         try:
             template = self.template(req["source"], req["bos"], req["eos"])
@@ -101,7 +103,7 @@ class Renderer:
             return {"limit": "crash", "error": f"failed: {type(e).__name__}: {e}"}
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
-            resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+            resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
 
 
 def main() -> None:

@@ -48,9 +48,13 @@ class _Worker:
         )  # fmt: skip
         self._poll = select.poll()
         self._poll.register(self.proc.stdout.fileno(), select.POLLIN)
-        ready = self._frame(time.monotonic() + _START_TIMEOUT, 1 << 10)
-        if ready.get("ready") is not True:
-            raise _Lost(f"unexpected greeting {ready!r}")
+        try:
+            ready = self._frame(time.monotonic() + _START_TIMEOUT, 1 << 10)
+            if ready.get("ready") is not True:
+                raise _Lost(f"unexpected greeting {ready!r}")
+        except (_Lost, ValueError):
+            self.kill()
+            raise
 
     def exchange(self, data: bytes, deadline: float, max_reply: int) -> dict[str, Any]:
         try:
