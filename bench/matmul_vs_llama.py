@@ -1,7 +1,8 @@
 """Issue 6 side by side: our quantized matmul (kernels.matmul_q8, the engine's default arithmetic)
 against llama.cpp's own MUL_MAT (bench/ggml_ops.py: ggml's CPU backend from llama-cpp-python,
 on every weight buffer llama.cpp's loader could pick: AMX, CPU_REPACK, plain), same bytes, same
-threads, one run; the ratio is against llama.cpp's fastest path.
+threads, one run; the ratio is against llama.cpp's fastest path. On a CPU with AMX, ours runs
+twice, on the AMX tiles and forced onto AVX-512 VNNI (--isas), in the same run.
 
     python bench/matmul_vs_llama.py --types Q4_K,Q6_K,Q8_0,IQ1_S,IQ2_XXS --tokens 1,8,512
 
@@ -44,14 +45,17 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out", type=Path, help="JSON results file")
+    ap.add_argument("--isas", default="amx,avx512" if kernels.detected_isa() == "amx" else kernels.isa(),
+                    help="our ISA levels to measure, each against the same llama.cpp run")
     args = ap.parse_args()
+    isas = args.isas.split(",")
     kernels.set_num_threads(args.threads)
     torch.set_num_threads(1)
     ggml = Ggml(args.threads)
     bandwidth, peak = read_gbs(args.threads), int8_gops(args.threads)
     print(f"{platform.processor() or platform.machine()}, isa {kernels.isa()}, {args.threads} threads, "
           f"measured read bandwidth {bandwidth:.1f} GB/s, int8 dot-product peak {peak:.0f} GOPS", flush=True)  # fmt: skip
-    header = ("| type | rows x cols | T | ours ms | llama.cpp ms (path) | llama.cpp / ours | ours GB/s (% of bw) "
+    header = ("| type | rows x cols | T | ours (isa) ms | llama.cpp ms (path) | llama.cpp / ours | ours GB/s (% of bw) "
               "| ours GFLOPS (% of int8 peak) | llama.cpp GFLOPS (%) |")  # fmt: skip
     print(header + "\n" + "|---" * (header.count(" | ") + 1) + "|", flush=True)
     rows = []
@@ -68,22 +72,30 @@ def main() -> None:
             def run():
                 return [kernels.matmul_q8(w, xt) for w in weights]
 
-            before = best_of(run, args.reps)
-            ours_y = kernels.matmul_q8(weights[-1], xt).numpy()
+            before, outputs = {}, []
+            for isa in isas:
+                with kernels.use_isa(isa):
+                    before[isa] = best_of(run, args.reps)
+                    outputs.append(kernels.matmul_q8(weights[-1], xt).numpy())
+            ours_y = outputs[0]
+            if not all(np.array_equal(ours_y, o) for o in outputs[1:]):
+                raise SystemExit(f"{name} T={T}: our ISAs {isas} disagree (they must give the same bits)")
             paths, y = ggml.matmul(int(qtype), raws, N, K, x, reps=args.reps)
-            ours_dt = min(before, best_of(run, args.reps)) / len(weights)  # before and after llama.cpp's (a burst lasts seconds)
             check_agreement(ours_y, y, 1e-4, f"{name} T={T}")
             path, llama_dt = min(paths.items(), key=lambda kv: kv[1])
             flops = 2 * N * K * T
-            row = {"type": name, "rows": N, "cols": K, "tokens": T, "ours_ms": ours_dt * 1e3, "llama_ms": llama_dt * 1e3,
-                   "llama_path": path, "llama_paths_ms": {k: v * 1e3 for k, v in paths.items()},
-                   "ratio": llama_dt / ours_dt, "ours_gbs": probe.nbytes / ours_dt / 1e9,
-                   "ours_gflops": flops / ours_dt / 1e9, "llama_gflops": flops / llama_dt / 1e9}  # fmt: skip
-            rows.append(row)
-            print(f"| {name} | {N}x{K} | {T} | {row['ours_ms']:.3f} | {row['llama_ms']:.3f} ({path}) | "
-                  f"**{row['ratio']:.2f}x** | {row['ours_gbs']:.1f} ({100 * row['ours_gbs'] / bandwidth:.0f}%) | "
-                  f"{row['ours_gflops']:.0f} ({100 * row['ours_gflops'] / peak:.0f}%) | "
-                  f"{row['llama_gflops']:.0f} ({100 * row['llama_gflops'] / peak:.0f}%) |", flush=True)  # fmt: skip
+            for isa in isas:
+                with kernels.use_isa(isa):  # before and after llama.cpp's (a burst lasts seconds)
+                    ours_dt = min(before[isa], best_of(run, args.reps)) / len(weights)
+                row = {"type": name, "rows": N, "cols": K, "tokens": T, "isa": isa, "ours_ms": ours_dt * 1e3,
+                       "llama_ms": llama_dt * 1e3, "llama_path": path, "llama_paths_ms": {k: v * 1e3 for k, v in paths.items()},
+                       "ratio": llama_dt / ours_dt, "ours_gbs": probe.nbytes / ours_dt / 1e9,
+                       "ours_gflops": flops / ours_dt / 1e9, "llama_gflops": flops / llama_dt / 1e9}  # fmt: skip
+                rows.append(row)
+                print(f"| {name} | {N}x{K} | {T} | {row['ours_ms']:.3f} ({isa}) | {row['llama_ms']:.3f} ({path}) | "
+                      f"**{row['ratio']:.2f}x** | {row['ours_gbs']:.1f} ({100 * row['ours_gbs'] / bandwidth:.0f}%) | "
+                      f"{row['ours_gflops']:.0f} ({100 * row['ours_gflops'] / peak:.0f}%) | "
+                      f"{row['llama_gflops']:.0f} ({100 * row['llama_gflops'] / peak:.0f}%) |", flush=True)  # fmt: skip
     save(args.out, args.threads, kernels.isa(), bandwidth, rows, int8_peak_gops=peak)
 
 

@@ -3,6 +3,7 @@ runs, medians, ratios, and the derived share of measured bandwidth and of the ro
 
     python bench/run.py --runs 5 --models smollm2:135m gemma3:270m /work/bench-models/v2lite.gguf
     python bench/run.py --engines ours llama.cpp llama.cpp-norepack --note "quiet machine"
+    python bench/run.py --engines ours ours-avx512 llama.cpp ...   # AMX CPU: ours on tiles and on VNNI
 
 Writes bench/results/<UTC time>.json and .md. Each measurement is a fresh process
 (bench/worker.py), so load time and peak RSS are that engine's alone; the 1-minute load average
@@ -29,6 +30,9 @@ sys.path.insert(0, str(ROOT.parent))
 
 from bandwidth import read_gbs  # noqa: E402
 from roofline import bytes_per_token  # noqa: E402
+from side_by_side import lscpu  # noqa: E402
+
+from backend import kernels  # noqa: E402
 
 
 def cpu_name() -> str:
@@ -68,11 +72,20 @@ def wait_quiet(a) -> float:
     return busy
 
 
+# Our engine with its kernels forced onto one ISA level (MOE_ISA): "ours-avx512" runs the VNNI
+# GEMMs on a CPU with AMX, for the AMX row's comparison in the same run.
+FORCED_ISA = {"ours-avx512": "avx512", "ours-avx2": "avx2"}
+
+
 def measure(engine: str, path: str, a) -> dict:
-    cmd = [sys.executable, str(ROOT / "worker.py"), engine, path, "--decode", str(a.decode), "--threads", str(a.threads)]
+    env = dict(os.environ)
+    if engine in FORCED_ISA:
+        env["MOE_ISA"] = FORCED_ISA[engine]
+    cmd = [sys.executable, str(ROOT / "worker.py"), "ours" if engine in FORCED_ISA else engine, path, "--decode",
+           str(a.decode), "--threads", str(a.threads)]  # fmt: skip
     busy = wait_quiet(a)
     load_before = os.getloadavg()[0]
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT.parent, timeout=a.timeout)
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT.parent, timeout=a.timeout, env=env)
     if out.returncode:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -105,6 +118,9 @@ def bench_model(model: str, a, bw: float) -> dict:
     ours = row["median"].get("ours")
     if base and ours:
         row["ratio"] = {k: ours[k] / base[k] for k in ours if base.get(k)}
+    vnni = row["median"].get("ours-avx512")
+    if vnni and ours:
+        row["ratio_vs_avx512"] = {k: ours[k] / vnni[k] for k in ours if vnni.get(k)}
     return row
 
 
@@ -122,10 +138,11 @@ def markdown(meta: dict, rows: list[dict], decode: int) -> str:
             lines.append(f"| {name} | {engine} | {m['pp128_tps']:.1f} | {m['pp512_tps']:.1f} | {m[tg]:.2f} | {m['load_s']:.2f} "
                          f"| {m['peak_rss_mb']:.0f} | {m['decode_gbs']:.1f} | {m['pct_bandwidth']:.0f} % |")  # fmt: skip
             name = ""
-        if "ratio" in r:
-            q = r["ratio"]
-            lines.append(f"| | **ours / llama.cpp** | **{q['pp128_tps']:.2f}x** | **{q['pp512_tps']:.2f}x** | **{q[tg]:.2f}x** "
-                         f"| {q['load_s']:.2f}x | {q['peak_rss_mb']:.2f}x | | |")  # fmt: skip
+        for key, label in (("ratio", "ours / llama.cpp"), ("ratio_vs_avx512", f"ours ({meta.get('isa', '?')}) / ours-avx512")):
+            if key in r:
+                q = r[key]
+                lines.append(f"| | **{label}** | **{q['pp128_tps']:.2f}x** | **{q['pp512_tps']:.2f}x** | **{q[tg]:.2f}x** "
+                             f"| {q['load_s']:.2f}x | {q['peak_rss_mb']:.2f}x | | |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -146,7 +163,7 @@ def main() -> None:
     bw = {str(n): read_gbs(n) for n in sorted({1, a.threads})}
     meta = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_name(), "cores": os.cpu_count(), "threads": a.threads,
             "runs": a.runs, "decode": a.decode, "engines": a.engines, "bandwidth_gbs": bw, "loadavg_start": loadavg,
-            "note": a.note}  # fmt: skip
+            "note": a.note, "isa": kernels.isa(), "lscpu": lscpu()}  # fmt: skip
     out = ROOT / "results"
     out.mkdir(exist_ok=True)
     stem = now.strftime("%Y-%m-%dT%H%M")

@@ -4,6 +4,7 @@ ggml_ops.py): best-of timing after a warm-up pass, the agreement check, the resu
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Callable
@@ -30,9 +31,17 @@ def check_agreement(ours: np.ndarray, theirs: np.ndarray, tolerance: float, what
     return diff
 
 
+def lscpu() -> str:
+    """The machine the numbers came from (model, cores, caches, flags such as amx_int8)."""
+    try:
+        return subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
 def save(out: Path | None, threads: int, isa: str, bandwidth: float, rows: list[dict], **machine: float) -> None:
     """machine: further measured figures of this machine (int8_peak_gops) for the header."""
     if out:
         result = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "threads": threads, "isa": isa,
-                  "bandwidth_gbs": bandwidth, **machine, "rows": rows}  # fmt: skip
+                  "bandwidth_gbs": bandwidth, **machine, "lscpu": lscpu(), "rows": rows}  # fmt: skip
         out.write_text(json.dumps(result, indent=1) + "\n")
