@@ -41,5 +41,6 @@ def server_options(settings: Settings) -> dict[str, Any]:
     arms it when a connection opens and after each response, and closes the connection if no
     whole request head has arrived by then (a slowloris that sends a byte a second included).
     handler_cancellation: a client that disconnects cancels its handler, which closes the
-    engine's stream and frees the sequence at the next step."""
-    return {"keepalive_timeout": settings.header_timeout, "handler_cancellation": True}
+    engine's stream and frees the sequence at the next step.
+    auto_decompress off: body.read_body undoes a Content-Encoding itself, within the limits."""
+    return {"keepalive_timeout": settings.header_timeout, "handler_cancellation": True, "auto_decompress": False}

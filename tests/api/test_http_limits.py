@@ -164,7 +164,8 @@ async def test_content_encoding_gzip_with_a_plain_body_is_a_400(server):
     reader, writer = await connect(server)
     writer.write(head("/api/chat", Content_Length=len(CHAT), Content_Encoding="gzip") + CHAT)
     status, headers, body = await response(reader)
-    assert (status, orjson.loads(body)) == (400, {"error": "invalid request body: Can not decode content-encoding: gzip"})
+    assert (status, orjson.loads(body)) == (400, {"error": "invalid request body: not gzip data (Error -3 while "
+                                                           "decompressing data: incorrect header check)"})
     writer.close()
     # A real gzip body is read as what it decompresses to.
     packed = gzip.compress(CHAT)
@@ -172,6 +173,22 @@ async def test_content_encoding_gzip_with_a_plain_body_is_a_400(server):
     writer.write(head("/api/chat", Content_Length=len(packed), Content_Encoding="gzip") + packed)
     status, _, body = await response(reader)
     assert status == 200 and orjson.loads(body)["done"] is True
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    "encoding,body,status,error",
+    [("deflate", b"\x00", 400, "invalid request body: the deflate data ends early"),  # aiohttp waited forever
+     ("gzip", gzip.compress(CHAT)[:-8], 400, "invalid request body: the gzip data ends early"),
+     ("br", CHAT, 415, 'unsupported Content-Encoding "br": send the body as it is, or as gzip or deflate'),
+     ("identity", CHAT, 200, None)],
+)  # fmt: skip
+async def test_truncated_and_unknown_encodings_are_answered_at_once(server, encoding, body, status, error):
+    reader, writer = await connect(server)
+    writer.write(head("/api/chat", Content_Length=len(body), Content_Encoding=encoding) + body)
+    got, headers, data = await asyncio.wait_for(response(reader), TIMEOUT / 2)
+    assert got == status and headers["content-type"] == "application/json; charset=utf-8"
+    assert error is None or orjson.loads(data) == {"error": error}
     writer.close()
 
 

@@ -1,0 +1,181 @@
+"""Every endpoint fuzzed with hypothesis over its JSON fields and their types, over a real socket:
+no answer is a 500, none hangs, no stream carries an error, and the server still serves after.
+
+Two targets: the fake engine for breadth (every field, many examples), then the real engine on
+SmolLM2 with a smaller budget and short generations, where a crash in the engine would show."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from . import wire_strategies as ws
+from .fake_engine import FakeEngine
+from .live_server import Server
+
+# Deterministic in CI (the same examples each run); fresh examples on a developer's machine.
+FUZZ = settings(deadline=None, database=None, derandomize=os.environ.get("CI") == "true",
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])  # fmt: skip
+FAKE_EXAMPLES = {"chat": 400, "generate": 300, "v1_chat": 300}  # the widest bodies get the most
+FAKE_DEFAULT = 150
+REAL_EXAMPLES = {"chat": 50, "generate": 40, "v1_chat": 40}
+REAL_DEFAULT = 20
+
+
+def send(server: Server, method: str, path: str, body: bytes | None, headers: dict[str, str] | None = None,
+         timeout: float = 20.0) -> tuple[int, str, bytes]:  # fmt: skip
+    """One request on its own connection; a server that does not answer within `timeout` fails it."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
+        r = conn.getresponse()
+        return r.status, r.getheader("Content-Type", ""), r.read()
+    finally:
+        conn.close()
+
+
+def dumps(body: Any) -> bytes:
+    return json.dumps(body).encode()  # the stdlib writes integers past 2^64, as clients may
+
+
+# What streaming.py writes for an exception no layer expected: the 500 of a stream.
+INTERNAL = re.compile(r"^[A-Z]\w*(Error|Exception)\b")
+PROGRESS = ("/api/create", "/api/pull", "/api/push")  # Ollama reports a failure there as the stream's last line
+
+
+def check(path: str, status: int, content_type: str, data: bytes) -> None:
+    """Below 500; errors in the API's error shape; streams well framed, and free of error lines
+    (but for the progress streams' last line, which must be an error a user can read)."""
+    shown = data[:600]
+    if status == 500 and path == "/api/pull":  # Ollama's PullHandler answers a failed pull so (stream false)
+        assert json.loads(data)["error"].startswith("pull model manifest: model "), shown
+        return
+    assert status < 500, (status, shown)
+    if content_type.startswith("text/plain"):
+        # "/", gin's texts for unknown routes and methods, and the HTTP parser's own 400 for a
+        # request it cannot read (a Content-Encoding it has no decoder for), as Go's net/http.
+        assert status in (200, 400, 404, 405), (status, shown)
+    elif status >= 400:
+        error = json.loads(data)["error"]
+        assert isinstance(error["message"] if path.startswith("/v1/") else error, str), shown
+    elif content_type == "application/x-ndjson":
+        lines = [json.loads(line) for line in data.decode().split("\n") if line]
+        assert data.endswith(b"\n") and b"\n\n" not in data, shown
+        assert not any("error" in line for line in lines[:-1]), shown
+        if path in PROGRESS and "error" in lines[-1]:
+            assert isinstance(lines[-1]["error"], str) and not INTERNAL.match(lines[-1]["error"]), shown
+        else:
+            assert lines[-1].get("done") is True or lines[-1].get("status") == "success", shown
+    elif content_type == "text/event-stream":
+        events = [e.removeprefix("data: ") for e in data.decode().split("\n\n") if e]
+        assert events[-1] == "[DONE]" and not any('"error"' in e[:12] for e in events), shown
+    elif status == 200 and data:
+        json.loads(data)
+
+
+def fuzz(server: Server, endpoint: str, limits: ws.Limits, examples: int, bound=lambda body: body, after=None):
+    method, path, bodies = ws.ENDPOINTS[endpoint]
+
+    @settings(FUZZ, max_examples=examples)
+    @given(body=bodies(limits))
+    def run(body):
+        status, content_type, data = send(server, method, path, dumps(bound(body)))
+        event(f"{status}: {json.loads(data).get('error', '')}"[:70] if status >= 400 and content_type.startswith(
+            "application/json") else f"{status} {content_type}")  # see pytest --hypothesis-show-statistics
+        check(path, status, content_type, data)
+        if after:
+            after()
+
+    run()
+
+
+# ---- the fake engine: breadth --------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fake():
+    engine = FakeEngine()
+    engine.add_embedding_model()
+    srv = Server(engine=engine)
+    yield srv
+    srv.close()
+
+
+FAKE_LIMITS = ws.Limits(models=("mymoe", "plain", "embedder", "MyMoE:latest"))
+
+
+@pytest.mark.parametrize("endpoint", [*ws.INFERENCE, "delete"])
+def test_fuzz_fake_engine(fake, endpoint):
+    models = dict(fake.engine.models)
+
+    def restore():  # a fuzzed delete may hit a model the next examples need
+        fake.engine.models = dict(models)
+
+    fuzz(fake, endpoint, FAKE_LIMITS, FAKE_EXAMPLES.get(endpoint, FAKE_DEFAULT), after=restore)
+    status, _, data = send(fake, "POST", "/api/chat", dumps({"model": "mymoe", "stream": False,
+                                                             "messages": [{"role": "user", "content": "hi"}]}))
+    assert status == 200 and json.loads(data)["message"]["content"] == "Hello wörld"
+
+
+@settings(FUZZ, max_examples=300)
+@given(path=st.sampled_from([ws.ENDPOINTS[e][1] for e in ws.INFERENCE] + ["/api/tags", "/api/ps", "/v1/models", "/"]),
+       method=st.sampled_from(["GET", "POST", "DELETE", "HEAD", "PUT"]),
+       body=st.binary(max_size=64) | st.sampled_from([b"", b"{", b"[]", b"null", b'"x"', b"1e400", b'{"model": "mymoe"}',
+                                                      b"\xff\xfe{}", b'{"model": "mymoe", "messages": [] }']),
+       encoding=st.sampled_from([None, "gzip", "deflate", "br", "zstd", "identity", "x-junk", "gzip, gzip"]),
+       content_type=st.sampled_from(["application/json", "application/x-www-form-urlencoded", "text/plain", "multipart/form-data"]))  # fmt: skip
+def test_fuzz_raw_bodies_methods_and_encodings(fake, path, method, body, encoding, content_type):
+    """Bodies that are not JSON objects, under every method and Content-Encoding. (The store's
+    routes have no fake store behind them: they are fuzzed against the real engine below.)"""
+    headers = {"Content-Type": content_type, **({"Content-Encoding": encoding} if encoding else {})}
+    status, content_type, data = send(fake, method, path, body if method != "HEAD" else None, headers)
+    check(path, status, content_type, data)
+
+
+# ---- the real engine on SmolLM2: fewer examples, short generations -------------------------
+
+@pytest.fixture(scope="module")
+def real(smollm2_gguf, tmp_path_factory):
+    root = tmp_path_factory.mktemp("fuzz-models")
+    os.symlink(smollm2_gguf, root / "smollm2.gguf")
+    srv = Server(root, num_parallel=2)
+    yield srv
+    srv.close()
+
+
+REAL_LIMITS = ws.Limits(models=("smollm2", "SmolLM2:latest"), num_predict=st.integers(0, 4),
+                        num_ctx=st.integers(-1, 2048) | st.sampled_from([10**12, 2**40]), num_batch=st.integers(-1, 1024),
+                        number_junk=ws.not_numbers)  # fmt: skip
+
+
+def short(body: Any) -> Any:
+    """At most a few tokens per request: an unset num_predict (-1) would run to the context's end."""
+    if not isinstance(body, dict):
+        return body
+    body = dict(body)
+    if body.get("options") is None:
+        body["options"] = {"num_predict": 4}
+    elif isinstance(body["options"], dict) and body["options"].get("num_predict") is None:
+        body["options"] = {**body["options"], "num_predict": 4}
+    if body.get("max_tokens") is None:
+        body["max_tokens"] = 4
+    return body
+
+
+@pytest.mark.parametrize("endpoint", [*ws.INFERENCE, *ws.STORE])
+def test_fuzz_real_engine(real, endpoint):
+    fuzz(real, endpoint, REAL_LIMITS, REAL_EXAMPLES.get(endpoint, REAL_DEFAULT), bound=short)
+    # The engine lives: the greedy answer is still llama.cpp's, and every listing answers.
+    body = {"model": "smollm2", "stream": False, "options": {"temperature": 0, "num_predict": 16},
+            "messages": [{"role": "user", "content": "What is 2+2?"}]}  # fmt: skip
+    status, _, data = send(real, "POST", "/api/chat", dumps(body), timeout=60)
+    assert status == 200 and json.loads(data)["message"]["content"] == "The answer to this classic math problem is 4."
+    for path in ("/api/tags", "/api/ps", "/v1/models"):
+        status, _, data = send(real, "GET", path, None)
+        assert status == 200 and (path == "/api/ps" or "smollm2:latest" in data.decode()), (path, data[:300])
