@@ -1,6 +1,4 @@
-"""Slow and oversized requests over raw sockets: headers and bodies held open are cut off within the
-configured timeouts, bodies over the limit get the {"error"} shape before they are read, and a body
-that does not match its Content-Encoding is a 400."""
+"""Slow, oversized and mis-encoded requests over raw sockets: cut off in time, answered in the {"error"} shape (issue 20, item 6)."""
 
 from __future__ import annotations
 

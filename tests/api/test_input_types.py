@@ -1,5 +1,4 @@
-"""Client input of the wrong type or out of range, field by field, on the native and OpenAI APIs:
-a 400 that names the field, never a 500 (issue 20, item 14)."""
+"""Fields of the wrong type or out of range on the native and OpenAI APIs: a 400 naming the field (issue 20, item 14)."""
 
 from __future__ import annotations
 
