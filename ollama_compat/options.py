@@ -190,6 +190,8 @@ def stream(value: Any, default: bool = True) -> bool:
         return default
     if isinstance(value, str):
         return value.strip().lower() not in ("false", "0", "no", "off")
+    if isinstance(value, (list, dict)):
+        raise ApiError(400, 'field "stream" must be of type boolean')
     return bool(value)
 
 

@@ -41,6 +41,8 @@ def field(name: str, kind: str) -> dict:
         ("/api/chat", {**CHAT, "truncate": "yes"}, field("truncate", "boolean")),
         ("/api/chat", {**CHAT, "logprobs": 1}, field("logprobs", "boolean")),
         ("/api/chat", {**CHAT, "model": 5}, {"error": "invalid model name"}),
+        ("/api/chat", {**CHAT, "stream": {"on": True}}, field("stream", "boolean")),
+        ("/api/generate", {**GENERATE, "stream": []}, field("stream", "boolean")),
         # generate's own fields
         ("/api/generate", {**GENERATE, "system": 5}, field("system", "string")),
         ("/api/generate", {**GENERATE, "template": {"t": 1}}, field("template", "string")),
@@ -90,6 +92,7 @@ async def test_native_fields_of_the_wrong_type_are_400s(client, engine, path, bo
          'invalid response_format: {"type":"json_schema","json_schema":"s"}'),
         ("/v1/chat/completions", {**V1_CHAT, "seed": 2**64}, f'option "seed" must be {INT64}'),
         ("/v1/chat/completions", {**V1_CHAT, "temperature": "hot"}, 'option "temperature" must be of type number'),
+        ("/v1/completions", {"model": "mymoe", "prompt": "hi", "stream": ["yes"]}, 'field "stream" must be of type boolean'),
     ],
 )  # fmt: skip
 async def test_openai_fields_of_the_wrong_type_are_400s_in_openai_shape(client, engine, path, body, message):
