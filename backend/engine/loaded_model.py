@@ -11,6 +11,8 @@ import torch
 
 from .. import kernels
 from ..gguf_model import open_gguf
+from ..hybrid.accelerator import find_accelerator
+from ..hybrid.placement import place_model
 from ..interface import (
     Chunk,
     EngineError,
@@ -130,6 +132,11 @@ class LoadedModel:
         self.pooling = int(f.metadata.get(f"{f.metadata.get('general.architecture')}.pooling_type", 1) or 1)
         self.num_ctx = _fit_context(context_size(load.num_ctx, info.context_length), config.num_parallel,
                                     self.model.allocate_cache(1).nbytes(), requested=load.num_ctx)
+        # Attention and dense parts of the top num_gpu blocks on the accelerator, if there is one.
+        accel = find_accelerator(config.accelerator, load.main_gpu) if load.num_gpu != 0 else None
+        self.placement, self.hybrid = (
+            place_model(self.model, accel, load.num_gpu, self.num_ctx * config.num_parallel) if accel else (None, None)
+        )
         self.pool = CachePool(self.model.allocate_cache, config.num_parallel, self.num_ctx)
         self.scheduler = Scheduler(self.pool, load.num_batch)
         self.runner = ModelRunner(self.model)
@@ -324,10 +331,19 @@ class LoadedModel:
     # ---- reporting -----------------------------------------------------------------------
 
     def running_model(self) -> RunningModel:
-        size = self.weights_nbytes + self.pool.nbytes()
-        return RunningModel(self.info, size, 0, self.expires_at, self.num_ctx)
+        """size is host plus accelerator memory, size_vram the accelerator's part (Ollama's ps)."""
+        cache = self.pool.nbytes()
+        if self.placement is None:
+            return RunningModel(self.info, self.weights_nbytes + cache, 0, self.expires_at, self.num_ctx)
+        p = self.placement
+        cache_vram = p.cache_bytes_per_token * sum(s.cache.capacity for s in self.pool.slots if s is not None)
+        vram = p.weights_bytes + cache_vram
+        host = max(0, self.weights_nbytes - p.weights_bytes) + max(0, cache - cache_vram)
+        return RunningModel(self.info, host + vram, vram, self.expires_at, self.num_ctx)
 
     def close(self) -> None:
         self.fail_all(EngineError("model unloaded"))
+        if self.hybrid is not None:
+            self.hybrid.close()
         self.model = None
         self.pool = None

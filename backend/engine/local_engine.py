@@ -53,6 +53,7 @@ class EngineConfig:
     max_queue: int = 512  # OLLAMA_MAX_QUEUE: requests waiting beyond that get 503
     default_keep_alive: float = 300.0  # seconds; < 0 keeps models forever
     num_thread: int = 0  # 0: one per physical core
+    accelerator: str | None = None  # MOE_ACCELERATOR's modes (backend.hybrid.accelerator); None: the env's
     prune: bool = True  # OLLAMA_NOPRUNE unset: unused blobs go at start-up and after delete/re-create
 
 
@@ -392,8 +393,9 @@ def create_engine(
     max_queue: int = 512,
     default_keep_alive: float = 300.0,
     num_thread: int = 0,
+    accelerator: str | None = None,
     prune: bool = True,
 ) -> LocalEngine:
-    config = EngineConfig(models_dir, num_parallel, max_queue, default_keep_alive, num_thread, prune=prune)
+    config = EngineConfig(models_dir, num_parallel, max_queue, default_keep_alive, num_thread, accelerator, prune)
     return LocalEngine(config)
 

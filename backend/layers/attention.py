@@ -43,13 +43,13 @@ def causal_attention(
         # prefill is square (top-left causal is the same thing), a decode step sees every key.
         mask, causal = None, False
         if window is not None and past + n > window:
-            pos = torch.arange(past, past + n)[:, None]  # [n, 1]
-            key = torch.arange(past + n)[None, :]  # [1, S]
+            pos = torch.arange(past, past + n, device=q.device)[:, None]  # [n, 1]
+            key = torch.arange(past + n, device=q.device)[None, :]  # [1, S]
             mask = (key <= pos) & (pos - key < window)  # [n, S]
         elif n > 1 and past == 0:
             causal = True
         elif n > 1:
-            mask = torch.ones(n, past + n, dtype=torch.bool).tril(diagonal=past)  # [n, S]
+            mask = torch.ones(n, past + n, dtype=torch.bool, device=q.device).tril(diagonal=past)  # [n, S]
         o = F.scaled_dot_product_attention(
             q[start:end].transpose(0, 1),  # [H, n, Dh]
             keys.transpose(0, 1),  # [K, S, Dh]
@@ -113,4 +113,5 @@ class Attention(nn.Module):
     def allocate(self, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
         """This layer's (keys, values) cache, [capacity, K, Dh] each."""
         shape = (capacity, self.num_kv_heads, self.head_dim)
-        return torch.zeros(shape), torch.zeros(shape)
+        device = self.inv_freq.device  # the accelerator's when the block was placed there
+        return torch.zeros(shape, device=device), torch.zeros(shape, device=device)

@@ -70,6 +70,7 @@ class Linear(nn.Module):
         if (weight is None) == (qweight is None):
             raise ValueError("Linear needs exactly one of a float weight and a quantized one")
         self.qweight = qweight
+        self.gpu_weight = None  # the weight on a CUDA device, once placed there (place())
         self.register_buffer("_weight", weight)
         self.register_buffer("bias", bias)
 
@@ -87,7 +88,23 @@ class Linear(nn.Module):
         q = self.qweight
         return torch.from_numpy(kernels.dequantize(q.raw, q.ggml_type, q.shape))
 
+    def place(self, accel) -> None:
+        """Readies this layer for `accel` (backend.hybrid's Accelerator; its buffers have moved
+        already). On CUDA the GGUF blocks are uploaded as they are, for the dequantizing GPU
+        kernels; the stand-in keeps the CPU kernels, which is what makes its bits the CPU's."""
+        if accel.is_standin or self.qweight is None:
+            return
+        from ..hybrid.gpu_weights import GpuWeight
+
+        self.gpu_weight = GpuWeight.upload(self.qweight, accel.device)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [..., K] -> [..., N]
+        if self.gpu_weight is not None and x.device.type == "cuda":
+            from ..hybrid.gpu_weights import gpu_linear
+
+            n, k = self.qweight.shape
+            y = gpu_linear(x.reshape(-1, k).float(), self.gpu_weight).reshape(*x.shape[:-1], n).to(x.dtype)
+            return y if self.bias is None else y + self.bias
         if self.qweight is None or x.device.type != "cpu":
             return F.linear(x, self.weight.to(x.device, x.dtype), self.bias)
         n, k = self.qweight.shape

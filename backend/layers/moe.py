@@ -36,6 +36,7 @@ class Experts(nn.Module):
     """
 
     activations = DEFAULT_ACTIVATIONS
+    hybrid = None  # a backend.hybrid HybridExperts when the block around runs on an accelerator
 
     def __init__(self, gate: list[Linear], up: list[Linear], down: list[Linear],
                  stacked: tuple[kernels.QuantWeight, ...] | None = None):  # fmt: skip
@@ -61,6 +62,8 @@ class Experts(nn.Module):
     def forward(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor,
                 shared: FeedForward | None = None) -> torch.Tensor:  # fmt: skip
         """The routed experts' weighted sum, plus `shared` (always-on experts) when given."""
+        if self.hybrid is not None:
+            return self.hybrid(self, x, weights, ids, shared)
         if self.stacked is not None and x.device.type == "cpu":
             # One fused call: experts in expert-major order, each one's weights read once, the
             # shared experts as one more expert every token visits.
@@ -70,6 +73,14 @@ class Experts(nn.Module):
             return out if shared is None or fused is not None else out + shared(x)
         out = self.reference(x, weights, ids)
         return out if shared is None else out + shared(x)
+
+    def routed(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The routed experts alone, on the CPU (x [T, D] there): what a hybrid step runs
+        asynchronously; the same partial sums as forward() before it adds shared experts."""
+        if self.stacked is not None:
+            out = kernels.moe_experts(x, ids, weights, *self.stacked, len(self.gate), self.activations)
+            return out.to(x.dtype)
+        return self.reference(x, weights, ids)
 
     def reference(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The same layer as a loop of per-expert matmuls (float weights, other devices)."""

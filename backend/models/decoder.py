@@ -16,6 +16,10 @@ class DecoderLM(nn.Module):
     layer(x, positions, batch, i)), `norm` and `output` in __init__(f, args)."""
 
     args_class: type  # the architecture's ModelArgs, with from_gguf(f)
+    # Set by backend.hybrid.placement.apply: which blocks (and whether the LM head) run on the
+    # accelerator; None runs everything on the CPU.
+    placement = None
+    accelerator = None
 
     @classmethod
     def from_gguf(cls, f: GGUFFile) -> "DecoderLM":
@@ -35,11 +39,26 @@ class DecoderLM(nn.Module):
     @torch.inference_mode()
     def hidden_states(self, tokens: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
         """tokens [T] -> final-normed hidden states [T, D]; writes the batch's caches, no advance."""
-        positions = batch.positions().to(self.embed.device)  # [T]
+        positions = {False: batch.positions().to(self.embed.device)}  # [T] on each side, copied once
         x = self.embed_tokens(tokens)  # [T, D]
+        on_accel = False
         for i, layer in enumerate(self.layers):
-            x = layer(x, positions, batch, i)
+            x, on_accel = self._cross(x, on_accel, self.placement is not None and self.placement.on_gpu(i))
+            if on_accel not in positions:
+                positions[on_accel] = self.accelerator.to_device(positions[False])
+            x = layer(x, positions[on_accel], batch, i)
+        x, _ = self._cross(x, on_accel, self._head_on_accel)
         return self.norm(x)
+
+    @property
+    def _head_on_accel(self) -> bool:
+        return self.placement is not None and self.placement.head_on_gpu
+
+    def _cross(self, x: torch.Tensor, on_accel: bool, want: bool) -> tuple[torch.Tensor, bool]:
+        """x moved to the accelerator (want) or the host: only where consecutive blocks differ."""
+        if on_accel == want:
+            return x, on_accel
+        return (self.accelerator.to_device(x) if want else self.accelerator.to_host(x)), want
 
     @torch.inference_mode()
     def forward(
@@ -52,5 +71,6 @@ class DecoderLM(nn.Module):
         """
         x = self.hidden_states(tokens, batch)  # [T, D]
         if logits_indices is not None:
-            x = x[logits_indices]  # [L, D]
-        return self.finish_logits(self.output(x).float())
+            x = x[logits_indices.to(x.device)]  # [L, D]
+        logits = self.finish_logits(self.output(x).float())
+        return self.accelerator.to_host(logits) if self._head_on_accel else logits
