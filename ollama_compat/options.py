@@ -128,11 +128,7 @@ def load_options(options: dict[str, Any], settings: Settings) -> LoadOptions:
     if o["num_ctx"] < 1 or o["num_batch"] < 1:
         raise ApiError(400, "num_ctx and num_batch must be positive")
     o["num_thread"] = _num_thread(o["num_thread"])
-    # Accepted with Ollama's types, but this engine has nothing to apply them to: said in the log.
-    if o["num_gpu"] not in (-1, 0):
-        log.info("num_gpu=%s: no GPU layers on this build, running on the CPU", o["num_gpu"])
-    if o["main_gpu"]:
-        log.info("main_gpu=%s ignored: no GPU on this build", o["main_gpu"])
+    # num_gpu and main_gpu go to the engine's placement (blocks on the accelerator, if there is one).
     if o["use_mmap"] is False:
         log.info("use_mmap=false ignored: GGUF weights are always memory-mapped (their quantized blocks are used in place)")
     return LoadOptions(o["num_ctx"], o["num_batch"], o["num_thread"], o["num_gpu"], o["main_gpu"], o["use_mmap"])
