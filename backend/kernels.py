@@ -7,7 +7,6 @@ import contextlib
 import ctypes
 import glob
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -477,15 +476,6 @@ def moe_experts(
     )  # fmt: skip
     _check(code, "moe_experts")
     return out
-
-
-_MOE_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="moe")
-
-
-def moe_experts_async(*args, **kwargs) -> Future:
-    """moe_experts on a background thread, so the caller (attention or shared experts on a GPU)
-    overlaps the CPU experts: the kernel releases the GIL. `.result()` waits for it."""
-    return _MOE_THREAD.submit(moe_experts, *args, **kwargs)
 
 
 def moe_experts_reference(
