@@ -207,12 +207,7 @@ def _write_manifest(store: ModelStore, ref: mf.ModelRef, layers: list[dict[str, 
     """Writes (or replaces) the manifest of `ref`, in the spelling the name already has on disk,
     then removes the blobs only the replaced manifest used (unless OLLAMA_NOPRUNE)."""
     existing = mf.existing_manifests(store.root, ref)
-    replaced: set[str] = set()
-    for path in existing:
-        try:
-            replaced |= mf.referenced_digests(path.read_bytes()) or set()
-        except OSError:
-            pass
+    replaced = mf.digests_named_by(existing)
     mf.write_manifest(store.root, ref, layers, existing[0] if existing else None)
     for other in existing[1:]:  # other spellings of the same name: one name, one manifest
         other.unlink(missing_ok=True)

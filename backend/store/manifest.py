@@ -151,6 +151,17 @@ def referenced_digests(data: bytes) -> set[str] | None:
     return found
 
 
+
+def digests_named_by(paths: list[Path]) -> set[str]:
+    """Every digest the manifests at `paths` name (unreadable or non-JSON ones name none)."""
+    found: set[str] = set()
+    for path in paths:
+        try:
+            found |= referenced_digests(path.read_bytes()) or set()
+        except OSError:
+            pass
+    return found
+
 def read_manifest(root: Path, ref: ModelRef, path: Path | None = None) -> Manifest:
     path = path or manifest_path(root, ref)
     data = path.read_bytes()

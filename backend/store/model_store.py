@@ -256,12 +256,8 @@ class ModelStore:
         with self.changing():
             paths = mf.existing_manifests(self.root, ref)
             if paths:
-                candidates: set[str] = set()
+                candidates = mf.digests_named_by(paths)
                 for path in paths:
-                    try:
-                        candidates |= mf.referenced_digests(path.read_bytes()) or set()
-                    except OSError:
-                        pass
                     path.unlink(missing_ok=True)
                 pr.remove_empty_dirs(self.root / "manifests")
                 pr.remove_unused(self.root, candidates)
