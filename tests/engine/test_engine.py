@@ -20,20 +20,6 @@ GREEDY = SamplingParams(temperature=0, repeat_penalty=1.0, num_predict=12)
 PROMPTS = ["hello world", "the quick brown fox", "a b c d e f g", "tiny"]
 
 
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    write_model("llama", root / "tiny.gguf", config={"max_position_embeddings": 256}, seed=1)
-    return root
-
-
-@pytest.fixture
-def engine(models_dir):
-    eng = create_engine(str(models_dir), num_parallel=4, default_keep_alive=60)
-    yield eng
-    eng.close()
-
-
 def request(prompt, sampling=GREEDY, **kw):
     kw.setdefault("load", LoadOptions(num_ctx=256, num_batch=32))
     return GenerateRequest(model="tiny", prompt=prompt, sampling=sampling, **kw)

@@ -17,26 +17,11 @@ from backend.interface import (
     LoadOptions,
     SamplingParams,
 )
-from backend.testmodels import write_model
 
 from .claimed_context import write_claiming_context
 
 GREEDY = SamplingParams(temperature=0, repeat_penalty=1.0, num_predict=8)
 LOAD = LoadOptions(num_ctx=256, num_batch=32)
-
-
-@pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    write_model("llama", root / "tiny.gguf", config={"max_position_embeddings": 256}, seed=1)
-    return root
-
-
-@pytest.fixture
-def engine(models_dir):
-    eng = create_engine(str(models_dir), num_parallel=4, default_keep_alive=60)
-    yield eng
-    eng.close()
 
 
 def request(prompt, sampling=GREEDY, **kw):
