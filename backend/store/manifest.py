@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,18 +177,31 @@ def is_manifest_name(name: str) -> bool:
 
 def iter_manifests(root: Path) -> Iterator[tuple[ModelRef, Path]]:
     """manifests/<host>/<namespace>/<model>/<tag>; anything that is not a valid name is skipped."""
-    base = root / "manifests"
-    if not base.is_dir():
-        return
-    for path in base.glob("*/*/*/*"):
+    for path in _walk(root / "manifests", 4):
         if not is_manifest_name(path.name) or not path.is_file():
             continue
-        host, namespace, model, tag = path.relative_to(base).parts
+        host, namespace, model, tag = path.relative_to(root / "manifests").parts
         try:
             ref = parse_name(f"{host}/{namespace}/{model}:{tag}")
         except InvalidRequest:
             continue
         yield ref, path
+
+
+def _walk(directory: Path, depth: int) -> Iterator[Path]:
+    """The entries `depth` levels below `directory`. A listing reads without the store's lock, so
+    a delete may remove a directory it is about to read: that directory simply has nothing
+    (pathlib's glob raised FileNotFoundError then, a 500 on /api/tags beside a delete)."""
+    try:
+        with os.scandir(directory) as entries:
+            children = [Path(e.path) for e in entries if depth == 1 or e.is_dir()]
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    for child in children:
+        if depth == 1:
+            yield child
+        else:
+            yield from _walk(child, depth - 1)
 
 
 def existing_manifests(root: Path, ref: ModelRef) -> list[Path]:

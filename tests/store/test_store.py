@@ -82,3 +82,20 @@ def test_broken_file_is_not_listed_but_reported_on_resolve(tmp_path, tiny_gguf):
     assert store.list() == []
     with pytest.raises(Exception, match="broken.gguf"):
         store.resolve("broken")
+
+
+def test_a_listing_survives_directories_removed_while_it_reads(tmp_path):
+    # A listing takes no lock: a delete may remove a model's directory between the listing
+    # reading its parent and reading it (Python 3.11's glob raised FileNotFoundError there).
+    names = ("alpha", "beta", "gamma")
+    for name in names:
+        path = mf.manifest_path(tmp_path, mf.parse_name(name))
+        path.parent.mkdir(parents=True)
+        path.write_text("{}")
+    listing = mf.iter_manifests(tmp_path)
+    first, _ = next(listing)
+    for name in names:
+        if name != first.model:
+            shutil.rmtree(mf.manifest_path(tmp_path, mf.parse_name(name)).parent)
+    assert list(listing) == []
+    assert [ref.model for ref, _ in mf.iter_manifests(tmp_path)] == [first.model]
