@@ -31,7 +31,7 @@ from .kv_cache import CachePool, ForwardBatch
 from .model_runner import ModelRunner
 from .model_text import ModelText, context_size, truncated
 from .scheduler import ScheduledItem, Scheduler
-from .sequence import Sequence, Status
+from .sequence import Sequence, Status, bounded_num_predict
 
 log = logging.getLogger(__name__)
 
@@ -252,7 +252,7 @@ class LoadedModel:
         if delta.stopped or (grammar is not None and grammar.finished):
             return self._finish(seq, "stop")
         limit = seq.params.num_predict
-        if limit >= 0 and len(seq.output) >= limit:
+        if len(seq.output) >= bounded_num_predict(limit, self.num_ctx):
             return self._finish(seq, "length")
         if len(seq.tokens) >= self.num_ctx:
             if limit == -2 or not seq.request.shift:
@@ -278,14 +278,19 @@ class LoadedModel:
     def _finish(self, seq: Sequence, reason: str) -> None:
         tail = self._texts[seq.id].finish()
         t = seq.timings
+        # prompt_eval_count is the whole prompt, as Ollama's runner counts it before trimming the
+        # cached prefix (clients read it as the context in use); what ran shows in the debug log.
         metrics = Metrics(
             total_duration=int((time.perf_counter() - t.submitted) * 1e9) + t.load_ns,  # load came first
             load_duration=t.load_ns,
-            prompt_eval_count=t.prompt_eval_count,
+            prompt_eval_count=seq.prompt_len,
             prompt_eval_duration=t.prompt_eval_ns,
             eval_count=len(seq.output),
             eval_duration=t.eval_ns,
         )
+        log.debug("sequence %d done (%s): prompt %d tokens, %d computed, %d from the cache; %d generated; %s",
+                  seq.id, reason, seq.prompt_len, t.prompt_eval_count, seq.prompt_len - t.prompt_eval_count,
+                  len(seq.output), seq.params)  # fmt: skip
         seq.emit(
             Chunk(
                 content=tail.content,

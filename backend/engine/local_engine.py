@@ -331,7 +331,10 @@ class LocalEngine:
         self._loaded[info.name] = lm
         self._touch(lm, keep_alive)
         self._publish()
-        return lm, time.perf_counter_ns() - start
+        took = time.perf_counter_ns() - start
+        log.info("model loaded: %s in %.2f s, %s, num_ctx %d, %d parallel, %s", info.name, took / 1e9,
+                 _memory(lm), lm.num_ctx, self.config.num_parallel, info.paths[0])  # fmt: skip
+        return lm, took
 
     def _touch(self, lm, keep_alive: float | None) -> None:
         if keep_alive is not None:
@@ -347,7 +350,7 @@ class LocalEngine:
             return
         if lm.idle:
             del self._loaded[name]
-            lm.close()
+            self._close(name, lm, "unload requested")
         else:
             lm.unload_requested = True  # unload as soon as its running requests finish
             lm.expires_at = 0.0
@@ -359,9 +362,14 @@ class LocalEngine:
             if lm.idle and lm.expires_at <= now:
                 del self._loaded[name]
                 try:
-                    lm.close()
+                    self._close(name, lm, "keep_alive expired" if lm.expires_at else "unload requested")
                 except Exception:
                     log.exception("closing %s failed", name)
+
+    def _close(self, name: str, lm, why: str) -> None:
+        held, start = _memory(lm), time.perf_counter()
+        lm.close()
+        log.info("model unloaded: %s (%s) in %.2f s, %s freed", name, why, time.perf_counter() - start, held)
 
     def _next_expiry(self) -> float:
         times = [lm.expires_at for lm in self._loaded.values() if lm.expires_at != math.inf]
@@ -375,6 +383,15 @@ class LocalEngine:
             self._snapshot = sorted(models, key=lambda m: m.expires_at, reverse=True)
         except Exception:
             log.exception("could not list the running models; /api/ps keeps the last list")
+
+
+def _memory(lm) -> str:
+    """A loaded model's memory for the log (never fails the load or unload it reports on)."""
+    try:
+        m = lm.running_model()
+    except Exception:
+        return "size unknown"
+    return f"size {m.size / 2**20:.1f} MiB ({m.size_vram / 2**20:.1f} MiB on the accelerator)"
 
 
 def _settle(fut: asyncio.Future, result, error) -> None:

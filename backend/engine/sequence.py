@@ -13,6 +13,19 @@ from .sampling import Sampler
 
 _ids = itertools.count(1)
 
+# Ollama's llm/llama_server.go (openEndedGenerationContextMultiplier): an open-ended request
+# (num_predict -1) may still generate for ever on a model that never emits EOS, the context
+# shifting under it; Ollama gives it a budget of ten context windows.
+OPEN_ENDED_CONTEXTS = 10
+
+
+def bounded_num_predict(num_predict: int, num_ctx: int) -> int:
+    """Ollama's boundedNumPredict: -1 (and any count past 10 x num_ctx) becomes 10 x num_ctx."""
+    if num_ctx <= 0:
+        return num_predict
+    limit = OPEN_ENDED_CONTEXTS * num_ctx
+    return limit if num_predict < 0 or num_predict > limit else num_predict
+
 
 class StopMatcher:
     """Finds stop strings in streamed text without ever emitting any part of one.

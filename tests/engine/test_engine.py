@@ -1,6 +1,8 @@
 """The engine end to end on a generated model: batching, seeds, cancellation, reuse, faults."""
 
 import asyncio
+import logging
+import re
 
 import pytest
 
@@ -14,6 +16,7 @@ from backend.interface import (
     SamplingParams,
 )
 from backend.engine.sampling import Sampler
+from backend.engine.sequence import bounded_num_predict
 from backend.testmodels import write_model
 
 GREEDY = SamplingParams(temperature=0, repeat_penalty=1.0, num_predict=12)
@@ -61,11 +64,19 @@ async def test_metrics_are_measured(engine):
     assert final.done_reason in ("stop", "length")
 
 
-async def test_second_turn_reuses_the_cached_prefix(engine):
-    first = (await collect(engine, request("the same long system prompt and a first question")))[-1]
-    follow = "".join(["the same long system prompt and a first question", " and more"])
-    second = (await collect(engine, request(follow)))[-1]
-    assert second.metrics.prompt_eval_count < first.metrics.prompt_eval_count
+async def test_second_turn_reuses_the_cached_prefix(engine, caplog):
+    """prompt_eval_count is the whole prompt, as Ollama reports it (its runner counts the inputs
+    before trimming the cached prefix); the reuse shows in the debug log."""
+    caplog.set_level(logging.DEBUG, logger="backend.engine.loaded_model")
+    first_prompt = "the same long system prompt and a first question"
+    first = (await collect(engine, request(first_prompt)))[-1]
+    second = (await collect(engine, request(first_prompt + " and more")))[-1]
+    whole = len(first.context) - first.metrics.eval_count
+    assert first.metrics.prompt_eval_count == whole
+    assert second.metrics.prompt_eval_count == len(second.context) - second.metrics.eval_count > whole
+    done = [r.getMessage() for r in caplog.records if " done (" in r.getMessage()]
+    computed, cached = re.search(r"(\d+) computed, (\d+) from the cache", done[-1]).groups()
+    assert int(cached) >= whole - 1 and int(computed) + int(cached) == second.metrics.prompt_eval_count
 
 
 async def test_cancel_frees_capacity(models_dir):
@@ -230,7 +241,24 @@ async def test_a_full_context_shifts_unless_the_request_says_not_to(engine):
     unshifted = (await collect(engine, request("hello world", long, load=small, shift=False)))[-1]
     full = (await collect(engine, request("hello world", SamplingParams(
         temperature=0, repeat_penalty=1.0, num_predict=-2), load=small)))[-1]
-    # Both stop at the wall: the prompt's few tokens plus the answer fill the 32 positions (the
-    # prompt was cached by the first request, so prompt_eval_count does not tell its length).
+    # Both stop at the wall: the prompt's tokens plus the answer fill the 32 positions.
     assert unshifted.done_reason == full.done_reason == "length"
-    assert 20 < unshifted.metrics.eval_count == full.metrics.eval_count < 32
+    assert unshifted.metrics.prompt_eval_count + unshifted.metrics.eval_count == 32
+    assert full.metrics.prompt_eval_count + full.metrics.eval_count == 32
+
+
+@pytest.mark.parametrize("num_predict, num_ctx, want", [
+    (-1, 2048, 20480), (100, 2048, 100), (30000, 2048, 20480), (-1, 0, -1),
+])  # fmt: skip
+def test_open_ended_generation_gets_ollamas_budget(num_predict, num_ctx, want):
+    """Ollama's own table (llm/llama_server_test.go TestBoundedNumPredict)."""
+    assert bounded_num_predict(num_predict, num_ctx) == want
+
+
+async def test_a_request_without_num_predict_ends_after_ten_contexts(engine):
+    """No num_predict on a model that never emits EOS: the context shifts, and the answer ends
+    with done_reason "length" after 10 x num_ctx tokens, as Ollama's boundedNumPredict."""
+    small = LoadOptions(num_ctx=32, num_batch=32)
+    endless = SamplingParams(temperature=0, repeat_penalty=1.0)  # num_predict -1, the default
+    final = (await collect(engine, request("hello world", endless, load=small)))[-1]
+    assert final.done_reason == "length" and final.metrics.eval_count == 10 * 32
