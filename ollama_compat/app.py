@@ -8,7 +8,7 @@ from aiohttp import web
 
 from backend.interface import Engine
 
-from . import management, openai, routes
+from . import anthropic, management, openai, routes
 from .appkeys import ENGINE, SETTINGS
 from .cors import OriginPolicy, add_cors_headers, cors_middleware
 from .errors import error_middleware
@@ -23,6 +23,7 @@ def create_app(engine: Engine, settings: Settings) -> web.Application:
             web.normalize_path_middleware(append_slash=False, remove_slash=True, merge_slashes=True),
             error_middleware,
             openai.openai_errors,  # inner: /v1 errors in OpenAI's shape
+            anthropic.anthropic_errors,  # innermost: /v1/messages errors in Anthropic's shape
         ],
     )
     app[ENGINE] = engine
@@ -31,6 +32,7 @@ def create_app(engine: Engine, settings: Settings) -> web.Application:
     routes.add_routes(app)
     management.add_routes(app)
     openai.add_routes(app)
+    anthropic.add_routes(app)
     return app
 
 

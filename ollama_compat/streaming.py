@@ -62,3 +62,37 @@ async def collect(items: AsyncIterator[dict], merge) -> web.Response:
     finally:
         await items.aclose()
     return json_response(acc if acc is not None else {})
+
+
+async def stream_sse_events(request: web.Request, events: AsyncIterator[tuple[str, dict]], error_event) -> web.StreamResponse:
+    """Named SSE events (`event: name` + `data: json`), as Anthropic's Messages and OpenAI's
+    Responses streams are framed. Like stream_ndjson, the first event is awaited before any byte
+    goes out, so a bad request still gets its HTTP status; a later failure becomes the event
+    `error_event(message)` returns, the API's own error event."""
+    try:
+        first = await anext(events)
+    except StopAsyncIteration:
+        first = None
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await response.prepare(request)
+
+    def frame(name: str, data: dict) -> bytes:
+        return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+
+    try:
+        if first is not None:
+            await response.write(frame(*first))
+            async for event in events:
+                await response.write(frame(*event))
+    except (ApiError, EngineError) as e:
+        await response.write(frame(*error_event(e.message)))
+    except (ConnectionResetError, ConnectionError):
+        log.info("client went away during %s", request.path)
+        return response
+    except Exception as e:
+        log.exception("stream failed during %s", request.path)
+        await response.write(frame(*error_event(f"{type(e).__name__}: {e}")))
+    finally:
+        await events.aclose()
+    await response.write_eof()
+    return response
