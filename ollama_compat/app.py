@@ -8,7 +8,7 @@ from aiohttp import web
 
 from backend.interface import Engine
 
-from . import anthropic, management, openai, routes
+from . import anthropic, management, openai, responses, routes
 from .appkeys import ENGINE, SETTINGS
 from .cors import OriginPolicy, add_cors_headers, cors_middleware
 from .errors import error_middleware
@@ -33,6 +33,7 @@ def create_app(engine: Engine, settings: Settings) -> web.Application:
     management.add_routes(app)
     openai.add_routes(app)
     anthropic.add_routes(app)
+    responses.add_routes(app)
     return app
 
 
