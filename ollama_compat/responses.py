@@ -47,6 +47,7 @@ def _content(content: Any, where: str) -> tuple[str, list[str]]:
             fields.check(part, {"text": "string"}, at + ".")
             text += part.get("text") or ""
         elif kind == "refusal":
+            fields.check(part, {"refusal": "string"}, at + ".")
             text += part.get("refusal") or ""
         elif kind == "input_image":
             url = part.get("image_url")
@@ -114,6 +115,7 @@ def _items(items: list, messages: list[dict[str, Any]]) -> None:
                 message["images"] = images
             messages.append(message)
         elif kind == "reasoning":
+            fields.check(item, {"summary": "array", "encrypted_content": "string"}, at + ".")
             # Our own reasoning items carry the thinking as plain text in encrypted_content.
             summary = "".join(s.get("text") or "" for s in item.get("summary") or [] if isinstance(s, dict))
             thinking = item.get("encrypted_content") or summary

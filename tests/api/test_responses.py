@@ -166,6 +166,7 @@ async def test_errors(oai, client, engine):
               "image URLs and file ids are not supported"),
              ({"model": "mymoe", "input": [{"type": "function_call", "call_id": "c", "name": "f", "arguments": "{"}]},
               "failed to parse function call arguments"),
+             ({"model": "mymoe", "input": [{"type": "reasoning", "summary": 5}]}, 'field "input[0].summary" must be of type array'),
              ({"model": "mymoe", "input": "x", "max_output_tokens": "5"}, 'field "max_output_tokens" must be of type integer')]  # fmt: skip
     for body, message in cases:
         r = await client.post("/v1/responses", json=body)
