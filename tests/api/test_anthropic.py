@@ -3,6 +3,7 @@ sequence) and raw HTTP, over the fake engine and, end to end, over SmolLM2."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import anthropic
@@ -229,3 +230,22 @@ def test_real_model_streams_through_the_anthropic_client(smollm2_gguf, tmp_path)
         assert short.stop_reason == "max_tokens" and short.usage.output_tokens == 3
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_disconnect_cancels_the_generation(client, engine, stream):
+    """Claude Code's Esc closes the connection: the generation behind it stops, streaming or not."""
+    engine.delay = 0.2
+    engine.script = [Chunk(content=str(i)) for i in range(50)] + [Chunk(done=True, metrics=METRICS)]
+    request = asyncio.ensure_future(client.post("/v1/messages", json={"model": "mymoe", "max_tokens": 99,
+                                                                      "messages": HI, "stream": stream}))  # fmt: skip
+    if stream:
+        (await request).close()  # after the headers and message_start
+    else:
+        await asyncio.sleep(0.5)
+        request.cancel()
+    for _ in range(40):
+        if engine.cancelled:
+            break
+        await asyncio.sleep(0.05)
+    assert engine.cancelled == 1

@@ -3,6 +3,7 @@ order and identity) and raw HTTP, over the fake engine and, end to end, over Smo
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import openai
@@ -199,3 +200,21 @@ def test_real_model_through_the_responses_api(smollm2_gguf, tmp_path):
         assert text == final.output_text == reply.output_text and final.usage.output_tokens == reply.usage.output_tokens
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_disconnect_cancels_the_generation(client, engine, stream):
+    """Codex's Ctrl-C closes the connection: the generation behind it stops, streaming or not."""
+    engine.delay = 0.2
+    engine.script = [Chunk(content=str(i)) for i in range(50)] + [DONE]
+    request = asyncio.ensure_future(client.post("/v1/responses", json={"model": "mymoe", "input": "hi", "stream": stream}))
+    if stream:
+        (await request).close()  # after the headers and response.created
+    else:
+        await asyncio.sleep(0.5)
+        request.cancel()
+    for _ in range(40):
+        if engine.cancelled:
+            break
+        await asyncio.sleep(0.05)
+    assert engine.cancelled == 1
