@@ -9,6 +9,7 @@ from aiohttp import web
 from backend.interface import Engine
 
 from . import anthropic, management, openai, responses, routes
+from .access_log import access_log
 from .appkeys import ENGINE, SETTINGS
 from .cors import OriginPolicy, add_cors_headers, cors_middleware
 from .errors import error_middleware
@@ -19,6 +20,7 @@ def create_app(engine: Engine, settings: Settings) -> web.Application:
     app = web.Application(
         client_max_size=settings.max_body,  # aiohttp's default is 1 MiB
         middlewares=[
+            access_log,  # outermost: one line per request, the CORS and host refusals included
             cors_middleware(policy),  # before routing, as gin's: a preflight works on any path
             web.normalize_path_middleware(append_slash=False, remove_slash=True, merge_slashes=True),
             error_middleware,

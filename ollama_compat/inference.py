@@ -21,6 +21,7 @@ from . import options as opt
 from . import types as wire
 from .appkeys import ENGINE, SETTINGS
 from .errors import ApiError
+from .logs import TRACE
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +178,16 @@ def prepare_chat(app: web.Application, body: dict) -> Job:
         model=info.name, prompt=prompt, images=images, think=split_thinking, parse_tools=bool(tools),
         **_common(app, body, info),
     )  # fmt: skip
+    _log_request("chat", request, len(messages), len(tools or ()))
     return Job(model, info, request)
+
+
+def _log_request(kind: str, request: GenerateRequest, num_messages: int, num_tools: int = 0) -> None:
+    """OLLAMA_DEBUG=1: what the engine is asked for; 2 adds the rendered prompt itself."""
+    log.debug("%s request: model %s, %d messages, %d tools, think %s, format %s, keep_alive %s, %s, %s", kind,
+              request.model, num_messages, num_tools, request.think, request.format is not None, request.keep_alive,
+              request.sampling, request.load)  # fmt: skip
+    log.log(TRACE, "%s prompt for %s: %r", kind, request.model, request.prompt)
 
 
 def prepare_generate(app: web.Application, body: dict) -> Job:
@@ -223,6 +233,7 @@ def prepare_generate(app: web.Application, body: dict) -> Job:
         model=info.name, prompt=text, context=tuple(context or ()), images=images, think=split_thinking,
         **_common(app, body, info),
     )  # fmt: skip
+    _log_request("generate", request, 1)
     return Job(model, info, request, raw=raw)
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import sys
 from pathlib import Path
 
 from aiohttp import web
 
+from . import logs
 from .app import create_app, server_options
 from .settings import Settings
 
@@ -21,15 +21,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-default-model", action="store_true",
                         help="do not fetch SmolLM2-135M-Instruct when the model directory is empty")  # fmt: skip
     parser.add_argument("--models", help="model directory (default: $OLLAMA_MODELS or ~/.ollama/models)")
+    parser.add_argument("--log-format", choices=logs.FORMATS, default="text",
+                        help="text: Ollama's lines; json: one JSON object per line, for log shippers")  # fmt: skip
+    parser.add_argument("--log-config", metavar="FILE",
+                        help="a logging config (dictConfig .json, or fileConfig .ini) used instead of ours")  # fmt: skip
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if args.models:
         settings = settings.replace(models_dir=Path(args.models).expanduser())
-    logging.basicConfig(
-        level=logging.DEBUG if settings.debug else logging.INFO,
-        format="time=%(asctime)s level=%(levelname)s source=%(name)s msg=%(message)s",
-        stream=sys.stderr,
-    )
+    logs.configure(settings.debug, args.log_format, args.log_config)
     from backend.engine.local_engine import create_engine  # imports the engine stack only for serve
 
     settings.models_dir.mkdir(parents=True, exist_ok=True)
@@ -88,7 +88,7 @@ def _config_line(settings: Settings) -> str:
         "OLLAMA_MAX_QUEUE": settings.max_queue,
         "OLLAMA_CONTEXT_LENGTH": settings.context_length,
         "OLLAMA_NUM_THREAD": settings.num_thread,
-        "OLLAMA_DEBUG": settings.debug,
+        "OLLAMA_DEBUG": logging.getLevelName(logs.level_for(settings.debug)),
         "OLLAMA_NOPRUNE": settings.noprune,
         "OLLAMA_UPSTREAMS": settings.upstreams,
     }

@@ -89,6 +89,15 @@ def _bool_env(env: dict, key: str) -> bool:
     return value not in ("0", "f", "F", "FALSE", "false", "False")
 
 
+def _debug_env(env: dict) -> int:
+    """OLLAMA_DEBUG as envconfig.LogLevel: a number is the level (2 traces), else a boolean."""
+    value = (env.get("OLLAMA_DEBUG") or "").strip().strip("\"'").strip()
+    try:
+        return max(0, int(value))
+    except ValueError:
+        return int(_bool_env(env, "OLLAMA_DEBUG"))
+
+
 def _int_env(env: dict, key: str, default: int) -> int:
     try:
         return int(env.get(key, "") or default)
@@ -106,7 +115,7 @@ class Settings:
     max_queue: int
     context_length: int  # default num_ctx (0: the engine's default)
     num_thread: int  # 0: one per physical core
-    debug: bool
+    debug: int  # OLLAMA_DEBUG: 0 info, 1 debug, 2 trace
     noprune: bool = False  # OLLAMA_NOPRUNE: keep blobs no manifest uses (start-up, delete, re-create)
     # Bounds on what one client may hold open. Ollama's http.Server sets no timeouts at all; these
     # are the usual values of Go services that set ReadHeaderTimeout and friends.
@@ -132,7 +141,7 @@ class Settings:
             max_queue=max(1, _int_env(env, "OLLAMA_MAX_QUEUE", 512)),
             context_length=max(0, _int_env(env, "OLLAMA_CONTEXT_LENGTH", 0)),
             num_thread=max(0, _int_env(env, "OLLAMA_NUM_THREAD", 0)),
-            debug=env.get("OLLAMA_DEBUG", "") not in ("", "0", "false"),
+            debug=_debug_env(env),
             noprune=_bool_env(env, "OLLAMA_NOPRUNE"),
             upstreams=env.get("OLLAMA_UPSTREAMS", "").strip(),
         )
