@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Protocol, Sequence
+from typing import Any, AsyncIterator, Callable, Protocol, Sequence
 
 
 class EngineError(Exception):
@@ -64,6 +64,15 @@ class LoadOptions:
 
 
 @dataclass(frozen=True)
+class TensorSummary:
+    """One tensor as /api/show lists it: its ggml type name and its shape in GGUF order (ne0 first)."""
+
+    name: str
+    type: str  # "Q4_K", "F32", ...
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What /api/tags and /api/show report about a model on disk; computed without loading weights."""
 
@@ -86,6 +95,10 @@ class ModelInfo:
     license: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)  # GGUF key/values for model_info
     messages: tuple[dict[str, Any], ...] = ()  # Modelfile MESSAGEs, put before a chat's own
+    tensors: tuple[TensorSummary, ...] = field(default=(), compare=False, repr=False)
+    # `metadata` keeps long arrays (the vocabulary, merges) as []; this reads them whole from the
+    # file for /api/show's verbose (blocking file work: call it from a thread; EngineError on failure).
+    full_metadata: Callable[[], dict[str, Any]] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -246,7 +246,7 @@ async def _chat_object(lines: AsyncIterator[dict], base: dict) -> dict[str, Any]
         last = line
     message: dict[str, Any] = {"role": "assistant", "content": content}
     if reasoning:
-        message["reasoning"] = message["reasoning_content"] = reasoning
+        message["reasoning"] = reasoning  # Ollama's field; a second copy would double clients' transcripts
     if calls:
         message["tool_calls"] = _openai_calls(calls)
     finish = "tool_calls" if calls else last.get("done_reason", "stop")
@@ -268,7 +268,7 @@ async def _chat_chunks(lines: AsyncIterator[dict], base: dict, include_usage: bo
     async for line in lines:
         msg = line.get("message", {})
         if msg.get("thinking"):
-            yield event({"reasoning": msg["thinking"], "reasoning_content": msg["thinking"]})
+            yield event({"reasoning": msg["thinking"]})
         if msg.get("content"):
             yield event({"content": msg["content"]})
         if msg.get("tool_calls"):

@@ -64,8 +64,10 @@ async def show(request: web.Request) -> web.Response:
     info = inference.resolve(request.app[ENGINE], name)
     verbose = bool(body.get("verbose"))
     system = info.system if opt.unset(body.get("system")) else body["system"]
-    # Without verbose, Ollama replaces arrays longer than 5 (the vocabulary...) by [].
-    model_info = {k: ([] if not verbose and isinstance(v, list) and len(v) > 5 else v) for k, v in info.metadata.items()}
+    metadata = info.metadata
+    if verbose and info.full_metadata is not None:  # the vocabulary, merges and token types whole
+        metadata = await asyncio.to_thread(info.full_metadata)
+    model_info = wire.model_info(metadata, verbose)
     # The request's options are echoed over the Modelfile's PARAMETERs, as Ollama's show does.
     options = body.get("options")
     shown_parameters = {**info.parameters, **(options if isinstance(options, dict) else {})}
@@ -79,15 +81,13 @@ async def show(request: web.Request) -> web.Response:
     for m in info.messages:  # Modelfile MESSAGEs, as Ollama's show writes them back
         content = str(m.get("content", ""))
         modelfile.append(f'MESSAGE {m.get("role", "")} ' + (f'"""{content}"""' if "\n" in content else content))
-    extra = {"messages": list(info.messages)} if info.messages else {}  # omitempty, as Ollama
+    # api.ShowResponse: these are omitempty (no "system": "" on a model without one).
+    optional = {"license": info.license, "parameters": parameters, "template": info.template, "system": system,
+                "messages": list(info.messages), "tensors": wire.tensors(info.tensors)}  # fmt: skip
     return json_response(
         {
-            **extra,
-            "license": info.license,
+            **{key: value for key, value in optional.items() if value},
             "modelfile": "\n".join(modelfile) + "\n",
-            "parameters": parameters,
-            "template": info.template,
-            "system": system,
             "details": wire.details(info),
             "model_info": model_info,
             "capabilities": list(info.capabilities),

@@ -10,7 +10,7 @@ import string
 import time
 from typing import Any
 
-from backend.interface import Chunk, Metrics, ModelInfo, RunningModel, TokenLogprob
+from backend.interface import Chunk, Metrics, ModelInfo, RunningModel, TensorSummary, TokenLogprob
 
 VERSION = "0.13.0"  # numeric X.Y.Z: Open WebUI int()s each part; Copilot BYOK needs >= 0.6.4
 _FOREVER = 292 * 365.25 * 86400  # Ollama shows keep_alive < 0 as "now + 292 years" (max Duration)
@@ -64,6 +64,21 @@ def ps_entry(running: RunningModel) -> dict[str, Any]:
         "size_vram": running.size_vram,
         "context_length": running.context_length,
     }
+
+
+# Ollama's ShowHandler deletes these from model_info: the name is the model's, and the template
+# is already in "template".
+_NOT_MODEL_INFO = ("general.name", "tokenizer.chat_template")
+
+
+def model_info(metadata: dict[str, Any], verbose: bool) -> dict[str, Any]:
+    """/api/show's model_info: the GGUF's key/values; without verbose, arrays over 5 items as []."""
+    return {k: [] if not verbose and isinstance(v, list) and len(v) > 5 else v
+            for k, v in metadata.items() if k not in _NOT_MODEL_INFO}  # fmt: skip
+
+
+def tensors(entries: tuple[TensorSummary, ...]) -> list[dict[str, Any]]:
+    return [{"name": t.name, "type": t.type, "shape": list(t.shape)} for t in entries]
 
 
 def metrics(m: Metrics | None) -> dict[str, int]:

@@ -3,6 +3,7 @@ checked for type (a string context length or an integer template is an error, no
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from pathlib import Path
@@ -11,10 +12,11 @@ from typing import Any
 import gguf
 
 from ..gguf_model import GGUFError, open_gguf
-from ..interface import ModelInfo
+from ..interface import EngineError, ModelInfo, TensorSummary
 
-# Metadata arrays longer than this are dropped from ModelInfo.metadata: /api/show elides them
-# anyway, and keeping a 129k-entry vocabulary per model in memory helps nobody.
+# Metadata arrays longer than this are kept as [] in ModelInfo.metadata: /api/show elides them
+# anyway, and keeping a 129k-entry vocabulary per model in memory helps nobody (verbose reads
+# them from the file again).
 _MAX_ARRAY = 64
 
 
@@ -82,8 +84,9 @@ def describe(paths: tuple[Path, ...], name: str) -> ModelInfo:
     # A loose file has no Ollama manifest; the digest identifies this exact version of the
     # files (paths, sizes, mtimes) without hashing gigabytes on the request path.
     version = "|".join(f"{p}:{s.st_size}:{s.st_mtime_ns}" for p, s in zip(f.paths, stats))
-    shown = {k: v for k, v in meta.items() if not (isinstance(v, list) and len(v) > _MAX_ARRAY)}
+    shown = {k: [] if isinstance(v, list) and len(v) > _MAX_ARRAY else v for k, v in meta.items()}
     shown["general.parameter_count"] = params
+    tensors = tuple(TensorSummary(t.name, t.type_name, tuple(reversed(t.shape))) for t in f.tensors.values())
     return ModelInfo(
         name=name,
         paths=tuple(str(p) for p in f.paths),
@@ -101,4 +104,16 @@ def describe(paths: tuple[Path, ...], name: str) -> ModelInfo:
         template=template,
         license="\n".join(map(str, license_)) if isinstance(license_, list) else str(license_ or ""),
         metadata=shown,
+        tensors=tensors,
+        full_metadata=functools.partial(full_metadata, paths[0], params),
     )
+
+
+def full_metadata(path: Path, parameter_count: int) -> dict[str, Any]:
+    """Every key/value of the GGUF with arrays whole, for /api/show verbose."""
+    try:
+        meta = dict(open_gguf(path).metadata)
+    except (OSError, ValueError, GGUFError) as e:
+        raise EngineError(f"{path.name} cannot be read: {e}") from None
+    meta["general.parameter_count"] = parameter_count
+    return meta

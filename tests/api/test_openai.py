@@ -49,7 +49,8 @@ async def test_chat_completion_stream_with_usage(oai, engine):
                                                stream=True, stream_options={"include_usage": True})  # fmt: skip
     chunks = [c async for c in stream]
     assert chunks[0].choices[0].delta.role == "assistant"
-    assert chunks[0].choices[0].delta.model_extra["reasoning_content"] == "hmm"
+    # Reasoning only in `reasoning`, as Ollama's openai.go Delta (once, never also as reasoning_content).
+    assert chunks[0].choices[0].delta.model_extra == {"reasoning": "hmm"}
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello"
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
     assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens == 5
