@@ -46,6 +46,12 @@ async def version(request: web.Request) -> web.Response:
     return json_response({"version": wire.VERSION})
 
 
+async def status(request: web.Request) -> web.Response:
+    """Ollama's cloud policy (api.StatusResponse), read by its CLI and app before offering cloud
+    models: this server reaches no cloud, so it is always disabled, by no setting ("none")."""
+    return json_response({"cloud": {"disabled": True, "source": "none"}})
+
+
 async def tags(request: web.Request) -> web.Response:
     models = sorted(request.app[ENGINE].list_models(), key=lambda m: m.modified_at, reverse=True)
     return json_response({"models": [wire.tags_entry(m) for m in models]})
@@ -192,6 +198,7 @@ async def delete(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/", root)  # add_get answers HEAD too
     app.router.add_get("/api/version", version)
+    app.router.add_get("/api/status", status)
     app.router.add_get("/api/tags", tags)
     app.router.add_get("/api/ps", ps)
     app.router.add_post("/api/show", show)

@@ -173,6 +173,7 @@ def _create(store: ModelStore, ref: mf.ModelRef, source: str | None, files: dict
             raise InvalidRequest("create needs exactly one GGUF file in files")
         if not has_blob(store, ggufs[0]):
             raise InvalidRequest(f"blob {ggufs[0]} not found: upload it with POST /api/blobs/{ggufs[0]}")
+        status("parsing GGUF")
         path = mf.blob_path(store.root, ggufs[0])
         check_model_file(path, f"blob {ggufs[0]}")
         layer = {"mediaType": mf.MEDIA_MODEL, "digest": "sha256:" + path.name[7:], "size": path.stat().st_size}
@@ -195,7 +196,10 @@ def _create(store: ModelStore, ref: mf.ModelRef, source: str | None, files: dict
     layers = [layer]
     try:
         for media_type, data in payloads:
+            # Ollama's words for each layer: a blob already stored is used, any other is created.
+            existed = mf.blob_path(store.root, "sha256:" + hashlib.sha256(data).hexdigest()).exists()
             layers.append({"mediaType": media_type, **mf.write_blob(store.root, data)})
+            status(f"{'using existing' if existed else 'creating new'} layer {layers[-1]['digest']}")
         status("writing manifest")
         _write_manifest(store, ref, layers)
     except BaseException:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import aiohttp
 import gguf
@@ -111,3 +112,32 @@ async def test_prompt_eval_count_is_the_whole_prompt_also_from_the_cache(server)
     longer = await client.chat("tiny", messages=messages + [{"role": "assistant", "content": "hi"},
                                                            {"role": "user", "content": "again"}], options=options)  # fmt: skip
     assert longer.prompt_eval_count > cold.prompt_eval_count  # the whole conversation, not its new tail
+
+
+async def test_create_statuses_are_ollamas_words(server, gguf_path):
+    """api.md's create examples: "parsing GGUF" for a GGUF from a blob, then "using existing layer
+    sha256:…" for a stored blob and "creating new layer sha256:…" for a new one, then "writing
+    manifest" and "success"."""
+    client = ollama.AsyncClient(server.url)
+    digest = await client.create_blob(gguf_path)
+    first = [p.status async for p in await client.create("tiny-new", files={"tiny.gguf": digest},
+                                                         system="Say hi.", stream=True)]  # fmt: skip
+    again = [p.status async for p in await client.create("tiny-new2", from_="tiny-new", system="Say hi.", stream=True)]
+    try:
+        layer = r"(using existing|creating new) layer sha256:[0-9a-f]{64}"
+        assert first[0] == "parsing GGUF" and first[1] == f"using existing layer {digest}"
+        assert re.fullmatch(r"creating new layer sha256:[0-9a-f]{64}", first[2])  # the system prompt
+        assert first[-2:] == ["writing manifest", "success"] and all(re.fullmatch(layer, s) for s in first[1:-2])
+        assert again[0] == f"using existing layer {digest}" and again[1] == first[2].replace("creating new", "using existing")
+        assert again[-2:] == ["writing manifest", "success"]
+    finally:
+        await client.delete("tiny-new")
+        await client.delete("tiny-new2")
+
+
+async def test_status_is_ollamas_cloud_policy(server):
+    """api/types.go StatusResponse {"cloud": {"disabled", "source"}}: no cloud here."""
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{server.url}/api/status") as r:
+            assert r.status == 200 and r.content_type == "application/json"
+            assert await r.json() == {"cloud": {"disabled": True, "source": "none"}}
