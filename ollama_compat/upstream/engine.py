@@ -216,6 +216,10 @@ class UpstreamEngine:
                 raise _Retry(describe(e), down=True) from None
             finally:
                 response.close()  # unread: closes the connection, which stops the upstream's generation
+            if not parsed.finish:
+                # A whole answer names why it ended; llama_cpp.server, for one, ends a stream with a
+                # bare [DONE] when another request interrupts it (--interrupt_requests).
+                raise _Retry("the stream ended before the answer did (no finish_reason)", down=False)
             self.pool.mark_up(state)
             calls = parsed.tool_calls()
             if calls:
