@@ -227,13 +227,17 @@ def cmd_stop(client: Client, args) -> None:
     client.json("POST", "/api/generate", {"model": args.model, "keep_alive": 0})
 
 
-def _chat(client: Client, model: str, messages: list[dict], think: bool | None) -> str:
+def _chat(client: Client, model: str, messages: list[dict], think: bool | str | None) -> str:
     body: dict[str, Any] = {"model": model, "messages": messages}
     if think is not None:
         body["think"] = think
     content, thinking_shown = [], False
     for line in client.stream("/api/chat", body):
         message = line.get("message", {})
+        if not content and message.get("content"):
+            # The whitespace a model writes before its answer (after a skipped <think></think>,
+            # with --think=false) is not shown, as Ollama's thinking parser drops it.
+            message = {**message, "content": message["content"].lstrip()}
         if message.get("thinking"):
             if not thinking_shown:
                 print("Thinking...", flush=True)
@@ -278,7 +282,7 @@ def cmd_run(client: Client, args) -> None:
         if "not found" not in str(e):
             raise
         _progress(client.stream("/api/pull", {"model": args.model}))
-    think = True if args.think else (False if args.nothink else None)
+    think = False if args.nothink else args.think
     if args.prompt:
         _chat(client, args.model, [{"role": "user", "content": " ".join(args.prompt)}], think)
         return
@@ -319,6 +323,15 @@ HELP = """Available Commands:
 Use \"\"\" to begin a multi-line message."""
 
 
+def _think_flag(value: str) -> bool | str:
+    """Ollama's `run --think[=value]`: true, false, or a level."""
+    if value in ("true", "false"):
+        return value == "true"
+    if value in ("high", "medium", "low", "max"):
+        return value
+    raise argparse.ArgumentTypeError(f"invalid value for --think: {value!r} (must be true, false, high, medium, low, or max)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ollama-compat", description="Ollama-compatible server for MoE models on CPU.")
     p.add_argument("-v", "--version", action="store_true", help="show the version")
@@ -327,7 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="chat with a model")
     run.add_argument("model")
     run.add_argument("prompt", nargs="*")
-    run.add_argument("--think", action="store_true", help="ask for reasoning")
+    run.add_argument("--think", default=None, type=_think_flag, metavar="true|false|high|medium|low|max",
+                     help="ask for reasoning (or not, or at a level), as Ollama's --think")  # fmt: skip
     run.add_argument("--nothink", action="store_true", help="ask for no reasoning")
     sub.add_parser("list", aliases=["ls"], help="list models")
     sub.add_parser("ps", help="list loaded models")
@@ -352,7 +366,13 @@ COMMANDS = {"run": cmd_run, "list": cmd_list, "ls": cmd_list, "ps": cmd_ps, "sho
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # A bare --think is --think=true (cobra's NoOptDefVal): the next word stays the prompt.
+    argv = ["--think=true" if a == "--think" else a for a in (sys.argv[1:] if argv is None else argv)]
+    args, rest = parser.parse_known_args(argv)
+    if rest and args.command == "run" and not any(r.startswith("-") for r in rest):
+        args.prompt += rest  # flags anywhere, as Ollama's cobra takes them: run m --think=false hi
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.version:
         print(f"ollama-compat version is {VERSION}")
         return 0
