@@ -173,9 +173,9 @@ def _create(store: ModelStore, ref: mf.ModelRef, source: str | None, files: dict
             raise InvalidRequest("create needs exactly one GGUF file in files")
         if not has_blob(store, ggufs[0]):
             raise InvalidRequest(f"blob {ggufs[0]} not found: upload it with POST /api/blobs/{ggufs[0]}")
-        status("parsing GGUF")
         path = mf.blob_path(store.root, ggufs[0])
         check_model_file(path, f"blob {ggufs[0]}")
+        status("parsing GGUF")  # once it parsed: a file that does not is a 400 before any status
         layer = {"mediaType": mf.MEDIA_MODEL, "digest": "sha256:" + path.name[7:], "size": path.stat().st_size}
     else:
         layer, inherited = _model_layer(store, source)
