@@ -77,15 +77,16 @@ def openai_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def sampling_fields(s: SamplingParams) -> dict[str, Any]:
-    """Ollama's options as the fields vLLM, SGLang and llama.cpp's server read. top_k, min_p and
-    repetition_penalty are their extensions to OpenAI's request (all three accept them);
-    Ollama's defaults are sent as values, so the upstream samples as Ollama would."""
+    """Ollama's options as the fields vLLM, SGLang and llama.cpp's server read. top_k and min_p
+    are their extensions to OpenAI's request; the repeat penalty is repetition_penalty to vLLM and
+    SGLang, repeat_penalty to llama.cpp (each ignores the other's name). Ollama's defaults are
+    sent as values, so the upstream samples as Ollama would."""
     if s.typical_p != 1.0:
         raise InvalidRequest("typical_p is not supported by an OpenAI-compatible upstream")
     body: dict[str, Any] = {
         "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "min_p": s.min_p,
         "presence_penalty": s.presence_penalty, "frequency_penalty": s.frequency_penalty,
-        "repetition_penalty": s.repeat_penalty,
+        "repetition_penalty": s.repeat_penalty, "repeat_penalty": s.repeat_penalty,
     }  # fmt: skip
     if s.seed is not None and s.seed >= 0:
         body["seed"] = s.seed
