@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import anthropic
 import ollama
 import openai
 import pytest
@@ -178,18 +179,29 @@ def test_openai_client_through_the_proxy(proxy):
     assert events[-1].choices[0].finish_reason == "tool_calls"
 
 
+def test_anthropic_messages_through_the_proxy(proxy):
+    client = anthropic.Anthropic(base_url=proxy.url, api_key="unused")
+    tools = [{"name": "get_weather", "description": "Weather in a city",
+              "input_schema": TOOLS[0]["function"]["parameters"]}]  # fmt: skip
+    reply = client.messages.create(model="remote-moe", max_tokens=64, messages=ASK, tools=tools,
+                                   thinking={"type": "enabled", "budget_tokens": 32})  # fmt: skip
+    kinds = {block.type: block for block in reply.content}
+    assert kinds["thinking"].thinking == "The user wants the weather."
+    assert kinds["text"].text == "Let me look that up."
+    assert kinds["tool_use"].name == "get_weather" and kinds["tool_use"].input == WEATHER["function"]["arguments"]
+    assert reply.stop_reason == "tool_use" and reply.usage.input_tokens == METRICS.prompt_eval_count
+
+
 def test_client_disconnect_closes_the_upstream_request(replica):
     replica.engine.script = [Chunk(content=f"{i} ") for i in range(200)] + [Chunk(done=True, metrics=METRICS)]
     replica.engine.delay = 0.05
     proxy = Proxy(upstreams_toml({"slow": ("mymoe", [replica.url])}))
     try:
         async def read_one_line():
-            async with aiohttp.ClientSession() as session:
-                async with session.post(proxy.url + "/api/chat", json={"model": "slow", "messages": ASK}) as r:
-                    assert b'"0 "' in await r.content.readline()
-                    started = time.monotonic()
-                    assert replica.engine.cancelled == 0
-            return started
+            body = {"model": "slow", "messages": ASK}
+            async with aiohttp.ClientSession() as session, session.post(proxy.url + "/api/chat", json=body) as r:
+                assert b'"0 "' in await r.content.readline()
+                assert replica.engine.cancelled == 0
 
         asyncio.run(read_one_line())
         deadline = time.monotonic() + 5
