@@ -93,6 +93,7 @@ async def show(request: web.Request) -> web.Response:
     return json_response(
         {
             **{key: value for key, value in optional.items() if value},
+            **wire.remote(info),
             "modelfile": "\n".join(modelfile) + "\n",
             "details": wire.details(info),
             "model_info": model_info,

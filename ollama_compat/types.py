@@ -39,10 +39,17 @@ def details(info: ModelInfo) -> dict[str, Any]:
     }
 
 
+def remote(info: ModelInfo) -> dict[str, str]:
+    """remote_model and remote_host, only for a model an upstream serves (omitted otherwise, as Ollama)."""
+    host = info.metadata.get("remote.host")
+    return {"remote_model": str(info.metadata.get("remote.model", "")), "remote_host": str(host)} if host else {}
+
+
 def tags_entry(info: ModelInfo) -> dict[str, Any]:
     return {
         "name": info.name,
         "model": info.name,
+        **remote(info),
         "modified_at": local_timestamp(info.modified_at),
         "size": info.size,
         "digest": info.digest,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import aiohttp
 import anthropic
+import httpx
 import ollama
 import openai
 import pytest
@@ -163,6 +164,11 @@ def test_remote_models_listed_shown_and_running_next_to_local_ones(proxy, replic
     assert shown.details.family == "remote" and set(shown.capabilities) == {"completion", "tools", "thinking"}
     assert shown.modelinfo["remote.model"] == "mymoe" and shown.modelinfo["remote.host"] == replica.url + "/v1"
     assert shown.modelinfo["remote.owned_by"] == "library"  # from the upstream's /v1/models entry
+    tags = {m["name"]: m for m in httpx.get(proxy.url + "/api/tags").json()["models"]}
+    assert (tags["remote-moe:latest"]["remote_model"], tags["remote-moe:latest"]["remote_host"]) == (
+        "mymoe", replica.url + "/v1")  # Ollama's fields for a remote model, omitted for local ones
+    assert "remote_model" not in tags["mymoe:latest"]
+    assert httpx.post(proxy.url + "/api/show", json={"model": "remote-moe"}).json()["remote_model"] == "mymoe"
     assert {"remote-moe:latest", "remote-embed:latest"} <= {m.model for m in client.ps().models}
     assert client.chat(model="mymoe", messages=ASK).message.content == "Hello wörld"  # the local one still answers
     with pytest.raises(ollama.ResponseError) as e:
