@@ -47,10 +47,10 @@ def _load() -> ctypes.CDLL:
         "moe_num_threads": ([], ctypes.c_int),
         "moe_dequantize": ([ctypes.c_int, vp, i64, fp, i64], ctypes.c_int),
         "moe_matmul": ([ctypes.c_int, vp, i64, i64, i64, fp, i64, fp], ctypes.c_int),
-        "moe_matmul_q8": ([ctypes.c_int, vp, i64, i64, i64, fp, i64, fp], ctypes.c_int),
-        "moe_matmul_q8_many": ([ctypes.c_int, vp, vp, vp, vp, i64, fp, i64, vp], ctypes.c_int),
-        "moe_matmul_q8_heads": ([ctypes.c_int, vp, i64, i64, i64, i64, fp, i64, fp], ctypes.c_int),
-        "moe_quantize_activations": ([ctypes.c_int, fp, i64, i64, vp, fp, fp], ctypes.c_int),
+        "moe_matmul_q8": ([ctypes.c_int, vp, i64, i64, i64, fp, i64, fp, ctypes.c_int], ctypes.c_int),
+        "moe_matmul_q8_many": ([ctypes.c_int, vp, vp, vp, vp, i64, fp, i64, vp, ctypes.c_int], ctypes.c_int),
+        "moe_matmul_q8_heads": ([ctypes.c_int, vp, i64, i64, i64, i64, fp, i64, fp, ctypes.c_int], ctypes.c_int),
+        "moe_quantize_activations": ([ctypes.c_int, fp, i64, i64, vp, fp, fp, ctypes.c_int], ctypes.c_int),
         "moe_rms_norm": ([vp, i64, i64, vp, ctypes.c_float, vp], ctypes.c_int),
         "moe_rope": ([vp, i64, i64, i64, i64, i64, vp, vp, ctypes.c_int, vp], ctypes.c_int),
         "moe_attend": ([vp, i64, i64, vp, i64, vp, i64, i64, i64, i64, ctypes.c_float, vp], ctypes.c_int),
@@ -181,14 +181,15 @@ def _check_x(x: torch.Tensor, cols: int, what: str) -> torch.Tensor:
     return x.contiguous()
 
 
-def _matmul_call(fn, what: str, weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
+def _matmul_call(fn, what: str, weight: QuantWeight, x: torch.Tensor, *extra: int) -> torch.Tensor:
     """The shared call of matmul and matmul_q8: checks, output allocation, the C entry point."""
     rows, cols = weight.shape
     x = _check_x(x, cols, what)
     y = torch.empty((x.shape[0], rows), dtype=torch.float32)
     if x.shape[0] == 0:
         return y
-    code = fn(int(weight.ggml_type), weight.ptr, weight.raw.nbytes, rows, cols, x.data_ptr(), x.shape[0], y.data_ptr())
+    code = fn(int(weight.ggml_type), weight.ptr, weight.raw.nbytes, rows, cols, x.data_ptr(), x.shape[0], y.data_ptr(),
+              *extra)  # fmt: skip
     _check(code, f"{what} {type_name(weight.ggml_type)} {weight.shape}")
     return y
 
@@ -204,6 +205,18 @@ def matmul_reference(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
     return x.double() @ w.T
 
 
+# Integer activations: how many 8-bit planes each mode quantizes x into. "q8" is llama.cpp's
+# arithmetic; "q8x2" adds the 8-bit residual of the first plane (csrc/quants/qact.h), which
+# keeps the small values that share a block with an outlier (KERNELS.md 8b), at about 15 bits.
+PLANES = {"q8": 1, "q8x2": 2}
+
+
+def _planes(planes: int) -> int:
+    if planes not in PLANES.values():
+        raise KernelError(f"planes must be one of {sorted(PLANES.values())}, got {planes!r}")
+    return planes
+
+
 FLOAT_TYPES = (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
 Q8_0_TYPES = tuple(GGMLQuantizationType[n] for n in ("Q4_0", "Q5_0", "Q8_0", "IQ4_NL"))
 Q8_1_TYPES = (GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q5_1)  # weights with an offset m
@@ -216,27 +229,41 @@ def activation_block(ggml_type: int) -> int:
     return 32 if ggml_type in Q8_0_TYPES + Q8_1_TYPES else 256
 
 
-def quantize_activations(x: torch.Tensor, ggml_type: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """x [T, K] -> (q int8 [T, K], d float32 [T, K / block], s float32 [T, K / block]): the
-    8-bit activations that matmul_q8 pairs with `ggml_type` weights (see activation_block);
-    s is Q8_1's scaled block sum (zeros for Q8_0 and Q8_K)."""
+def quantize_activations(x: torch.Tensor, ggml_type: int, planes: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x [T, K] -> (q int8 [P T, K], d float32 [P T, K / block], s float32 [P T, K / block]):
+    the 8-bit activations that matmul_q8 pairs with `ggml_type` weights (see activation_block),
+    token t's plane p in row P t + p (P = planes); s is Q8_1's scaled block sum (zeros for
+    Q8_0 and Q8_K)."""
     block = activation_block(ggml_type)
     x = _check_x(x, x.shape[-1] if x.dim() == 2 else -1, "quantize_activations")
     T, K = x.shape
     if K % block:
         raise KernelError(f"quantize_activations: {K} is not a multiple of {block}")
-    q = np.empty((T, K), np.int8)
-    d = np.empty((T, K // block), np.float32)
-    s = np.empty((T, K // block), np.float32)
-    code = _lib.moe_quantize_activations(int(ggml_type), x.data_ptr(), T, K, q.ctypes.data, d.ctypes.data, s.ctypes.data)
+    P = _planes(planes)
+    q = np.empty((P * T, K), np.int8)
+    d = np.empty((P * T, K // block), np.float32)
+    s = np.empty((P * T, K // block), np.float32)
+    code = _lib.moe_quantize_activations(int(ggml_type), x.data_ptr(), T, K, q.ctypes.data, d.ctypes.data, s.ctypes.data,
+                                         P)  # fmt: skip
     _check(code, "quantize_activations")
     return q, d, s
 
 
-def quantize_activations_reference(x: torch.Tensor, ggml_type: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def quantize_activations_reference(x: torch.Tensor, ggml_type: int, planes: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """numpy, as llama.cpp's x86 code: Q8_0 q = rint(x * (127 / amax)), d = fp16(amax / 127);
     Q8_1 also s = fp16(amax / 127 * sum q); Q8_K iscale = -127 / (signed value of the largest
-    magnitude), q = min(127, rint(iscale * x)), d = 1 / iscale (float). Ties to even."""
+    magnitude), q = min(127, rint(iscale * x)), d = 1 / iscale (float). Ties to even. A second
+    plane quantizes the residual x - d q, in float32, the same way, and Q8_1's s are then float32
+    d * sum q; rows as quantize_activations."""
+    if _planes(planes) == 2:
+        block = activation_block(ggml_type)
+        q, d, _ = quantize_activations_reference(x, ggml_type)
+        dq = q.astype(np.float32) * np.repeat(d, block, axis=1)
+        q2, d2, _ = quantize_activations_reference(torch.from_numpy(x.numpy().astype(np.float32) - dq), ggml_type)
+        # Q8_1's block sums in float32 (d times the sum of the quants), not fp16, with planes.
+        sums = [dd * qq.astype(np.int32).reshape(len(qq), -1, block).sum(-1).astype(np.float32) for qq, dd in ((q, d), (q2, d2))]
+        s, s2 = sums if ggml_type in Q8_1_TYPES else (np.zeros_like(d), np.zeros_like(d2))
+        return tuple(np.stack(pair, axis=1).reshape(-1, pair[0].shape[1]) for pair in ((q, q2), (d, d2), (s, s2)))
     block = activation_block(ggml_type)
     xb = x.numpy().astype(np.float32).reshape(x.shape[0], -1, block)
     amax = np.abs(xb).max(axis=-1, keepdims=True)
@@ -257,13 +284,14 @@ def quantize_activations_reference(x: torch.Tensor, ggml_type: int) -> tuple[np.
     return q.astype(np.int8).reshape(x.shape), d[..., 0].astype(np.float32), s[..., 0]
 
 
-def matmul_q8(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
+def matmul_q8(weight: QuantWeight, x: torch.Tensor, planes: int = 1) -> torch.Tensor:
     """x [T, cols] -> [T, rows] as llama.cpp computes it: x quantized once to 8 bits
     (quantize_activations), integer dot products, float scales (per 16 weights for the legacy
     32-blocks; per 256-weight super-block, its sub-block scales in integers, for the K and IQ
-    types: superblock_reference.py). Same bits on every ISA, thread count and batch. Float
-    weights (F32/F16/BF16) run matmul."""
-    return _matmul_call(_lib.moe_matmul_q8, "matmul_q8", weight, x)
+    types: superblock_reference.py). planes 2 (PLANES["q8x2"]) adds the residual plane's
+    product, in float32. Same bits on every ISA, thread count and batch. Float weights
+    (F32/F16/BF16) run matmul."""
+    return _matmul_call(_lib.moe_matmul_q8, "matmul_q8", weight, x, _planes(planes))
 
 
 class WeightGroup:
@@ -283,7 +311,7 @@ class WeightGroup:
         self.rows = arr(ctypes.c_int64, [w.shape[0] for w in weights])
 
 
-def matmul_q8_many(weights: list[QuantWeight] | WeightGroup, x: torch.Tensor) -> list[torch.Tensor]:
+def matmul_q8_many(weights: list[QuantWeight] | WeightGroup, x: torch.Tensor, planes: int = 1) -> list[torch.Tensor]:
     """[matmul_q8(w, x) for w in weights] in one call, x quantized once per activation format:
     the same bits, one pass of the thread pool (q/k/v, gate/up). Quantized weight types only."""
     group = weights if isinstance(weights, WeightGroup) else WeightGroup(weights)
@@ -295,12 +323,12 @@ def matmul_q8_many(weights: list[QuantWeight] | WeightGroup, x: torch.Tensor) ->
         return ys
     outs = (ctypes.c_void_p * len(ys))(*[y.data_ptr() for y in ys])
     code = _lib.moe_matmul_q8_many(len(ys), group.types, group.ptrs, group.nbytes, group.rows, group.cols,
-                                   x.data_ptr(), x.shape[0], outs)  # fmt: skip
+                                   x.data_ptr(), x.shape[0], outs, _planes(planes))  # fmt: skip
     _check(code, "matmul_q8_many")
     return ys
 
 
-def matmul_q8_heads(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
+def matmul_q8_heads(weight: QuantWeight, x: torch.Tensor, planes: int = 1) -> torch.Tensor:
     """x [T, H, cols] -> [T, H, n]: H independent matmul_q8 products in one call, head h
     against rows h * n .. (h + 1) * n of weight [H * n, cols] (a stack of per-head matrices)."""
     rows, cols = weight.shape
@@ -313,18 +341,31 @@ def matmul_q8_heads(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
     if T == 0:
         return y
     code = _lib.moe_matmul_q8_heads(int(weight.ggml_type), weight.ptr, weight.raw.nbytes, H, rows // H, cols,
-                                    x.data_ptr(), T, y.data_ptr())  # fmt: skip
+                                    x.data_ptr(), T, y.data_ptr(), _planes(planes))  # fmt: skip
     _check(code, f"matmul_q8_heads {type_name(weight.ggml_type)} {weight.shape}")
     return y
 
 
-def matmul_q8_reference(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
+def matmul_q8_reference(weight: QuantWeight, x: torch.Tensor, planes: int = 1) -> torch.Tensor:
     """float64 over gguf-dequantized weights and the reference-quantized activations, with
     llama.cpp's formula per 32-block for Q4_1/Q5_1 (d_w * d_a * sum q_w q_a + m_w * s_a, where
-    s_a is rounded to fp16 rather than d_a * sum q_a)."""
+    s_a is rounded to fp16 rather than d_a * sum q_a); with two planes, the sum of both planes'
+    products."""
     if weight.ggml_type in FLOAT_TYPES:
         return matmul_reference(weight, x)
-    q, d, s = quantize_activations_reference(x, weight.ggml_type)
+    if _planes(planes) > 1:
+        return sum(_q8_product_reference(weight, q, d, s)
+                   for q, d, s in _by_plane(quantize_activations_reference(x, weight.ggml_type, planes), planes))
+    return _q8_product_reference(weight, *quantize_activations_reference(x, weight.ggml_type))
+
+
+def _by_plane(quants: tuple[np.ndarray, ...], planes: int) -> list[tuple[np.ndarray, ...]]:
+    """(q, d, s) with token t's plane p in row planes * t + p -> one (q, d, s) per plane."""
+    return [tuple(a[p::planes] for a in quants) for p in range(planes)]
+
+
+def _q8_product_reference(weight: QuantWeight, q: np.ndarray, d: np.ndarray, s: np.ndarray) -> torch.Tensor:
+    """matmul_q8_reference for activations already quantized."""
     block = activation_block(weight.ggml_type)
     qb = q.astype(np.float64).reshape(q.shape[0], -1, block)
     xq = torch.from_numpy((qb * d[..., None]).reshape(q.shape))
@@ -444,12 +485,13 @@ def moe_experts(
 
     gate/up are the stacked [E * I, D] tensors and down [E * D, I], as views of the mmap. Each
     expert's weights are read once per call, whatever the number of tokens that chose it.
-    activations "q8": x and the SwiGLU output quantized to 8 bits as matmul_q8 does; "float": not.
+    activations "q8" / "q8x2" (PLANES): x and the SwiGLU output quantized to 8-bit planes as
+    matmul_q8 does; "float": not.
     shared: the shared experts' (gate [Is, D], up [Is, D], down [D, Is]), added to every token
     in the same call.
     """
-    if activations not in ("float", "q8"):
-        raise KernelError(f"moe_experts: activations must be 'float' or 'q8', got {activations!r}")
+    if activations != "float" and activations not in PLANES:
+        raise KernelError(f"moe_experts: activations must be 'float' or one of {list(PLANES)}, got {activations!r}")
     T, D = x.shape
     I = gate.shape[0] // num_experts
     if (gate.shape != (num_experts * I, D) or up.shape != gate.shape or down.shape != (num_experts * D, I)
@@ -472,7 +514,7 @@ def moe_experts(
     code = _lib.moe_experts(
         T, D, I, num_experts, ids.shape[1], x.data_ptr(), ids32.data_ptr(), w32.data_ptr(), gate.ptr,
         int(gate.ggml_type), gate.raw.nbytes, up.ptr, int(up.ggml_type), up.raw.nbytes, down.ptr, int(down.ggml_type),
-        down.raw.nbytes, out.data_ptr(), int(activations == "q8"), *shared_args,
+        down.raw.nbytes, out.data_ptr(), PLANES.get(activations, 0), *shared_args,
     )  # fmt: skip
     _check(code, "moe_experts")
     return out
@@ -484,15 +526,17 @@ def moe_experts_reference(
     shared: tuple[QuantWeight, QuantWeight, QuantWeight] | None = None,
 ) -> torch.Tensor:  # fmt: skip
     """float64 per token and slot, with gguf-dequantized weights: the oracle for moe_experts.
-    With "q8" each projection's input is first quantized as quantize_activations_reference
-    does (the SwiGLU output rounded to float32 first, as the kernel holds it)."""
+    With "q8" / "q8x2" each projection's input is first quantized as
+    quantize_activations_reference does (the SwiGLU output rounded to float32 first, as the
+    kernel holds it)."""
+    planes = PLANES.get(activations, 0)
     T, D = x.shape
     I = gate.shape[0] // num_experts
 
     def project(w: QuantWeight, e: int, rows: int, v: torch.Tensor) -> torch.Tensor:
         block = w.rows(e * rows, (e + 1) * rows)  # expert e's rows, as their own weight
-        if activations == "q8" and w.ggml_type not in FLOAT_TYPES:
-            return matmul_q8_reference(block, v[None].float())[0]
+        if planes and w.ggml_type not in FLOAT_TYPES:
+            return matmul_q8_reference(block, v[None].float(), planes)[0]
         return torch.from_numpy(dequantize_reference(block.raw, w.ggml_type, block.shape)).double() @ v.double()
 
     out = torch.zeros(T, D, dtype=torch.float64)
@@ -500,11 +544,11 @@ def moe_experts_reference(
         for a in range(ids.shape[1]):
             e = int(ids[t, a])
             h = torch.nn.functional.silu(project(gate, e, I, x[t])) * project(up, e, I, x[t])
-            out[t] += float(weights[t, a]) * project(down, e, D, h.float() if activations == "q8" else h)
+            out[t] += float(weights[t, a]) * project(down, e, D, h.float() if planes else h)
         if shared is not None:
             sg, su, sd = shared
             Is = sg.shape[0]
             h = torch.nn.functional.silu(project(sg, 0, Is, x[t])) * project(su, 0, Is, x[t])
-            out[t] += project(sd, 0, D, h.float() if activations == "q8" else h)
+            out[t] += project(sd, 0, D, h.float() if planes else h)
     return out
 

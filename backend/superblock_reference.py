@@ -75,8 +75,21 @@ DECODERS = {
 }
 
 
-def superblock_matmul_q8_reference(weight: QuantWeight, x: torch.Tensor) -> torch.Tensor:
-    """x [T, cols] -> [T, rows] float32, the super-block arithmetic above for Q4_K, Q6_K, IQ4_XS."""
+def superblock_matmul_q8_reference(weight: QuantWeight, x: torch.Tensor, planes: int = 1) -> torch.Tensor:
+    """x [T, cols] -> [T, rows] float32, the super-block arithmetic above for Q4_K, Q6_K, IQ4_XS;
+    with two activation planes, the float32 sum of the planes' results in plane order."""
+    if planes > 1:
+        q, d, _ = quantize_activations_reference(x, weight.ggml_type, planes)
+        y = _superblock_product(weight, q[0::planes], d[0::planes])
+        for p in range(1, planes):
+            y = y + _superblock_product(weight, q[p::planes], d[p::planes])
+        return torch.from_numpy(y)
+    aq, da, _ = quantize_activations_reference(x, weight.ggml_type)
+    return torch.from_numpy(_superblock_product(weight, aq, da))
+
+
+def _superblock_product(weight: QuantWeight, aq: np.ndarray, da: np.ndarray) -> np.ndarray:
+    """The float32 result for activations already quantized (quants aq, scales da)."""
     decode, size = DECODERS[weight.ggml_type]
     rows, cols = weight.shape
     chunks = cols // 256
@@ -85,7 +98,6 @@ def superblock_matmul_q8_reference(weight: QuantWeight, x: torch.Tensor) -> torc
     q = q.reshape(rows, chunks, s.shape[1], sub)
     s, m = s.reshape(rows, chunks, -1), m.reshape(rows, chunks, -1)
     d, dmin = d.reshape(rows, chunks), dmin.reshape(rows, chunks)
-    aq, da, _ = quantize_activations_reference(x, weight.ggml_type)
     aq = aq.astype(np.int64).reshape(len(aq), chunks, s.shape[2], sub)
     dots = np.einsum("rcsj,tcsj->trcs", q, aq)  # exact int64 sub-block sums
     A = np.einsum("rcs,trcs->trc", s, dots)
@@ -95,4 +107,4 @@ def superblock_matmul_q8_reference(weight: QuantWeight, x: torch.Tensor) -> torc
     y = np.zeros(f.shape[:2], np.float32)
     for c in range(chunks):  # the running float32 sum, chunk by chunk
         y = y + f[:, :, c]
-    return torch.from_numpy(y)
+    return y

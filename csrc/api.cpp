@@ -154,12 +154,12 @@ int check_stack(int type, int64_t count, int64_t rows, int64_t cols, int64_t byt
 MOE_API int moe_experts(int64_t num_tokens, int64_t dim, int64_t hidden, int64_t num_experts, int64_t top_k,
                         const float *x, const int32_t *ids, const float *weights, const void *gate, int gate_type,
                         int64_t gate_bytes, const void *up, int up_type, int64_t up_bytes, const void *down,
-                        int down_type, int64_t down_bytes, float *out, int q8, int64_t shared_hidden,
+                        int down_type, int64_t down_bytes, float *out, int planes, int64_t shared_hidden,
                         const void *shared_gate, int shared_gate_type, int64_t shared_gate_bytes,
                         const void *shared_up, int shared_up_type, int64_t shared_up_bytes, const void *shared_down,
                         int shared_down_type, int64_t shared_down_bytes) {
   if (num_tokens < 0 || dim <= 0 || hidden <= 0 || num_experts <= 0 || top_k <= 0 || shared_hidden < 0 || !x ||
-      !ids || !weights || !gate || !up || !down || !out)
+      !ids || !weights || !gate || !up || !down || !out || planes < 0 || planes > kMaxPlanes)
     return MOE_ERR_SHAPE;
   const int checks[] = {
       check_stack(gate_type, num_experts, hidden, dim, gate_bytes),
@@ -179,7 +179,7 @@ MOE_API int moe_experts(int64_t num_tokens, int64_t dim, int64_t hidden, int64_t
   std::lock_guard<std::mutex> lock(rt.mutex);
   MoeArgs args{num_tokens, dim, hidden, num_experts, top_k, x, ids, weights,
                (const uint8_t *)gate, (const uint8_t *)up, (const uint8_t *)down, gate_type, up_type, down_type, out,
-               q8 != 0};
+               planes};
   if (shared_hidden) {
     args.shared_gate = (const uint8_t *)shared_gate;
     args.shared_up = (const uint8_t *)shared_up;
@@ -194,15 +194,16 @@ MOE_API int moe_experts(int64_t num_tokens, int64_t dim, int64_t hidden, int64_t
 }
 
 MOE_API int moe_matmul_q8(int type, const void *weight, int64_t weight_bytes, int64_t n, int64_t k, const float *x,
-                          int64_t num_tokens, float *y) {
+                          int64_t num_tokens, float *y, int planes) {
   if (geometry(type).block_size == 1) return moe_matmul(type, weight, weight_bytes, n, k, x, num_tokens, y);
-  return moe_matmul_q8_heads(type, weight, weight_bytes, 1, n, k, x, num_tokens, y);
+  return moe_matmul_q8_heads(type, weight, weight_bytes, 1, n, k, x, num_tokens, y, planes);
 }
 
 MOE_API int moe_matmul_q8_many(int count, const int *types, const void *const *weights,
                                const int64_t *weight_bytes, const int64_t *n, int64_t k, const float *x,
-                               int64_t num_tokens, float *const *ys) {
-  if (count <= 0 || !types || !weights || !weight_bytes || !n || !ys || !x || k <= 0 || num_tokens < 0)
+                               int64_t num_tokens, float *const *ys, int planes) {
+  if (count <= 0 || !types || !weights || !weight_bytes || !n || !ys || !x || k <= 0 || num_tokens < 0 || planes < 1 ||
+      planes > kMaxPlanes)
     return MOE_ERR_SHAPE;
   for (int i = 0; i < count; ++i) {
     const Geometry g = geometry(types[i]);
@@ -213,40 +214,45 @@ MOE_API int moe_matmul_q8_many(int count, const int *types, const void *const *w
   if (num_tokens == 0) return 0;
   Runtime &rt = runtime();
   std::lock_guard<std::mutex> lock(rt.mutex);
-  qmatmul_many(pool_locked(rt), moe_isa_active(), count, types, (const uint8_t *const *)weights, n, k, x, num_tokens,
+  qmatmul_many(pool_locked(rt), moe_isa_active(), planes, count, types, (const uint8_t *const *)weights, n, k, x, num_tokens,
                ys, rt.activations);
   return 0;
 }
 
 MOE_API int moe_matmul_q8_heads(int type, const void *weight, int64_t weight_bytes, int64_t heads, int64_t n,
-                                int64_t k, const float *x, int64_t num_tokens, float *y) {
+                                int64_t k, const float *x, int64_t num_tokens, float *y, int planes) {
   const Geometry g = geometry(type);
   if (g.block_size <= 1) return MOE_ERR_TYPE;
-  if (!weight || !x || !y || heads <= 0 || n <= 0 || k <= 0 || num_tokens < 0 || k % g.block_size)
+  if (!weight || !x || !y || heads <= 0 || n <= 0 || k <= 0 || num_tokens < 0 || k % g.block_size || planes < 1 ||
+      planes > kMaxPlanes)
     return MOE_ERR_SHAPE;
   if (weight_bytes < heads * n * (k / g.block_size * g.type_size)) return MOE_ERR_SIZE;
   if (num_tokens == 0) return 0;
   Runtime &rt = runtime();
   std::lock_guard<std::mutex> lock(rt.mutex);
-  qmatmul(pool_locked(rt), moe_isa_active(), type, (const uint8_t *)weight, heads, n, k, x, num_tokens, y,
+  qmatmul(pool_locked(rt), moe_isa_active(), planes, type, (const uint8_t *)weight, heads, n, k, x, num_tokens, y,
           rt.activations);
   return 0;
 }
 
 MOE_API int moe_quantize_activations(int type, const float *x, int64_t num_tokens, int64_t k, int8_t *q, float *d,
-                                     float *s) {
+                                     float *s, int planes) {
   const int kind = act_kind_for(type);
   if (kind < 0) return MOE_ERR_TYPE;
   const int block = kind == kActQ8_K ? kChunkQ : 32;
-  if (!x || !q || !d || !s || num_tokens < 0 || k <= 0 || k % block) return MOE_ERR_SHAPE;
-  const QActBuffers one(1, k);
+  if (!x || !q || !d || !s || num_tokens < 0 || k <= 0 || k % block || planes < 1 || planes > kMaxPlanes)
+    return MOE_ERR_SHAPE;
+  const QActBuffers one(planes, k);
   const QActView &v = one.view;
   for (int64_t t = 0; t < num_tokens; ++t) {
-    q_kernels(moe_isa_active()).quantize(kind, x + t * k, 0, v);
-    memcpy(q + t * k, v.q, (size_t)k);
-    for (int64_t b = 0; b < k / block; ++b) {
-      d[t * (k / block) + b] = v.scale[b * block / 16];
-      s[t * (k / block) + b] = kind == kActQ8_1 ? v.asum[b * block / 16] : 0.0f;
+    quantize_planes(q_kernels(moe_isa_active()).quantize, kind, planes, x + t * k, 0, v);
+    for (int p = 0; p < planes; ++p) {  // slot p -> output row planes * t + p
+      const int64_t row = planes * t + p, n16 = v.chunks * kSubQ;
+      memcpy(q + row * k, v.q + p * v.chunks * kChunkQ, (size_t)k);
+      for (int64_t b = 0; b < k / block; ++b) {
+        d[row * (k / block) + b] = v.scale[p * n16 + b * block / 16];
+        s[row * (k / block) + b] = kind == kActQ8_1 ? v.asum[p * n16 + b * block / 16] : 0.0f;
+      }
     }
   }
   return 0;

@@ -31,44 +31,46 @@ MOE_API int moe_matmul(int ggml_type, const void *weight, int64_t weight_bytes, 
 
 // The routed experts of one MoE layer for num_tokens tokens: out[t] = sum over slots a of
 // weights[t, a] * down_e(silu(gate_e x[t]) * up_e x[t]) with e = ids[t, a]. gate/up are
-// [E, hidden, dim] and down [E, dim, hidden] stacked GGUF tensors, read in place. q8 != 0:
-// x and the SwiGLU output are quantized to 8 bits once per format and the projections of
-// quantized weights run as moe_matmul_q8 (llama.cpp's arithmetic); 0: float activations.
+// [E, hidden, dim] and down [E, dim, hidden] stacked GGUF tensors, read in place. planes 1 or 2:
+// x and the SwiGLU output are quantized to 8-bit planes once per format and the projections of
+// quantized weights run as moe_matmul_q8 with those planes; 0: float activations.
 // shared_hidden > 0 adds the shared experts (gate/up [shared_hidden, dim], down [dim,
 // shared_hidden]) to every token in the same call, after the routed ones.
 MOE_API int moe_experts(int64_t num_tokens, int64_t dim, int64_t hidden, int64_t num_experts, int64_t top_k,
                         const float *x, const int32_t *ids, const float *weights, const void *gate, int gate_type,
                         int64_t gate_bytes, const void *up, int up_type, int64_t up_bytes, const void *down,
-                        int down_type, int64_t down_bytes, float *out, int q8, int64_t shared_hidden,
+                        int down_type, int64_t down_bytes, float *out, int planes, int64_t shared_hidden,
                         const void *shared_gate, int shared_gate_type, int64_t shared_gate_bytes,
                         const void *shared_up, int shared_up_type, int64_t shared_up_bytes, const void *shared_down,
                         int shared_down_type, int64_t shared_down_bytes);
 
 
 // As moe_matmul, with x quantized to 8 bits once (Q8_0 or Q8_1 blocks of 32 for the 32-weight
-// types, Q8_K blocks of 256 for K/IQ types) and integer dot products: llama.cpp's arithmetic, faster,
-// within ~1e-2 relative of the float product. Float weights (F32/F16/BF16) run moe_matmul.
+// types, Q8_K blocks of 256 for K/IQ types) and integer dot products. planes 1: llama.cpp's
+// arithmetic, within ~1e-2 relative of the float product; 2: plus the 8-bit residual of the
+// first quantization (quants/qact.h), about 15 bits. Float weights (F32/F16/BF16) run moe_matmul.
 MOE_API int moe_matmul_q8(int ggml_type, const void *weight, int64_t weight_bytes, int64_t n, int64_t k,
-                          const float *x, int64_t num_tokens, float *y);
+                          const float *x, int64_t num_tokens, float *y, int planes);
 
 // count weights over the same x [num_tokens, k] in one call, x quantized once per activation
 // format: ys[i] [num_tokens, n[i]] = moe_matmul_q8(weights[i]) bit for bit (q/k/v, gate/up).
 // Quantized weight types only.
 MOE_API int moe_matmul_q8_many(int count, const int *ggml_types, const void *const *weights,
                                const int64_t *weight_bytes, const int64_t *n, int64_t k, const float *x,
-                               int64_t num_tokens, float *const *ys);
+                               int64_t num_tokens, float *const *ys, int planes);
 
 // heads independent moe_matmul_q8 products in one call (multi-head projections such as MLA's
 // per-head latent maps): weight [heads, n, k] GGUF blocks, x [num_tokens, heads, k], y
 // [num_tokens, heads, n]. Quantized weight types only.
 MOE_API int moe_matmul_q8_heads(int ggml_type, const void *weight, int64_t weight_bytes, int64_t heads, int64_t n,
-                                int64_t k, const float *x, int64_t num_tokens, float *y);
+                                int64_t k, const float *x, int64_t num_tokens, float *y, int planes);
 
-// The activation quants moe_matmul_q8 uses for ggml_type: q [num_tokens, k] int8 in natural
-// order, d [num_tokens, k / block] scales (block 32 or 256), s [num_tokens, k / block] Q8_1's
-// scaled block sums (0 for the other formats). For tests against numpy.
+// The activation quants moe_matmul_q8 uses for ggml_type: q [num_tokens * planes, k] int8 in
+// natural order (token t's plane p in row planes * t + p), d [num_tokens * planes, k / block]
+// scales (block 32 or 256), s the same shape, Q8_1's scaled block sums (0 for the other
+// formats). For tests against numpy.
 MOE_API int moe_quantize_activations(int ggml_type, const float *x, int64_t num_tokens, int64_t k, int8_t *q,
-                                     float *d, float *s);
+                                     float *d, float *s, int planes);
 
 // Attention of one new token per sequence (decoding): q [heads, dh] against n cached positions,
 // position s's key of kv head g at k + s * ldk + g * dh and its value at v + s * ldv + g * dv

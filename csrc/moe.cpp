@@ -6,8 +6,8 @@
 // and a token's result does not depend on the rest of the batch.
 //
 // With 8-bit activations each sorted pair's input (and later its SwiGLU output) is quantized
-// once per activation format into its sorted slot, so an expert's tokens are one contiguous
-// slice of quantized rows, handed to the integer row kernel as they are.
+// once per activation format into its sorted slot (its planes' slots, qact.h), so an expert's
+// tokens are one contiguous slice of quantized rows, handed to the integer row kernel as they are.
 #include "moe.h"
 
 #include <algorithm>
@@ -21,20 +21,21 @@ namespace moe {
 
 namespace {
 
-// One projection's input over the sorted pairs: float rows, or (q8) their quantized slots.
+// One projection's input over the sorted pairs: float rows, or their quantized slots.
 struct ProjInput {
   const float *const *rows;
   const QActView *q;  // null: float activations
+  int planes;         // of q
 };
 
 // The quantized copies of `rows` (count of width k) in the format `type` pairs with, in buf;
-// null when the layer runs float activations or `type` is a float type.
-const QActView *quantize_rows(ThreadPool &pool, QuantizeRowFn quantize, bool q8, int type, const float *const *rows,
-                              int64_t count, int64_t k, QActBuffers &buf) {
-  const int kind = q8 ? act_kind_for(type) : -1;
+// null when the layer runs float activations (planes 0) or `type` is a float type.
+const QActView *quantize_rows(ThreadPool &pool, QuantizeRowFn quantize, int planes, int type,
+                              const float *const *rows, int64_t count, int64_t k, QActBuffers &buf) {
+  const int kind = planes ? act_kind_for(type) : -1;
   if (kind < 0) return nullptr;
-  const QActView &v = buf.resize(count, k);
-  pool.parallel_for(count, [&](int64_t s) { quantize(kind, rows[s], s, v); });
+  const QActView &v = buf.resize(planes * count, k);
+  pool.parallel_for(count, [&](int64_t s) { quantize_planes(quantize, kind, planes, rows[s], s, v); });
   return &v;
 }
 
@@ -42,7 +43,7 @@ const QActView *quantize_rows(ThreadPool &pool, QuantizeRowFn quantize, bool q8,
 void project(const IsaKernels &kern, QRowsFn qrows, int type, const uint8_t *w, int64_t row_bytes, int64_t rows,
              int64_t k, const ProjInput &in, int64_t s0, int64_t n, float *y, int64_t ldy) {
   if (in.q)
-    qrows(type, w, row_bytes, rows, act_slots(*in.q, s0), n, y, ldy);
+    qrows_planes(qrows, in.planes, type, w, row_bytes, rows, act_slots(*in.q, in.planes * s0), n, y, ldy);
   else
     gemm_rows(kern, type, w, row_bytes, rows, k, in.rows + s0, n, y, ldy);
 }
@@ -72,22 +73,24 @@ struct Group {
 
   // Inputs gathered in slot order and, for q8, quantized once per format: each of the
   // num_tokens rows once, then copied to its slots (a token has top_k of them).
-  void gather(ThreadPool &pool, QuantizeRowFn quantize, bool q8, const float *x, int64_t num_tokens, int64_t D) {
+  void gather(ThreadPool &pool, QuantizeRowFn quantize, int planes, const float *x, int64_t num_tokens, int64_t D) {
     buf.x_rows.resize(slots());
     for (int64_t s = 0; s < slots(); ++s) buf.x_rows[s] = x + token[s] * D;
     std::vector<const float *> rows(num_tokens);
     for (int64_t t = 0; t < num_tokens; ++t) rows[t] = x + t * D;
     auto slotted = [&](int type, QActBuffers &out) -> const QActView * {
-      if (!quantize_rows(pool, quantize, q8, type, rows.data(), num_tokens, D, buf.tokens)) return nullptr;
-      const QActView &v = out.resize(slots(), D);
-      pool.parallel_for(slots(), [&](int64_t s) { out.copy_slot(buf.tokens, token[s], s); });
+      if (!quantize_rows(pool, quantize, planes, type, rows.data(), num_tokens, D, buf.tokens)) return nullptr;
+      const QActView &v = out.resize(planes * slots(), D);
+      pool.parallel_for(slots(), [&](int64_t s) {
+        for (int p = 0; p < planes; ++p) out.copy_slot(buf.tokens, planes * token[s] + p, planes * s + p);
+      });
       return &v;
     };
     const QActView *xg = slotted(gate_type, buf.xg);
     const bool same = xg && act_kind_for(up_type) == act_kind_for(gate_type);
     const QActView *xu = same ? xg : slotted(up_type, buf.xu);
-    gate_in = {buf.x_rows.data(), xg};
-    up_in = {buf.x_rows.data(), xu};
+    gate_in = {buf.x_rows.data(), xg, planes};
+    up_in = {buf.x_rows.data(), xu, planes};
     g.resize(slots() * hidden);
     u.resize(slots() * hidden);
   }
@@ -102,11 +105,11 @@ struct Group {
 
   void swiglu(const IsaKernels &kern, int64_t s) { kern.swiglu(g.data() + s * hidden, u.data() + s * hidden, hidden); }
 
-  void quantize_hidden(ThreadPool &pool, QuantizeRowFn quantize, bool q8) {
+  void quantize_hidden(ThreadPool &pool, QuantizeRowFn quantize, int planes) {
     buf.h_rows.resize(slots());
     for (int64_t s = 0; s < slots(); ++s) buf.h_rows[s] = g.data() + s * hidden;
     down_in = {buf.h_rows.data(),
-               quantize_rows(pool, quantize, q8, down_type, buf.h_rows.data(), slots(), hidden, buf.hq)};
+               quantize_rows(pool, quantize, planes, down_type, buf.h_rows.data(), slots(), hidden, buf.hq), planes};
   }
 
   // Output rows [d0, d0 + rows) of every expert, added to its tokens in ascending expert order.
@@ -157,7 +160,7 @@ void moe_forward(ThreadPool &pool, const IsaKernels &kern, const QKernels &qk, c
     for (int64_t t = 0; t < T; ++t) shared.token[t] = t;
     shared.weight.assign(T, 1.0f);
   }
-  for (Group &g : groups) g.gather(pool, qk.quantize, a.q8, a.x, T, D);
+  for (Group &g : groups) g.gather(pool, qk.quantize, a.planes, a.x, T, D);
 
   // Phase A: tasks are (group, expert, block of hidden rows) over the experts hit, the blocks
   // as long as rows_per_task makes them over all the rows to read.
@@ -176,7 +179,7 @@ void moe_forward(ThreadPool &pool, const IsaKernels &kern, const QKernels &qk, c
   });
   for (Group &g : groups) {
     pool.parallel_for(g.slots(), [&](int64_t s) { g.swiglu(kern, s); });
-    g.quantize_hidden(pool, qk.quantize, a.q8);
+    g.quantize_hidden(pool, qk.quantize, a.planes);
   }
 
   // Phase B: each task owns a block of output columns of every token and adds the routed

@@ -20,7 +20,7 @@ struct MoeArgs {
   const uint8_t *down;    // [E, D, I]
   int gate_type, up_type, down_type;
   float *out;             // [T, D]
-  bool q8;                // 8-bit activations for the quantized projections (else float)
+  int planes;             // 8-bit activation planes of the quantized projections (qact.h); 0: float
   // Shared experts (null when none): one SwiGLU of width shared_hidden every token adds.
   const uint8_t *shared_gate = nullptr, *shared_up = nullptr, *shared_down = nullptr;  // [Is, D], [Is, D], [D, Is]
   int shared_gate_type = 0, shared_up_type = 0, shared_down_type = 0;

@@ -24,25 +24,43 @@ QActView act_slots(const QActView &v, int64_t s0) {
           v.bpairs16 + s0 * v.chunks * kPairs16, v.bpairs32 + s0 * v.chunks * kPairs32};
 }
 
-void qmatmul(ThreadPool &pool, int isa, int type, const uint8_t *w, int64_t heads, int64_t n, int64_t k,
+void qrows_planes(QRowsFn rows_fn, int planes, int type, const uint8_t *w, int64_t row_bytes, int64_t rows,
+                  const QActView &a, int64_t num_tokens, float *y, int64_t ldy) {
+  if (planes == 1) return rows_fn(type, w, row_bytes, rows, a, num_tokens, y, ldy);
+  thread_local std::vector<float> part;  // [planes * num_tokens, rows]
+  part.resize((size_t)(planes * num_tokens * rows));
+  rows_fn(type, w, row_bytes, rows, a, planes * num_tokens, part.data(), rows);
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    const float *first = part.data() + planes * t * rows;
+    for (int64_t r = 0; r < rows; ++r) {
+      float sum = first[r];
+      for (int p = 1; p < planes; ++p) sum += first[p * rows + r];
+      y[t * ldy + r] = sum;
+    }
+  }
+}
+
+void qmatmul(ThreadPool &pool, int isa, int planes, int type, const uint8_t *w, int64_t heads, int64_t n, int64_t k,
              const float *x, int64_t num_tokens, float *y, QActBuffers *scratch) {
   const Geometry g = geometry(type);
   const int64_t row_bytes = k / g.block_size * g.type_size, T = num_tokens;
-  // Slot h * T + t holds token t's input to head h, so each head's tokens are contiguous.
+  // Token slot h * T + t holds token t's input to head h, so each head's tokens are contiguous.
   const int kind = act_kind_for(type);
-  const QActView &a = scratch[kind].resize(T * heads, k);
+  const QActView &a = scratch[kind].resize(planes * T * heads, k);
   const QKernels kern = q_kernels(isa);
-  pool.parallel_for(T * heads, [&](int64_t s) { kern.quantize(kind, x + ((s % T) * heads + s / T) * k, s, a); });
+  pool.parallel_for(T * heads, [&](int64_t s) {
+    quantize_planes(kern.quantize, kind, planes, x + ((s % T) * heads + s / T) * k, s, a);
+  });
   const QRowsFn rows_fn = kern.rows;
   const int64_t task_rows = rows_per_task(n * heads, pool.size()), per_head = (n + task_rows - 1) / task_rows;
   pool.parallel_for(heads * per_head, [&](int64_t task) {
     const int64_t h = task / per_head, row0 = task % per_head * task_rows, rows = std::min(task_rows, n - row0);
-    rows_fn(type, w + (h * n + row0) * row_bytes, row_bytes, rows, act_slots(a, h * T), T, y + h * n + row0,
-            heads * n);
+    qrows_planes(rows_fn, planes, type, w + (h * n + row0) * row_bytes, row_bytes, rows, act_slots(a, planes * h * T),
+                 T, y + h * n + row0, heads * n);
   });
 }
 
-void qmatmul_many(ThreadPool &pool, int isa, int count, const int *types, const uint8_t *const *w, const int64_t *n,
+void qmatmul_many(ThreadPool &pool, int isa, int planes, int count, const int *types, const uint8_t *const *w, const int64_t *n,
                   int64_t k, const float *x, int64_t num_tokens, float *const *ys, QActBuffers *scratch) {
   const QKernels kern = q_kernels(isa);
   bool done[3] = {};  // one quantization per activation format
@@ -50,8 +68,8 @@ void qmatmul_many(ThreadPool &pool, int isa, int count, const int *types, const 
     const int kind = act_kind_for(types[i]);
     if (done[kind]) continue;
     done[kind] = true;
-    const QActView &a = scratch[kind].resize(num_tokens, k);
-    pool.parallel_for(num_tokens, [&](int64_t t) { kern.quantize(kind, x + t * k, t, a); });
+    const QActView &a = scratch[kind].resize(planes * num_tokens, k);
+    pool.parallel_for(num_tokens, [&](int64_t t) { quantize_planes(kern.quantize, kind, planes, x + t * k, t, a); });
   }
   int64_t total_rows = 0;
   for (int i = 0; i < count; ++i) total_rows += n[i];
@@ -65,8 +83,8 @@ void qmatmul_many(ThreadPool &pool, int isa, int count, const int *types, const 
     const int i = tasks[j].weight;
     const Geometry g = geometry(types[i]);
     const int64_t row_bytes = k / g.block_size * g.type_size, row0 = tasks[j].row0, rows = std::min(task_rows, n[i] - row0);
-    rows_fn(types[i], w[i] + row0 * row_bytes, row_bytes, rows, scratch[act_kind_for(types[i])].view, num_tokens,
-            ys[i] + row0, n[i]);
+    qrows_planes(rows_fn, planes, types[i], w[i] + row0 * row_bytes, row_bytes, rows,
+                 scratch[act_kind_for(types[i])].view, num_tokens, ys[i] + row0, n[i]);
   });
 }
 

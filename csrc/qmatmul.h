@@ -52,18 +52,26 @@ QKernels q_kernels(int isa);
 // Slots s0.. of a view (tokens s0, s0 + 1, ...), without a copy.
 QActView act_slots(const QActView &v, int64_t s0);
 
+// rows_fn over num_tokens tokens of `planes` activation planes each (a holds planes *
+// num_tokens slots, qact.h's quantize_planes): the planes run as tokens, so each weight row is
+// unpacked once for all of them, and y[t * ldy + r] is the sum of token t's plane products in
+// plane order. One plane is rows_fn itself.
+void qrows_planes(QRowsFn rows_fn, int planes, int type, const uint8_t *w, int64_t row_bytes, int64_t rows,
+                  const QActView &a, int64_t num_tokens, float *y, int64_t ldy);
+
 // H independent matmuls in one call (H = 1: a plain matmul): W is [H, n, k] in GGUF blocks,
-// x [T, H, k], y[t, h, r] = <W[h] row r, x[t, h]>, x quantized as act_kind_for(type). Quantized
-// weight types only. Same bits for every ISA, thread count and batch composition.
+// x [T, H, k], y[t, h, r] = <W[h] row r, x[t, h]>, x quantized as act_kind_for(type) in
+// `planes` planes (qact.h). Quantized weight types only. Same bits for every ISA, thread count
+// and batch composition.
 // scratch: activation buffers reused from call to call (one per activation format), so a
 // prompt-sized call maps no fresh pages.
-void qmatmul(ThreadPool &pool, int isa, int type, const uint8_t *w, int64_t heads, int64_t n, int64_t k,
+void qmatmul(ThreadPool &pool, int isa, int planes, int type, const uint8_t *w, int64_t heads, int64_t n, int64_t k,
              const float *x, int64_t num_tokens, float *y, QActBuffers *scratch);
 
 // Several weights over the same input x [T, k] in one call: x is quantized once per activation
 // format they need, and all their row blocks share the pool. ys[i] is [T, n[i]]. The same bits
 // as one qmatmul per weight.
-void qmatmul_many(ThreadPool &pool, int isa, int count, const int *types, const uint8_t *const *w, const int64_t *n,
+void qmatmul_many(ThreadPool &pool, int isa, int planes, int count, const int *types, const uint8_t *const *w, const int64_t *n,
                   int64_t k, const float *x, int64_t num_tokens, float *const *ys, QActBuffers *scratch);
 
 }  // namespace moe

@@ -43,11 +43,13 @@ def quantized(f: GGUFFile, name: str, shape: tuple[int, ...]) -> kernels.QuantWe
 #   "q8"    x quantized to 8 bits once per call and integer dot products (kernels.matmul_q8):
 #           llama.cpp's arithmetic (so Ollama's answers) and the fast path; results within
 #           ~1e-2 relative of exact. The default.
+#   "q8x2"  the same plus the 8-bit residual of x's quantization as a second plane (about 15
+#           bits; kernels.PLANES): near-exact, twice the integer multiplies.
 #   "float" x kept float32 (kernels.matmul): exact to float rounding, for oracle comparisons.
 # MOE_ACTIVATIONS overrides the default (as MOE_ISA picks the ISA). On SmolLM2-135M the two
 # differ where the model is on a knife's edge: asked for the capital of France, llama.cpp and q8
 # both start "L'Étoile, la Marseillaise, la femme", float answers "Paris".
-ACTIVATIONS = ("q8", "float")
+ACTIVATIONS = ("q8", "q8x2", "float")
 DEFAULT_ACTIVATIONS = os.environ.get("MOE_ACTIVATIONS", "q8")
 if DEFAULT_ACTIVATIONS not in ACTIVATIONS:
     raise ValueError(f"MOE_ACTIVATIONS must be one of {ACTIVATIONS}, got {DEFAULT_ACTIVATIONS!r}")
@@ -108,16 +110,20 @@ class Linear(nn.Module):
         if self.qweight is None or x.device.type != "cpu":
             return F.linear(x, self.weight.to(x.device, x.dtype), self.bias)
         n, k = self.qweight.shape
-        matmul = kernels.matmul_q8 if self.activations == "q8" else kernels.matmul
-        y = matmul(self.qweight, x.reshape(-1, k).float()).reshape(*x.shape[:-1], n).to(x.dtype)
+        x2 = x.reshape(-1, k).float()
+        planes = kernels.PLANES.get(self.activations)
+        y = kernels.matmul_q8(self.qweight, x2, planes) if planes else kernels.matmul(self.qweight, x2)
+        y = y.reshape(*x.shape[:-1], n).to(x.dtype)
         return y if self.bias is None else y + self.bias
 
 
 def project_many(linears: tuple[Linear, ...], x: torch.Tensor) -> list[torch.Tensor]:
-    """[linear(x) for linear in linears]: with 8-bit activations on the CPU and every weight
+    """[linear(x) for linear in linears]: with integer activations on the CPU and every weight
     quantized, one kernel call quantizes x once for all of them (q/k/v, gate/up), same bits."""
-    if x.device.type != "cpu" or any(
-        lin.qweight is None or lin.activations != "q8" or lin.qweight.ggml_type in kernels.FLOAT_TYPES for lin in linears
+    planes = kernels.PLANES.get(linears[0].activations)
+    if x.device.type != "cpu" or not planes or any(
+        lin.qweight is None or lin.activations != linears[0].activations or lin.qweight.ggml_type in kernels.FLOAT_TYPES
+        for lin in linears
     ):  # fmt: skip
         return [lin(x) for lin in linears]
     k = x.shape[-1]
@@ -126,7 +132,7 @@ def project_many(linears: tuple[Linear, ...], x: torch.Tensor) -> list[torch.Ten
     key = tuple(id(lin.qweight) for lin in linears)
     if key not in groups:
         groups[key] = kernels.WeightGroup([lin.qweight for lin in linears])
-    ys = kernels.matmul_q8_many(groups[key], x.reshape(-1, k).float())
+    ys = kernels.matmul_q8_many(groups[key], x.reshape(-1, k).float(), planes)
     out = []
     for lin, y in zip(linears, ys):
         y = y.reshape(*x.shape[:-1], lin.qweight.shape[0]).to(x.dtype)

@@ -63,7 +63,7 @@ class MLAttention(nn.Module):
     against 62 ms expanded; a 512-token prefill 60 ms expanded against 141 ms absorbed.
     Both are the same sums in a different order, so they agree to float rounding.
 
-    With 8-bit activations (`activations`, as Linear's) the absorbed path applies attn_k_b and
+    With integer activations (`activations`, as Linear's) the absorbed path applies attn_k_b and
     attn_v_b straight from their GGUF blocks, all heads in one integer-kernel call each, as
     llama.cpp does: a decode step then reads them quantized instead of as float32.
     """
@@ -136,10 +136,11 @@ class MLAttention(nn.Module):
         absorbed = [self._use_absorbed(end - start, cache.length + end - start) for start, end, cache in spans]
         # With 8-bit activations the per-head maps run from their GGUF blocks, once per step for
         # the tokens of every absorbed sequence together (each map read once, not per sequence).
-        quantized_maps = self.k_b is not None and self.activations == "q8" and x.device.type == "cpu" and any(absorbed)
+        planes = kernels.PLANES.get(self.activations)
+        quantized_maps = self.k_b is not None and planes and x.device.type == "cpu" and any(absorbed)
         if quantized_maps:
             idx = torch.cat([torch.arange(start, end) for (start, end, _), a in zip(spans, absorbed) if a])
-            q_latent = kernels.matmul_q8_heads(self.k_b, q_nope[idx].float()).to(x.dtype)  # [Ta, H, L]
+            q_latent = kernels.matmul_q8_heads(self.k_b, q_nope[idx].float(), planes).to(x.dtype)  # [Ta, H, L]
             o_latent = x.new_empty(len(idx), H, L)
         offset = 0
         for (start, end, cache), use_absorbed in zip(spans, absorbed):
@@ -158,7 +159,7 @@ class MLAttention(nn.Module):
                 o = self._attend_latent(q_lat, q_pe[start:end], latent_cache, pe_cache, past).transpose(0, 1)
                 out[start:end] = torch.bmm(o, self.w_uv.transpose(1, 2)).transpose(0, 1)  # [n, H, Vd]
         if quantized_maps:
-            out[idx] = kernels.matmul_q8_heads(self.v_b, o_latent.float()).to(out.dtype)  # [Ta, H, Vd]
+            out[idx] = kernels.matmul_q8_heads(self.v_b, o_latent.float(), planes).to(out.dtype)  # [Ta, H, Vd]
         return self.o(out.reshape(T, H * self.v_head_dim))
 
     def _use_absorbed(self, n: int, S: int) -> bool:

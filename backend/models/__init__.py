@@ -38,7 +38,8 @@ ARCHITECTURES: Mapping[str, type] = _Architectures()
 
 def load_model(f: GGUFFile, activations: str | None = None):
     """The Model for f's architecture, weights loaded from f. activations: "q8" (8-bit
-    activations, integer kernels) or "float" (exact; oracle tests); None: MOE_ACTIVATIONS."""
+    activations, integer kernels), "q8x2" (plus their 8-bit residual: near-exact) or "float"
+    (exact; oracle tests); None: MOE_ACTIVATIONS."""
     if f.architecture not in _MODULES:
         raise GGUFError(f"{f.name}: unsupported architecture '{f.architecture}'")
     return set_activations(ARCHITECTURES[f.architecture].from_gguf(f), activations or DEFAULT_ACTIVATIONS)

@@ -4,6 +4,8 @@
 
 #include <string.h>
 
+#include <vector>
+
 #include "formats.h"
 
 namespace moe {
@@ -41,6 +43,31 @@ void QActBuffers::copy_slot(const QActBuffers &src, int64_t from, int64_t to) {
   const int64_t np16 = view.chunks * kPairs16, np32 = view.chunks * kPairs32;
   memcpy(bpairs16.data() + to * np16, src.bpairs16.data() + from * np16, sizeof(int32_t) * (size_t)np16);
   memcpy(bpairs32.data() + to * np32, src.bpairs32.data() + from * np32, sizeof(int32_t) * (size_t)np32);
+}
+
+void quantize_planes(QuantizeRowFn quantize, int kind, int planes, const float *x, int64_t t, const QActView &v) {
+  quantize(kind, x, planes * t, v);
+  for (int p = 1; p < planes; ++p) {
+    // What plane p - 1 left: its float value is scale * q, the scale each sub-block's products
+    // are multiplied by (fp16-rounded for Q8_0 / Q8_1). Multiply, then subtract: no FMA
+    // (-ffp-contract=off), so numpy's float32 reference gives the same residual.
+    const int64_t slot = planes * t + p - 1;
+    const int8_t *q = v.q + slot * v.chunks * kChunkQ;
+    const float *scale = v.scale + slot * v.chunks * kSubQ;
+    thread_local std::vector<float> residual;
+    residual.resize((size_t)v.k);
+    const float *prev = p == 1 ? x : residual.data();
+    for (int64_t i = 0; i < v.k; ++i) residual[i] = prev[i] - scale[i / 16] * (float)q[i];
+    quantize(kind, residual.data(), slot + 1, v);
+  }
+  if (planes == 1 || kind != kActQ8_1) return;
+  // Q8_1's block sum, which multiplies a weight's offset, rounded to fp16 would cap the planes
+  // at 11 bits: with planes it is the sum of the plane's float values, d * (sum of the quants).
+  for (int64_t slot = planes * t; slot < planes * (t + 1); ++slot) {
+    const int64_t n16 = v.chunks * kSubQ;
+    for (int64_t s = 0; 16 * s < v.k; s += 2)
+      v.asum[slot * n16 + s] = v.scale[slot * n16 + s] * (float)(v.bsum[slot * n16 + s] + v.bsum[slot * n16 + s + 1]);
+  }
 }
 
 }  // namespace moe

@@ -87,4 +87,17 @@ inline int interleaved_source(int i) { return 16 * ((i / 4) % 16) + 4 * (i / 64)
 // QKernels::quantize).
 using QuantizeRowFn = void (*)(int kind, const float *x, int64_t t, const QActView &v);
 
+// Activation planes. One plane is llama.cpp's 8-bit activations. Two planes add the residual
+// of the first, x - scale * q in float32, quantized the same way into the next slot: token t
+// takes slots 2 t and 2 t + 1, so a slice of tokens stays one slice of slots, and the integer
+// kernels run the planes as tokens, each weight row unpacked once for both. Their two float
+// products are summed (qmatmul.h's qrows_planes); Q8_1's block sums stay float32 (not fp16,
+// which would cap the precision at 11 bits). In outlier blocks the first plane rounds every small value
+// to zero and the second keeps them; overall about 15 bits, at the price of twice the integer
+// multiplies.
+constexpr int kMaxPlanes = 2;
+
+// Token t of x[k] into slots planes * t .. planes * t + planes - 1 of v.
+void quantize_planes(QuantizeRowFn quantize, int kind, int planes, const float *x, int64_t t, const QActView &v);
+
 }  // namespace moe

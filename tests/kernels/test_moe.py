@@ -45,7 +45,7 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, activations: str = "float
 @pytest.mark.parametrize("gate_type,down_type", [("Q4_K", "Q5_0"), ("Q4_K", "Q8_0"), ("Q4_K", "Q6_K"),
                                                   ("IQ1_S", "IQ2_XXS"), ("IQ2_XXS", "Q4_K")])  # fmt: skip
 @pytest.mark.parametrize("T", [1, 3, 20])  # one decode, a few sequences, a prompt chunk (tile path)
-@pytest.mark.parametrize("activations", ["float", "q8"])
+@pytest.mark.parametrize("activations", ["float", "q8", "q8x2"])
 def test_close_to_float64(gate_type, down_type, T, activations, isa):
     gate, up, down = layer(gate_type, down_type)
     x = torch.randn(T, D, generator=torch.Generator().manual_seed(T)) * 0.02
@@ -65,7 +65,7 @@ def shared_experts(gate_type: str, down_type: str):
 
 @pytest.mark.parametrize("gate_type,down_type", [("Q4_K", "Q8_0"), ("Q8_0", "Q5_0")])
 @pytest.mark.parametrize("T", [1, 20])
-@pytest.mark.parametrize("activations", ["float", "q8"])
+@pytest.mark.parametrize("activations", ["float", "q8", "q8x2"])
 def test_shared_experts_in_the_same_call(gate_type, down_type, T, activations, isa):
     """Shared experts join the fused call as one more expert every token visits with weight 1:
     the result is the routed sum plus the shared FFN, each token independent of the batch."""
@@ -108,7 +108,7 @@ def test_q8_is_llama_cpp_arithmetic_not_float():
         kernels.moe_experts(x, ids, w, gate, up, down, E, "int4")
 
 
-@pytest.mark.parametrize("activations", ["float", "q8"])
+@pytest.mark.parametrize("activations", ["float", "q8", "q8x2"])
 def test_skewed_routing_and_batch_independence(activations):
     gate, up, down = layer("Q4_K", "Q6_K")
     x = torch.randn(12, D) * 0.02
@@ -120,7 +120,7 @@ def test_skewed_routing_and_batch_independence(activations):
         assert torch.equal(alone[0], together[t])
 
 
-@pytest.mark.parametrize("activations", ["float", "q8"])
+@pytest.mark.parametrize("activations", ["float", "q8", "q8x2"])
 def test_thread_count_and_concurrent_callers_change_nothing(activations):
     gate, up, down = layer("Q4_K", "Q8_0")
     x = torch.randn(9, D) * 0.02

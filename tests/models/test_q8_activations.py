@@ -75,3 +75,32 @@ def test_mla_absorbed_path_reads_the_quantized_head_maps(tmp_path, monkeypatch):
         last.append(model(prompt[-1:], ForwardBatch.single(1, cache)))  # a decode step over 9 cached
     err, scale = (last[1] - last[0]).abs().max().item(), last[0].abs().max().item()
     assert 0 < err <= Q8_RTOL * scale
+
+
+@pytest.mark.parametrize("arch,qtype", [("llama", "Q4_K"), ("qwen3moe", "Q8_0"), ("deepseek2", "Q4_K"), ("llama", "IQ2_XXS")])
+def test_two_planes_land_near_the_exact_logits(arch, qtype, tmp_path):
+    """q8x2 through every integer path of a model (Linear, q/k/v and gate/up groups, the fused
+    experts, MLA's per-head maps on a decode step): its logits sit >= 30x closer to the float
+    path's than q8's, on the same prompt, with the same expert choices."""
+    path = write_model(arch, tmp_path / "m.gguf", qtype=qtype)
+    models = {mode: load_model(open_gguf(path), activations=mode) for mode in ("float", "q8", "q8x2")}
+    assert all(m.activations == "q8x2" for m in models["q8x2"].modules() if isinstance(m, (Linear, Experts, MLAttention)))
+    routes = {mode: record_routing(m) for mode, m in models.items()}
+    vocab = model_config(arch, None)["vocab_size"]
+    prompt = torch.randint(0, vocab, (17,), generator=torch.Generator().manual_seed(2))
+    logits = {}
+    for mode, model in models.items():
+        cache = model.allocate_cache(17)
+        batch = ForwardBatch.single(16, cache)
+        prefill = model(prompt[:16], batch)
+        batch.advance()
+        logits[mode] = torch.cat([prefill, model(prompt[16:], ForwardBatch.single(1, cache))])
+    same_route = torch.ones(17, dtype=torch.bool)
+    for mode in ("q8", "q8x2"):
+        for a, b in zip(routes["float"], routes[mode]):  # per layer: the prefill's 16 rows, then the step's
+            rows = slice(0, 16) if len(a) == 16 else slice(16, 17)
+            same_route[rows] &= (a == b).all(-1)
+    assert same_route.sum() >= 14
+    err = {mode: (logits[mode] - logits["float"])[same_route].abs().max().item() for mode in ("q8", "q8x2")}
+    print(f"{arch} {qtype}: q8 {err['q8']:.2e}, q8x2 {err['q8x2']:.2e}")
+    assert 0 < err["q8x2"] * 30 <= err["q8"]
