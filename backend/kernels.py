@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import glob
 import os
 from dataclasses import dataclass, field
@@ -54,6 +55,8 @@ def _load() -> ctypes.CDLL:
         "moe_rms_norm": ([vp, i64, i64, vp, ctypes.c_float, vp], ctypes.c_int),
         "moe_rope": ([vp, i64, i64, i64, i64, i64, vp, vp, ctypes.c_int, vp], ctypes.c_int),
         "moe_attend": ([vp, i64, i64, vp, i64, vp, i64, i64, i64, i64, ctypes.c_float, vp], ctypes.c_int),
+        "moe_gated": ([ctypes.c_int, vp, vp, i64], ctypes.c_int),
+        "moe_decode_dense": ([vp, i64, i64, i64, vp, vp, vp, vp, vp, vp, ctypes.c_int], ctypes.c_int),
         "moe_experts": ([i64, i64, i64, i64, i64, fp, vp, fp, vp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp,
                          ctypes.c_int, i64, fp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp,
                          ctypes.c_int, i64], ctypes.c_int),  # fmt: skip
@@ -378,6 +381,74 @@ def _q8_product_reference(weight: QuantWeight, q: np.ndarray, d: np.ndarray, s: 
         corr = s.astype(np.float64) - d.astype(np.float64) * qb.sum(axis=-1)
         y += torch.from_numpy(corr @ m.astype(np.float64).T)
     return y
+
+
+# ---- gated activations and the native decode step ---------------------------------------------
+
+GATED = {"silu": 0, "gelu_tanh": 1}  # csrc/api.h's MOE_ACT_*
+
+
+def gated(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Tensor:
+    """act(gate) * up (SwiGLU for "silu", GeGLU for "gelu_tanh", tanh-approximated gelu) as the
+    MoE and decode kernels compute it: one fixed float expression, the same bits on every ISA."""
+    if gate.shape != up.shape or gate.dtype != torch.float32 or up.dtype != torch.float32 or gate.device.type != "cpu":
+        raise KernelError(f"gated: gate and up must be CPU float32 tensors of one shape, got {gate.dtype} "
+                          f"{tuple(gate.shape)} and {up.dtype} {tuple(up.shape)}")  # fmt: skip
+    out, up = gate.contiguous().clone(), up.contiguous()
+    _check(_lib.moe_gated(GATED[act], out.data_ptr(), up.data_ptr(), out.numel()), "gated")
+    return out
+
+
+def gated_reference(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Tensor:
+    """float64. gelu_tanh as x sigmoid(2 u), equal to 0.5 x (1 + tanh u): torch's tanh form
+    cancels to zero (or to 1e-16 in float64) below x = -5, where the value is 1e-7 .. 1e-38."""
+    g = gate.double()
+    if act == "silu":
+        return torch.nn.functional.silu(g) * up.double()
+    inner = math.sqrt(2 / math.pi) * (g + 0.044715 * g**3)
+    return g * torch.sigmoid(2 * inner) * up.double()
+
+
+class MoeWeight(ctypes.Structure):
+    _fields_ = [("ptr", ctypes.c_void_p), ("type", ctypes.c_int), ("bytes", ctypes.c_int64)]
+
+    @classmethod
+    def of(cls, w: QuantWeight) -> "MoeWeight":
+        return cls(w.ptr, int(w.ggml_type), w.raw.nbytes)
+
+
+class MoeDenseBlock(ctypes.Structure):
+    """csrc/api.h's MoeDenseBlock: one block of a native decode step (decode_dense)."""
+
+    _fields_ = [
+        *[(n, ctypes.c_int64) for n in ("heads", "kv_heads", "head_dim", "hidden")],
+        ("eps", ctypes.c_float), ("attn_scale", ctypes.c_float), ("window", ctypes.c_int64),
+        ("neox", ctypes.c_int), ("rope_set", ctypes.c_int), ("act", ctypes.c_int),
+        *[(n, ctypes.c_void_p) for n in ("attn_norm", "q_norm", "k_norm", "post_attn_norm", "ffn_norm", "post_ffn_norm",
+                                         "q_bias", "k_bias", "v_bias")],
+        *[(n, MoeWeight) for n in ("q", "k", "v", "o", "gate", "up", "down")],
+    ]  # fmt: skip
+
+
+def decode_dense(blocks: ctypes.Array, dim: int, x: torch.Tensor, k_caches: ctypes.Array, v_caches: ctypes.Array,
+                 lengths: torch.Tensor, cos: list[torch.Tensor], sin: list[torch.Tensor], planes: int) -> torch.Tensor:  # fmt: skip
+    """One decode step through `blocks` (MoeDenseBlock array) for x [S, dim] (one new token per
+    sequence): returns the last block's output [S, dim]. k_caches / v_caches hold S * len(blocks)
+    cache addresses (sequence-major), lengths [S] int64 their cached positions, cos / sin one
+    [S, head_dim / 2] table per rope set. The caller keeps every tensor behind an address alive."""
+    x = _check_x(x, dim, "decode_dense").clone()
+    S = x.shape[0]
+    if lengths.dtype != torch.int64 or lengths.shape != (S,) or len(k_caches) != S * len(blocks) or len(v_caches) != len(k_caches):
+        raise KernelError(f"decode_dense: {S} sequences need {S} lengths and {S * len(blocks)} caches each")
+    tables = [t.float().contiguous() for t in (*cos, *sin)]
+    lengths = lengths.contiguous()
+    ptrs = (ctypes.c_void_p * len(tables))(*[t.data_ptr() for t in tables])
+    sets = len(cos)
+    code = _lib.moe_decode_dense(ctypes.addressof(blocks), len(blocks), dim, S, x.data_ptr(), ctypes.addressof(k_caches),
+                                 ctypes.addressof(v_caches), lengths.data_ptr(), ptrs,
+                                 ctypes.addressof(ptrs) + sets * ctypes.sizeof(ctypes.c_void_p), _planes(planes))  # fmt: skip
+    _check(code, "decode_dense")
+    return x
 
 
 # ---- attention ------------------------------------------------------------------------------

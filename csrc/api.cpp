@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "decode.h"
 #include "kernels_isa.h"
 #include "moe.h"
 #include "qmatmul.h"
@@ -18,11 +19,11 @@ namespace moe {
 
 const IsaKernels &active_kernels() {
   static const IsaKernels tables[] = {
-      {scalar::dequantize, scalar::tile_matmul, scalar::rows_matmul, scalar::swiglu, scalar::scale_add,
+      {scalar::dequantize, scalar::tile_matmul, scalar::rows_matmul, scalar::swiglu, scalar::geglu, scalar::scale_add,
        scalar::attend, scalar::rope, scalar::rms_norm},
-      {avx2::dequantize, avx2::tile_matmul, avx2::rows_matmul, avx2::swiglu, avx2::scale_add,
+      {avx2::dequantize, avx2::tile_matmul, avx2::rows_matmul, avx2::swiglu, avx2::geglu, avx2::scale_add,
        avx2::attend, avx2::rope, avx2::rms_norm},
-      {avx512::dequantize, avx512::tile_matmul, avx512::rows_matmul, avx512::swiglu, avx512::scale_add,
+      {avx512::dequantize, avx512::tile_matmul, avx512::rows_matmul, avx512::swiglu, avx512::geglu, avx512::scale_add,
        avx512::attend, avx512::rope, avx512::rms_norm},
   };
   const int isa = moe_isa_active();  // AMX runs the AVX-512 table (tiles serve the integer GEMMs alone)
@@ -37,6 +38,7 @@ struct Runtime {
   int num_threads = 0;
   MoeWorkspace moe;         // reused by every moe_experts call (under the mutex)
   QActBuffers activations[3];  // and by every integer matmul, one per activation format
+  DecodeWorkspace decode;      // and by moe_decode_dense
 };
 
 Runtime &runtime() {
@@ -77,6 +79,43 @@ void gemm_rows(const IsaKernels &kern, int type, const uint8_t *w, int64_t row_b
       kern.dequantize(type, w + (r0 + r) * row_bytes, tile.data() + r * k, count_per_row);
     kern.tile_matmul(tile.data(), n, k, x, num_tokens, y + r0, ldy);
   }
+}
+
+void float_matmul(ThreadPool &pool, const IsaKernels &kern, int type, const uint8_t *w, int64_t n, int64_t k,
+                  const float *x, int64_t num_tokens, float *y) {
+  const Geometry g = geometry(type);
+  const int64_t row_bytes = k / g.block_size * g.type_size;
+  std::vector<const float *> rows_of_x(num_tokens);
+  for (int64_t t = 0; t < num_tokens; ++t) rows_of_x[t] = x + t * k;
+  const int64_t task_rows = rows_per_task(n, pool.size());  // long contiguous reads
+  pool.parallel_for((n + task_rows - 1) / task_rows, [&](int64_t task) {
+    const int64_t row0 = task * task_rows;
+    gemm_rows(kern, type, w + row0 * row_bytes, row_bytes, std::min(task_rows, n - row0), k, rows_of_x.data(),
+              num_tokens, y + row0, n);
+  });
+}
+
+void attend_heads(ThreadPool &pool, const IsaKernels &kern, const float *q, int64_t heads, int64_t dh, const float *k,
+                  int64_t ldk, const float *v, int64_t ldv, int64_t n, int64_t kv_heads, int64_t dv, float scale,
+                  float *out) {
+  // A task is a group of query heads of one kv head, which reads each key and value once for
+  // all of them: the whole group, halved while there are fewer tasks than threads. Any grouping
+  // gives the same bits.
+  const int64_t per_kv = heads / kv_heads;
+  int64_t group = per_kv;
+  while (kv_heads * (per_kv / group) < pool.size() && group % 2 == 0) group /= 2;
+  auto task = [&](int64_t i) {
+    thread_local std::vector<float> scores;
+    if ((int64_t)scores.size() < group * n) scores.resize(group * n);
+    const int64_t h = i * group, g = h / per_kv;  // query head h reads kv head h / (heads / kv_heads)
+    kern.attend(q + h * dh, group, k + g * dh, ldk, v + g * dv, ldv, n, dh, dv, scale, scores.data(), out + h * dv);
+  };
+  // A short context is a few microseconds of work: waking the pool would cost more.
+  if (heads * n * (dh + dv) < (int64_t)1 << 18) {
+    for (int64_t i = 0; i < heads / group; ++i) task(i);
+    return;
+  }
+  pool.parallel_for(heads / group, task);
 }
 
 }  // namespace moe
@@ -121,21 +160,11 @@ MOE_API int moe_matmul(int type, const void *weight, int64_t weight_bytes, int64
   const Geometry g = geometry(type);
   if (g.block_size == 0) return MOE_ERR_TYPE;
   if (!weight || !x || !y || n <= 0 || k <= 0 || num_tokens < 0 || k % g.block_size) return MOE_ERR_SHAPE;
-  const int64_t row_bytes = k / g.block_size * g.type_size;
-  if (weight_bytes < n * row_bytes) return MOE_ERR_SIZE;
+  if (weight_bytes < n * (k / g.block_size * g.type_size)) return MOE_ERR_SIZE;
   if (num_tokens == 0) return 0;
-  const IsaKernels &kern = active_kernels();
   Runtime &rt = runtime();
   std::lock_guard<std::mutex> lock(rt.mutex);
-  ThreadPool &pool = pool_locked(rt);
-  std::vector<const float *> rows_of_x(num_tokens);
-  for (int64_t t = 0; t < num_tokens; ++t) rows_of_x[t] = x + t * k;
-  const int64_t task_rows = rows_per_task(n, pool.size());  // long contiguous reads
-  pool.parallel_for((n + task_rows - 1) / task_rows, [&](int64_t task) {
-    const int64_t row0 = task * task_rows;
-    gemm_rows(kern, type, (const uint8_t *)weight + row0 * row_bytes, row_bytes, std::min(task_rows, n - row0), k,
-              rows_of_x.data(), num_tokens, y + row0, n);
-  });
+  float_matmul(pool_locked(rt), active_kernels(), type, (const uint8_t *)weight, n, k, x, num_tokens, y);
   return 0;
 }
 
@@ -263,28 +292,9 @@ MOE_API int moe_attend(const float *q, int64_t heads, int64_t dh, const float *k
   if (!q || !k || !v || !out || heads <= 0 || dh <= 0 || dv <= 0 || n <= 0 || kv_heads <= 0 || heads % kv_heads ||
       ldk < kv_heads * dh || ldv < kv_heads * dv)
     return MOE_ERR_SHAPE;
-  const IsaKernels &kern = active_kernels();
   Runtime &rt = runtime();
   std::lock_guard<std::mutex> lock(rt.mutex);
-  ThreadPool &pool = pool_locked(rt);
-  // A task is a group of query heads of one kv head, which reads each key and value once for
-  // all of them: the whole group, halved while there are fewer tasks than threads. Any grouping
-  // gives the same bits.
-  const int64_t per_kv = heads / kv_heads;
-  int64_t group = per_kv;
-  while (kv_heads * (per_kv / group) < pool.size() && group % 2 == 0) group /= 2;
-  auto task = [&](int64_t i) {
-    thread_local std::vector<float> scores;
-    if ((int64_t)scores.size() < group * n) scores.resize(group * n);
-    const int64_t h = i * group, g = h / per_kv;  // query head h reads kv head h / (heads / kv_heads)
-    kern.attend(q + h * dh, group, k + g * dh, ldk, v + g * dv, ldv, n, dh, dv, scale, scores.data(), out + h * dv);
-  };
-  // A short context is a few microseconds of work: waking the pool would cost more.
-  if (heads * n * (dh + dv) < (int64_t)1 << 18) {
-    for (int64_t i = 0; i < heads / group; ++i) task(i);
-    return 0;
-  }
-  pool.parallel_for(heads / group, task);
+  attend_heads(pool_locked(rt), active_kernels(), q, heads, dh, k, ldk, v, ldv, n, kv_heads, dv, scale, out);
   return 0;
 }
 
@@ -303,5 +313,54 @@ MOE_API int moe_rms_norm(const float *x, int64_t rows, int64_t d, const float *w
   if (!x || !w || !out || rows < 0 || d <= 0) return MOE_ERR_SHAPE;
   const IsaKernels &kern = active_kernels();
   for (int64_t r = 0; r < rows; ++r) kern.rms_norm(x + r * d, w, d, eps, out + r * d);
+  return 0;
+}
+
+MOE_API int moe_gated(int act, float *g, const float *u, int64_t n) {
+  if (!g || !u || n < 0 || (act != MOE_ACT_SILU && act != MOE_ACT_GELU_TANH)) return MOE_ERR_SHAPE;
+  const IsaKernels &kern = active_kernels();
+  (act == MOE_ACT_SILU ? kern.swiglu : kern.geglu)(g, u, n);
+  return 0;
+}
+
+namespace {
+
+int check_weight(const MoeWeight &w, int64_t rows, int64_t cols) {
+  return w.ptr ? check_stack(w.type, 1, rows, cols, w.bytes) : MOE_ERR_SHAPE;
+}
+
+}  // namespace
+
+MOE_API int moe_decode_dense(const MoeDenseBlock *blocks, int64_t num_blocks, int64_t dim, int64_t num_seqs, float *x,
+                             float *const *k_cache, float *const *v_cache, const int64_t *lengths,
+                             const float *const *cos, const float *const *sin, int planes) {
+  if (!blocks || num_blocks <= 0 || dim <= 0 || num_seqs < 0 || !x || !k_cache || !v_cache || !lengths || !cos ||
+      !sin || planes < 1 || planes > kMaxPlanes)
+    return MOE_ERR_SHAPE;
+  for (int64_t l = 0; l < num_blocks; ++l) {
+    const MoeDenseBlock &b = blocks[l];
+    if (b.heads <= 0 || b.kv_heads <= 0 || b.heads % b.kv_heads || b.head_dim <= 0 || b.head_dim % 2 ||
+        b.hidden <= 0 || b.window < 0 || b.rope_set < 0 || !b.attn_norm || !b.ffn_norm || !b.q_norm != !b.k_norm ||
+        (b.act != MOE_ACT_SILU && b.act != MOE_ACT_GELU_TANH) || !cos[b.rope_set] || !sin[b.rope_set])
+      return MOE_ERR_SHAPE;
+    const int checks[] = {
+        check_weight(b.q, b.heads * b.head_dim, dim),     check_weight(b.k, b.kv_heads * b.head_dim, dim),
+        check_weight(b.v, b.kv_heads * b.head_dim, dim),  check_weight(b.o, dim, b.heads * b.head_dim),
+        check_weight(b.gate, b.hidden, dim),              check_weight(b.up, b.hidden, dim),
+        check_weight(b.down, dim, b.hidden),
+    };
+    for (int c : checks)
+      if (c) return c;
+  }
+  for (int64_t s = 0; s < num_seqs; ++s) {
+    if (lengths[s] < 0) return MOE_ERR_SHAPE;
+    for (int64_t l = 0; l < num_blocks; ++l)
+      if (!k_cache[s * num_blocks + l] || !v_cache[s * num_blocks + l]) return MOE_ERR_SHAPE;
+  }
+  if (num_seqs == 0) return 0;
+  Runtime &rt = runtime();
+  std::lock_guard<std::mutex> lock(rt.mutex);
+  const DecodeArgs args{blocks, num_blocks, dim, num_seqs, x, k_cache, v_cache, lengths, cos, sin, planes};
+  decode_dense(pool_locked(rt), moe_isa_active(), active_kernels(), args, rt.activations, rt.decode);
   return 0;
 }

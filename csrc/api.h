@@ -85,6 +85,41 @@ MOE_API int moe_attend(const float *q, int64_t heads, int64_t dh, const float *k
 MOE_API int moe_rope(const float *x, int64_t tokens, int64_t heads, int64_t dim, int64_t ld_token, int64_t ld_head,
                      const float *cos, const float *sin, int neox, float *out);
 
+// Gated activations, in place: g[i] = act(g[i]) * u[i] for i < n; act MOE_ACT_SILU (SwiGLU) or
+// MOE_ACT_GELU_TANH (GeGLU). The expression the MoE and decode kernels use, the same bits on
+// every ISA.
+enum { MOE_ACT_SILU = 0, MOE_ACT_GELU_TANH = 1 };
+MOE_API int moe_gated(int act, float *g, const float *u, int64_t n);
+
+// One dense transformer block for moe_decode_dense: pre-norm attention (GQA, optional q/k/v
+// biases, per-head q/k norms, rope, an optional sliding window) and a gated feed-forward, each
+// optionally post-normed (Gemma 3) before its residual add. Weights are GGUF tensors in place.
+typedef struct {
+  const void *ptr;
+  int type;
+  int64_t bytes;
+} MoeWeight;
+
+typedef struct {
+  int64_t heads, kv_heads, head_dim, hidden;
+  float eps, attn_scale;
+  int64_t window;  // 0: every cached position; else query i sees keys j with i - j < window
+  int neox, rope_set, act;  // rope layout; which of the step's cos/sin tables; MOE_ACT_*
+  const float *attn_norm, *q_norm, *k_norm, *post_attn_norm, *ffn_norm, *post_ffn_norm;  // [dim] / [head_dim]; null: none
+  const float *q_bias, *k_bias, *v_bias;  // null: none
+  MoeWeight q, k, v, o, gate, up, down;
+} MoeDenseBlock;
+
+// A decode step of num_seqs sequences (one new token each) through num_blocks blocks: x [num_seqs,
+// dim] in, the last block's output out (in place). k_cache / v_cache[s * num_blocks + l] is
+// sequence s's cache of block l ([capacity, kv_heads, head_dim] float32); the token goes to
+// position lengths[s] and attends to positions 0 .. lengths[s]. cos / sin[set] [num_seqs,
+// head_dim / 2] for each block's rope_set. planes: integer activation planes (1 or 2). The same
+// bits as the blocks' kernels called one by one (backend/layers).
+MOE_API int moe_decode_dense(const MoeDenseBlock *blocks, int64_t num_blocks, int64_t dim, int64_t num_seqs, float *x,
+                             float *const *k_cache, float *const *v_cache, const int64_t *lengths,
+                             const float *const *cos, const float *const *sin, int planes);
+
 // RMSNorm of rows x [rows, d] with weight w [d]: out[r, i] = w[i] * (x[r, i] / sqrt(mean_i(x[r,
 // i]^2) + eps)), the sum of squares in one fixed order (the same bits on every ISA).
 MOE_API int moe_rms_norm(const float *x, int64_t rows, int64_t d, const float *w, float eps, float *out);

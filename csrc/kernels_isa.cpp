@@ -235,6 +235,14 @@ void swiglu(float *g, const float *u, int64_t n) {
   for (int64_t j = 0; j < n; ++j) g[j] = g[j] / (1.0f + exp_poly(-g[j])) * u[j];
 }
 
+// 0.5 x (1 + tanh(c (x + 0.044715 x^3))) = x sigmoid(2 c (...)), c = sqrt(2 / pi).
+void geglu(float *g, const float *u, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    const float x = g[j], inner = 1.5957691216057308f * (x + 0.044715f * (x * x * x));
+    g[j] = x / (1.0f + exp_poly(-inner)) * u[j];
+  }
+}
+
 void scale_add(float *o, const float *y, float w, int64_t n) {
   for (int64_t j = 0; j < n; ++j) o[j] += y[j] * w;
 }

@@ -4,6 +4,8 @@
 
 namespace moe {
 
+class ThreadPool;
+
 #define MOE_DECLARE_ISA(ns)                                                                          \
   namespace ns {                                                                                     \
   void dequantize(int type, const uint8_t *src, float *dst, int64_t count);                          \
@@ -12,6 +14,7 @@ namespace moe {
   void rows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, int64_t k,           \
                    const float *const *x, int64_t num_tokens, float *y, int64_t ldy);                \
   void swiglu(float *g, const float *u, int64_t n);                                                  \
+  void geglu(float *g, const float *u, int64_t n);                                                   \
   void scale_add(float *o, const float *y, float w, int64_t n);                                      \
   void attend(const float *q, int64_t group, const float *k, int64_t ldk, const float *v, int64_t ldv, \
               int64_t n, int64_t dh, int64_t dv, float scale, float *scores, float *out);            \
@@ -39,6 +42,8 @@ struct IsaKernels {
                       int64_t num_tokens, float *y, int64_t ldy);
   // g[j] = silu(g[j]) * u[j], with an exp of plain float operations: the same bits on every ISA.
   void (*swiglu)(float *g, const float *u, int64_t n);
+  // g[j] = gelu_tanh(g[j]) * u[j] (Gemma's GeGLU), as x * sigmoid(2 u) with the same exp.
+  void (*geglu)(float *g, const float *u, int64_t n);
   void (*scale_add)(float *o, const float *y, float w, int64_t n);  // o[j] += y[j] * w
   // `group` query heads q[group][dh] sharing one kv head, against n positions (key s at k + s *
   // ldk, value s at v + s * ldv): out[h][dv] = softmax(scale * q_h . k_s) . v_s, with
@@ -56,6 +61,16 @@ struct IsaKernels {
 // Picks the streaming or the tile path (identical bits); runs on the calling thread.
 void gemm_rows(const IsaKernels &kern, int type, const uint8_t *w, int64_t row_bytes, int64_t rows, int64_t k,
                const float *const *x, int64_t num_tokens, float *y, int64_t ldy);
+
+// y [T, n] = x [T, k] times W's n rows in float (moe_matmul), tasks of rows on the pool.
+void float_matmul(ThreadPool &pool, const IsaKernels &kern, int type, const uint8_t *w, int64_t n, int64_t k,
+                  const float *x, int64_t num_tokens, float *y);
+
+// One token's attention over n positions for all heads (moe_attend): tasks of query-head
+// groups on the pool when the work is big enough to pay for waking it. Any grouping, same bits.
+void attend_heads(ThreadPool &pool, const IsaKernels &kern, const float *q, int64_t heads, int64_t dh, const float *k,
+                  int64_t ldk, const float *v, int64_t ldv, int64_t n, int64_t kv_heads, int64_t dv, float scale,
+                  float *out);
 
 const IsaKernels &active_kernels();  // the table of the ISA dispatch.cpp selected
 

@@ -140,6 +140,14 @@ def project_many(linears: tuple[Linear, ...], x: torch.Tensor) -> list[torch.Ten
     return out
 
 
+def gated(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Tensor:
+    """act(gate) * up ("silu": SwiGLU, "gelu_tanh": GeGLU): on the CPU the kernels' expression
+    (the fused experts' and the native decode step's, so their bits), elsewhere torch's."""
+    if gate.device.type == "cpu" and gate.dtype == torch.float32:
+        return kernels.gated(gate, up, act)
+    return (F.silu(gate) if act == "silu" else F.gelu(gate, approximate="tanh")) * up
+
+
 def set_activations(model: nn.Module, mode: str) -> nn.Module:
     """Every Linear of `model`, and every module that declares `activations` as Linear does
     (the fused experts), takes `mode` activations (ACTIVATIONS); returns the model."""
@@ -162,7 +170,7 @@ class FeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, D] -> [T, D]
         gate, up = project_many((self.gate, self.up), x)
-        return self.down(F.silu(gate) * up)
+        return self.down(gated(gate, up, "silu"))
 
     def quantized(self) -> tuple[kernels.QuantWeight, kernels.QuantWeight, kernels.QuantWeight] | None:
         """(gate, up, down) blocks for the fused MoE kernel, or None if any is float or biased."""

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..engine.kv_cache import ForwardBatch, SequenceCache
 from ..gguf_model import GGUFFile
+from ..layers.dense_step import DenseStep
 
 
 class DecoderLM(nn.Module):
@@ -41,6 +42,8 @@ class DecoderLM(nn.Module):
         """tokens [T] -> final-normed hidden states [T, D]; writes the batch's caches, no advance."""
         positions = {False: batch.positions().to(self.embed.device)}  # [T] on each side, copied once
         x = self.embed_tokens(tokens)  # [T, D]
+        if self.placement is None and (step := self.dense_step()) is not None and step.applies(batch, x):
+            return self.norm(step(x, positions[False], batch))  # every block in one native call
         on_accel = False
         for i, layer in enumerate(self.layers):
             x, on_accel = self._cross(x, on_accel, self.placement is not None and self.placement.on_gpu(i))
@@ -49,6 +52,14 @@ class DecoderLM(nn.Module):
             x = layer(x, positions[on_accel], batch, i)
         x, _ = self._cross(x, on_accel, self._head_on_accel)
         return self.norm(x)
+
+    def dense_step(self) -> DenseStep | None:
+        """The native decode step over all blocks, when every block describes itself for it
+        (dense_spec) and its kernels can run it; built once."""
+        if "_dense_step" not in self.__dict__:
+            specs = [layer.dense_spec() if hasattr(layer, "dense_spec") else None for layer in self.layers]
+            self.__dict__["_dense_step"] = DenseStep.build(specs, self.args.hidden_size)
+        return self.__dict__["_dense_step"]
 
     @property
     def _head_on_accel(self) -> bool:

@@ -6,13 +6,13 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..engine.kv_cache import ForwardBatch
 from ..gguf_model import GGUFFile
 from ..layers.attention import Attention
-from ..layers.linear import Embedding, Linear, load, project_many
+from ..layers.dense_step import DenseBlockSpec
+from ..layers.linear import Embedding, Linear, gated, load, project_many
 from ..layers.norm import RMSNorm
 from ..layers.rope import linear_scaling_factor, rope_inv_freq
 from .decoder import DecoderLM
@@ -89,8 +89,12 @@ class Block(nn.Module):
         x = x + self.post_attn_norm(self.attn(self.attn_norm(x), positions, batch, i))  # [T, D]
         h = self.ffn_norm(x)
         gate, up = project_many((self.gate, self.up), h)
-        h = self.down(F.gelu(gate, approximate="tanh") * up)
+        h = self.down(gated(gate, up, "gelu_tanh"))
         return x + self.post_ffn_norm(h)
+
+    def dense_spec(self) -> DenseBlockSpec:
+        return DenseBlockSpec(self.attn, self.attn_norm, self.ffn_norm, self.gate, self.up, self.down, "gelu_tanh",
+                              post_attn_norm=self.post_attn_norm, post_ffn_norm=self.post_ffn_norm)  # fmt: skip
 
 
 class Model(DecoderLM):
