@@ -267,10 +267,11 @@ def machine(threads: int) -> dict:
             cpu = line.split(":", 1)[1].strip()
         if line.startswith("flags") and not flags:
             flags = set(line.split(":", 1)[1].split())
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
+    # run from the repository root: the status pathspecs are relative to it
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT.parent,
                          check=False).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "backend", "csrc"], capture_output=True, text=True,
-                           cwd=ROOT, check=False).stdout.split("\n")  # fmt: skip
+                           cwd=ROOT.parent, check=False).stdout.split("\n")  # fmt: skip
     return {"cpu": cpu, "cpu_flags": [f for f in CPU_FLAGS if f in flags], "threads": threads, "isa": kernels.isa(),
             "commit": git, "uncommitted_engine_files": [d[3:] for d in dirty if d.strip()]}  # fmt: skip
 
