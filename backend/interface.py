@@ -158,6 +158,9 @@ class Chunk:
     logprobs: tuple[TokenLogprob, ...] = ()
     done: bool = False
     done_reason: str = ""  # "stop" | "length" on the final chunk
+    # Final chunk only: the stop string that ended the generation ("" for EOS, a length limit or a
+    # finished format). Ollama's done_reason says "stop" for both; Anthropic's stop_reason tells them apart.
+    stop_sequence: str = ""
     metrics: Metrics | None = None  # final chunk only
     context: tuple[int, ...] = ()  # final chunk only: prompt + generated token ids
 

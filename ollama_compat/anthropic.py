@@ -237,9 +237,19 @@ def native_request(body: dict) -> dict[str, Any]:
 
 
 def _stop_reason(line: dict, had_tool_calls: bool) -> str:
+    """Anthropic's stop_reason. Ollama says end_turn for a matched stop string too (its done_reason
+    is "stop" for both); our engine names the string, so a client gets Anthropic's stop_sequence."""
     if had_tool_calls:
         return "tool_use"
+    if line.get("stop_sequence"):
+        return "stop_sequence"
     return _STOP_REASONS.get(line.get("done_reason") or "stop", "end_turn")
+
+
+def _stop(line: dict, had_tool_calls: bool) -> dict[str, Any]:
+    """stop_reason and stop_sequence, the matched string or null (as Anthropic sends them)."""
+    reason = _stop_reason(line, had_tool_calls)
+    return {"stop_reason": reason, "stop_sequence": line["stop_sequence"] if reason == "stop_sequence" else None}
 
 
 def _usage(line: dict) -> dict[str, int]:
@@ -265,7 +275,7 @@ async def _message_object(lines: AsyncIterator[dict], ident: str, model: str) ->
         content.append({"type": "text", "text": text})
     content += [_tool_use(c) for c in calls]
     return {"id": ident, "type": "message", "role": "assistant", "model": model, "content": content,
-            "stop_reason": _stop_reason(last, bool(calls)), "stop_sequence": None, "usage": _usage(last)}  # fmt: skip
+            **_stop(last, bool(calls)), "usage": _usage(last)}  # fmt: skip
 
 
 async def _events(lines: AsyncIterator[dict], ident: str, model: str) -> AsyncIterator[tuple[str, dict]]:
@@ -323,7 +333,7 @@ async def _events(lines: AsyncIterator[dict], ident: str, model: str) -> AsyncIt
             if line.get("done"):
                 events += close()
                 events += [("message_delta", {"type": "message_delta", "usage": _usage(line),
-                                              "delta": {"stop_reason": _stop_reason(line, had_calls), "stop_sequence": None}}),
+                                              "delta": _stop(line, had_calls)}),
                            ("message_stop", {"type": "message_stop"})]  # fmt: skip
             for event in events:
                 yield event

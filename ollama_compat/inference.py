@@ -246,9 +246,11 @@ async def run_action(app: web.Application, job: Job, body: dict) -> None:
         await engine.load(job.info.name, opt.load_options(merged, app[SETTINGS]), opt.keep_alive(body.get("keep_alive")))
 
 
-async def chat_lines(app: web.Application, job: Job) -> AsyncIterator[dict]:
+async def chat_lines(app: web.Application, job: Job, stop_sequence: bool = False) -> AsyncIterator[dict]:
     """Native chat objects: deltas on done:false lines (tool calls once each), then a done line
-    that always has `message` and never carries content (Page-Assist ignores it there)."""
+    that always has `message` and never carries content (Page-Assist ignores it there).
+    `stop_sequence` adds the stop string that ended it to the done line, for the compatibility
+    layers (Anthropic's stop_reason); never on the native API, where Ollama has no such field."""
     index = 0
     async for chunk in app[ENGINE].generate(job.request):
         if chunk.content or chunk.thinking or chunk.tool_calls or chunk.logprobs:
@@ -260,7 +262,10 @@ async def chat_lines(app: web.Application, job: Job) -> AsyncIterator[dict]:
                 index += len(chunk.tool_calls)
             yield _line(job, {"message": message}, chunk, done=False)
         if chunk.done:
-            yield _line(job, {"message": {"role": "assistant", "content": ""}}, chunk, done=True)
+            line = _line(job, {"message": {"role": "assistant", "content": ""}}, chunk, done=True)
+            if stop_sequence and chunk.stop_sequence:
+                line["stop_sequence"] = chunk.stop_sequence
+            yield line
 
 
 async def generate_lines(app: web.Application, job: Job) -> AsyncIterator[dict]:
@@ -293,13 +298,14 @@ def action_line(job: Job, kind: str) -> dict[str, Any]:
 
 
 async def chat_responses(app: web.Application, body: dict) -> AsyncIterator[dict]:
-    """Contract for the OpenAI layer: native chat objects, ApiError before the first one."""
+    """Contract for the OpenAI and Anthropic layers: native chat objects (plus `stop_sequence`,
+    see chat_lines), ApiError before the first one."""
     job = await asyncio.to_thread(prepare_chat, app, body)
     if job.request is None:
         await run_action(app, job, body)
         yield action_line(job, "chat")
         return
-    async for line in chat_lines(app, job):
+    async for line in chat_lines(app, job, stop_sequence=True):
         yield line
 
 

@@ -250,7 +250,7 @@ class LoadedModel:
         if delta.content or delta.thinking or delta.tool_calls or logprobs:
             seq.emit(Chunk(content=delta.content, thinking=delta.thinking, tool_calls=delta.tool_calls, logprobs=logprobs))
         if delta.stopped or (grammar is not None and grammar.finished):
-            return self._finish(seq, "stop")
+            return self._finish(seq, "stop", text.stop.matched)
         limit = seq.params.num_predict
         if len(seq.output) >= bounded_num_predict(limit, self.num_ctx):
             return self._finish(seq, "length")
@@ -275,7 +275,7 @@ class LoadedModel:
         top = tuple(entry(t, lp) for t, lp in sample.top)
         return (entry(sample.token, sample.logprob, top),)
 
-    def _finish(self, seq: Sequence, reason: str) -> None:
+    def _finish(self, seq: Sequence, reason: str, stop_sequence: str = "") -> None:
         tail = self._texts[seq.id].finish()
         t = seq.timings
         # prompt_eval_count is the whole prompt, as Ollama's runner counts it before trimming the
@@ -298,6 +298,7 @@ class LoadedModel:
                 tool_calls=tail.tool_calls,
                 done=True,
                 done_reason=reason,
+                stop_sequence=stop_sequence,
                 metrics=metrics,
                 context=tuple(seq.tokens),
             )

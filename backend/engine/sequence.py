@@ -37,16 +37,18 @@ class StopMatcher:
     def __init__(self, stops: tuple[str, ...]):
         self.stops = tuple(s for s in stops if s)
         self.pending = ""
+        self.matched = ""  # the stop string found (the earliest in the text; the first listed on a tie)
 
     def push(self, text: str) -> tuple[str, bool]:
         """Returns (text safe to emit, whether a stop string was hit)."""
         if not self.stops:
             return text, False
         buf = self.pending + text
-        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        hits = [(i, n) for n, i in enumerate(buf.find(s) for s in self.stops) if i >= 0]
         if hits:
-            self.pending = ""
-            return buf[: min(hits)], True
+            at, which = min(hits)
+            self.pending, self.matched = "", self.stops[which]
+            return buf[:at], True
         hold = 0
         for s in self.stops:
             for n in range(min(len(s) - 1, len(buf)), hold, -1):

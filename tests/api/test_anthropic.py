@@ -57,6 +57,23 @@ async def test_length_is_max_tokens(claude, engine):
     assert reply.stop_reason == "max_tokens" and reply.content[0].text == "Hel"
 
 
+async def test_matched_stop_string_is_stop_sequence(claude, client, engine):
+    """Anthropic's stop_reason "stop_sequence" with the matched string, streamed and not, when the
+    engine names the stop that ended it; the native API keeps Ollama's done_reason "stop" alone."""
+    engine.script = [Chunk(content="Hel"), Chunk(done=True, done_reason="stop", stop_sequence="y", metrics=METRICS)]
+    reply = await claude.messages.create(model="mymoe", max_tokens=9, messages=HI, stop_sequences=["x", "y"])
+    assert (reply.stop_reason, reply.stop_sequence, reply.content[0].text) == ("stop_sequence", "y", "Hel")
+    async with claude.messages.stream(model="mymoe", max_tokens=9, messages=HI, stop_sequences=["y"]) as stream:
+        final = await stream.get_final_message()
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", "y")
+    native = await client.post("/api/chat", json={"model": "mymoe", "messages": HI, "stream": False})
+    body = await native.json()
+    assert body["done_reason"] == "stop" and "stop_sequence" not in body
+    engine.script = None  # end of generation: end_turn and a null stop_sequence
+    reply = await claude.messages.create(model="mymoe", max_tokens=9, messages=HI, stop_sequences=["y"])
+    assert (reply.stop_reason, reply.stop_sequence) == ("end_turn", None)
+
+
 async def test_stream_thinking_then_text(claude, engine):
     engine.script = [Chunk(thinking="Let me "), Chunk(thinking="see."), Chunk(content="Hel"), Chunk(content="lo"),
                      Chunk(done=True, done_reason="stop", metrics=METRICS)]  # fmt: skip
@@ -228,6 +245,10 @@ def test_real_model_streams_through_the_anthropic_client(smollm2_gguf, tmp_path)
         assert text == reply.content[0].text and final.usage == reply.usage
         short = client.messages.create(model="smollm2", max_tokens=3, messages=question, **greedy)
         assert short.stop_reason == "max_tokens" and short.usage.output_tokens == 3
+        cut = client.messages.create(model="smollm2", max_tokens=16, messages=question,
+                                     stop_sequences=["nowhere", " classic"], **greedy)  # fmt: skip
+        assert (cut.stop_reason, cut.stop_sequence) == ("stop_sequence", " classic")
+        assert cut.content[0].text == "The answer to this"
     finally:
         server.close()
 

@@ -70,6 +70,19 @@ async def test_format_schema_constrains_the_answer(engine):
             assert set(answer) == {"country", "capital"} and "Paris" in answer["capital"]
 
 
+async def test_final_chunk_names_the_stop_string_that_ended_it(engine):
+    """done_reason stays "stop" as Ollama reports it; stop_sequence says which stop string (if any)."""
+    prompt = engine.render_chat("smollm2", [{"role": "user", "content": QUESTIONS[0]}])
+    free = [c async for c in engine.generate(GenerateRequest("smollm2", prompt, GREEDY, load=LoadOptions(num_ctx=512)))]
+    text = "".join(c.content for c in free)
+    assert free[-1].stop_sequence == "" and len(text) > 6
+    stop = text[3:6]  # a piece greedy decoding is sure to write again
+    sampling = SamplingParams(temperature=0, num_predict=12, stop=("never there", stop))
+    chunks = [c async for c in engine.generate(GenerateRequest("smollm2", prompt, sampling, load=LoadOptions(num_ctx=512)))]
+    assert (chunks[-1].done_reason, chunks[-1].stop_sequence) == ("stop", stop)
+    assert "".join(c.content for c in chunks) == text[: text.find(stop)]
+
+
 async def test_invalid_format_is_a_clear_error(engine):
     from backend.interface import InvalidRequest
 

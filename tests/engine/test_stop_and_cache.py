@@ -69,6 +69,21 @@ def test_random_stop_fuzz():
         assert run_stop(pieces, stops) == reference_stop(text, stops)
 
 
+def test_matched_is_the_stop_string_that_ended_the_text():
+    """Which stop ended it (Anthropic's stop_sequence): the earliest in the text, the first listed
+    when two start at the same place; compared with str.find over the whole text."""
+    rng = random.Random(1)
+    for _ in range(300):
+        text = "".join(rng.choice("ab<>|") for _ in range(rng.randint(0, 20)))
+        stops = ["".join(rng.choice("ab<>|") for _ in range(rng.randint(1, 4))) for _ in range(3)]
+        m = StopMatcher(tuple(stops))
+        for piece in (text[i : i + 3] for i in range(0, len(text), 3)):
+            if m.push(piece)[1]:
+                break
+        hits = sorted((text.find(s), n) for n, s in enumerate(stops) if s in text)
+        assert m.matched == (stops[hits[0][1]] if hits else "")
+
+
 def make_pool(slots=2, capacity=16):
     def allocate(cap):
         return SequenceCache([(torch.zeros(cap, 2),)], cap)
