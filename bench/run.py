@@ -72,16 +72,21 @@ def wait_quiet(a) -> float:
     return busy
 
 
-# Our engine with its kernels forced onto one ISA level (MOE_ISA): "ours-avx512" runs the VNNI
-# GEMMs on a CPU with AMX, for the AMX row's comparison in the same run.
-FORCED_ISA = {"ours-avx512": "avx512", "ours-avx2": "avx2"}
+# Our engine with one setting changed through its environment: kernels forced onto one ISA
+# level ("ours-avx512" runs the VNNI GEMMs on a CPU with AMX, for the AMX row's comparison),
+# the near-exact activation planes (MOE_ACTIVATIONS=q8x2), or decode steps on the Python layers
+# instead of the native step (MOE_NATIVE_DECODE=0).
+VARIANTS = {
+    "ours-avx512": {"MOE_ISA": "avx512"},
+    "ours-avx2": {"MOE_ISA": "avx2"},
+    "ours-q8x2": {"MOE_ACTIVATIONS": "q8x2"},
+    "ours-layers": {"MOE_NATIVE_DECODE": "0"},
+}
 
 
 def measure(engine: str, path: str, a) -> dict:
-    env = dict(os.environ)
-    if engine in FORCED_ISA:
-        env["MOE_ISA"] = FORCED_ISA[engine]
-    cmd = [sys.executable, str(ROOT / "worker.py"), "ours" if engine in FORCED_ISA else engine, path, "--decode",
+    env = {**os.environ, **VARIANTS.get(engine, {})}
+    cmd = [sys.executable, str(ROOT / "worker.py"), "ours" if engine in VARIANTS else engine, path, "--decode",
            str(a.decode), "--threads", str(a.threads)]  # fmt: skip
     busy = wait_quiet(a)
     load_before = os.getloadavg()[0]
@@ -114,10 +119,14 @@ def bench_model(model: str, a, bw: float) -> dict:
         med["pct_bandwidth"] = 100 * med["decode_gbs"] / bw  # = % of the bandwidth roofline tok/s
         row["median"][engine] = med
     row["roofline_tps"] = bw * 1e9 / roof["bytes_per_token"]
-    base = row["median"].get("llama.cpp")
+    # llama.cpp as users run it, or with its weight repacking off where that crashes (its AMX
+    # buffers abort on some Xeons).
+    base = row["median"].get("llama.cpp") or row["median"].get("llama.cpp-norepack")
     ours = row["median"].get("ours")
-    if base and ours:
-        row["ratio"] = {k: ours[k] / base[k] for k in ours if base.get(k)}
+    if base:  # every one of ours against llama.cpp: "ratio" for ours, "ratio:<variant>" for the others
+        for engine, m in row["median"].items():
+            if engine.startswith("ours"):
+                row["ratio" if engine == "ours" else f"ratio:{engine}"] = {k: m[k] / base[k] for k in m if base.get(k)}
     vnni = row["median"].get("ours-avx512")
     if vnni and ours:
         row["ratio_vs_avx512"] = {k: ours[k] / vnni[k] for k in ours if vnni.get(k)}
@@ -138,7 +147,8 @@ def markdown(meta: dict, rows: list[dict], decode: int) -> str:
             lines.append(f"| {name} | {engine} | {m['pp128_tps']:.1f} | {m['pp512_tps']:.1f} | {m[tg]:.2f} | {m['load_s']:.2f} "
                          f"| {m['peak_rss_mb']:.0f} | {m['decode_gbs']:.1f} | {m['pct_bandwidth']:.0f} % |")  # fmt: skip
             name = ""
-        for key, label in (("ratio", "ours / llama.cpp"), ("ratio_vs_avx512", f"ours ({meta.get('isa', '?')}) / ours-avx512")):
+        labels = [("ratio", "ours / llama.cpp")] + [(k, f"{k[6:]} / llama.cpp") for k in r if k.startswith("ratio:")]
+        for key, label in labels + [("ratio_vs_avx512", f"ours ({meta.get('isa', '?')}) / ours-avx512")]:
             if key in r:
                 q = r[key]
                 lines.append(f"| | **{label}** | **{q['pp128_tps']:.2f}x** | **{q['pp512_tps']:.2f}x** | **{q[tg]:.2f}x** "
