@@ -121,6 +121,21 @@ def test_skewed_routing_and_batch_independence(activations):
 
 
 @pytest.mark.parametrize("activations", ["float", "q8", "q8x2"])
+def test_a_decode_call_equals_its_token_in_a_prompt_sized_call(activations):
+    """Shared experts included, more slots than a decode step has: each token alone equals its
+    row of the 40-token batch."""
+    gate, up, down = layer("Q4_K", "Q5_0")
+    shared = (stacked("Q4_K", 96, D, 7), stacked("Q4_K", 96, D, 8), stacked("Q8_0", D, 96, 9))
+    x = torch.randn(40, D) * 0.02
+    ids, w = routing(40, 2, 3)
+    together = kernels.moe_experts(x, ids, w, gate, up, down, E, activations, shared=shared)
+    for t in (0, 17, 39):
+        alone = kernels.moe_experts(x[t : t + 1], ids[t : t + 1], w[t : t + 1], gate, up, down, E, activations,
+                                    shared=shared)  # fmt: skip
+        assert torch.equal(alone[0], together[t])
+
+
+@pytest.mark.parametrize("activations", ["float", "q8", "q8x2"])
 def test_thread_count_and_concurrent_callers_change_nothing(activations):
     gate, up, down = layer("Q4_K", "Q8_0")
     x = torch.randn(9, D) * 0.02
