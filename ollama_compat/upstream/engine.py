@@ -33,6 +33,9 @@ from .replicas import ReplicaPool, ReplicaState, auth_headers, describe
 
 log = logging.getLogger(__name__)
 
+_KEEPALIVE_S = 4.0  # idle upstream connections kept this long (uvicorn closes them after 5 s)
+_DRAIN_S = 0.5  # how long the end of a body may lag its [DONE]
+
 
 class UpstreamUnavailable(EngineError):
     """No replica of the model answered."""
@@ -68,7 +71,11 @@ class UpstreamEngine:
             timeout = aiohttp.ClientTimeout(total=None, connect=self.config.connect_timeout,
                                             sock_read=self.config.read_timeout)  # fmt: skip
             # limit=0: the number of streams open at once is OLLAMA_MAX_QUEUE's to bound, not the pool's.
-            self._session = aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=0))
+            # Idle connections are kept for the next request (a new one costs the first token a TCP
+            # setup on both sides), but under uvicorn's 5 s keep-alive (vLLM, SGLang, llama_cpp.server),
+            # so the server rarely closes one just as it is reused.
+            connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_S)
+            self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
         return self._session
 
     async def start(self) -> None:
@@ -152,10 +159,15 @@ class UpstreamEngine:
     async def _post(self, state: ReplicaState, path: str, body: dict[str, Any]) -> aiohttp.ClientResponse:
         """The response once its status says it is an answer; _Retry when another replica should
         be asked; EngineError with the upstream's message for a request it refuses."""
+        data = orjson.dumps(body)
+        headers = {"Content-Type": "application/json", **auth_headers(state.replica)}
         try:
-            response = await self.session().post(state.replica.url + path, data=orjson.dumps(body),
-                                                  headers={"Content-Type": "application/json",
-                                                           **auth_headers(state.replica)})  # fmt: skip
+            try:
+                response = await self.session().post(state.replica.url + path, data=data, headers=headers)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                # A kept-alive connection the server closed as it was reused (aiohttp retries only
+                # idempotent methods itself): once more, on a fresh one, before calling it down.
+                response = await self.session().post(state.replica.url + path, data=data, headers=headers)
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             raise _Retry(describe(e), down=True) from None
         if response.status == 200:
@@ -205,6 +217,7 @@ class UpstreamEngine:
             response = await self._post(state, path, body)
             parsed = translate.StreamState(think=request.think)
             first = last = 0
+            reusable = False
             try:
                 async for event in _events(response):
                     fields = parsed.event(event)
@@ -212,10 +225,14 @@ class UpstreamEngine:
                         last = time.perf_counter_ns()
                         first = first or last
                         yield Chunk(**fields)
+                reusable = await _body_ended(response)
             except (aiohttp.ClientError, asyncio.TimeoutError) as e:
                 raise _Retry(describe(e), down=True) from None
             finally:
-                response.close()  # unread: closes the connection, which stops the upstream's generation
+                if reusable:
+                    response.release()  # read to its end: the connection goes back to the pool
+                else:
+                    response.close()  # unread: closes the connection, which stops the upstream's generation
             if not parsed.finish:
                 # A whole answer names why it ended; llama_cpp.server, for one, ends a stream with a
                 # bare [DONE] when another request interrupts it (--interrupt_requests).
@@ -286,6 +303,16 @@ async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, A
             raise EngineError(f"upstream sent an event that is not JSON: {data[:80]!r}") from None
         if isinstance(event, dict):
             yield event
+
+
+async def _body_ended(response: aiohttp.ClientResponse) -> bool:
+    """After [DONE]: whether the body then ended, so its connection can carry the next request.
+    OpenAI servers end it right after [DONE]; one that holds it open past a moment loses the
+    connection rather than delaying the answer's last line."""
+    try:
+        return not (await asyncio.wait_for(response.content.read(), _DRAIN_S)).strip()
+    except (aiohttp.ClientError, asyncio.TimeoutError):
+        return False
 
 
 def _message(text: str) -> str:
