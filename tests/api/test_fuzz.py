@@ -42,6 +42,31 @@ def dumps(body: Any) -> bytes:
     return json.dumps(body).encode()  # the stdlib writes integers past 2^64, as clients may
 
 
+def _messages(limits: ws.Limits):
+    from .test_anthropic_fuzz import body  # there, with its own deeper fuzz (it imports FUZZ from here)
+
+    return _on_models(body, limits)
+
+
+def _responses(limits: ws.Limits):
+    from .test_responses_fuzz import body
+
+    return _on_models(body, limits)
+
+
+def _on_models(bodies, limits: ws.Limits):
+    """Those strategies name the fake engine's models: the target's own take their place."""
+    names = {"mymoe": limits.models[0], "plain": limits.models[-1]}
+    return st.tuples(bodies, st.sampled_from(limits.models)).map(
+        lambda pair: {**pair[0], "model": names.get(pair[0].get("model"), pair[0].get("model"))}
+        if isinstance(pair[0].get("model"), str) else pair[0])
+
+
+# ws's table and Anthropic's /v1/messages and OpenAI's /v1/responses (Claude Code's and Codex's).
+ENDPOINTS = {**ws.ENDPOINTS, "messages": ("POST", "/v1/messages", _messages), "responses": ("POST", "/v1/responses", _responses)}
+INFERENCE = (*ws.INFERENCE, "messages", "responses")
+
+
 # What streaming.py writes for an exception no layer expected: the 500 of a stream.
 INTERNAL = re.compile(r"^[A-Z]\w*(Error|Exception)\b")
 PROGRESS = ("/api/create", "/api/pull", "/api/push")  # Ollama reports a failure there as the stream's last line
@@ -72,7 +97,17 @@ def check(path: str, status: int, content_type: str, data: bytes, method: str = 
             assert isinstance(lines[-1]["error"], str) and not INTERNAL.match(lines[-1]["error"]), shown
         else:
             assert lines[-1].get("done") is True or lines[-1].get("status") == "success", shown
-    elif content_type == "text/event-stream":
+    elif content_type.startswith("text/event-stream") and path == "/v1/messages":
+        frames = data.decode().split("\n\n")  # Anthropic's "event: name\ndata: {...}" frames
+        names = [f.split("\n")[0].removeprefix("event: ") for f in frames[:-1]]
+        assert frames[-1] == "" and names[0] == "message_start" and names[-1] == "message_stop", shown
+        assert "error" not in names, shown
+    elif content_type.startswith("text/event-stream") and path == "/v1/responses":
+        frames = data.decode().split("\n\n")
+        events = [json.loads(f.split("\n")[1].removeprefix("data: ")) for f in frames[:-1]]
+        assert frames[-1] == "" and [e["sequence_number"] for e in events] == list(range(len(events))), shown
+        assert events[-1]["type"] in ("response.completed", "response.incomplete"), shown
+    elif content_type.startswith("text/event-stream"):
         events = [e.removeprefix("data: ") for e in data.decode().split("\n\n") if e]
         assert events[-1] == "[DONE]" and not any('"error"' in e[:12] for e in events), shown
     elif status == 200 and data:
@@ -80,7 +115,7 @@ def check(path: str, status: int, content_type: str, data: bytes, method: str = 
 
 
 def fuzz(server: Server, endpoint: str, limits: ws.Limits, examples: int, bound=lambda body: body, after=None):
-    method, path, bodies = ws.ENDPOINTS[endpoint]
+    method, path, bodies = ENDPOINTS[endpoint]
 
     @settings(FUZZ, max_examples=examples)
     @given(body=bodies(limits))
@@ -109,7 +144,7 @@ def fake():
 FAKE_LIMITS = ws.Limits(models=("mymoe", "plain", "embedder", "MyMoE:latest"))
 
 
-@pytest.mark.parametrize("endpoint", [*ws.INFERENCE, "delete"])
+@pytest.mark.parametrize("endpoint", [*INFERENCE, "delete"])
 def test_fuzz_fake_engine(fake, endpoint):
     models = dict(fake.engine.models)
 
@@ -123,7 +158,7 @@ def test_fuzz_fake_engine(fake, endpoint):
 
 
 @settings(FUZZ, max_examples=300)
-@given(path=st.sampled_from([ws.ENDPOINTS[e][1] for e in ws.INFERENCE] + ["/api/tags", "/api/ps", "/v1/models", "/"]),
+@given(path=st.sampled_from([ENDPOINTS[e][1] for e in INFERENCE] + ["/api/tags", "/api/ps", "/v1/models", "/"]),
        method=st.sampled_from(["GET", "POST", "DELETE", "HEAD", "PUT"]),
        body=st.binary(max_size=64) | st.sampled_from([b"", b"{", b"[]", b"null", b'"x"', b"1e400", b'{"model": "mymoe"}',
                                                       b"\xff\xfe{}", b'{"model": "mymoe", "messages": [] }']),
@@ -164,10 +199,14 @@ def short(body: Any) -> Any:
         body["options"] = {**body["options"], "num_predict": 4}
     if body.get("max_tokens") is None:
         body["max_tokens"] = 4
+    if isinstance(body.get("max_tokens"), int) and body["max_tokens"] > 4:  # /v1/messages requires one
+        body["max_tokens"] = 4
+    if body.get("max_output_tokens") is None or (isinstance(body["max_output_tokens"], int) and body["max_output_tokens"] > 4):
+        body["max_output_tokens"] = 4  # /v1/responses
     return body
 
 
-@pytest.mark.parametrize("endpoint", [*ws.INFERENCE, *ws.STORE])
+@pytest.mark.parametrize("endpoint", [*INFERENCE, *ws.STORE])
 def test_fuzz_real_engine(real, endpoint):
     fuzz(real, endpoint, REAL_LIMITS, REAL_EXAMPLES.get(endpoint, REAL_DEFAULT), bound=short)
     # The engine lives: the greedy answer is still llama.cpp's, and every listing answers.
