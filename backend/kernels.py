@@ -57,6 +57,8 @@ def _load() -> ctypes.CDLL:
         "moe_attend": ([vp, i64, i64, vp, i64, vp, i64, i64, i64, i64, ctypes.c_float, vp], ctypes.c_int),
         "moe_gated": ([ctypes.c_int, vp, vp, i64], ctypes.c_int),
         "moe_decode_dense": ([vp, i64, i64, i64, vp, vp, vp, vp, vp, vp, ctypes.c_int], ctypes.c_int),
+        "moe_decode_mla": ([vp, i64, i64, i64, vp, vp, vp, vp, vp, ctypes.c_int], ctypes.c_int),
+        "moe_route": ([vp, vp, i64, vp, vp], ctypes.c_int),
         "moe_experts": ([i64, i64, i64, i64, i64, fp, vp, fp, vp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp,
                          ctypes.c_int, i64, fp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp,
                          ctypes.c_int, i64], ctypes.c_int),  # fmt: skip
@@ -427,6 +429,72 @@ class MoeDenseBlock(ctypes.Structure):
         *[(n, ctypes.c_void_p) for n in ("attn_norm", "q_norm", "k_norm", "post_attn_norm", "ffn_norm", "post_ffn_norm",
                                          "q_bias", "k_bias", "v_bias")],
         *[(n, MoeWeight) for n in ("q", "k", "v", "o", "gate", "up", "down")],
+    ]  # fmt: skip
+
+
+class MoeRouting(ctypes.Structure):
+    """csrc/api.h's MoeRouting: how route() picks experts."""
+
+    _fields_ = [
+        *[(n, ctypes.c_int64) for n in ("num_experts", "top_k", "n_group", "topk_group")],
+        *[(n, ctypes.c_int) for n in ("scoring", "group_top2", "norm_topk")],
+        ("norm_eps", ctypes.c_float), ("scale", ctypes.c_float), ("bias", ctypes.c_void_p),
+    ]  # fmt: skip
+
+    @classmethod
+    def make(cls, num_experts: int, top_k: int, *, scoring: str = "softmax", n_group: int = 1, topk_group: int = 1,
+             group_top2: bool = False, norm_topk: bool = False, norm_eps: float = 0.0, scale: float = 1.0,
+             bias: torch.Tensor | None = None) -> "MoeRouting":  # fmt: skip
+        """bias (float32 [num_experts], kept alive by the caller) steers the choice only."""
+        if bias is not None and (bias.dtype != torch.float32 or bias.shape != (num_experts,) or not bias.is_contiguous()):
+            raise KernelError(f"route: bias must be a contiguous float32 [{num_experts}] tensor")
+        return cls(num_experts, top_k, n_group, topk_group, {"softmax": 0, "sigmoid": 1}[scoring], int(group_top2),
+                   int(norm_topk), norm_eps, scale, None if bias is None else bias.data_ptr())  # fmt: skip
+
+
+def route(logits: torch.Tensor, routing: MoeRouting) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [T, E] -> (weights [T, A] float32, expert ids [T, A] int64), best first: the routing
+    the layers and the native decode step share (libm's expf, one order: the same bits on every
+    ISA). backend/layers/routing.py's route_reference is the same choice in torch."""
+    logits = _check_x(logits, routing.num_experts, "route")
+    T, A = logits.shape[0], routing.top_k
+    ids = torch.empty((T, A), dtype=torch.int32)
+    weights = torch.empty((T, A), dtype=torch.float32)
+    _check(_lib.moe_route(ctypes.byref(routing), logits.data_ptr(), T, ids.data_ptr(), weights.data_ptr()), "route")
+    return weights, ids.long()
+
+
+def decode_mla(blocks: ctypes.Array, dim: int, x: torch.Tensor, caches: ctypes.Array, lengths: torch.Tensor,
+               cos: list[torch.Tensor], sin: list[torch.Tensor], planes: int) -> torch.Tensor:  # fmt: skip
+    """decode_dense for MoeMlaBlock blocks; caches[s * len(blocks) + l] is sequence s's joint
+    latent cache [capacity, kv_lora + rope_dim] of block l."""
+    x = _check_x(x, dim, "decode_mla").clone()
+    S = x.shape[0]
+    if lengths.dtype != torch.int64 or lengths.shape != (S,) or len(caches) != S * len(blocks):
+        raise KernelError(f"decode_mla: {S} sequences need {S} lengths and {S * len(blocks)} caches")
+    tables = [t.float().contiguous() for t in (*cos, *sin)]
+    lengths = lengths.contiguous()
+    ptrs = (ctypes.c_void_p * len(tables))(*[t.data_ptr() for t in tables])
+    code = _lib.moe_decode_mla(ctypes.addressof(blocks), len(blocks), dim, S, x.data_ptr(), ctypes.addressof(caches),
+                               lengths.data_ptr(), ptrs, ctypes.addressof(ptrs) + len(cos) * ctypes.sizeof(ctypes.c_void_p),
+                               _planes(planes))  # fmt: skip
+    _check(code, "decode_mla")
+    return x
+
+
+class MoeMlaBlock(ctypes.Structure):
+    """csrc/api.h's MoeMlaBlock: one DeepSeek block of a native decode step (decode_mla)."""
+
+    _fields_ = [
+        *[(n, ctypes.c_int64) for n in ("heads", "kv_lora", "nope_dim", "rope_dim", "v_dim", "q_lora")],
+        ("eps", ctypes.c_float), ("softmax_scale", ctypes.c_float), ("rope_set", ctypes.c_int),
+        *[(n, ctypes.c_void_p) for n in ("attn_norm", "q_a_norm", "kv_a_norm", "ffn_norm")],
+        *[(n, MoeWeight) for n in ("q", "q_b", "kv_a", "k_b", "v_b", "o")],
+        ("hidden", ctypes.c_int64),
+        *[(n, MoeWeight) for n in ("gate", "up", "down")],
+        *[(n, ctypes.c_int64) for n in ("experts", "expert_hidden", "shared_hidden")],
+        ("routing", MoeRouting),
+        *[(n, MoeWeight) for n in ("router", "exp_gate", "exp_up", "exp_down", "sh_gate", "sh_up", "sh_down")],
     ]  # fmt: skip
 
 

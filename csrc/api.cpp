@@ -13,6 +13,7 @@
 #include "moe.h"
 #include "qmatmul.h"
 #include "quants/formats.h"
+#include "routing.h"
 #include "threadpool.h"
 
 namespace moe {
@@ -362,5 +363,76 @@ MOE_API int moe_decode_dense(const MoeDenseBlock *blocks, int64_t num_blocks, in
   std::lock_guard<std::mutex> lock(rt.mutex);
   const DecodeArgs args{blocks, num_blocks, dim, num_seqs, x, k_cache, v_cache, lengths, cos, sin, planes};
   decode_dense(pool_locked(rt), moe_isa_active(), active_kernels(), args, rt.activations, rt.decode);
+  return 0;
+}
+
+namespace {
+
+int check_routing(const MoeRouting &r) {
+  const bool groups_ok = r.n_group <= 1 || (r.num_experts % r.n_group == 0 && r.topk_group >= 1 &&
+                                            (!r.group_top2 || r.num_experts / r.n_group >= 2));
+  if (r.num_experts <= 0 || r.top_k <= 0 || r.top_k > r.num_experts || !groups_ok ||
+      (r.scoring != MOE_SCORE_SOFTMAX && r.scoring != MOE_SCORE_SIGMOID))
+    return MOE_ERR_SHAPE;
+  return 0;
+}
+
+}  // namespace
+
+MOE_API int moe_route(const MoeRouting *routing, const float *logits, int64_t num_tokens, int32_t *ids, float *weights) {
+  if (!routing || !logits || !ids || !weights || num_tokens < 0) return MOE_ERR_SHAPE;
+  if (int c = check_routing(*routing)) return c;
+  route(*routing, logits, num_tokens, ids, weights);
+  return 0;
+}
+
+MOE_API int moe_decode_mla(const MoeMlaBlock *blocks, int64_t num_blocks, int64_t dim, int64_t num_seqs, float *x,
+                           float *const *cache, const int64_t *lengths, const float *const *cos,
+                           const float *const *sin, int planes) {
+  if (!blocks || num_blocks <= 0 || dim <= 0 || num_seqs < 0 || !x || !cache || !lengths || !cos || !sin ||
+      planes < 1 || planes > kMaxPlanes)
+    return MOE_ERR_SHAPE;
+  for (int64_t l = 0; l < num_blocks; ++l) {
+    const MoeMlaBlock &b = blocks[l];
+    const int64_t H = b.heads, L = b.kv_lora, N = b.nope_dim, R = b.rope_dim, Vd = b.v_dim;
+    if (H <= 0 || L <= 0 || N <= 0 || R <= 0 || R % 2 || Vd <= 0 || b.rope_set < 0 || !b.attn_norm || !b.kv_a_norm ||
+        !b.ffn_norm || (b.q_b.ptr && (b.q_lora <= 0 || !b.q_a_norm)) || !cos[b.rope_set] || !sin[b.rope_set])
+      return MOE_ERR_SHAPE;
+    const int64_t qa_n = b.q_b.ptr ? b.q_lora : H * (N + R);
+    int checks[] = {
+        check_weight(b.q, qa_n, dim), b.q_b.ptr ? check_weight(b.q_b, H * (N + R), b.q_lora) : 0,
+        check_weight(b.kv_a, L + R, dim), check_weight(b.k_b, H * L, N), check_weight(b.v_b, H * Vd, L),
+        check_weight(b.o, dim, H * Vd), 0, 0, 0, 0, 0, 0, 0, 0};
+    if (geometry(b.k_b.type).block_size <= 1 || geometry(b.v_b.type).block_size <= 1) return MOE_ERR_TYPE;
+    if (b.experts == 0) {
+      checks[6] = b.hidden > 0 ? check_weight(b.gate, b.hidden, dim) : MOE_ERR_SHAPE;
+      checks[7] = check_weight(b.up, b.hidden, dim);
+      checks[8] = check_weight(b.down, dim, b.hidden);
+    } else {
+      const int64_t E = b.experts, I = b.expert_hidden;
+      checks[6] = b.routing.num_experts == E && I > 0 && b.shared_hidden >= 0 ? check_routing(b.routing) : MOE_ERR_SHAPE;
+      checks[7] = check_weight(b.router, E, dim);
+      checks[8] = b.exp_gate.ptr ? check_stack(b.exp_gate.type, E, I, dim, b.exp_gate.bytes) : MOE_ERR_SHAPE;
+      checks[9] = b.exp_up.ptr ? check_stack(b.exp_up.type, E, I, dim, b.exp_up.bytes) : MOE_ERR_SHAPE;
+      checks[10] = b.exp_down.ptr ? check_stack(b.exp_down.type, E, dim, I, b.exp_down.bytes) : MOE_ERR_SHAPE;
+      if (b.shared_hidden) {
+        checks[11] = check_weight(b.sh_gate, b.shared_hidden, dim);
+        checks[12] = check_weight(b.sh_up, b.shared_hidden, dim);
+        checks[13] = check_weight(b.sh_down, dim, b.shared_hidden);
+      }
+    }
+    for (int c : checks)
+      if (c) return c;
+  }
+  for (int64_t s = 0; s < num_seqs * num_blocks; ++s)
+    if (!cache[s]) return MOE_ERR_SHAPE;
+  for (int64_t s = 0; s < num_seqs; ++s)
+    if (lengths[s] < 0) return MOE_ERR_SHAPE;
+  if (num_seqs == 0) return 0;
+  Runtime &rt = runtime();
+  std::lock_guard<std::mutex> lock(rt.mutex);
+  const MlaArgs args{blocks, num_blocks, dim, num_seqs, x, cache, lengths, cos, sin, planes};
+  const int isa = moe_isa_active();
+  decode_mla(pool_locked(rt), isa, active_kernels(), q_kernels(isa), args, rt.activations, rt.decode, rt.moe);
   return 0;
 }

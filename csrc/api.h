@@ -120,6 +120,45 @@ MOE_API int moe_decode_dense(const MoeDenseBlock *blocks, int64_t num_blocks, in
                              float *const *k_cache, float *const *v_cache, const int64_t *lengths,
                              const float *const *cos, const float *const *sin, int planes);
 
+// Expert routing of num_tokens tokens over num_experts (DeepSeek's and Qwen/Mixtral's): scores
+// = softmax(logits) or sigmoid(logits); the choice scores + bias (bias may be null); with
+// n_group > 1 only the topk_group best groups compete (a group scores by its best choice, or by
+// the sum of its best two for group_top2); then the top_k choices, best first, ties to the lower
+// index; weights = their scores, divided by (their sum + norm_eps) when norm_topk, times scale.
+// Plain float operations in one order (libm's expf): the same bits on every ISA.
+enum { MOE_SCORE_SOFTMAX = 0, MOE_SCORE_SIGMOID = 1 };
+typedef struct {
+  int64_t num_experts, top_k, n_group, topk_group;
+  int scoring, group_top2, norm_topk;
+  float norm_eps, scale;
+  const float *bias;  // [num_experts] or null
+} MoeRouting;
+MOE_API int moe_route(const MoeRouting *routing, const float *logits, int64_t num_tokens, int32_t *ids, float *weights);
+
+// One DeepSeek-2/3 block for moe_decode_mla: MLA attention (q through q_a, its norm and q_b when
+// q_b.ptr is set, else q directly; kv_a; per-head maps k_b [heads, kv_lora, nope] and v_b
+// [heads, v_dim, kv_lora] from their GGUF blocks; the absorbed attention over the cached latents)
+// and a feed-forward that is dense (experts == 0: gate/up/down) or routed experts (router,
+// routing, exp_* [E, ...] stacks, optional shared experts sh_*).
+typedef struct {
+  int64_t heads, kv_lora, nope_dim, rope_dim, v_dim, q_lora;
+  float eps, softmax_scale;
+  int rope_set;
+  const float *attn_norm, *q_a_norm, *kv_a_norm, *ffn_norm;
+  MoeWeight q, q_b, kv_a, k_b, v_b, o;
+  int64_t hidden;  // dense feed-forward
+  MoeWeight gate, up, down;
+  int64_t experts, expert_hidden, shared_hidden;
+  MoeRouting routing;
+  MoeWeight router, exp_gate, exp_up, exp_down, sh_gate, sh_up, sh_down;
+} MoeMlaBlock;
+
+// As moe_decode_dense for MLA blocks: cache[s * num_blocks + l] is sequence s's joint latent
+// cache of block l, [capacity, kv_lora + rope_dim] float32 (latent, then rotated k_pe).
+MOE_API int moe_decode_mla(const MoeMlaBlock *blocks, int64_t num_blocks, int64_t dim, int64_t num_seqs, float *x,
+                           float *const *cache, const int64_t *lengths, const float *const *cos,
+                           const float *const *sin, int planes);
+
 // RMSNorm of rows x [rows, d] with weight w [d]: out[r, i] = w[i] * (x[r, i] / sqrt(mean_i(x[r,
 // i]^2) + eps)), the sum of squares in one fixed order (the same bits on every ISA).
 MOE_API int moe_rms_norm(const float *x, int64_t rows, int64_t d, const float *w, float eps, float *out);

@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "quants/formats.h"
+#include "routing.h"
 
 namespace moe {
 
@@ -52,6 +53,22 @@ void residual(const IsaKernels &kern, float *x, float *y, const float *post_norm
   }
 }
 
+// y [T, n] = the gated feed-forward of h [T, k]: gate/up from one quantization, act, down.
+void feed_forward(ThreadPool &pool, int isa, const IsaKernels &kern, int planes, const MoeWeight &gate,
+                  const MoeWeight &up, const MoeWeight &down, int act, int64_t hidden, int64_t dim, const float *h,
+                  int64_t T, DecodeWorkspace &ws, float *y, QActBuffers *scratch) {
+  ws.g.resize(T * hidden), ws.u.resize(T * hidden);
+  const MoeWeight *w[2] = {&gate, &up};
+  const int64_t n[2] = {hidden, hidden};
+  float *const ys[2] = {ws.g.data(), ws.u.data()};
+  project(pool, isa, kern, planes, 2, w, n, dim, h, T, ys, scratch);
+  (act == MOE_ACT_GELU_TANH ? kern.geglu : kern.swiglu)(ws.g.data(), ws.u.data(), T * hidden);
+  const MoeWeight *wd[1] = {&down};
+  const int64_t nd[1] = {dim};
+  float *const yd[1] = {y};
+  project(pool, isa, kern, planes, 1, wd, nd, hidden, ws.g.data(), T, yd, scratch);
+}
+
 }  // namespace
 
 void decode_dense(ThreadPool &pool, int isa, const IsaKernels &kern, const DecodeArgs &a, QActBuffers *scratch,
@@ -62,7 +79,6 @@ void decode_dense(ThreadPool &pool, int isa, const IsaKernels &kern, const Decod
     const int64_t H = b.heads, K = b.kv_heads, Dh = b.head_dim, I = b.hidden, half = Dh / 2;
     ws.h.resize(T * D), ws.q.resize(T * H * Dh), ws.k.resize(T * K * Dh), ws.v.resize(T * K * Dh);
     ws.qr.resize(T * H * Dh), ws.kr.resize(T * K * Dh), ws.att.resize(T * H * Dh), ws.o.resize(T * D);
-    ws.g.resize(T * I), ws.u.resize(T * I);
 
     // Attention: norm, q/k/v from one quantization, biases, per-head norms, rope, cache write,
     // attention over the cached positions and this one, output projection, residual.
@@ -104,20 +120,97 @@ void decode_dense(ThreadPool &pool, int isa, const IsaKernels &kern, const Decod
 
     // Feed-forward: norm, gate/up from one quantization, the gated activation, down, residual.
     for (int64_t t = 0; t < T; ++t) kern.rms_norm(a.x + t * D, b.ffn_norm, D, b.eps, ws.h.data() + t * D);
+    feed_forward(pool, isa, kern, a.planes, b.gate, b.up, b.down, b.act, I, D, ws.h.data(), T, ws, ws.o.data(), scratch);
+    residual(kern, a.x, ws.o.data(), b.post_ffn_norm, b.eps, T, D);
+  }
+}
+
+void decode_mla(ThreadPool &pool, int isa, const IsaKernels &kern, const QKernels &qk, const MlaArgs &a,
+                QActBuffers *scratch, DecodeWorkspace &ws, MoeWorkspace &moe_ws) {
+  const int64_t T = a.num_seqs, D = a.dim;
+  for (int64_t l = 0; l < a.num_blocks; ++l) {
+    const MoeMlaBlock &b = a.blocks[l];
+    const int64_t H = b.heads, L = b.kv_lora, N = b.nope_dim, R = b.rope_dim, Vd = b.v_dim, QR = N + R, half = R / 2;
+    const int64_t qa_n = b.q_b.ptr ? b.q_lora : H * QR;
+    ws.h.resize(T * D), ws.qa.resize(T * qa_n), ws.q.resize(T * H * QR), ws.kv.resize(T * (L + R));
+    ws.lat.resize(T * H * (L + R)), ws.att.resize(T * H * L), ws.qr.resize(T * H * Vd), ws.o.resize(T * D);
+
+    // MLA, absorbed (MLAttention.forward's decode path): q (through its low-rank pair) and the
+    // joint kv from one quantization, the latent's norm, rope on q_pe and k_pe, the cache row,
+    // q_nope through k_b per head, one-key-head attention over [latent | k_pe], v_b per head, o.
+    for (int64_t t = 0; t < T; ++t) kern.rms_norm(a.x + t * D, b.attn_norm, D, b.eps, ws.h.data() + t * D);
     {
-      const MoeWeight *w[2] = {&b.gate, &b.up};
-      const int64_t n[2] = {I, I};
-      float *const ys[2] = {ws.g.data(), ws.u.data()};
+      const MoeWeight *w[2] = {&b.q, &b.kv_a};
+      const int64_t n[2] = {qa_n, L + R};
+      float *const ys[2] = {b.q_b.ptr ? ws.qa.data() : ws.q.data(), ws.kv.data()};
       project(pool, isa, kern, a.planes, 2, w, n, D, ws.h.data(), T, ys, scratch);
     }
-    (b.act == MOE_ACT_GELU_TANH ? kern.geglu : kern.swiglu)(ws.g.data(), ws.u.data(), T * I);
+    if (b.q_b.ptr) {
+      for (int64_t t = 0; t < T; ++t)
+        kern.rms_norm(ws.qa.data() + t * qa_n, b.q_a_norm, qa_n, b.eps, ws.qa.data() + t * qa_n);
+      const MoeWeight *w[1] = {&b.q_b};
+      const int64_t n[1] = {H * QR};
+      float *const ys[1] = {ws.q.data()};
+      project(pool, isa, kern, a.planes, 1, w, n, qa_n, ws.qa.data(), T, ys, scratch);
+    }
+    // q_nope [T, H, N] gathered for the per-head map; rows [T, H, L + R] = [q_nope k_b | rope(q_pe)].
+    ws.qr.resize(std::max(T * H * Vd, T * H * N));
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t h = 0; h < H; ++h)
+        memcpy(ws.qr.data() + (t * H + h) * N, ws.q.data() + (t * H + h) * QR, sizeof(float) * N);
+    ws.k.resize(T * H * L);
+    qmatmul(pool, isa, a.planes, b.k_b.type, (const uint8_t *)b.k_b.ptr, H, L, N, ws.qr.data(), T, ws.k.data(), scratch);
+    for (int64_t t = 0; t < T; ++t) {
+      const float *cs = a.cos[b.rope_set] + t * half, *sn = a.sin[b.rope_set] + t * half;
+      float *row = ws.lat.data() + t * H * (L + R);
+      for (int64_t h = 0; h < H; ++h) {
+        memcpy(row + h * (L + R), ws.k.data() + (t * H + h) * L, sizeof(float) * L);
+        kern.rope(ws.q.data() + (t * H + h) * QR + N, cs, sn, half, 0, row + h * (L + R) + L);
+      }
+      float *kv = ws.kv.data() + t * (L + R);
+      const int64_t past = a.lengths[t];
+      float *cache = a.cache[t * a.num_blocks + l];
+      kern.rms_norm(kv, b.kv_a_norm, L, b.eps, cache + past * (L + R));  // the latent row, normed
+      kern.rope(kv + L, cs, sn, half, 0, cache + past * (L + R) + L);     // k_pe, one head for all
+      attend_heads(pool, kern, row, H, L + R, cache, L + R, cache, L + R, past + 1, 1, L, b.softmax_scale,
+                   ws.att.data() + t * H * L);
+    }
+    ws.qr.resize(T * H * Vd);
+    qmatmul(pool, isa, a.planes, b.v_b.type, (const uint8_t *)b.v_b.ptr, H, Vd, L, ws.att.data(), T, ws.qr.data(),
+            scratch);
     {
-      const MoeWeight *w[1] = {&b.down};
+      const MoeWeight *w[1] = {&b.o};
       const int64_t n[1] = {D};
       float *const ys[1] = {ws.o.data()};
-      project(pool, isa, kern, a.planes, 1, w, n, I, ws.g.data(), T, ys, scratch);
+      project(pool, isa, kern, a.planes, 1, w, n, H * Vd, ws.qr.data(), T, ys, scratch);
     }
-    residual(kern, a.x, ws.o.data(), b.post_ffn_norm, b.eps, T, D);
+    residual(kern, a.x, ws.o.data(), nullptr, b.eps, T, D);
+
+    // Feed-forward: dense, or router, routing and the fused experts with the shared ones.
+    for (int64_t t = 0; t < T; ++t) kern.rms_norm(a.x + t * D, b.ffn_norm, D, b.eps, ws.h.data() + t * D);
+    if (b.experts == 0) {
+      feed_forward(pool, isa, kern, a.planes, b.gate, b.up, b.down, MOE_ACT_SILU, b.hidden, D, ws.h.data(), T, ws,
+                   ws.o.data(), scratch);
+    } else {
+      const int64_t E = b.experts, A = b.routing.top_k;
+      ws.logits.resize(T * E), ws.ids.resize(T * A), ws.rw.resize(T * A);
+      const MoeWeight *w[1] = {&b.router};
+      const int64_t n[1] = {E};
+      float *const ys[1] = {ws.logits.data()};
+      project(pool, isa, kern, a.planes, 1, w, n, D, ws.h.data(), T, ys, scratch);
+      route(b.routing, ws.logits.data(), T, ws.ids.data(), ws.rw.data());
+      MoeArgs m{T, D, b.expert_hidden, E, A, ws.h.data(), ws.ids.data(), ws.rw.data(),
+                (const uint8_t *)b.exp_gate.ptr, (const uint8_t *)b.exp_up.ptr, (const uint8_t *)b.exp_down.ptr,
+                b.exp_gate.type, b.exp_up.type, b.exp_down.type, ws.o.data(), a.planes};
+      if (b.shared_hidden) {
+        m.shared_gate = (const uint8_t *)b.sh_gate.ptr, m.shared_up = (const uint8_t *)b.sh_up.ptr;
+        m.shared_down = (const uint8_t *)b.sh_down.ptr;
+        m.shared_gate_type = b.sh_gate.type, m.shared_up_type = b.sh_up.type, m.shared_down_type = b.sh_down.type;
+        m.shared_hidden = b.shared_hidden;
+      }
+      moe_forward(pool, kern, qk, m, moe_ws);
+    }
+    residual(kern, a.x, ws.o.data(), nullptr, b.eps, T, D);
   }
 }
 

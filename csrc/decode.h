@@ -8,6 +8,7 @@
 
 #include "api.h"
 #include "kernels_isa.h"
+#include "moe.h"
 #include "qmatmul.h"
 #include "threadpool.h"
 
@@ -27,10 +28,26 @@ struct DecodeArgs {
 
 // Buffers a step reuses (one per runtime: calls run one at a time).
 struct DecodeWorkspace {
-  std::vector<float> h, q, k, v, qr, kr, att, o, g, u;
+  std::vector<float> h, q, k, v, qr, kr, att, o, g, u, qa, kv, lat, logits, rw;
+  std::vector<int32_t> ids;
 };
 
 void decode_dense(ThreadPool &pool, int isa, const IsaKernels &kern, const DecodeArgs &a, QActBuffers *scratch,
                   DecodeWorkspace &ws);
+
+// The MLA blocks' step (moe_decode_mla): a.k_cache holds each block's joint latent cache,
+// a.v_cache is unused.
+struct MlaArgs {
+  const MoeMlaBlock *blocks;
+  int64_t num_blocks, dim, num_seqs;
+  float *x;
+  float *const *cache;
+  const int64_t *lengths;
+  const float *const *cos, *const *sin;
+  int planes;
+};
+
+void decode_mla(ThreadPool &pool, int isa, const IsaKernels &kern, const QKernels &qk, const MlaArgs &a,
+                QActBuffers *scratch, DecodeWorkspace &ws, MoeWorkspace &moe_ws);
 
 }  // namespace moe

@@ -20,6 +20,9 @@ def route(router_logits: torch.Tensor, top_k: int, norm_topk_prob: bool) -> tupl
     Mixtral and Qwen3-MoE renormalize the kept weights to sum to 1 (llama.cpp's
     expert_weights_norm); Qwen2-MoE does not.
     """
+    if router_logits.device.type == "cpu":  # the routing kernel: one float order, the same bits everywhere
+        E = router_logits.shape[-1]
+        return kernels.route(router_logits.float(), kernels.MoeRouting.make(E, top_k, norm_topk=norm_topk_prob))
     probs = F.softmax(router_logits.float(), dim=-1)  # [T, E]
     weights, ids = torch.topk(probs, top_k, dim=-1)  # [T, A]
     if norm_topk_prob:

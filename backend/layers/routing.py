@@ -5,10 +5,35 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import kernels
+
 # Shape alphabet: T tokens, E routed experts, G expert groups, A active experts per token.
 
 
-def route_grouped(
+def routing_of(num_experts: int, *, top_k: int, scoring_func: str, topk_method: str, n_group: int, topk_group: int,
+               norm_topk_prob: bool, routed_scaling_factor: float,
+               e_score_correction_bias: torch.Tensor | None = None) -> kernels.MoeRouting:  # fmt: skip
+    """route_grouped's arguments as the kernels' MoeRouting (the bias tensor must stay alive)."""
+    bias = None if e_score_correction_bias is None else e_score_correction_bias.float().contiguous()
+    return kernels.MoeRouting.make(
+        num_experts, top_k, scoring=scoring_func, n_group=n_group, topk_group=topk_group,
+        group_top2=topk_method == "noaux_tc", norm_topk=norm_topk_prob, norm_eps=1e-20,
+        scale=routed_scaling_factor, bias=bias,
+    )  # fmt: skip
+
+
+def route_grouped(router_logits: torch.Tensor, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """router_logits [T, E] -> weights [T, A] float32, expert ids [T, A]: route_reference's
+    choice, through the routing kernel on the CPU (the native decode step's, so its bits)."""
+    if router_logits.device.type == "cpu":
+        bias = kwargs.get("e_score_correction_bias")
+        bias = None if bias is None else bias.float().contiguous()  # held for the call
+        routing = routing_of(router_logits.shape[-1], **{**kwargs, "e_score_correction_bias": bias})
+        return kernels.route(router_logits.float(), routing)
+    return route_reference(router_logits, **kwargs)
+
+
+def route_reference(
     router_logits: torch.Tensor,
     *,
     top_k: int,

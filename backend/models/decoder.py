@@ -9,7 +9,7 @@ from torch import nn
 
 from ..engine.kv_cache import ForwardBatch, SequenceCache
 from ..gguf_model import GGUFFile
-from ..layers.dense_step import DenseStep
+from ..layers.native_step import NativeStep
 
 
 class DecoderLM(nn.Module):
@@ -42,7 +42,7 @@ class DecoderLM(nn.Module):
         """tokens [T] -> final-normed hidden states [T, D]; writes the batch's caches, no advance."""
         positions = {False: batch.positions().to(self.embed.device)}  # [T] on each side, copied once
         x = self.embed_tokens(tokens)  # [T, D]
-        if self.placement is None and (step := self.dense_step()) is not None and step.applies(batch, x):
+        if self.placement is None and (step := self.native_step()) is not None and step.applies(batch, x):
             return self.norm(step(x, positions[False], batch))  # every block in one native call
         on_accel = False
         for i, layer in enumerate(self.layers):
@@ -53,13 +53,13 @@ class DecoderLM(nn.Module):
         x, _ = self._cross(x, on_accel, self._head_on_accel)
         return self.norm(x)
 
-    def dense_step(self) -> DenseStep | None:
+    def native_step(self) -> NativeStep | None:
         """The native decode step over all blocks, when every block describes itself for it
-        (dense_spec) and its kernels can run it; built once."""
-        if "_dense_step" not in self.__dict__:
-            specs = [layer.dense_spec() if hasattr(layer, "dense_spec") else None for layer in self.layers]
-            self.__dict__["_dense_step"] = DenseStep.build(specs, self.args.hidden_size)
-        return self.__dict__["_dense_step"]
+        (native_spec) and the kernels can run it; built once."""
+        if "_native_step" not in self.__dict__:
+            specs = [layer.native_spec() if hasattr(layer, "native_spec") else None for layer in self.layers]
+            self.__dict__["_native_step"] = NativeStep.build(specs, self.args.hidden_size)
+        return self.__dict__["_native_step"]
 
     @property
     def _head_on_accel(self) -> bool:

@@ -8,14 +8,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import kernels
 from ..engine.kv_cache import ForwardBatch
 from ..gguf_model import GGUFError, GGUFFile
 from ..layers.linear import Embedding, FeedForward, Linear, load
 from ..layers.mla import MLAttention
+from ..layers.native_step import MlaBlockSpec
 from ..layers.moe import Experts
 from ..layers.norm import RMSNorm
 from ..layers.rope import rope_inv_freq, yarn_get_mscale, yarn_inv_freq
-from ..layers.routing import route_grouped
+from ..layers.routing import route_grouped, routing_of
 from .decoder import DecoderLM
 
 # Shape alphabet: T tokens in the batch, D hidden, V vocab, E routed experts, A active experts.
@@ -164,12 +166,19 @@ class DeepseekMoE(nn.Module):
 
     def route(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x [T, D] -> weights [T, A], expert ids [T, A]."""
+        return route_grouped(self.router(x), **self._routing_args())
+
+    def routing(self) -> kernels.MoeRouting:
+        """The routing as the kernels take it (the native decode step's); this module keeps its bias."""
+        return routing_of(self.args.n_routed_experts, **self._routing_args())
+
+    def _routing_args(self) -> dict:
         a = self.args
-        return route_grouped(
-            self.router(x), top_k=a.num_experts_per_tok, scoring_func=a.scoring_func, topk_method=a.topk_method,
-            n_group=a.n_group, topk_group=a.topk_group, norm_topk_prob=a.norm_topk_prob,
-            routed_scaling_factor=a.routed_scaling_factor, e_score_correction_bias=self.e_score_correction_bias,
-        )
+        return dict(
+            top_k=a.num_experts_per_tok, scoring_func=a.scoring_func, topk_method=a.topk_method, n_group=a.n_group,
+            topk_group=a.topk_group, norm_topk_prob=a.norm_topk_prob, routed_scaling_factor=a.routed_scaling_factor,
+            e_score_correction_bias=self.e_score_correction_bias,
+        )  # fmt: skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [T, D] -> [T, D]
         weights, ids = self.route(x)  # [T, A], [T, A]
@@ -196,6 +205,9 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch, i: int) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), positions, batch, i)  # [T, D]
         return x + self.ffn(self.ffn_norm(x))
+
+    def native_spec(self) -> MlaBlockSpec:
+        return MlaBlockSpec(self.attn, self.attn_norm, self.ffn_norm, self.ffn)
 
 
 class Model(DecoderLM):

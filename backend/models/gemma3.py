@@ -11,7 +11,7 @@ from torch import nn
 from ..engine.kv_cache import ForwardBatch
 from ..gguf_model import GGUFFile
 from ..layers.attention import Attention
-from ..layers.dense_step import DenseBlockSpec
+from ..layers.native_step import DenseBlockSpec
 from ..layers.linear import Embedding, Linear, gated, load, project_many
 from ..layers.norm import RMSNorm
 from ..layers.rope import linear_scaling_factor, rope_inv_freq
@@ -92,7 +92,7 @@ class Block(nn.Module):
         h = self.down(gated(gate, up, "gelu_tanh"))
         return x + self.post_ffn_norm(h)
 
-    def dense_spec(self) -> DenseBlockSpec:
+    def native_spec(self) -> DenseBlockSpec:
         return DenseBlockSpec(self.attn, self.attn_norm, self.ffn_norm, self.gate, self.up, self.down, "gelu_tanh",
                               post_attn_norm=self.post_attn_norm, post_ffn_norm=self.post_ffn_norm)  # fmt: skip
 

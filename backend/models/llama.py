@@ -10,7 +10,7 @@ from torch import nn
 from ..engine.kv_cache import ForwardBatch
 from ..gguf_model import GGUFError, GGUFFile
 from ..layers.attention import Attention
-from ..layers.dense_step import DenseBlockSpec
+from ..layers.native_step import DenseBlockSpec
 from ..layers.linear import Embedding, FeedForward, Linear, load
 from ..layers.moe import SparseMoE
 from ..layers.norm import RMSNorm
@@ -84,7 +84,7 @@ class Block(nn.Module):
         x = x + self.attn(self.attn_norm(x), positions, batch, i)  # [T, D]
         return x + self.ffn(self.ffn_norm(x))
 
-    def dense_spec(self) -> DenseBlockSpec | None:
+    def native_spec(self) -> DenseBlockSpec | None:
         if not isinstance(self.ffn, FeedForward):
             return None  # Mixtral's experts
         return DenseBlockSpec(self.attn, self.attn_norm, self.ffn_norm, self.ffn.gate, self.ffn.up, self.ffn.down, "silu")

@@ -10,7 +10,7 @@ from torch import nn
 from ..engine.kv_cache import ForwardBatch
 from ..gguf_model import GGUFFile
 from ..layers.attention import Attention
-from ..layers.dense_step import DenseBlockSpec
+from ..layers.native_step import DenseBlockSpec
 from ..layers.linear import Embedding, FeedForward, Linear, load
 from ..layers.norm import RMSNorm
 from ..layers.rope import linear_scaling_factor, rope_inv_freq
@@ -68,7 +68,7 @@ class Block(nn.Module):
         x = x + self.attn(self.attn_norm(x), positions, batch, i)  # [T, D]
         return x + self.ffn(self.ffn_norm(x))
 
-    def dense_spec(self) -> DenseBlockSpec:
+    def native_spec(self) -> DenseBlockSpec:
         return DenseBlockSpec(self.attn, self.attn_norm, self.ffn_norm, self.ffn.gate, self.ffn.up, self.ffn.down, "silu")
 
 

@@ -1,4 +1,4 @@
-"""The native decode step (backend/layers/dense_step.py) against the Python layers it replaces:
+"""The native decode step (backend/layers/native_step.py) against the Python layers it replaces:
 the same logits bit for bit, for several sequences of different lengths at once, every dense
 architecture, both integer arithmetics, quantized and float weight types, Gemma 3's sliding
 window crossed; and the cases it must leave to the layers."""
@@ -14,13 +14,15 @@ from backend import kernels
 from backend.engine.kv_cache import ForwardBatch
 from backend.gguf_model import open_gguf
 from backend.models import load_model
+from backend.layers.routing import route_grouped, route_reference
 from backend.testmodels import model_config, write_model
+from backend.testmodels.deepseek2 import V2, V3
 
 
 def decode_logits(model, native: bool, steps: int = 12) -> torch.Tensor:
     """Two prompts (20 and 7 tokens, past Gemma's window of 8) prefilled apart, then `steps`
     greedy decode steps of both sequences in one batch: their logits [steps, 2, V]."""
-    model.__dict__["_dense_step"] = model.__dict__.get("_dense_step_built") if native else None
+    model.__dict__["_native_step"] = model.__dict__.get("_native_step_built") if native else None
     vocab = model.args.vocab_size
     caches = [model.allocate_cache(40), model.allocate_cache(40)]
     for seed, (cache, n) in enumerate(zip(caches, (20, 7))):
@@ -42,9 +44,9 @@ def decode_logits(model, native: bool, steps: int = 12) -> torch.Tensor:
 @pytest.mark.parametrize("activations", ["q8", "q8x2"])
 def test_the_same_bits_as_the_layers(arch, qtype, activations, tmp_path):
     model = load_model(open_gguf(write_model(arch, tmp_path / "m.gguf", qtype=qtype)), activations=activations)
-    step = model.dense_step()
+    step = model.native_step()
     assert step is not None
-    model.__dict__["_dense_step_built"] = step
+    model.__dict__["_native_step_built"] = step
     calls = []
     original = kernels.decode_dense
     try:
@@ -58,7 +60,7 @@ def test_the_same_bits_as_the_layers(arch, qtype, activations, tmp_path):
 
 def test_mixed_batches_and_float_activations_stay_on_the_layers(tmp_path):
     model = load_model(open_gguf(write_model("llama", tmp_path / "m.gguf", qtype="Q4_K")), activations="float")
-    step = model.dense_step()
+    step = model.native_step()
     cache = model.allocate_cache(8)
     x = torch.zeros(1, model.args.hidden_size)
     assert not step.applies(ForwardBatch.single(1, cache), x)  # float activations: the oracle path
@@ -71,10 +73,53 @@ def test_mixed_batches_and_float_activations_stay_on_the_layers(tmp_path):
     assert not step.applies(ForwardBatch((1, 2), (cache, model.allocate_cache(8))), torch.zeros(3, x.shape[1]))
 
 
-def test_experts_have_no_dense_step(tmp_path):
-    for arch in ("qwen3moe", "deepseek2"):
-        model = load_model(open_gguf(write_model(arch, tmp_path / f"{arch}.gguf", qtype="Q4_K")), activations="q8")
-        assert model.dense_step() is None
+@pytest.mark.parametrize("config", [None, V2, V3], ids=["v2-lite", "v2", "v3"])  # q direct / low-rank; softmax / grouped / sigmoid+bias
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q8_0"])
+@pytest.mark.parametrize("activations", ["q8", "q8x2"])
+def test_mla_and_routed_experts_the_same_bits_as_the_layers(config, qtype, activations, tmp_path):
+    path = write_model("deepseek2", tmp_path / "m.gguf", qtype=qtype, config=config)
+    model = load_model(open_gguf(path), activations=activations)
+    step = model.native_step()
+    assert step is not None and step.mla
+    model.__dict__["_native_step_built"] = step
+    calls = []
+    original = kernels.decode_mla
+    try:
+        kernels.decode_mla = lambda *a, **k: calls.append(1) or original(*a, **k)
+        native = decode_logits(model, native=True)
+    finally:
+        kernels.decode_mla = original
+    assert len(calls) == 12
+    assert torch.equal(native, decode_logits(model, native=False))
+
+
+def test_mla_without_quantized_head_maps_stays_on_the_layers(tmp_path):
+    """A legacy file (kv_b only, no attn_k_b / attn_v_b) has no per-head maps in blocks."""
+    path = write_model("deepseek2", tmp_path / "m.gguf", qtype="Q4_K", config={"mla_layout": "legacy"})
+    assert load_model(open_gguf(path), activations="q8").native_step() is None
+
+
+def test_experts_without_mla_have_no_native_step(tmp_path):
+    model = load_model(open_gguf(write_model("qwen3moe", tmp_path / "q.gguf", qtype="Q4_K")), activations="q8")
+    assert model.native_step() is None
+
+
+def test_routing_kernel_against_torch():
+    """kernels.route against layers/routing.py's torch route_reference, every scoring and group
+    rule: the same experts and weights to float rounding (ties are measure-zero here)."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 32, generator=g) * 3
+    bias = torch.randn(32, generator=g) * 0.1
+    cases = [dict(scoring_func="softmax", topk_method="greedy", n_group=1, topk_group=1, norm_topk_prob=False),
+             dict(scoring_func="softmax", topk_method="group_limited_greedy", n_group=4, topk_group=2, norm_topk_prob=True),
+             dict(scoring_func="sigmoid", topk_method="noaux_tc", n_group=8, topk_group=3, norm_topk_prob=True,
+                  e_score_correction_bias=bias)]  # fmt: skip
+    for case in cases:
+        args = dict(top_k=6, routed_scaling_factor=2.5, **case)
+        w, ids = route_grouped(logits, **args)
+        w_ref, ids_ref = route_reference(logits, **args)
+        assert torch.equal(ids, ids_ref)
+        assert torch.allclose(w, w_ref, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
