@@ -11,12 +11,10 @@ from typing import Any, AsyncIterator
 import orjson
 from aiohttp import web
 
-from backend.interface import EngineError
-
 from . import fields, inference
 from . import options as opt
 from .appkeys import ENGINE
-from .errors import ApiError, closing
+from .errors import ApiError, shaped_errors
 from .streaming import stream_sse_events
 
 log = logging.getLogger(__name__)
@@ -42,27 +40,8 @@ def _id(prefix: str) -> str:
     return f"{prefix}_{secrets.token_hex(12)}"
 
 
-@web.middleware
-async def anthropic_errors(request: web.Request, handler):
-    """Anthropic's error shape on /v1/messages (inside the OpenAI one, which owns the rest of /v1)."""
-    if not request.path.startswith("/v1/messages"):
-        return await handler(request)
-    try:
-        return await handler(request)
-    except ApiError as e:
-        response = _error(e.status, e.message)
-        return await closing(request, response) if e.close else response
-    except EngineError as e:
-        return _error(e.status, e.message)
-    except web.HTTPNotFound:
-        return _error(404, f"{request.method} {request.path} is not supported")
-    except web.HTTPMethodNotAllowed:
-        return _error(405, f"method {request.method} is not allowed on {request.path}")
-    except (web.HTTPException, ConnectionError):
-        raise
-    except Exception as e:
-        log.exception("%s %s failed", request.method, request.path)
-        return _error(500, f"{type(e).__name__}: {e}")
+# Anthropic's error shape on /v1/messages (inside the OpenAI one, which owns the rest of /v1).
+anthropic_errors = shaped_errors("/v1/messages", _error, unknown_routes=True)
 
 
 # --- request: Anthropic -> native ----------------------------------------------------------------

@@ -68,3 +68,36 @@ async def error_middleware(request: web.Request, handler) -> web.StreamResponse:
     except Exception as e:  # the server keeps serving everyone else
         log.exception("%s %s failed", request.method, request.path)
         return error_response(500, f"{type(e).__name__}: {e}")
+
+
+def shaped_errors(prefix: str, error, *, unknown_routes: bool = False):
+    """A middleware that answers every failure under `prefix` with error(status, message), the
+    shape of the API served there (OpenAI's, Anthropic's); with unknown_routes, a 404 or 405
+    from the router too. A streamed reply that already started is closed as is."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler):
+        if not request.path.startswith(prefix):
+            return await handler(request)
+        try:
+            return await handler(request)
+        except ApiError as e:
+            response = error(e.status, e.message)
+            return await closing(request, response) if e.close else response
+        except EngineError as e:
+            return error(e.status, e.message)
+        except web.HTTPNotFound:
+            if not unknown_routes:
+                raise
+            return error(404, f"{request.method} {request.path} is not supported")
+        except web.HTTPMethodNotAllowed:
+            if not unknown_routes:
+                raise
+            return error(405, f"method {request.method} is not allowed on {request.path}")
+        except (web.HTTPException, ConnectionError):
+            raise
+        except Exception as e:  # still the API's shape: its SDKs read the error's message
+            log.exception("%s %s failed", request.method, request.path)
+            return error(500, f"{type(e).__name__}: {e}")
+
+    return middleware

@@ -18,7 +18,7 @@ from backend.interface import EngineError, ModelNotFound
 from . import fields, inference
 from . import options as opt
 from .appkeys import ENGINE
-from .errors import ApiError, closing
+from .errors import ApiError, shaped_errors
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +37,8 @@ def _json(body: Any) -> web.Response:
     return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
-@web.middleware
-async def openai_errors(request: web.Request, handler):
-    """OpenAI's error shape on /v1 only; the status carries through."""
-    if not request.path.startswith("/v1/"):
-        return await handler(request)
-    try:
-        return await handler(request)
-    except ApiError as e:
-        response = _error(e.status, e.message)
-        return await closing(request, response) if e.close else response
-    except EngineError as e:
-        return _error(e.status, e.message)
-    except (web.HTTPException, ConnectionError):
-        raise
-    except Exception as e:  # still OpenAI's shape: its SDKs read error.message
-        log.exception("%s %s failed", request.method, request.path)
-        return _error(500, f"{type(e).__name__}: {e}")
+# OpenAI's error shape on /v1 only; the status carries through.
+openai_errors = shaped_errors("/v1/", _error)
 
 
 async def _body(request: web.Request) -> dict[str, Any]:

@@ -13,8 +13,8 @@ from ..engine.kv_cache import ForwardBatch
 from ..gguf_model import GGUFError, GGUFFile
 from ..layers.linear import Embedding, FeedForward, Linear, load
 from ..layers.mla import MLAttention
-from ..layers.native_step import MlaBlockSpec
 from ..layers.moe import Experts
+from ..layers.native_step import MlaBlockSpec
 from ..layers.norm import RMSNorm
 from ..layers.rope import rope_inv_freq, yarn_get_mscale, yarn_inv_freq
 from ..layers.routing import route_grouped, routing_of

@@ -11,8 +11,8 @@ from torch import nn
 from ..engine.kv_cache import ForwardBatch
 from ..gguf_model import GGUFFile
 from ..layers.attention import Attention
-from ..layers.native_step import DenseBlockSpec
 from ..layers.linear import Embedding, Linear, gated, load, project_many
+from ..layers.native_step import DenseBlockSpec
 from ..layers.norm import RMSNorm
 from ..layers.rope import linear_scaling_factor, rope_inv_freq
 from .decoder import DecoderLM

@@ -5,6 +5,7 @@ window crossed; and the cases it must leave to the layers."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
@@ -13,9 +14,9 @@ import torch
 from backend import kernels
 from backend.engine.kv_cache import ForwardBatch
 from backend.gguf_model import open_gguf
-from backend.models import load_model
 from backend.layers.routing import route_grouped, route_reference
-from backend.testmodels import model_config, write_model
+from backend.models import load_model
+from backend.testmodels import write_model
 from backend.testmodels.deepseek2 import V2, V3
 
 
@@ -39,21 +40,25 @@ def decode_logits(model, native: bool, steps: int = 12) -> torch.Tensor:
     return torch.stack(out)
 
 
+@contextlib.contextmanager
+def counting(monkeypatch, name: str):
+    """The calls of kernels.<name> made inside the block (one per native decode step)."""
+    calls, original = [], getattr(kernels, name)
+    with monkeypatch.context() as m:
+        m.setattr(kernels, name, lambda *a, **k: calls.append(1) or original(*a, **k))
+        yield calls
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])  # plain; q/k/v biases; QK and sandwich norms, GeGLU, windows
 @pytest.mark.parametrize("qtype", ["Q4_K", "Q8_0", "F16"])  # super-block, legacy, float weights
 @pytest.mark.parametrize("activations", ["q8", "q8x2"])
-def test_the_same_bits_as_the_layers(arch, qtype, activations, tmp_path):
+def test_the_same_bits_as_the_layers(arch, qtype, activations, tmp_path, monkeypatch):
     model = load_model(open_gguf(write_model(arch, tmp_path / "m.gguf", qtype=qtype)), activations=activations)
     step = model.native_step()
     assert step is not None
     model.__dict__["_native_step_built"] = step
-    calls = []
-    original = kernels.decode_dense
-    try:
-        kernels.decode_dense = lambda *a, **k: calls.append(1) or original(*a, **k)
+    with counting(monkeypatch, "decode_dense") as calls:
         native = decode_logits(model, native=True)
-    finally:
-        kernels.decode_dense = original
     assert len(calls) == 12  # every decode step went native, the prefills did not
     assert torch.equal(native, decode_logits(model, native=False))
 
@@ -76,19 +81,14 @@ def test_mixed_batches_and_float_activations_stay_on_the_layers(tmp_path):
 @pytest.mark.parametrize("config", [None, V2, V3], ids=["v2-lite", "v2", "v3"])  # q direct / low-rank; softmax / grouped / sigmoid+bias
 @pytest.mark.parametrize("qtype", ["Q4_K", "Q8_0"])
 @pytest.mark.parametrize("activations", ["q8", "q8x2"])
-def test_mla_and_routed_experts_the_same_bits_as_the_layers(config, qtype, activations, tmp_path):
+def test_mla_and_routed_experts_the_same_bits_as_the_layers(config, qtype, activations, tmp_path, monkeypatch):
     path = write_model("deepseek2", tmp_path / "m.gguf", qtype=qtype, config=config)
     model = load_model(open_gguf(path), activations=activations)
     step = model.native_step()
     assert step is not None and step.mla
     model.__dict__["_native_step_built"] = step
-    calls = []
-    original = kernels.decode_mla
-    try:
-        kernels.decode_mla = lambda *a, **k: calls.append(1) or original(*a, **k)
+    with counting(monkeypatch, "decode_mla") as calls:
         native = decode_logits(model, native=True)
-    finally:
-        kernels.decode_mla = original
     assert len(calls) == 12
     assert torch.equal(native, decode_logits(model, native=False))
 
