@@ -238,8 +238,13 @@ class ModelStore:
         """The model's info. ModelNotFound, or DamagedModel saying what is wrong with it."""
         key, entry = self._entry(name)
         info = self._info(key, entry)
-        if isinstance(info, str):
-            raise DamagedModel(f"model '{name}' is damaged: {info}")
+        if isinstance(info, str):  # damaged, or deleted (and maybe re-created) since the scan: look again
+            entry = self._scan().get(key)
+            if entry is None:
+                raise ModelNotFound(f"model '{name}' not found")
+            info = self._info(key, entry)
+            if isinstance(info, str):
+                raise DamagedModel(f"model '{name}' is damaged: {info}")
         return info
 
     def manifest_of(self, name: str) -> Manifest | None:

@@ -140,3 +140,35 @@ async def test_concurrent_requests_on_the_app(aiohttp_client, tmp_path, ggufs, s
     client = await aiohttp_client(create_app(again, Settings.from_env({"OLLAMA_MODELS": str(root)})))
     assert sorted(m["name"] for m in (await (await client.get("/api/tags")).json())["models"]) == names
     again.close()
+
+
+@pytest.mark.parametrize("recreate", [False, True])
+def test_a_model_deleted_between_scan_and_read_is_gone_not_damaged(tmp_path, ggufs, recreate):
+    """The race the threads above hit: resolve scans a manifest, a delete removes it before it is
+    read. That is a model not found (or, re-created meanwhile, the new one), never 'damaged'."""
+    store = ModelStore(tmp_path / "models")
+    digest = "sha256:" + hashlib.sha256(ggufs[0]).hexdigest()
+
+    def upload() -> str:  # again after a delete: it takes the blob no other manifest uses
+        writer = admin.BlobWriter(store, digest)
+        writer.write(ggufs[0])
+        writer.commit()
+        return digest
+
+    admin.create(store, "team/delta:2", files={"m.gguf": upload()})
+    scan = store._scan
+
+    def racing_scan():
+        entries = scan()
+        store._scan = scan  # once: the next scan sees the store as it is now
+        store.delete("team/delta:2")
+        if recreate:
+            admin.create(store, "team/delta:2", files={"m.gguf": upload()}, system="again")
+        return entries
+
+    store._scan = racing_scan
+    if recreate:
+        assert store.resolve("team/delta:2").system == "again"
+    else:
+        with pytest.raises(ModelNotFound):
+            store.resolve("team/delta:2")
