@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import math
 import glob
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -419,19 +419,6 @@ class MoeWeight(ctypes.Structure):
         return cls(w.ptr, int(w.ggml_type), w.raw.nbytes)
 
 
-class MoeDenseBlock(ctypes.Structure):
-    """csrc/api.h's MoeDenseBlock: one block of a native decode step (decode_dense)."""
-
-    _fields_ = [
-        *[(n, ctypes.c_int64) for n in ("heads", "kv_heads", "head_dim", "hidden")],
-        ("eps", ctypes.c_float), ("attn_scale", ctypes.c_float), ("window", ctypes.c_int64),
-        ("neox", ctypes.c_int), ("rope_set", ctypes.c_int), ("act", ctypes.c_int),
-        *[(n, ctypes.c_void_p) for n in ("attn_norm", "q_norm", "k_norm", "post_attn_norm", "ffn_norm", "post_ffn_norm",
-                                         "q_bias", "k_bias", "v_bias")],
-        *[(n, MoeWeight) for n in ("q", "k", "v", "o", "gate", "up", "down")],
-    ]  # fmt: skip
-
-
 class MoeRouting(ctypes.Structure):
     """csrc/api.h's MoeRouting: how route() picks experts."""
 
@@ -450,6 +437,21 @@ class MoeRouting(ctypes.Structure):
             raise KernelError(f"route: bias must be a contiguous float32 [{num_experts}] tensor")
         return cls(num_experts, top_k, n_group, topk_group, {"softmax": 0, "sigmoid": 1}[scoring], int(group_top2),
                    int(norm_topk), norm_eps, scale, None if bias is None else bias.data_ptr())  # fmt: skip
+
+
+class MoeDenseBlock(ctypes.Structure):
+    """csrc/api.h's MoeDenseBlock: one block of a native decode step (decode_dense)."""
+
+    _fields_ = [
+        *[(n, ctypes.c_int64) for n in ("heads", "kv_heads", "head_dim", "hidden")],
+        ("eps", ctypes.c_float), ("attn_scale", ctypes.c_float), ("window", ctypes.c_int64),
+        ("neox", ctypes.c_int), ("rope_set", ctypes.c_int), ("act", ctypes.c_int),
+        *[(n, ctypes.c_void_p) for n in ("attn_norm", "q_norm", "k_norm", "post_attn_norm", "ffn_norm", "post_ffn_norm",
+                                         "q_bias", "k_bias", "v_bias")],
+        *[(n, MoeWeight) for n in ("q", "k", "v", "o", "gate", "up", "down")],
+        ("experts", ctypes.c_int64), ("expert_hidden", ctypes.c_int64), ("routing", MoeRouting),
+        *[(n, MoeWeight) for n in ("router", "exp_gate", "exp_up", "exp_down")],
+    ]  # fmt: skip
 
 
 def route(logits: torch.Tensor, routing: MoeRouting) -> tuple[torch.Tensor, torch.Tensor]:

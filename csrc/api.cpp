@@ -330,6 +330,15 @@ int check_weight(const MoeWeight &w, int64_t rows, int64_t cols) {
   return w.ptr ? check_stack(w.type, 1, rows, cols, w.bytes) : MOE_ERR_SHAPE;
 }
 
+int check_routing(const MoeRouting &r) {
+  const bool groups_ok = r.n_group <= 1 || (r.num_experts % r.n_group == 0 && r.topk_group >= 1 &&
+                                            (!r.group_top2 || r.num_experts / r.n_group >= 2));
+  if (r.num_experts <= 0 || r.top_k <= 0 || r.top_k > r.num_experts || !groups_ok ||
+      (r.scoring != MOE_SCORE_SOFTMAX && r.scoring != MOE_SCORE_SIGMOID))
+    return MOE_ERR_SHAPE;
+  return 0;
+}
+
 }  // namespace
 
 MOE_API int moe_decode_dense(const MoeDenseBlock *blocks, int64_t num_blocks, int64_t dim, int64_t num_seqs, float *x,
@@ -341,14 +350,23 @@ MOE_API int moe_decode_dense(const MoeDenseBlock *blocks, int64_t num_blocks, in
   for (int64_t l = 0; l < num_blocks; ++l) {
     const MoeDenseBlock &b = blocks[l];
     if (b.heads <= 0 || b.kv_heads <= 0 || b.heads % b.kv_heads || b.head_dim <= 0 || b.head_dim % 2 ||
-        b.hidden <= 0 || b.window < 0 || b.rope_set < 0 || !b.attn_norm || !b.ffn_norm || !b.q_norm != !b.k_norm ||
+        (b.experts == 0 && b.hidden <= 0) || b.experts < 0 || b.window < 0 || b.rope_set < 0 || !b.attn_norm || !b.ffn_norm || !b.q_norm != !b.k_norm ||
         (b.act != MOE_ACT_SILU && b.act != MOE_ACT_GELU_TANH) || !cos[b.rope_set] || !sin[b.rope_set])
       return MOE_ERR_SHAPE;
+    const bool moe = b.experts > 0;
+    const int64_t E = b.experts, I = b.expert_hidden;
     const int checks[] = {
-        check_weight(b.q, b.heads * b.head_dim, dim),     check_weight(b.k, b.kv_heads * b.head_dim, dim),
-        check_weight(b.v, b.kv_heads * b.head_dim, dim),  check_weight(b.o, dim, b.heads * b.head_dim),
-        check_weight(b.gate, b.hidden, dim),              check_weight(b.up, b.hidden, dim),
-        check_weight(b.down, dim, b.hidden),
+        check_weight(b.q, b.heads * b.head_dim, dim),
+        check_weight(b.k, b.kv_heads * b.head_dim, dim),
+        check_weight(b.v, b.kv_heads * b.head_dim, dim),
+        check_weight(b.o, dim, b.heads * b.head_dim),
+        moe ? (b.routing.num_experts == E && I > 0 ? check_routing(b.routing) : MOE_ERR_SHAPE)
+            : check_weight(b.gate, b.hidden, dim),
+        moe ? check_weight(b.router, E, dim) : check_weight(b.up, b.hidden, dim),
+        moe ? (b.exp_gate.ptr ? check_stack(b.exp_gate.type, E, I, dim, b.exp_gate.bytes) : MOE_ERR_SHAPE)
+            : check_weight(b.down, dim, b.hidden),
+        moe && !b.exp_up.ptr ? MOE_ERR_SHAPE : moe ? check_stack(b.exp_up.type, E, I, dim, b.exp_up.bytes) : 0,
+        moe && !b.exp_down.ptr ? MOE_ERR_SHAPE : moe ? check_stack(b.exp_down.type, E, dim, I, b.exp_down.bytes) : 0,
     };
     for (int c : checks)
       if (c) return c;
@@ -362,22 +380,10 @@ MOE_API int moe_decode_dense(const MoeDenseBlock *blocks, int64_t num_blocks, in
   Runtime &rt = runtime();
   std::lock_guard<std::mutex> lock(rt.mutex);
   const DecodeArgs args{blocks, num_blocks, dim, num_seqs, x, k_cache, v_cache, lengths, cos, sin, planes};
-  decode_dense(pool_locked(rt), moe_isa_active(), active_kernels(), args, rt.activations, rt.decode);
+  const int isa = moe_isa_active();
+  decode_dense(pool_locked(rt), isa, active_kernels(), q_kernels(isa), args, rt.activations, rt.decode, rt.moe);
   return 0;
 }
-
-namespace {
-
-int check_routing(const MoeRouting &r) {
-  const bool groups_ok = r.n_group <= 1 || (r.num_experts % r.n_group == 0 && r.topk_group >= 1 &&
-                                            (!r.group_top2 || r.num_experts / r.n_group >= 2));
-  if (r.num_experts <= 0 || r.top_k <= 0 || r.top_k > r.num_experts || !groups_ok ||
-      (r.scoring != MOE_SCORE_SOFTMAX && r.scoring != MOE_SCORE_SIGMOID))
-    return MOE_ERR_SHAPE;
-  return 0;
-}
-
-}  // namespace
 
 MOE_API int moe_route(const MoeRouting *routing, const float *logits, int64_t num_tokens, int32_t *ids, float *weights) {
   if (!routing || !logits || !ids || !weights || num_tokens < 0) return MOE_ERR_SHAPE;

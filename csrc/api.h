@@ -91,34 +91,6 @@ MOE_API int moe_rope(const float *x, int64_t tokens, int64_t heads, int64_t dim,
 enum { MOE_ACT_SILU = 0, MOE_ACT_GELU_TANH = 1 };
 MOE_API int moe_gated(int act, float *g, const float *u, int64_t n);
 
-// One dense transformer block for moe_decode_dense: pre-norm attention (GQA, optional q/k/v
-// biases, per-head q/k norms, rope, an optional sliding window) and a gated feed-forward, each
-// optionally post-normed (Gemma 3) before its residual add. Weights are GGUF tensors in place.
-typedef struct {
-  const void *ptr;
-  int type;
-  int64_t bytes;
-} MoeWeight;
-
-typedef struct {
-  int64_t heads, kv_heads, head_dim, hidden;
-  float eps, attn_scale;
-  int64_t window;  // 0: every cached position; else query i sees keys j with i - j < window
-  int neox, rope_set, act;  // rope layout; which of the step's cos/sin tables; MOE_ACT_*
-  const float *attn_norm, *q_norm, *k_norm, *post_attn_norm, *ffn_norm, *post_ffn_norm;  // [dim] / [head_dim]; null: none
-  const float *q_bias, *k_bias, *v_bias;  // null: none
-  MoeWeight q, k, v, o, gate, up, down;
-} MoeDenseBlock;
-
-// A decode step of num_seqs sequences (one new token each) through num_blocks blocks: x [num_seqs,
-// dim] in, the last block's output out (in place). k_cache / v_cache[s * num_blocks + l] is
-// sequence s's cache of block l ([capacity, kv_heads, head_dim] float32); the token goes to
-// position lengths[s] and attends to positions 0 .. lengths[s]. cos / sin[set] [num_seqs,
-// head_dim / 2] for each block's rope_set. planes: integer activation planes (1 or 2). The same
-// bits as the blocks' kernels called one by one (backend/layers).
-MOE_API int moe_decode_dense(const MoeDenseBlock *blocks, int64_t num_blocks, int64_t dim, int64_t num_seqs, float *x,
-                             float *const *k_cache, float *const *v_cache, const int64_t *lengths,
-                             const float *const *cos, const float *const *sin, int planes);
 
 // Expert routing of num_tokens tokens over num_experts (DeepSeek's and Qwen/Mixtral's): scores
 // = softmax(logits) or sigmoid(logits); the choice scores + bias (bias may be null); with
@@ -134,6 +106,41 @@ typedef struct {
   const float *bias;  // [num_experts] or null
 } MoeRouting;
 MOE_API int moe_route(const MoeRouting *routing, const float *logits, int64_t num_tokens, int32_t *ids, float *weights);
+
+// A GGUF tensor in place.
+typedef struct {
+  const void *ptr;
+  int type;
+  int64_t bytes;
+} MoeWeight;
+
+// One GQA transformer block for moe_decode_dense: pre-norm attention (optional q/k/v biases,
+// per-head q/k norms, rope, an optional sliding window) and a gated feed-forward or routed
+// experts, each optionally post-normed (Gemma 3) before its residual add.
+typedef struct {
+  int64_t heads, kv_heads, head_dim, hidden;
+  float eps, attn_scale;
+  int64_t window;  // 0: every cached position; else query i sees keys j with i - j < window
+  int neox, rope_set, act;  // rope layout; which of the step's cos/sin tables; MOE_ACT_*
+  const float *attn_norm, *q_norm, *k_norm, *post_attn_norm, *ffn_norm, *post_ffn_norm;  // [dim] / [head_dim]; null: none
+  const float *q_bias, *k_bias, *v_bias;  // null: none
+  MoeWeight q, k, v, o, gate, up, down;
+  // experts > 0: routed experts (Qwen-MoE, Mixtral) instead of gate/up/down: the router, the
+  // routing and the stacked exp_* tensors [E, ...], as the fused MoE takes them.
+  int64_t experts, expert_hidden;
+  MoeRouting routing;
+  MoeWeight router, exp_gate, exp_up, exp_down;
+} MoeDenseBlock;
+
+// A decode step of num_seqs sequences (one new token each) through num_blocks blocks: x [num_seqs,
+// dim] in, the last block's output out (in place). k_cache / v_cache[s * num_blocks + l] is
+// sequence s's cache of block l ([capacity, kv_heads, head_dim] float32); the token goes to
+// position lengths[s] and attends to positions 0 .. lengths[s]. cos / sin[set] [num_seqs,
+// head_dim / 2] for each block's rope_set. planes: integer activation planes (1 or 2). The same
+// bits as the blocks' kernels called one by one (backend/layers).
+MOE_API int moe_decode_dense(const MoeDenseBlock *blocks, int64_t num_blocks, int64_t dim, int64_t num_seqs, float *x,
+                             float *const *k_cache, float *const *v_cache, const int64_t *lengths,
+                             const float *const *cos, const float *const *sin, int planes);
 
 // One DeepSeek-2/3 block for moe_decode_mla: MLA attention (q through q_a, its norm and q_b when
 // q_b.ptr is set, else q directly; kv_a; per-head maps k_b [heads, kv_lora, nope] and v_b

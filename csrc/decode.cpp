@@ -69,10 +69,34 @@ void feed_forward(ThreadPool &pool, int isa, const IsaKernels &kern, int planes,
   project(pool, isa, kern, planes, 1, wd, nd, hidden, ws.g.data(), T, yd, scratch);
 }
 
+// ws.o [T, D] = the routed experts of ws.h [T, D] (and the shared ones when given): router
+// logits, routing, the fused MoE (SparseMoE / DeepseekMoE's forward).
+void routed_experts(ThreadPool &pool, int isa, const IsaKernels &kern, const QKernels &qk, int planes, int64_t E,
+                    int64_t I, const MoeRouting &routing, const MoeWeight &router, const MoeWeight &gate,
+                    const MoeWeight &up, const MoeWeight &down, const MoeWeight *const *shared, int64_t D, int64_t T,
+                    DecodeWorkspace &ws, QActBuffers *scratch, MoeWorkspace &moe_ws, int64_t shared_hidden = 0) {
+  const int64_t A = routing.top_k;
+  ws.logits.resize(T * E), ws.ids.resize(T * A), ws.rw.resize(T * A);
+  const MoeWeight *w[1] = {&router};
+  const int64_t n[1] = {E};
+  float *const ys[1] = {ws.logits.data()};
+  project(pool, isa, kern, planes, 1, w, n, D, ws.h.data(), T, ys, scratch);
+  route(routing, ws.logits.data(), T, ws.ids.data(), ws.rw.data());
+  MoeArgs m{T, D, I, E, A, ws.h.data(), ws.ids.data(), ws.rw.data(), (const uint8_t *)gate.ptr,
+            (const uint8_t *)up.ptr, (const uint8_t *)down.ptr, gate.type, up.type, down.type, ws.o.data(), planes};
+  if (shared) {
+    m.shared_gate = (const uint8_t *)shared[0]->ptr, m.shared_up = (const uint8_t *)shared[1]->ptr;
+    m.shared_down = (const uint8_t *)shared[2]->ptr;
+    m.shared_gate_type = shared[0]->type, m.shared_up_type = shared[1]->type, m.shared_down_type = shared[2]->type;
+    m.shared_hidden = shared_hidden;
+  }
+  moe_forward(pool, kern, qk, m, moe_ws);
+}
+
 }  // namespace
 
-void decode_dense(ThreadPool &pool, int isa, const IsaKernels &kern, const DecodeArgs &a, QActBuffers *scratch,
-                  DecodeWorkspace &ws) {
+void decode_dense(ThreadPool &pool, int isa, const IsaKernels &kern, const QKernels &qk, const DecodeArgs &a,
+                  QActBuffers *scratch, DecodeWorkspace &ws, MoeWorkspace &moe_ws) {
   const int64_t T = a.num_seqs, D = a.dim;
   for (int64_t l = 0; l < a.num_blocks; ++l) {
     const MoeDenseBlock &b = a.blocks[l];
@@ -120,7 +144,12 @@ void decode_dense(ThreadPool &pool, int isa, const IsaKernels &kern, const Decod
 
     // Feed-forward: norm, gate/up from one quantization, the gated activation, down, residual.
     for (int64_t t = 0; t < T; ++t) kern.rms_norm(a.x + t * D, b.ffn_norm, D, b.eps, ws.h.data() + t * D);
-    feed_forward(pool, isa, kern, a.planes, b.gate, b.up, b.down, b.act, I, D, ws.h.data(), T, ws, ws.o.data(), scratch);
+    if (b.experts == 0)
+      feed_forward(pool, isa, kern, a.planes, b.gate, b.up, b.down, b.act, I, D, ws.h.data(), T, ws, ws.o.data(),
+                   scratch);
+    else
+      routed_experts(pool, isa, kern, qk, a.planes, b.experts, b.expert_hidden, b.routing, b.router, b.exp_gate,
+                     b.exp_up, b.exp_down, nullptr, D, T, ws, scratch, moe_ws);
     residual(kern, a.x, ws.o.data(), b.post_ffn_norm, b.eps, T, D);
   }
 }
@@ -192,23 +221,9 @@ void decode_mla(ThreadPool &pool, int isa, const IsaKernels &kern, const QKernel
       feed_forward(pool, isa, kern, a.planes, b.gate, b.up, b.down, MOE_ACT_SILU, b.hidden, D, ws.h.data(), T, ws,
                    ws.o.data(), scratch);
     } else {
-      const int64_t E = b.experts, A = b.routing.top_k;
-      ws.logits.resize(T * E), ws.ids.resize(T * A), ws.rw.resize(T * A);
-      const MoeWeight *w[1] = {&b.router};
-      const int64_t n[1] = {E};
-      float *const ys[1] = {ws.logits.data()};
-      project(pool, isa, kern, a.planes, 1, w, n, D, ws.h.data(), T, ys, scratch);
-      route(b.routing, ws.logits.data(), T, ws.ids.data(), ws.rw.data());
-      MoeArgs m{T, D, b.expert_hidden, E, A, ws.h.data(), ws.ids.data(), ws.rw.data(),
-                (const uint8_t *)b.exp_gate.ptr, (const uint8_t *)b.exp_up.ptr, (const uint8_t *)b.exp_down.ptr,
-                b.exp_gate.type, b.exp_up.type, b.exp_down.type, ws.o.data(), a.planes};
-      if (b.shared_hidden) {
-        m.shared_gate = (const uint8_t *)b.sh_gate.ptr, m.shared_up = (const uint8_t *)b.sh_up.ptr;
-        m.shared_down = (const uint8_t *)b.sh_down.ptr;
-        m.shared_gate_type = b.sh_gate.type, m.shared_up_type = b.sh_up.type, m.shared_down_type = b.sh_down.type;
-        m.shared_hidden = b.shared_hidden;
-      }
-      moe_forward(pool, kern, qk, m, moe_ws);
+      const MoeWeight *shared[3] = {&b.sh_gate, &b.sh_up, &b.sh_down};
+      routed_experts(pool, isa, kern, qk, a.planes, b.experts, b.expert_hidden, b.routing, b.router, b.exp_gate,
+                     b.exp_up, b.exp_down, b.shared_hidden ? shared : nullptr, D, T, ws, scratch, moe_ws, b.shared_hidden);
     }
     residual(kern, a.x, ws.o.data(), nullptr, b.eps, T, D);
   }

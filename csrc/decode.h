@@ -32,8 +32,8 @@ struct DecodeWorkspace {
   std::vector<int32_t> ids;
 };
 
-void decode_dense(ThreadPool &pool, int isa, const IsaKernels &kern, const DecodeArgs &a, QActBuffers *scratch,
-                  DecodeWorkspace &ws);
+void decode_dense(ThreadPool &pool, int isa, const IsaKernels &kern, const QKernels &qk, const DecodeArgs &a,
+                  QActBuffers *scratch, DecodeWorkspace &ws, MoeWorkspace &moe_ws);
 
 // The MLA blocks' step (moe_decode_mla): a.k_cache holds each block's joint latent cache,
 // a.v_cache is unused.

@@ -56,12 +56,23 @@ class BlockSpec:
 
 
 class DenseBlockSpec(BlockSpec):
-    """A GQA block with a gated dense feed-forward (llama, qwen2, gemma3)."""
+    """A GQA block (llama, qwen2, gemma3, qwen-moe, mixtral) with a gated feed-forward, given as
+    (gate, up, down), or routed experts without shared ones (a SparseMoE)."""
 
-    def __init__(self, attn: Attention, attn_norm: RMSNorm, ffn_norm: RMSNorm, gate: Linear, up: Linear, down: Linear,
-                 act: str, post_attn_norm: RMSNorm | None = None, post_ffn_norm: RMSNorm | None = None):  # fmt: skip
+    def __init__(self, attn: Attention, attn_norm: RMSNorm, ffn_norm: RMSNorm, ffn, act: str = "silu",
+                 post_attn_norm: RMSNorm | None = None, post_ffn_norm: RMSNorm | None = None):  # fmt: skip
+        from .moe import SparseMoE
+
         self.attn, self.inv_freq = attn, attn.inv_freq
-        self.linears = (attn.q, attn.k, attn.v, attn.o, gate, up, down)
+        self.linears = (attn.q, attn.k, attn.v, attn.o)
+        routed = isinstance(ffn, SparseMoE)
+        if routed:
+            if ffn.shared_expert is not None or ffn.experts.stacked is None:
+                return  # Qwen2-MoE's sigmoid-gated shared expert; per-expert tensors
+            self.experts = ffn.experts
+            self.linears += (ffn.router,)
+        else:
+            self.linears += tuple(ffn)
         norms = (attn_norm, attn.q_norm, attn.k_norm, post_attn_norm, ffn_norm, post_ffn_norm)
         weights = [_weight(lin) for lin in self.linears]
         eps = {n.eps for n in norms if n is not None}
@@ -69,13 +80,34 @@ class DenseBlockSpec(BlockSpec):
             return
         if not _cpu_norms(*norms):
             return
-        self.struct = kernels.MoeDenseBlock(
-            attn.num_heads, attn.num_kv_heads, attn.head_dim, gate.qweight.shape[0], eps.pop(), attn.scale,
+        block = kernels.MoeDenseBlock(
+            attn.num_heads, attn.num_kv_heads, attn.head_dim, 0, eps.pop(), attn.scale,
             attn.sliding_window or 0, int(attn.neox), 0, kernels.GATED[act],
             *[_addr(None if n is None else n.weight) for n in norms],
             *[_addr(lin.bias) for lin in self.linears[:3]],
-            *weights,
+            *weights[:4],
         )  # fmt: skip
+        if routed:
+            E = len(ffn.experts.gate)
+            block.experts, block.expert_hidden = E, ffn.experts.stacked[0].shape[0] // E
+            block.routing = kernels.MoeRouting.make(E, ffn.top_k, norm_topk=ffn.norm_topk_prob)  # layers/moe.py's route
+            block.router = weights[4]
+            block.exp_gate, block.exp_up, block.exp_down = (kernels.MoeWeight.of(w) for w in ffn.experts.stacked)
+        else:
+            block.hidden = ffn[0].qweight.shape[0]
+            block.gate, block.up, block.down = weights[4:]
+        self.struct = block
+
+    @property
+    def activations(self) -> str:
+        modes = {lin.activations for lin in self.linears}
+        if hasattr(self, "experts"):
+            modes.add(self.experts.activations)
+        return modes.pop() if len(modes) == 1 else "mixed"
+
+    def takes(self, cache: SequenceCache) -> bool:
+        experts = getattr(self, "experts", None)
+        return experts is None or experts.hybrid is None
 
     def cache_shapes(self, capacity: int) -> list[tuple[int, ...]]:
         shape = (capacity, self.attn.num_kv_heads, self.attn.head_dim)

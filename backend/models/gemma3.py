@@ -93,7 +93,7 @@ class Block(nn.Module):
         return x + self.post_ffn_norm(h)
 
     def native_spec(self) -> DenseBlockSpec:
-        return DenseBlockSpec(self.attn, self.attn_norm, self.ffn_norm, self.gate, self.up, self.down, "gelu_tanh",
+        return DenseBlockSpec(self.attn, self.attn_norm, self.ffn_norm, (self.gate, self.up, self.down), "gelu_tanh",
                               post_attn_norm=self.post_attn_norm, post_ffn_norm=self.post_ffn_norm)  # fmt: skip
 
 

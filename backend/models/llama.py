@@ -85,9 +85,8 @@ class Block(nn.Module):
         return x + self.ffn(self.ffn_norm(x))
 
     def native_spec(self) -> DenseBlockSpec | None:
-        if not isinstance(self.ffn, FeedForward):
-            return None  # Mixtral's experts
-        return DenseBlockSpec(self.attn, self.attn_norm, self.ffn_norm, self.ffn.gate, self.ffn.up, self.ffn.down, "silu")
+        ffn = self.ffn if not isinstance(self.ffn, FeedForward) else (self.ffn.gate, self.ffn.up, self.ffn.down)
+        return DenseBlockSpec(self.attn, self.attn_norm, self.ffn_norm, ffn)  # Mixtral: its SparseMoE
 
 
 class Model(DecoderLM):

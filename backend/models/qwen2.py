@@ -69,7 +69,7 @@ class Block(nn.Module):
         return x + self.ffn(self.ffn_norm(x))
 
     def native_spec(self) -> DenseBlockSpec:
-        return DenseBlockSpec(self.attn, self.attn_norm, self.ffn_norm, self.ffn.gate, self.ffn.up, self.ffn.down, "silu")
+        return DenseBlockSpec(self.attn, self.attn_norm, self.ffn_norm, (self.ffn.gate, self.ffn.up, self.ffn.down))
 
 
 class Model(DecoderLM):

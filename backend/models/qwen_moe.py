@@ -12,6 +12,7 @@ from ..gguf_model import GGUFFile
 from ..layers.attention import Attention
 from ..layers.linear import Embedding, Linear, load
 from ..layers.moe import SparseMoE
+from ..layers.native_step import DenseBlockSpec
 from ..layers.norm import RMSNorm
 from ..layers.rope import linear_scaling_factor, rope_inv_freq
 from .decoder import DecoderLM
@@ -85,6 +86,9 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch, i: int) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), positions, batch, i)  # [T, D]
         return x + self.ffn(self.ffn_norm(x))
+
+    def native_spec(self) -> DenseBlockSpec:
+        return DenseBlockSpec(self.attn, self.attn_norm, self.ffn_norm, self.ffn)
 
 
 class Model(DecoderLM):

@@ -49,7 +49,8 @@ def counting(monkeypatch, name: str):
         yield calls
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])  # plain; q/k/v biases; QK and sandwich norms, GeGLU, windows
+# plain; q/k/v biases; QK and sandwich norms, GeGLU, windows; routed experts (softmax top-k, renormalized)
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "qwen3moe", "mixtral"])
 @pytest.mark.parametrize("qtype", ["Q4_K", "Q8_0", "F16"])  # super-block, legacy, float weights
 @pytest.mark.parametrize("activations", ["q8", "q8x2"])
 def test_the_same_bits_as_the_layers(arch, qtype, activations, tmp_path, monkeypatch):
@@ -99,8 +100,9 @@ def test_mla_without_quantized_head_maps_stays_on_the_layers(tmp_path):
     assert load_model(open_gguf(path), activations="q8").native_step() is None
 
 
-def test_experts_without_mla_have_no_native_step(tmp_path):
-    model = load_model(open_gguf(write_model("qwen3moe", tmp_path / "q.gguf", qtype="Q4_K")), activations="q8")
+def test_a_gated_shared_expert_stays_on_the_layers(tmp_path):
+    """Qwen2-MoE's sigmoid-gated shared expert is not in the kernel's fused MoE."""
+    model = load_model(open_gguf(write_model("qwen2moe", tmp_path / "q.gguf", qtype="Q4_K")), activations="q8")
     assert model.native_step() is None
 
 
