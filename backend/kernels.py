@@ -59,6 +59,7 @@ def _load() -> ctypes.CDLL:
         "moe_decode_dense": ([vp, i64, i64, i64, vp, vp, vp, vp, vp, vp, ctypes.c_int], ctypes.c_int),
         "moe_decode_mla": ([vp, i64, i64, i64, vp, vp, vp, vp, vp, ctypes.c_int], ctypes.c_int),
         "moe_route": ([vp, vp, i64, vp, vp], ctypes.c_int),
+        "moe_step_profile": ([ctypes.c_int, vp, ctypes.c_int], ctypes.c_int),
         "moe_experts": ([i64, i64, i64, i64, i64, fp, vp, fp, vp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp,
                          ctypes.c_int, i64, fp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp,
                          ctypes.c_int, i64], ctypes.c_int),  # fmt: skip
@@ -519,6 +520,19 @@ def decode_dense(blocks: ctypes.Array, dim: int, x: torch.Tensor, k_caches: ctyp
                                  ctypes.addressof(ptrs) + sets * ctypes.sizeof(ctypes.c_void_p), _planes(planes))  # fmt: skip
     _check(code, "decode_dense")
     return x
+
+
+STEP_PARTS = ("norms", "attn_proj", "mla_maps", "attention", "router", "experts", "ffn")  # csrc/decode.h StepPart
+
+
+def step_profile(on: bool) -> dict[str, float]:
+    """The seconds each part of the native decode steps took since the last call (zero unless
+    profiling was on), then profiling turned on or off; bench/profile_decode.py reads it."""
+    out = (ctypes.c_double * len(STEP_PARTS))()
+    n = _lib.moe_step_profile(int(on), out, len(out))
+    if n != len(STEP_PARTS):
+        raise KernelError(f"step_profile: the library has {n} parts, this module names {len(STEP_PARTS)}")
+    return dict(zip(STEP_PARTS, out))
 
 
 # ---- attention ------------------------------------------------------------------------------

@@ -40,6 +40,8 @@ struct Runtime {
   MoeWorkspace moe;         // reused by every moe_experts call (under the mutex)
   QActBuffers activations[3];  // and by every integer matmul, one per activation format
   DecodeWorkspace decode;      // and by moe_decode_dense
+  bool profiling = false;      // moe_step_profile
+  double profile[kStepParts] = {};
 };
 
 Runtime &runtime() {
@@ -379,7 +381,8 @@ MOE_API int moe_decode_dense(const MoeDenseBlock *blocks, int64_t num_blocks, in
   if (num_seqs == 0) return 0;
   Runtime &rt = runtime();
   std::lock_guard<std::mutex> lock(rt.mutex);
-  const DecodeArgs args{blocks, num_blocks, dim, num_seqs, x, k_cache, v_cache, lengths, cos, sin, planes};
+  const DecodeArgs args{blocks, num_blocks, dim,    num_seqs, x,     k_cache,
+                        v_cache, lengths,   cos, sin, planes, rt.profiling ? rt.profile : nullptr};
   const int isa = moe_isa_active();
   decode_dense(pool_locked(rt), isa, active_kernels(), q_kernels(isa), args, rt.activations, rt.decode, rt.moe);
   return 0;
@@ -437,8 +440,20 @@ MOE_API int moe_decode_mla(const MoeMlaBlock *blocks, int64_t num_blocks, int64_
   if (num_seqs == 0) return 0;
   Runtime &rt = runtime();
   std::lock_guard<std::mutex> lock(rt.mutex);
-  const MlaArgs args{blocks, num_blocks, dim, num_seqs, x, cache, lengths, cos, sin, planes};
+  const MlaArgs args{blocks, num_blocks, dim, num_seqs, x, cache, lengths, cos, sin, planes,
+                     rt.profiling ? rt.profile : nullptr};
   const int isa = moe_isa_active();
   decode_mla(pool_locked(rt), isa, active_kernels(), q_kernels(isa), args, rt.activations, rt.decode, rt.moe);
   return 0;
+}
+
+MOE_API int moe_step_profile(int on, double *out, int n) {
+  Runtime &rt = runtime();
+  std::lock_guard<std::mutex> lock(rt.mutex);
+  for (int i = 0; i < kStepParts; ++i) {
+    if (out && i < n) out[i] = rt.profile[i];
+    rt.profile[i] = 0;
+  }
+  rt.profiling = on != 0;
+  return kStepParts;
 }

@@ -166,6 +166,12 @@ MOE_API int moe_decode_mla(const MoeMlaBlock *blocks, int64_t num_blocks, int64_
                            float *const *cache, const int64_t *lengths, const float *const *cos,
                            const float *const *sin, int planes);
 
+// Where the native steps' time goes: copies the seconds each part (decode.h's StepPart: norms,
+// attention projections, MLA maps, attention, router, experts, dense feed-forward) took since the
+// last call into out[0 .. n) when out is given, zeroes them, and turns the timing on or off.
+// Returns the number of parts.
+MOE_API int moe_step_profile(int on, double *out, int n);
+
 // RMSNorm of rows x [rows, d] with weight w [d]: out[r, i] = w[i] * (x[r, i] / sqrt(mean_i(x[r,
 // i]^2) + eps)), the sum of squares in one fixed order (the same bits on every ISA).
 MOE_API int moe_rms_norm(const float *x, int64_t rows, int64_t d, const float *w, float eps, float *out);

@@ -4,6 +4,7 @@
 #include "decode.h"
 
 #include <string.h>
+#include <time.h>
 
 #include <algorithm>
 
@@ -11,6 +12,23 @@
 #include "routing.h"
 
 namespace moe {
+
+static int64_t monotonic_ns() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+PartClock::PartClock(double *acc) : acc_(acc) {
+  if (acc_) last_ns_ = monotonic_ns();
+}
+
+void PartClock::lap(StepPart part) {
+  if (!acc_) return;
+  const int64_t now = monotonic_ns();
+  acc_[part] += (now - last_ns_) * 1e-9;
+  last_ns_ = now;
+}
 
 namespace {
 
@@ -74,7 +92,8 @@ void feed_forward(ThreadPool &pool, int isa, const IsaKernels &kern, int planes,
 void routed_experts(ThreadPool &pool, int isa, const IsaKernels &kern, const QKernels &qk, int planes, int64_t E,
                     int64_t I, const MoeRouting &routing, const MoeWeight &router, const MoeWeight &gate,
                     const MoeWeight &up, const MoeWeight &down, const MoeWeight *const *shared, int64_t D, int64_t T,
-                    DecodeWorkspace &ws, QActBuffers *scratch, MoeWorkspace &moe_ws, int64_t shared_hidden = 0) {
+                    DecodeWorkspace &ws, QActBuffers *scratch, MoeWorkspace &moe_ws, PartClock &clock,
+                    int64_t shared_hidden = 0) {
   const int64_t A = routing.top_k;
   ws.logits.resize(T * E), ws.ids.resize(T * A), ws.rw.resize(T * A);
   const MoeWeight *w[1] = {&router};
@@ -82,6 +101,7 @@ void routed_experts(ThreadPool &pool, int isa, const IsaKernels &kern, const QKe
   float *const ys[1] = {ws.logits.data()};
   project(pool, isa, kern, planes, 1, w, n, D, ws.h.data(), T, ys, scratch);
   route(routing, ws.logits.data(), T, ws.ids.data(), ws.rw.data());
+  clock.lap(kPartRouter);
   MoeArgs m{T, D, I, E, A, ws.h.data(), ws.ids.data(), ws.rw.data(), (const uint8_t *)gate.ptr,
             (const uint8_t *)up.ptr, (const uint8_t *)down.ptr, gate.type, up.type, down.type, ws.o.data(), planes};
   if (shared) {
@@ -91,6 +111,7 @@ void routed_experts(ThreadPool &pool, int isa, const IsaKernels &kern, const QKe
     m.shared_hidden = shared_hidden;
   }
   moe_forward(pool, kern, qk, m, moe_ws);
+  clock.lap(kPartExperts);
 }
 
 }  // namespace
@@ -98,6 +119,7 @@ void routed_experts(ThreadPool &pool, int isa, const IsaKernels &kern, const QKe
 void decode_dense(ThreadPool &pool, int isa, const IsaKernels &kern, const QKernels &qk, const DecodeArgs &a,
                   QActBuffers *scratch, DecodeWorkspace &ws, MoeWorkspace &moe_ws) {
   const int64_t T = a.num_seqs, D = a.dim;
+  PartClock clock(a.profile);
   for (int64_t l = 0; l < a.num_blocks; ++l) {
     const MoeDenseBlock &b = a.blocks[l];
     const int64_t H = b.heads, K = b.kv_heads, Dh = b.head_dim, I = b.hidden, half = Dh / 2;
@@ -107,12 +129,14 @@ void decode_dense(ThreadPool &pool, int isa, const IsaKernels &kern, const QKern
     // Attention: norm, q/k/v from one quantization, biases, per-head norms, rope, cache write,
     // attention over the cached positions and this one, output projection, residual.
     for (int64_t t = 0; t < T; ++t) kern.rms_norm(a.x + t * D, b.attn_norm, D, b.eps, ws.h.data() + t * D);
+    clock.lap(kPartNorms);
     {
       const MoeWeight *w[3] = {&b.q, &b.k, &b.v};
       const int64_t n[3] = {H * Dh, K * Dh, K * Dh};
       float *const ys[3] = {ws.q.data(), ws.k.data(), ws.v.data()};
       project(pool, isa, kern, a.planes, 3, w, n, D, ws.h.data(), T, ys, scratch);
     }
+    clock.lap(kPartAttnProj);
     add_bias(ws.q.data(), b.q_bias, T, H * Dh);
     add_bias(ws.k.data(), b.k_bias, T, K * Dh);
     add_bias(ws.v.data(), b.v_bias, T, K * Dh);
@@ -134,29 +158,36 @@ void decode_dense(ThreadPool &pool, int isa, const IsaKernels &kern, const QKern
       attend_heads(pool, kern, ws.qr.data() + t * H * Dh, H, Dh, kc + first * row, row, vc + first * row, row,
                    past + 1 - first, K, Dh, b.attn_scale, ws.att.data() + t * H * Dh);
     }
+    clock.lap(kPartAttention);
     {
       const MoeWeight *w[1] = {&b.o};
       const int64_t n[1] = {D};
       float *const ys[1] = {ws.o.data()};
       project(pool, isa, kern, a.planes, 1, w, n, H * Dh, ws.att.data(), T, ys, scratch);
     }
+    clock.lap(kPartAttnProj);
     residual(kern, a.x, ws.o.data(), b.post_attn_norm, b.eps, T, D);
 
     // Feed-forward: norm, gate/up from one quantization, the gated activation, down, residual.
     for (int64_t t = 0; t < T; ++t) kern.rms_norm(a.x + t * D, b.ffn_norm, D, b.eps, ws.h.data() + t * D);
-    if (b.experts == 0)
+    clock.lap(kPartNorms);
+    if (b.experts == 0) {
       feed_forward(pool, isa, kern, a.planes, b.gate, b.up, b.down, b.act, I, D, ws.h.data(), T, ws, ws.o.data(),
                    scratch);
-    else
+      clock.lap(kPartFfn);
+    } else {
       routed_experts(pool, isa, kern, qk, a.planes, b.experts, b.expert_hidden, b.routing, b.router, b.exp_gate,
-                     b.exp_up, b.exp_down, nullptr, D, T, ws, scratch, moe_ws);
+                     b.exp_up, b.exp_down, nullptr, D, T, ws, scratch, moe_ws, clock);
+    }
     residual(kern, a.x, ws.o.data(), b.post_ffn_norm, b.eps, T, D);
+    clock.lap(kPartNorms);
   }
 }
 
 void decode_mla(ThreadPool &pool, int isa, const IsaKernels &kern, const QKernels &qk, const MlaArgs &a,
                 QActBuffers *scratch, DecodeWorkspace &ws, MoeWorkspace &moe_ws) {
   const int64_t T = a.num_seqs, D = a.dim;
+  PartClock clock(a.profile);
   for (int64_t l = 0; l < a.num_blocks; ++l) {
     const MoeMlaBlock &b = a.blocks[l];
     const int64_t H = b.heads, L = b.kv_lora, N = b.nope_dim, R = b.rope_dim, Vd = b.v_dim, QR = N + R, half = R / 2;
@@ -168,19 +199,23 @@ void decode_mla(ThreadPool &pool, int isa, const IsaKernels &kern, const QKernel
     // joint kv from one quantization, the latent's norm, rope on q_pe and k_pe, the cache row,
     // q_nope through k_b per head, one-key-head attention over [latent | k_pe], v_b per head, o.
     for (int64_t t = 0; t < T; ++t) kern.rms_norm(a.x + t * D, b.attn_norm, D, b.eps, ws.h.data() + t * D);
+    clock.lap(kPartNorms);
     {
       const MoeWeight *w[2] = {&b.q, &b.kv_a};
       const int64_t n[2] = {qa_n, L + R};
       float *const ys[2] = {b.q_b.ptr ? ws.qa.data() : ws.q.data(), ws.kv.data()};
       project(pool, isa, kern, a.planes, 2, w, n, D, ws.h.data(), T, ys, scratch);
     }
+    clock.lap(kPartAttnProj);
     if (b.q_b.ptr) {
       for (int64_t t = 0; t < T; ++t)
         kern.rms_norm(ws.qa.data() + t * qa_n, b.q_a_norm, qa_n, b.eps, ws.qa.data() + t * qa_n);
+      clock.lap(kPartNorms);
       const MoeWeight *w[1] = {&b.q_b};
       const int64_t n[1] = {H * QR};
       float *const ys[1] = {ws.q.data()};
       project(pool, isa, kern, a.planes, 1, w, n, qa_n, ws.qa.data(), T, ys, scratch);
+      clock.lap(kPartAttnProj);
     }
     // q_nope [T, H, N] gathered for the per-head map; rows [T, H, L + R] = [q_nope k_b | rope(q_pe)].
     ws.qr.resize(std::max(T * H * Vd, T * H * N));
@@ -189,6 +224,7 @@ void decode_mla(ThreadPool &pool, int isa, const IsaKernels &kern, const QKernel
         memcpy(ws.qr.data() + (t * H + h) * N, ws.q.data() + (t * H + h) * QR, sizeof(float) * N);
     ws.k.resize(T * H * L);
     qmatmul(pool, isa, a.planes, b.k_b.type, (const uint8_t *)b.k_b.ptr, H, L, N, ws.qr.data(), T, ws.k.data(), scratch);
+    clock.lap(kPartMlaMaps);
     for (int64_t t = 0; t < T; ++t) {
       const float *cs = a.cos[b.rope_set] + t * half, *sn = a.sin[b.rope_set] + t * half;
       float *row = ws.lat.data() + t * H * (L + R);
@@ -204,28 +240,35 @@ void decode_mla(ThreadPool &pool, int isa, const IsaKernels &kern, const QKernel
       attend_heads(pool, kern, row, H, L + R, cache, L + R, cache, L + R, past + 1, 1, L, b.softmax_scale,
                    ws.att.data() + t * H * L);
     }
+    clock.lap(kPartAttention);
     ws.qr.resize(T * H * Vd);
     qmatmul(pool, isa, a.planes, b.v_b.type, (const uint8_t *)b.v_b.ptr, H, Vd, L, ws.att.data(), T, ws.qr.data(),
             scratch);
+    clock.lap(kPartMlaMaps);
     {
       const MoeWeight *w[1] = {&b.o};
       const int64_t n[1] = {D};
       float *const ys[1] = {ws.o.data()};
       project(pool, isa, kern, a.planes, 1, w, n, H * Vd, ws.qr.data(), T, ys, scratch);
     }
+    clock.lap(kPartAttnProj);
     residual(kern, a.x, ws.o.data(), nullptr, b.eps, T, D);
 
     // Feed-forward: dense, or router, routing and the fused experts with the shared ones.
     for (int64_t t = 0; t < T; ++t) kern.rms_norm(a.x + t * D, b.ffn_norm, D, b.eps, ws.h.data() + t * D);
+    clock.lap(kPartNorms);
     if (b.experts == 0) {
       feed_forward(pool, isa, kern, a.planes, b.gate, b.up, b.down, MOE_ACT_SILU, b.hidden, D, ws.h.data(), T, ws,
                    ws.o.data(), scratch);
+      clock.lap(kPartFfn);
     } else {
       const MoeWeight *shared[3] = {&b.sh_gate, &b.sh_up, &b.sh_down};
       routed_experts(pool, isa, kern, qk, a.planes, b.experts, b.expert_hidden, b.routing, b.router, b.exp_gate,
-                     b.exp_up, b.exp_down, b.shared_hidden ? shared : nullptr, D, T, ws, scratch, moe_ws, b.shared_hidden);
+                     b.exp_up, b.exp_down, b.shared_hidden ? shared : nullptr, D, T, ws, scratch, moe_ws, clock,
+                     b.shared_hidden);
     }
     residual(kern, a.x, ws.o.data(), nullptr, b.eps, T, D);
+    clock.lap(kPartNorms);
   }
 }
 

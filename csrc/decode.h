@@ -14,6 +14,31 @@
 
 namespace moe {
 
+// Where a native step's time goes (moe_step_profile, bench/profile_decode.py): seconds per part,
+// added to by every step while profiling is on. Parts follow the kernels, not the layers: a
+// projection's time is its quantization plus its matmul.
+enum StepPart {
+  kPartNorms,      // the blocks' RMSNorms and residual adds
+  kPartAttnProj,   // q, k, v (or MLA's q, q_b, kv_a) and the output projection
+  kPartMlaMaps,    // MLA's per-head k_b and v_b maps
+  kPartAttention,  // biases, q/k norms, rope, the cache write and attention over the cache
+  kPartRouter,     // router logits and routing
+  kPartExperts,    // the fused MoE: routed and shared experts
+  kPartFfn,        // dense feed-forwards
+  kStepParts
+};
+
+// Lap times into acc[part] (nothing when acc is null): each lap() charges the time since the last.
+class PartClock {
+ public:
+  explicit PartClock(double *acc);
+  void lap(StepPart part);
+
+ private:
+  double *acc_;
+  int64_t last_ns_ = 0;
+};
+
 struct DecodeArgs {
   const MoeDenseBlock *blocks;
   int64_t num_blocks, dim, num_seqs;
@@ -24,6 +49,7 @@ struct DecodeArgs {
   const float *const *cos;       // per rope set: [num_seqs, head_dim / 2]
   const float *const *sin;
   int planes;                    // integer activation planes (1 or 2)
+  double *profile = nullptr;     // [kStepParts] seconds, added to; null: not profiling
 };
 
 // Buffers a step reuses (one per runtime: calls run one at a time).
@@ -45,6 +71,7 @@ struct MlaArgs {
   const int64_t *lengths;
   const float *const *cos, *const *sin;
   int planes;
+  double *profile = nullptr;  // as DecodeArgs::profile
 };
 
 void decode_mla(ThreadPool &pool, int isa, const IsaKernels &kern, const QKernels &qk, const MlaArgs &a,

@@ -136,3 +136,25 @@ def test_gated_activations_against_float64(act):
     # Past exp's clamp at -87 (x below -87) a value of |x| e^-87 stands for 0: below 1e-33 here.
     assert ((ours - ref).abs() <= 2e-7 * ref.abs() * (2 + arg) + 1e-33).all()
     assert torch.isfinite(ours).all()
+
+
+@pytest.mark.parametrize("arch", ["deepseek2", "qwen3moe", "llama"])  # MLA, a dense first block; GQA + experts; dense
+def test_step_profile_times_the_parts_each_architecture_has(arch, tmp_path):
+    """kernels.step_profile: while on, native steps charge their parts (and only the parts the
+    architecture has); reading resets, off stops the timing, and the logits are the same bits."""
+    model = load_model(open_gguf(write_model(arch, tmp_path / "m.gguf", qtype="Q4_K")), activations="q8")
+    model.__dict__["_native_step_built"] = model.native_step()
+    plain = decode_logits(model, native=True, steps=4)
+    kernels.step_profile(True)
+    try:
+        profiled = decode_logits(model, native=True, steps=4)
+        parts = kernels.step_profile(True)
+        assert sum(kernels.step_profile(False).values()) == 0  # read and reset: nothing ran since
+        decode_logits(model, native=True, steps=2)
+        assert sum(kernels.step_profile(False).values()) == 0  # off: nothing charged
+    finally:
+        kernels.step_profile(False)
+    assert torch.equal(plain, profiled)
+    has = {"norms", "attn_proj", "attention"} | {
+        "deepseek2": {"mla_maps", "router", "experts", "ffn"}, "qwen3moe": {"router", "experts"}, "llama": {"ffn"}}[arch]
+    assert {k for k, v in parts.items() if v > 0} == has
