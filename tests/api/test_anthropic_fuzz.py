@@ -3,16 +3,9 @@ Anthropic's shape, streams always Anthropic's framing ending in message_stop."""
 
 from __future__ import annotations
 
-import http.client
-import json
-
-import pytest
-from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .fake_engine import FakeEngine
-from .live_server import Server
-from .test_fuzz import FUZZ
+from .fuzz_harness import check_messages, fuzz_fake_engine
 from .wire_strategies import field, inner, json_values, obj, rarely, schema, words
 
 text_block = st.builds(lambda t: {"type": "text", "text": t}, words)
@@ -47,38 +40,5 @@ body = obj(
 )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def server():
-    srv = Server(engine=FakeEngine())
-    yield srv
-    srv.close()
-
-
-def post(server: Server, payload: dict) -> tuple[int, str, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
-    try:
-        conn.request("POST", "/v1/messages", body=json.dumps(payload), headers={"Content-Type": "application/json"})
-        r = conn.getresponse()
-        return r.status, r.getheader("Content-Type", ""), r.read()
-    finally:
-        conn.close()
-
-
-def test_fuzz_messages(server):
-    @settings(FUZZ, max_examples=300)
-    @given(payload=body)
-    def run(payload):
-        status, content_type, data = post(server, payload)
-        assert status < 500, (status, data[:600])
-        if status >= 400:
-            reply = json.loads(data)
-            assert reply["type"] == "error" and isinstance(reply["error"]["message"], str), data[:600]
-        elif content_type.startswith("text/event-stream"):
-            frames = data.decode().split("\n\n")
-            names = [f.split("\n")[0].removeprefix("event: ") for f in frames[:-1]]
-            assert frames[-1] == "" and names[0] == "message_start" and names[-1] == "message_stop", data[:600]
-            assert "error" not in names, data[:600]
-        else:
-            assert json.loads(data)["type"] == "message", data[:600]
-
-    run()
+def test_fuzz_messages():
+    fuzz_fake_engine("/v1/messages", body, 300, check_messages)

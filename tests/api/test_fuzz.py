@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import re
@@ -10,40 +9,23 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from . import fuzz_harness as harness
 from . import wire_strategies as ws
 from .fake_engine import FakeEngine
+from .fuzz_harness import FUZZ, dumps, send
 from .live_server import Server
 
-# Deterministic in CI (the same examples each run); fresh examples on a developer's machine.
-FUZZ = settings(deadline=None, database=None, derandomize=os.environ.get("CI") == "true",
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])  # fmt: skip
 FAKE_EXAMPLES = {"chat": 400, "generate": 300, "v1_chat": 300}  # the widest bodies get the most
 FAKE_DEFAULT = 150
 REAL_EXAMPLES = {"chat": 50, "generate": 40, "v1_chat": 40}
 REAL_DEFAULT = 20
 
 
-def send(server: Server, method: str, path: str, body: bytes | None, headers: dict[str, str] | None = None,
-         timeout: float = 20.0) -> tuple[int, str, bytes]:  # fmt: skip
-    """One request on its own connection; a server that does not answer within `timeout` fails it."""
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
-    try:
-        conn.request(method, path, body=body, headers={"Content-Type": "application/json", **(headers or {})})
-        r = conn.getresponse()
-        return r.status, r.getheader("Content-Type", ""), r.read()
-    finally:
-        conn.close()
-
-
-def dumps(body: Any) -> bytes:
-    return json.dumps(body).encode()  # the stdlib writes integers past 2^64, as clients may
-
-
 def _messages(limits: ws.Limits):
-    from .test_anthropic_fuzz import body  # there, with its own deeper fuzz (it imports FUZZ from here)
+    from .test_anthropic_fuzz import body  # there, with its own deeper fuzz
 
     return _on_models(body, limits)
 
@@ -98,15 +80,9 @@ def check(path: str, status: int, content_type: str, data: bytes, method: str = 
         else:
             assert lines[-1].get("done") is True or lines[-1].get("status") == "success", shown
     elif content_type.startswith("text/event-stream") and path == "/v1/messages":
-        frames = data.decode().split("\n\n")  # Anthropic's "event: name\ndata: {...}" frames
-        names = [f.split("\n")[0].removeprefix("event: ") for f in frames[:-1]]
-        assert frames[-1] == "" and names[0] == "message_start" and names[-1] == "message_stop", shown
-        assert "error" not in names, shown
+        harness.anthropic_stream(data)
     elif content_type.startswith("text/event-stream") and path == "/v1/responses":
-        frames = data.decode().split("\n\n")
-        events = [json.loads(f.split("\n")[1].removeprefix("data: ")) for f in frames[:-1]]
-        assert frames[-1] == "" and [e["sequence_number"] for e in events] == list(range(len(events))), shown
-        assert events[-1]["type"] in ("response.completed", "response.incomplete"), shown
+        harness.responses_stream(data)
     elif content_type.startswith("text/event-stream"):
         events = [e.removeprefix("data: ") for e in data.decode().split("\n\n") if e]
         assert events[-1] == "[DONE]" and not any('"error"' in e[:12] for e in events), shown
@@ -117,17 +93,12 @@ def check(path: str, status: int, content_type: str, data: bytes, method: str = 
 def fuzz(server: Server, endpoint: str, limits: ws.Limits, examples: int, bound=lambda body: body, after=None):
     method, path, bodies = ENDPOINTS[endpoint]
 
-    @settings(FUZZ, max_examples=examples)
-    @given(body=bodies(limits))
-    def run(body):
-        status, content_type, data = send(server, method, path, dumps(bound(body)))
-        event(f"{status}: {json.loads(data).get('error', '')}"[:70] if status >= 400 and content_type.startswith(
-            "application/json") else f"{status} {content_type}")  # see pytest --hypothesis-show-statistics
+    def check_reply(status: int, content_type: str, data: bytes) -> None:
         check(path, status, content_type, data)
         if after:
             after()
 
-    run()
+    harness.fuzz(server, method, path, bodies(limits).map(bound), examples, check_reply)
 
 
 # ---- the fake engine: breadth --------------------------------------------------------------

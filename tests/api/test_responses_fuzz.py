@@ -3,16 +3,11 @@ OpenAI's shape, streams always numbered events ending in a terminal response eve
 
 from __future__ import annotations
 
-import http.client
 import json
 
-import pytest
-from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .fake_engine import FakeEngine
-from .live_server import Server
-from .test_fuzz import FUZZ
+from .fuzz_harness import check_responses, fuzz_fake_engine
 from .wire_strategies import field, inner, json_values, obj, rarely, schema, words
 
 part = st.one_of(
@@ -54,39 +49,5 @@ body = obj(
 )  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def server():
-    srv = Server(engine=FakeEngine())
-    yield srv
-    srv.close()
-
-
-def post(server: Server, payload: dict) -> tuple[int, str, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
-    try:
-        conn.request("POST", "/v1/responses", body=json.dumps(payload), headers={"Content-Type": "application/json"})
-        r = conn.getresponse()
-        return r.status, r.getheader("Content-Type", ""), r.read()
-    finally:
-        conn.close()
-
-
-def test_fuzz_responses(server):
-    @settings(FUZZ, max_examples=300)
-    @given(payload=body)
-    def run(payload):
-        status, content_type, data = post(server, payload)
-        assert status < 500, (status, data[:600])
-        if status >= 400:
-            error = json.loads(data)["error"]
-            assert isinstance(error["message"], str) and error["type"] == "invalid_request_error" or status == 404, data[:600]
-        elif content_type.startswith("text/event-stream"):
-            frames = data.decode().split("\n\n")
-            events = [json.loads(f.split("\n")[1].removeprefix("data: ")) for f in frames[:-1]]
-            assert frames[-1] == "" and [e["sequence_number"] for e in events] == list(range(len(events))), data[:600]
-            assert events[0]["type"] == "response.created", data[:600]
-            assert events[-1]["type"] in ("response.completed", "response.incomplete"), data[:600]
-        else:
-            assert json.loads(data)["status"] in ("completed", "incomplete"), data[:600]
-
-    run()
+def test_fuzz_responses():
+    fuzz_fake_engine("/v1/responses", body, 300, check_responses)
