@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 import orjson
 import pytest
 
@@ -9,6 +12,7 @@ from ollama_compat.app import create_app, server_options
 from ollama_compat.settings import Settings
 
 from .fake_engine import FakeEngine
+from .live_server import Server
 
 
 @pytest.fixture
@@ -33,3 +37,12 @@ def ndjson(text: str) -> list[dict]:
     done = [i for i, line in enumerate(lines) if line.get("done") or line.get("status") == "success"]
     assert done == [len(lines) - 1] or "error" in lines[-1]  # progress streams end in "success"
     return lines
+
+
+@pytest.fixture
+def smollm2_server(smollm2_gguf, tmp_path) -> Iterator[Server]:
+    """A real server over SmolLM2 alone, the model of the golden prompts."""
+    os.symlink(smollm2_gguf, tmp_path / "smollm2.gguf")
+    server = Server(tmp_path)
+    yield server
+    server.close()

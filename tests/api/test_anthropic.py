@@ -3,17 +3,14 @@ sequence) and raw HTTP, over the fake engine and, end to end, over SmolLM2."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-
 import anthropic
 import orjson
 import pytest
 
 from backend.interface import Chunk
 
+from .disconnects import assert_disconnect_cancels
 from .fake_engine import METRICS
-from .live_server import Server
 
 CALL = Chunk(tool_calls=({"function": {"name": "get_weather", "arguments": {"location": "Paris", "days": 2}}},))
 WEATHER = {"name": "get_weather", "description": "Weather in a place",
@@ -229,44 +226,27 @@ async def test_raw_sse_framing(client, engine):
     assert names[:2] == ["message_start", "ping"] and names[-2:] == ["message_delta", "message_stop"]
 
 
-def test_real_model_streams_through_the_anthropic_client(smollm2_gguf, tmp_path):
-    os.symlink(smollm2_gguf, tmp_path / "smollm2.gguf")
-    server = Server(tmp_path)
-    try:
-        client = anthropic.Anthropic(base_url=server.url, api_key="ollama", max_retries=0)
-        question = [{"role": "user", "content": "What is 2+2?"}]  # a golden prompt: llama.cpp's answer
-        greedy = {"extra_body": {"temperature": 0}}
-        reply = client.messages.create(model="smollm2", max_tokens=16, messages=question, **greedy)
-        assert reply.content[0].text == "The answer to this classic math problem is 4."
-        assert reply.stop_reason == "end_turn" and reply.usage.output_tokens > 0 and reply.usage.input_tokens > 0
-        with client.messages.stream(model="smollm2", max_tokens=16, messages=question, **greedy) as stream:
-            text = "".join(stream.text_stream)
-            final = stream.get_final_message()
-        assert text == reply.content[0].text and final.usage == reply.usage
-        short = client.messages.create(model="smollm2", max_tokens=3, messages=question, **greedy)
-        assert short.stop_reason == "max_tokens" and short.usage.output_tokens == 3
-        cut = client.messages.create(model="smollm2", max_tokens=16, messages=question,
-                                     stop_sequences=["nowhere", " classic"], **greedy)  # fmt: skip
-        assert (cut.stop_reason, cut.stop_sequence) == ("stop_sequence", " classic")
-        assert cut.content[0].text == "The answer to this"
-    finally:
-        server.close()
+def test_real_model_streams_through_the_anthropic_client(smollm2_server):
+    client = anthropic.Anthropic(base_url=smollm2_server.url, api_key="ollama", max_retries=0)
+    question = [{"role": "user", "content": "What is 2+2?"}]  # a golden prompt: llama.cpp's answer
+    greedy = {"extra_body": {"temperature": 0}}
+    reply = client.messages.create(model="smollm2", max_tokens=16, messages=question, **greedy)
+    assert reply.content[0].text == "The answer to this classic math problem is 4."
+    assert reply.stop_reason == "end_turn" and reply.usage.output_tokens > 0 and reply.usage.input_tokens > 0
+    with client.messages.stream(model="smollm2", max_tokens=16, messages=question, **greedy) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == reply.content[0].text and final.usage == reply.usage
+    short = client.messages.create(model="smollm2", max_tokens=3, messages=question, **greedy)
+    assert short.stop_reason == "max_tokens" and short.usage.output_tokens == 3
+    cut = client.messages.create(model="smollm2", max_tokens=16, messages=question,
+                                 stop_sequences=["nowhere", " classic"], **greedy)  # fmt: skip
+    assert (cut.stop_reason, cut.stop_sequence) == ("stop_sequence", " classic")
+    assert cut.content[0].text == "The answer to this"
 
 
 @pytest.mark.parametrize("stream", [True, False])
 async def test_disconnect_cancels_the_generation(client, engine, stream):
     """Claude Code's Esc closes the connection: the generation behind it stops, streaming or not."""
-    engine.delay = 0.2
-    engine.script = [Chunk(content=str(i)) for i in range(50)] + [Chunk(done=True, metrics=METRICS)]
-    request = asyncio.ensure_future(client.post("/v1/messages", json={"model": "mymoe", "max_tokens": 99,
-                                                                      "messages": HI, "stream": stream}))  # fmt: skip
-    if stream:
-        (await request).close()  # after the headers and message_start
-    else:
-        await asyncio.sleep(0.5)
-        request.cancel()
-    for _ in range(40):
-        if engine.cancelled:
-            break
-        await asyncio.sleep(0.05)
-    assert engine.cancelled == 1
+    body = {"model": "mymoe", "max_tokens": 99, "messages": HI}
+    await assert_disconnect_cancels(client, engine, "/v1/messages", body, stream)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import re
 
@@ -11,6 +10,7 @@ import pytest
 from backend.interface import Chunk
 
 from .conftest import ndjson
+from .disconnects import assert_disconnect_cancels
 from .fake_engine import METRICS
 
 JSON = "application/json; charset=utf-8"
@@ -298,16 +298,4 @@ async def test_large_bodies_and_head_listing(client, engine):
 @pytest.mark.parametrize("stream", [True, False])
 async def test_disconnect_closes_the_engine_stream(client, engine, stream):
     """A client that goes away mid-generation cancels it (Page-Assist's abort()), streaming or not."""
-    engine.delay = 0.2
-    engine.script = [Chunk(content=str(i)) for i in range(50)] + [Chunk(done=True, metrics=METRICS)]
-    request = asyncio.ensure_future(client.post("/api/chat", json={**CHAT, "stream": stream}))
-    if stream:
-        (await request).close()  # after the headers and the first line
-    else:
-        await asyncio.sleep(0.5)
-        request.cancel()
-    for _ in range(40):
-        if engine.cancelled:
-            break
-        await asyncio.sleep(0.05)
-    assert engine.cancelled == 1
+    await assert_disconnect_cancels(client, engine, "/api/chat", CHAT, stream)

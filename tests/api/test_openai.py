@@ -4,7 +4,6 @@ real one (a real answer)."""
 from __future__ import annotations
 
 import base64
-import os
 import struct
 from dataclasses import replace
 
@@ -15,7 +14,6 @@ import pytest
 from backend.interface import Chunk
 
 from .fake_engine import BASE, METRICS
-from .live_server import Server
 
 R1 = replace(BASE, name="deepseek-r1:latest", digest="2" * 64)
 
@@ -114,17 +112,12 @@ async def test_reference_deployment_requests_verbatim(client, engine, stream):
     assert reply["model"] == "DeepSeek-R1" and reply["choices"][0]["message"]["content"] == "Hello wörld"
 
 
-def test_real_model_through_the_openai_client(smollm2_gguf, tmp_path):
-    os.symlink(smollm2_gguf, tmp_path / "smollm2.gguf")
-    server = Server(tmp_path)
-    try:
-        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none")
-        question = [{"role": "user", "content": "What is 2+2?"}]  # a golden prompt: llama.cpp's answer
-        reply = client.chat.completions.create(model="smollm2", messages=question, temperature=0, max_tokens=16)
-        assert reply.choices[0].message.content == "The answer to this classic math problem is 4."
-        assert reply.choices[0].finish_reason == "stop"
-        stream = client.chat.completions.create(model="smollm2", messages=question, temperature=0, max_tokens=16,
-                                                stream=True)  # fmt: skip
-        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == reply.choices[0].message.content
-    finally:
-        server.close()
+def test_real_model_through_the_openai_client(smollm2_server):
+    client = openai.OpenAI(base_url=f"{smollm2_server.url}/v1", api_key="none")
+    question = [{"role": "user", "content": "What is 2+2?"}]  # a golden prompt: llama.cpp's answer
+    reply = client.chat.completions.create(model="smollm2", messages=question, temperature=0, max_tokens=16)
+    assert reply.choices[0].message.content == "The answer to this classic math problem is 4."
+    assert reply.choices[0].finish_reason == "stop"
+    stream = client.chat.completions.create(model="smollm2", messages=question, temperature=0, max_tokens=16,
+                                            stream=True)  # fmt: skip
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == reply.choices[0].message.content

@@ -3,17 +3,14 @@ order and identity) and raw HTTP, over the fake engine and, end to end, over Smo
 
 from __future__ import annotations
 
-import asyncio
-import os
-
 import openai
 import orjson
 import pytest
 
 from backend.interface import Chunk
 
+from .disconnects import assert_disconnect_cancels
 from .fake_engine import METRICS
-from .live_server import Server
 
 CALL = Chunk(tool_calls=({"function": {"name": "get_weather", "arguments": {"location": "Paris"}}},))
 WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in a place",
@@ -185,36 +182,19 @@ async def test_failure_mid_stream_is_response_failed(oai, engine):
     assert [e.sequence_number for e in events] == list(range(len(events)))
 
 
-def test_real_model_through_the_responses_api(smollm2_gguf, tmp_path):
-    os.symlink(smollm2_gguf, tmp_path / "smollm2.gguf")
-    server = Server(tmp_path)
-    try:
-        client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
-        # The golden prompt: llama.cpp's greedy answer (top_p 1.0, which the chat completions test gets by default).
-        ask = {"model": "smollm2", "input": "What is 2+2?", "temperature": 0, "top_p": 1.0, "max_output_tokens": 16}
-        reply = client.responses.create(**ask)
-        assert reply.output_text == "The answer to this classic math problem is 4." and reply.status == "completed"
-        with client.responses.stream(**ask) as stream:
-            text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
-            final = stream.get_final_response()
-        assert text == final.output_text == reply.output_text and final.usage.output_tokens == reply.usage.output_tokens
-    finally:
-        server.close()
+def test_real_model_through_the_responses_api(smollm2_server):
+    client = openai.OpenAI(base_url=f"{smollm2_server.url}/v1", api_key="none", max_retries=0)
+    # The golden prompt: llama.cpp's greedy answer (top_p 1.0, which the chat completions test gets by default).
+    ask = {"model": "smollm2", "input": "What is 2+2?", "temperature": 0, "top_p": 1.0, "max_output_tokens": 16}
+    reply = client.responses.create(**ask)
+    assert reply.output_text == "The answer to this classic math problem is 4." and reply.status == "completed"
+    with client.responses.stream(**ask) as stream:
+        text = "".join(e.delta for e in stream if e.type == "response.output_text.delta")
+        final = stream.get_final_response()
+    assert text == final.output_text == reply.output_text and final.usage.output_tokens == reply.usage.output_tokens
 
 
 @pytest.mark.parametrize("stream", [True, False])
 async def test_disconnect_cancels_the_generation(client, engine, stream):
     """Codex's Ctrl-C closes the connection: the generation behind it stops, streaming or not."""
-    engine.delay = 0.2
-    engine.script = [Chunk(content=str(i)) for i in range(50)] + [DONE]
-    request = asyncio.ensure_future(client.post("/v1/responses", json={"model": "mymoe", "input": "hi", "stream": stream}))
-    if stream:
-        (await request).close()  # after the headers and response.created
-    else:
-        await asyncio.sleep(0.5)
-        request.cancel()
-    for _ in range(40):
-        if engine.cancelled:
-            break
-        await asyncio.sleep(0.05)
-    assert engine.cancelled == 1
+    await assert_disconnect_cancels(client, engine, "/v1/responses", {"model": "mymoe", "input": "hi"}, stream)
