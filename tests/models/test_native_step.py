@@ -49,6 +49,16 @@ def counting(monkeypatch, name: str):
         yield calls
 
 
+def assert_the_layers_bits(model, step, monkeypatch, kernel: str) -> None:
+    """With `step` in place, every decode step goes through kernels.<kernel> (the prefills do not)
+    and gives the logits the layers give, bit for bit."""
+    model.__dict__["_native_step_built"] = step
+    with counting(monkeypatch, kernel) as calls:
+        native = decode_logits(model, native=True)
+    assert len(calls) == 12  # every decode step went native, the prefills did not
+    assert torch.equal(native, decode_logits(model, native=False))
+
+
 # plain; q/k/v biases; QK and sandwich norms, GeGLU, windows; routed experts (softmax top-k, renormalized)
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "qwen3moe", "mixtral"])
 @pytest.mark.parametrize("qtype", ["Q4_K", "Q8_0", "F16"])  # super-block, legacy, float weights
@@ -57,11 +67,7 @@ def test_the_same_bits_as_the_layers(arch, qtype, activations, tmp_path, monkeyp
     model = load_model(open_gguf(write_model(arch, tmp_path / "m.gguf", qtype=qtype)), activations=activations)
     step = model.native_step()
     assert step is not None
-    model.__dict__["_native_step_built"] = step
-    with counting(monkeypatch, "decode_dense") as calls:
-        native = decode_logits(model, native=True)
-    assert len(calls) == 12  # every decode step went native, the prefills did not
-    assert torch.equal(native, decode_logits(model, native=False))
+    assert_the_layers_bits(model, step, monkeypatch, "decode_dense")
 
 
 def test_mixed_batches_and_float_activations_stay_on_the_layers(tmp_path):
@@ -87,11 +93,7 @@ def test_mla_and_routed_experts_the_same_bits_as_the_layers(config, qtype, activ
     model = load_model(open_gguf(path), activations=activations)
     step = model.native_step()
     assert step is not None and step.mla
-    model.__dict__["_native_step_built"] = step
-    with counting(monkeypatch, "decode_mla") as calls:
-        native = decode_logits(model, native=True)
-    assert len(calls) == 12
-    assert torch.equal(native, decode_logits(model, native=False))
+    assert_the_layers_bits(model, step, monkeypatch, "decode_mla")
 
 
 def test_mla_without_quantized_head_maps_stays_on_the_layers(tmp_path):
