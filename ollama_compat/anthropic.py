@@ -15,6 +15,7 @@ from . import fields, inference
 from . import options as opt
 from .appkeys import ENGINE
 from .errors import ApiError, shaped_errors
+from .native_chat import fold_reply, function_tool
 from .streaming import stream_sse_events
 
 log = logging.getLogger(__name__)
@@ -153,9 +154,7 @@ def _tools(body: dict) -> list[dict[str, Any]] | None:
         fields.check(tool, {"name": "string", "description": "string", "input_schema": "object"}, f"tools[{i}].")
         if not tool.get("name"):
             raise ApiError(400, f"tools[{i}].name: field required")
-        fn = {"name": tool["name"], "description": tool.get("description") or "",
-              "parameters": tool.get("input_schema") or {"type": "object", "properties": {}}}  # fmt: skip
-        out.append({"type": "function", "function": fn})
+        out.append(function_tool(tool["name"], tool.get("description"), tool.get("input_schema")))
     if out and choice.get("type") in ("any", "tool"):
         log.info("/v1/messages: tool_choice %s cannot be enforced; the model decides", choice.get("type"))
     return out or None
@@ -240,21 +239,15 @@ def _tool_use(call: dict) -> dict[str, Any]:
 
 
 async def _message_object(lines: AsyncIterator[dict], ident: str, model: str) -> dict[str, Any]:
-    thinking, text, calls, last = "", "", [], {}
-    async for line in lines:
-        msg = line.get("message", {})
-        thinking += msg.get("thinking", "")
-        text += msg.get("content", "")
-        calls += msg.get("tool_calls", [])
-        last = line
+    reply = await fold_reply(lines)
     content: list[dict[str, Any]] = []
-    if thinking:
-        content.append({"type": "thinking", "thinking": thinking, "signature": ""})
-    if text:
-        content.append({"type": "text", "text": text})
-    content += [_tool_use(c) for c in calls]
+    if reply.thinking:
+        content.append({"type": "thinking", "thinking": reply.thinking, "signature": ""})
+    if reply.content:
+        content.append({"type": "text", "text": reply.content})
+    content += [_tool_use(c) for c in reply.tool_calls]
     return {"id": ident, "type": "message", "role": "assistant", "model": model, "content": content,
-            **_stop(last, bool(calls)), "usage": _usage(last)}  # fmt: skip
+            **_stop(reply.last, bool(reply.tool_calls)), "usage": _usage(reply.last)}  # fmt: skip
 
 
 async def _events(lines: AsyncIterator[dict], ident: str, model: str) -> AsyncIterator[tuple[str, dict]]:

@@ -19,6 +19,7 @@ from . import fields, inference
 from . import options as opt
 from .appkeys import ENGINE
 from .errors import ApiError, shaped_errors
+from .native_chat import fold_reply
 
 log = logging.getLogger(__name__)
 
@@ -65,30 +66,46 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def _format(body: dict[str, Any]) -> str | dict | None:
-    fmt = body.get("response_format")
-    if not fmt:
-        return None
+def native_format(fmt: Any, where: str, schema_holder: str | None = None) -> str | dict | None:
+    """An OpenAI format object as the native format: "text" none, "json_object" "json", "json_schema"
+    its schema (inside fmt[schema_holder] in chat completions' response_format, in fmt itself in the
+    Responses API's text.format); anything else a 400 that names `where`."""
     kind = fmt.get("type") if isinstance(fmt, dict) else None
     if kind == "text":
         return None
     if kind == "json_object":
         return "json"
-    if kind == "json_schema" and isinstance(fmt.get("json_schema"), dict):
-        schema = fmt["json_schema"].get("schema")
-        if isinstance(schema, dict):
-            return schema
-    raise ApiError(400, f"invalid response_format: {orjson.dumps(fmt).decode()}")
+    holder = fmt.get(schema_holder) if kind == "json_schema" and schema_holder else fmt
+    if kind == "json_schema" and isinstance(holder, dict) and isinstance(holder.get("schema"), dict):
+        return holder["schema"]
+    raise ApiError(400, f"invalid {where}: {orjson.dumps(fmt).decode()}")
 
 
-def _think(body: dict[str, Any]) -> Any:
-    fields.check(body, {"reasoning_effort": "string", "reasoning": "object"})
-    effort = body.get("reasoning_effort") or (body.get("reasoning") or {}).get("effort")
+def _format(body: dict[str, Any]) -> str | dict | None:
+    fmt = body.get("response_format")
+    return native_format(fmt, "response_format", "json_schema") if fmt else None
+
+
+def think_level(effort: Any) -> bool | str | None:
+    """An OpenAI reasoning effort as the native think value: None when unset, a 400 for a level
+    OpenAI does not name."""
     if effort is None:
         return None
     if not isinstance(effort, str) or effort not in EFFORT:
         raise ApiError(400, f"invalid reasoning value: '{effort}' (must be one of {', '.join(EFFORT)})")
     return EFFORT[effort]
+
+
+def _think(body: dict[str, Any]) -> Any:
+    fields.check(body, {"reasoning_effort": "string", "reasoning": "object"})
+    return think_level(body.get("reasoning_effort") or (body.get("reasoning") or {}).get("effort"))
+
+
+def data_uri_base64(url: Any) -> str | None:
+    """The base64 data of a data: URI; None for anything else (a URL, a file id), which is never fetched."""
+    if not isinstance(url, str) or not url.startswith("data:") or ";base64," not in url:
+        return None
+    return url.split(";base64,", 1)[1]
 
 
 def _content(content: Any) -> tuple[str, list[str]]:
@@ -106,9 +123,10 @@ def _content(content: Any) -> tuple[str, list[str]]:
             texts.append(part.get("text") or "")
         elif kind == "image_url":
             url = part["image_url"]["url"] if isinstance(part.get("image_url"), dict) else part.get("image_url")
-            if not isinstance(url, str) or not url.startswith("data:") or ";base64," not in url:
+            image = data_uri_base64(url)
+            if image is None:
                 raise ApiError(400, "image URLs are not currently supported, please use base64 encoded data instead")
-            images.append(url.split(";base64,", 1)[1])
+            images.append(image)
         else:
             raise ApiError(400, f"invalid message part type: {kind}")
     return "\n".join(texts), images
@@ -222,21 +240,15 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def _chat_object(lines: AsyncIterator[dict], base: dict) -> dict[str, Any]:
-    content, reasoning, calls, last = "", "", [], {}
-    async for line in lines:
-        msg = line.get("message", {})
-        content += msg.get("content", "")
-        reasoning += msg.get("thinking", "")
-        calls += msg.get("tool_calls", [])
-        last = line
-    message: dict[str, Any] = {"role": "assistant", "content": content}
-    if reasoning:
-        message["reasoning"] = reasoning  # Ollama's field; a second copy would double clients' transcripts
-    if calls:
-        message["tool_calls"] = _openai_calls(calls)
-    finish = "tool_calls" if calls else last.get("done_reason", "stop")
+    reply = await fold_reply(lines)
+    message: dict[str, Any] = {"role": "assistant", "content": reply.content}
+    if reply.thinking:
+        message["reasoning"] = reply.thinking  # Ollama's field; a second copy would double clients' transcripts
+    if reply.tool_calls:
+        message["tool_calls"] = _openai_calls(reply.tool_calls)
+    finish = "tool_calls" if reply.tool_calls else reply.last.get("done_reason", "stop")
     return {**base, "object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-            "usage": _usage(last)}  # fmt: skip
+            "usage": _usage(reply.last)}  # fmt: skip
 
 
 async def _chat_chunks(lines: AsyncIterator[dict], base: dict, include_usage: bool) -> AsyncIterator[dict]:

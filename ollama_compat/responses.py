@@ -14,7 +14,8 @@ from aiohttp import web
 from . import fields, inference
 from . import options as opt
 from .errors import ApiError
-from .openai import EFFORT
+from .native_chat import function_tool
+from .openai import data_uri_base64, native_format, think_level
 from .streaming import stream_sse_events
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,10 @@ def _content(content: Any, where: str) -> tuple[str, list[str]]:
             fields.check(part, {"refusal": "string"}, at + ".")
             text += part.get("refusal") or ""
         elif kind == "input_image":
-            url = part.get("image_url")
-            if not isinstance(url, str) or not url.startswith("data:") or ";base64," not in url:
+            image = data_uri_base64(part.get("image_url"))
+            if image is None:
                 raise ApiError(400, f"{at}: image URLs and file ids are not supported, please use base64 encoded data instead")
-            images.append(url.split(";base64,", 1)[1])
+            images.append(image)
         elif kind == "input_file":
             raise ApiError(400, "file inputs are not currently supported")
         else:
@@ -139,35 +140,15 @@ def _tools(body: dict) -> list[dict[str, Any]] | None:
             skipped.append(str(tool.get("type")))
             continue
         fields.check(tool, {"name": "string", "description": "string", "parameters": "object"}, f"tools[{i}].")
-        fn = {"name": tool.get("name") or "", "description": tool.get("description") or "",
-              "parameters": tool.get("parameters") or {"type": "object", "properties": {}}}  # fmt: skip
-        out.append({"type": "function", "function": fn})
+        out.append(function_tool(tool.get("name") or "", tool.get("description"), tool.get("parameters")))
     if skipped:
         log.info("/v1/responses: only function tools are offered to the model; skipped %s", ", ".join(skipped))
     return out or None
 
 
-def _think(body: dict) -> bool | str | None:
-    effort = (body.get("reasoning") or {}).get("effort")
-    if effort is None:
-        return None
-    if not isinstance(effort, str) or effort not in EFFORT:
-        raise ApiError(400, f"invalid reasoning value: '{effort}' (must be one of {', '.join(EFFORT)})")
-    return EFFORT[effort]
-
-
 def _format(body: dict) -> str | dict | None:
     fmt = (body.get("text") or {}).get("format")
-    if fmt is None:
-        return None
-    kind = fmt.get("type") if isinstance(fmt, dict) else None
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return "json"
-    if kind == "json_schema" and isinstance(fmt.get("schema"), dict):
-        return fmt["schema"]
-    raise ApiError(400, f"invalid text.format: {orjson.dumps(fmt).decode()}")
+    return None if fmt is None else native_format(fmt, "text.format")
 
 
 def native_request(body: dict) -> dict[str, Any]:
@@ -195,7 +176,7 @@ def native_request(body: dict) -> dict[str, Any]:
     if body.get("max_output_tokens") is not None:
         options["num_predict"] = body["max_output_tokens"]
     return {"model": body["model"], "messages": messages, "options": options, "tools": _tools(body),
-            "think": _think(body), "format": _format(body)}  # fmt: skip
+            "think": think_level((body.get("reasoning") or {}).get("effort")), "format": _format(body)}  # fmt: skip
 
 
 # --- response: native -> Responses --------------------------------------------------------------
