@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import os
 
 import pytest
 
-from backend.engine.local_engine import create_engine
-from backend.store import manifest as mf
 from backend.testmodels import write_model
-from ollama_compat.app import create_app
-from ollama_compat.settings import Settings
 
 from .conftest import ndjson
+from .store_server import ollama_layout, store_client
 
 
 @pytest.fixture
@@ -24,18 +20,13 @@ def store(tmp_path):
     """An Ollama store by hand: blobs/sha256-* and manifests/registry.ollama.ai/library/..."""
     gguf = tmp_path / "src.gguf"
     write_model("llama", gguf, config={"max_position_embeddings": 256}, seed=4)
-    root = tmp_path / "models"
-    layer = {"mediaType": mf.MEDIA_MODEL, **mf.write_blob(root, gguf.read_bytes())}
-    system = {"mediaType": mf.MEDIA_SYSTEM, **mf.write_blob(root, b"You are terse.")}
-    mf.write_manifest(root, mf.parse_name("mymoe:7b"), [layer, system])
-    return root, gguf
+    return ollama_layout(tmp_path / "models", "mymoe:7b", gguf, system=b"You are terse."), gguf
 
 
 @pytest.fixture
 async def client(aiohttp_client, store):
-    engine = create_engine(str(store[0]), num_parallel=2)
-    yield await aiohttp_client(create_app(engine, Settings.from_env({"OLLAMA_MODELS": str(store[0])})))
-    engine.close()
+    async with store_client(aiohttp_client, store[0], num_parallel=2) as client:
+        yield client
 
 
 async def names(client) -> list[str]:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from backend.engine.local_engine import create_engine
 from backend.testmodels import write_model
-from ollama_compat.app import create_app
-from ollama_compat.settings import Settings
+
+from .store_server import store_client
 
 BARE = "{% for m in messages %}{{ m['content'] }}{% endfor %}"  # no role markers at all
 
@@ -18,9 +17,8 @@ async def client(aiohttp_client, tmp_path):
     root = tmp_path / "models"
     root.mkdir()
     write_model("llama", root / "base.gguf", config={"max_position_embeddings": 256}, seed=5)
-    engine = create_engine(str(root), num_parallel=1)
-    yield await aiohttp_client(create_app(engine, Settings.from_env({"OLLAMA_MODELS": str(root)})))
-    engine.close()
+    async with store_client(aiohttp_client, root, num_parallel=1) as client:
+        yield client
 
 
 async def create(client, **body) -> None:

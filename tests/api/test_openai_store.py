@@ -7,11 +7,9 @@ import openai
 import orjson
 import pytest
 
-from backend.engine.local_engine import create_engine
-from backend.store import manifest as mf
 from backend.testmodels import write_model
-from ollama_compat.app import create_app
-from ollama_compat.settings import Settings
+
+from .store_server import ollama_layout, store_client
 
 QUESTION = [{"role": "user", "content": "Who are you?"}]
 
@@ -20,17 +18,13 @@ QUESTION = [{"role": "user", "content": "Who are you?"}]
 def store(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("store")
     gguf = write_model("deepseek2", tmp / "r1.gguf", config={"max_position_embeddings": 128}, seed=7)
-    root = tmp / "models"
-    layer = {"mediaType": mf.MEDIA_MODEL, **mf.write_blob(root, gguf.read_bytes())}
-    mf.write_manifest(root, mf.parse_name("deepseek-r1"), [layer])
-    return root
+    return ollama_layout(tmp / "models", "deepseek-r1", gguf)
 
 
 @pytest.fixture
 async def client(aiohttp_client, store):
-    engine = create_engine(str(store), num_parallel=2)
-    yield await aiohttp_client(create_app(engine, Settings.from_env({"OLLAMA_MODELS": str(store)})))
-    engine.close()
+    async with store_client(aiohttp_client, store, num_parallel=2) as client:
+        yield client
 
 
 @pytest.fixture

@@ -17,29 +17,22 @@ import urllib.request
 import numpy as np
 import pytest
 
-from backend.engine.local_engine import create_engine
-from backend.store import manifest as mf
 from backend.testmodels import write_model
-from ollama_compat.app import create_app
-from ollama_compat.settings import Settings
 
 from ..store.damaged import write_damaged
+from .store_server import ollama_layout, store_client
 
 
 @pytest.fixture
 def root(tmp_path):
     gguf = write_model("llama", tmp_path / "src.gguf", config={"max_position_embeddings": 128}, seed=4)
-    root = tmp_path / "models"
-    layer = {"mediaType": mf.MEDIA_MODEL, **mf.write_blob(root, gguf.read_bytes())}
-    mf.write_manifest(root, mf.parse_name("good"), [layer])
-    return root
+    return ollama_layout(tmp_path / "models", "good", gguf)
 
 
 @pytest.fixture
 async def client(aiohttp_client, root):
-    engine = create_engine(str(root), num_parallel=1)
-    yield await aiohttp_client(create_app(engine, Settings.from_env({"OLLAMA_MODELS": str(root)})))
-    engine.close()
+    async with store_client(aiohttp_client, root, num_parallel=1) as client:
+        yield client
 
 
 async def names(client, path="/api/tags") -> list[str]:
