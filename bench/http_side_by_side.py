@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT.parent))
 
 from bandwidth import read_gbs
 from serve_load import free_port, wait_up
-from side_by_side import lscpu
+from side_by_side import lscpu, warm_page_cache
 
 CTX = 4096
 GREEDY = {"temperature": 0, "seed": 0, "repeat_penalty": 1.0}
@@ -246,6 +246,7 @@ async def concurrency(ep: Endpoint, session, a) -> dict:
 
 
 async def sample(engine: str, path: str, pp_prompt: str, a) -> dict:
+    warm_page_cache(path)
     try:
         async with server(engine, path, a) as ep:
             return await measure(ep, pp_prompt, a)

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT.parent))
 
 from bandwidth import read_gbs  # noqa: E402
 from roofline import bytes_per_token  # noqa: E402
-from side_by_side import lscpu  # noqa: E402
+from side_by_side import lscpu, warm_page_cache  # noqa: E402
 
 from backend import kernels  # noqa: E402
 
@@ -89,6 +89,7 @@ def measure(engine: str, path: str, a) -> dict:
     cmd = [sys.executable, str(ROOT / "worker.py"), "ours" if engine in VARIANTS else engine, path, "--decode",
            str(a.decode), "--threads", str(a.threads)]  # fmt: skip
     busy = wait_quiet(a)
+    warm_page_cache(path)
     load_before = os.getloadavg()[0]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT.parent, timeout=a.timeout, env=env)
     if out.returncode:

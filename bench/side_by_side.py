@@ -23,6 +23,15 @@ def best_of(run: Callable[[], object], reps: int) -> float:
     return best
 
 
+def warm_page_cache(path: str | Path, chunk: int = 64 << 20) -> None:
+    """Reads the file once so both engines start from its pages in memory: the same start for
+    each, and on machines that page out cold file pages (DAMON reclaim, a minute here) a model
+    left alone between measurements would otherwise fault in from disk inside the timings."""
+    with open(path, "rb", buffering=0) as f:
+        while f.read(chunk):
+            pass
+
+
 def check_agreement(ours: np.ndarray, theirs: np.ndarray, tolerance: float, what: str) -> float:
     """max |ours - theirs| relative to llama.cpp's largest value; exits when above `tolerance`."""
     diff = float(np.abs(ours - theirs).max()) / float(np.abs(theirs).max())
