@@ -33,6 +33,20 @@ def test_close_to_float64(shape, isa):
     assert (ours.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
 
 
+def test_weights_below_2_to_the_minus_64_are_zero(isa):
+    """A peaked softmax: the positions after the first 40 score so far below the best that their
+    weights fall under 2^-64, which the kernel zeroes (their products with the values would be
+    subnormal, and slow). The answer is still attention over the first 40 positions alone, bit for
+    bit, and float64's."""
+    q, k, v = inputs(16, 2, 64, 48, 70, seed=3)
+    k[40:] = -400 * q.view(2, 8, 64).mean(1)  # a logit gap of 55 nats and more (2^-64 is 44)
+    scale = 64**-0.5
+    ours = kernels.attend(q, k, v, scale)
+    assert torch.equal(ours, kernels.attend(q, k[:40], v[:40], scale))
+    ref = kernels.attend_reference(q, k, v, scale)
+    assert (ours.double() - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_every_isa_and_thread_count_gives_the_same_bits(shape):
     q, k, v = inputs(*shape, seed=1)
