@@ -195,22 +195,7 @@ async def server(engine: str, path: str, a):
 
 async def wait_up_any(engine: str, url: str, proc: subprocess.Popen, seconds: float, log: str) -> None:
     try:
-        if engine == "ours":
-            await wait_up(url, proc, seconds)
-            return
-        deadline = time.monotonic() + seconds
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {proc.returncode}")
-                try:
-                    async with session.get(f"{url}/v1/models") as r:
-                        if r.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.5)
-        raise TimeoutError("server did not start")
+        await wait_up(url, proc, seconds, "/api/version" if engine == "ours" else "/v1/models")
     except (RuntimeError, TimeoutError) as e:
         tail = Path(log).read_text(errors="replace").strip().splitlines()[-5:]
         raise RuntimeError(f"{engine}: {e}; log {log}: " + " | ".join(tail)) from None

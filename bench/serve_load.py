@@ -98,14 +98,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def wait_up(url: str, proc: subprocess.Popen, seconds: float = 120) -> None:
+async def wait_up(url: str, proc: subprocess.Popen, seconds: float = 120, probe: str = "/api/version") -> None:
+    """Until GET url + probe answers 200 (a server that exits or takes longer than `seconds` raises)."""
     deadline = time.monotonic() + seconds
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}")
             try:
-                async with session.get(f"{url}/api/version") as r:
+                async with session.get(url + probe) as r:
                     if r.status == 200:
                         return
             except aiohttp.ClientError:
