@@ -30,9 +30,10 @@ namespace MOE_ISA_NS {
 
 // Software prefetch of the `bytes` that lie kPrefetchBytes past `p`: a task's rows are one
 // contiguous stream, and the hardware prefetcher alone leaves DRAM latency exposed. 2 KB ahead:
-// one-token products on a Sapphire Rapids-class Xeon (2 threads, weights far beyond L3) read
-// 27-31 GB/s of its 30 for Q4_K, Q6_K and Q8_0 at 1.5-2.5 KB, 20-21 at 8 KB (and 4 KB, 6 KB);
-// V2-Lite's routed experts at one token went from 17 to 23 GB/s (bench/moe_layer.py).
+// one-token products on a Sapphire Rapids-class Xeon (2 threads, 30 GB/s) read 25-31 GB/s for
+// Q4_K, Q6_K and Q8_0 at 1.5-2.5 KB ahead and 20-21 at 4, 6 or 8 KB (600 MB of weights; with
+// 1.2-2.3 GB, past its 480 MB L3, 27-30 at 2 KB); V2-Lite's routed experts at one token went
+// from 17 to 23 GB/s (bench/moe_layer.py).
 constexpr int64_t kPrefetchBytes = 2048;
 
 static inline __attribute__((always_inline)) void prefetch_ahead(const uint8_t *p, int64_t bytes) {
