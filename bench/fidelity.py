@@ -24,6 +24,7 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ import torch
 
 from backend import kernels
 from backend.engine.kv_cache import ForwardBatch
-from backend.gguf_model import open_gguf
+from backend.gguf_model import GGUFFile, open_gguf
 from backend.layers.linear import ACTIVATIONS
 from backend.models import load_model
 from backend.text.chat_template import ChatTemplate
@@ -215,49 +216,81 @@ def prompts_for(meta: dict, random_ids: bool, seed: int):
     return ids, ids[PROMPTS.index(FRANCE)], tok
 
 
-def bench_model(name: str, a) -> dict:
+@dataclass
+class Scored:
+    """A model's scoring set: llama.cpp's greedy sequences, the positions scored in each (the
+    predictions of the generated tokens), the exact model's logits there and llama.cpp's own."""
+
+    f: GGUFFile
+    path: Path
+    ref_path: Path
+    random_ids: bool
+    seqs: list[list[int]]
+    spans: list[slice]
+    refs: list[np.ndarray]
+    llama_cpp: list[np.ndarray]
+    answers: dict[str, list[int]]
+    tok: Tokenizer | None
+    france: list[int] | None
+
+
+def scored(name: str, a) -> Scored:
+    """Runs llama.cpp on the quantized file (the sequences everyone is scored on, and its logits)
+    and on the F32 copy (the exact model's logits)."""
     path, random_ids = resolve(name, a.cache_dir)
     t0 = time.perf_counter()
     ref_path = f32_copy(path, a.cache_dir)
     print(f"# {name}: {path} (F32 copy {ref_path.name}, {time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
     f = open_gguf(path)
     prompts, france, tok = prompts_for(f.metadata, random_ids, a.seed)
-    stop = (lambda t: tok.is_eog(t)) if tok else (lambda t: False)
     n_ctx = max(len(p) for p in prompts) + a.new_tokens
     n_ctx = -(-n_ctx // 64) * 64
     answers: dict[str, list[int]] = {}
 
-    # llama.cpp on the quantized file writes the sequences everyone is scored on.
     quant = LlamaCpp(path, a.threads, n_ctx, f32_kv=False)
     seqs = [p + quant.greedy(p, a.new_tokens) for p in prompts]
     spans = [slice(len(p) - 1, len(s) - 1) for p, s in zip(prompts, seqs)]  # predicts generated tokens
-    engines = {"llama.cpp": [quant.logits(s)[sp] for s, sp in zip(seqs, spans)]}
+    own = [quant.logits(s)[sp] for s, sp in zip(seqs, spans)]
     if france:
-        answers["llama.cpp"] = quant.greedy(france, ANSWER_TOKENS, stop)
+        answers["llama.cpp"] = quant.greedy(france, ANSWER_TOKENS, stop_for(tok))
     quant.close()
 
     exact = LlamaCpp(ref_path, a.threads, n_ctx, f32_kv=True)
     refs = [exact.logits(s)[sp] for s, sp in zip(seqs, spans)]
     if france:
-        answers["exact (llama.cpp F32)"] = exact.greedy(france, ANSWER_TOKENS, stop)
+        answers["exact (llama.cpp F32)"] = exact.greedy(france, ANSWER_TOKENS, stop_for(tok))
     exact.close()
-    rows = [{"engine": "llama.cpp", **compare(refs, engines.pop("llama.cpp"))}]
+    return Scored(f, path, ref_path, random_ids, seqs, spans, refs, own, answers, tok, france)
 
+
+def stop_for(tok: Tokenizer | None):
+    return (lambda t: tok.is_eog(t)) if tok else (lambda t: False)
+
+
+def bench_model(name: str, a) -> dict:
+    sc = scored(name, a)
+    rows = [{"engine": "llama.cpp", **compare(sc.refs, sc.llama_cpp)}]
     for mode in a.activations:
         t0 = time.perf_counter()
-        model = load_model(f, activations=mode)
-        rows.append({"engine": f"ours {mode}", **compare(refs, [our_logits(model, s)[sp] for s, sp in zip(seqs, spans)])})
-        if france:
-            answers[f"ours {mode}"] = our_greedy(model, france, ANSWER_TOKENS, stop)
+        model = load_model(sc.f, activations=mode)
+        rows.append({"engine": f"ours {mode}", **compare(sc.refs, [our_logits(model, s)[sp] for s, sp in zip(sc.seqs, sc.spans)])})
+        if sc.france:
+            sc.answers[f"ours {mode}"] = our_greedy(model, sc.france, ANSWER_TOKENS, stop_for(sc.tok))
         print(f"#   ours {mode}: {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
         del model
         gc.collect()
+    with_ratios(rows)
+    return {"model": name, "path": str(sc.path), "reference": str(sc.ref_path),
+            "prompt_tokens": [sp.start + 1 for sp in sc.spans], "new_tokens": a.new_tokens, "random_prompts": sc.random_ids,
+            "rows": rows,
+            "france": {k: {"ids": v, "text": sc.tok.decode(v)} for k, v in sc.answers.items()} if sc.tok else None}  # fmt: skip
+
+
+def with_ratios(rows: list[dict]) -> None:
+    """Each row's mean KLD over the first row's (llama.cpp's)."""
     base = rows[0]["mean_kld"]
     for r in rows:
         r["kld_vs_llama_cpp"] = r["mean_kld"] / base if base > 0 else float("nan")
-    return {"model": name, "path": str(path), "reference": str(ref_path), "prompt_tokens": [len(p) for p in prompts],
-            "new_tokens": a.new_tokens, "random_prompts": random_ids, "rows": rows,
-            "france": {k: {"ids": v, "text": tok.decode(v)} for k, v in answers.items()} if tok else None}  # fmt: skip
 
 
 def machine(threads: int) -> dict:
