@@ -1,5 +1,6 @@
 """Matmul micro-benchmark: float activations (kernels.matmul) vs 8-bit activations with
-integer dot products (kernels.matmul_q8), one weight shape, several token counts and threads.
+integer dot products (kernels.matmul_q8, one plane: q8; two: q8x2), one weight shape, several
+token counts and threads.
 Weights rotate over 8 random tensors (> L3 for 4096x4096 at 4+ bits) so reads come from DRAM.
 
     python -m bench.matmul_q8 --types Q4_K,Q8_0,IQ1_S --tokens 1,8,64 --threads 1,2
@@ -49,9 +50,10 @@ def main() -> None:
             for threads in map(int, args.threads.split(",")):
                 kernels.set_num_threads(threads)
                 cells = []
-                for fn in (kernels.matmul, kernels.matmul_q8):
+                q8x2 = lambda w, x: kernels.matmul_q8(w, x, kernels.PLANES["q8x2"])  # noqa: E731
+                for label, fn in (("float", kernels.matmul), ("q8", kernels.matmul_q8), ("q8x2", q8x2)):
                     dt = best_time(fn, weights, x)
-                    cells.append(f"{fn.__name__:9s} {dt * 1e3:7.2f} ms {nbytes / dt / 1e9:5.1f} GB/s "
+                    cells.append(f"{label:5s} {dt * 1e3:7.2f} ms {nbytes / dt / 1e9:5.1f} GB/s "
                                  f"{2 * N * K * T / dt / 1e9:6.1f} GFLOPS")  # fmt: skip
                 print(f"{name:7s} T={T:<3d} threads={threads}  " + " | ".join(cells), flush=True)
     kernels.set_num_threads(0)
