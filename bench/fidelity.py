@@ -337,21 +337,25 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--activations", nargs="+", default=list(ACTIVATIONS), choices=ACTIVATIONS)
     p.add_argument("--seed", type=int, default=0, help="random prompts of random-weight models")
-    a = p.parse_args()
+    run(p.parse_args(), "fidelity", bench_model, markdown, prompts=PROMPTS)
+
+
+def run(a, suffix: str, per_model, to_markdown, **meta_extra) -> None:
+    """per_model(name, a) for each of a.models on a.threads threads; prints to_markdown(meta,
+    results) and writes bench/results-style <UTC time>-<suffix>.{json,md} into a.out_dir."""
     a.cache_dir.mkdir(parents=True, exist_ok=True)
     kernels.set_num_threads(a.threads)
     torch.set_num_threads(a.threads)
     now = dt.datetime.now(dt.timezone.utc)
-    meta = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), **machine(a.threads), "new_tokens": a.new_tokens, "prompts": PROMPTS}
-    results = [bench_model(m, a) for m in a.models]
-    md = markdown(meta, results)
+    meta = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), **machine(a.threads), "new_tokens": a.new_tokens, **meta_extra}
+    results = [per_model(m, a) for m in a.models]
+    md = to_markdown(meta, results)
     print(md)
     a.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = a.out_dir / f"{now.strftime('%Y-%m-%dT%H%M')}-fidelity"
+    stem = a.out_dir / f"{now.strftime('%Y-%m-%dT%H%M')}-{suffix}"
     stem.with_suffix(".json").write_text(json.dumps({**meta, "results": results}, indent=1) + "\n")
     stem.with_suffix(".md").write_text(md)
     print(f"wrote {stem}.json and .md", file=sys.stderr)
-
 
 if __name__ == "__main__":
     main()

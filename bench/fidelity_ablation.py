@@ -19,9 +19,6 @@ Writes bench/results/<UTC time>-fidelity-ablation.{json,md}. Never run in CI (mi
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import gc
-import json
 import re
 import sys
 import time
@@ -34,9 +31,8 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT.parent))
 
-from fidelity import compare, machine, our_logits, scored, with_ratios  # noqa: E402
+from fidelity import compare, our_logits, run, scored, with_ratios  # noqa: E402
 
-from backend import kernels  # noqa: E402
 from backend.engine.kv_cache import ForwardBatch  # noqa: E402
 from backend.layers.linear import set_activations  # noqa: E402
 from backend.models import load_model  # noqa: E402
@@ -105,8 +101,6 @@ def ablate(name: str, a) -> dict:
             rows.append({"engine": f"q8x2 on {label} only", **compare(sc.refs, forward_rows())})
             print(f"#   {label}: {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
     rows.append({"engine": "q8 prompt, q8x2 decode", **compare(sc.refs, prompt_then_decode(model, sc.seqs, sc.spans, "q8", "q8x2"))})
-    del model
-    gc.collect()
     with_ratios(rows)
     return {"model": name, "path": str(sc.path), "reference": str(sc.ref_path), "new_tokens": a.new_tokens, "rows": rows}
 
@@ -133,21 +127,7 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    a = p.parse_args()
-    a.cache_dir.mkdir(parents=True, exist_ok=True)
-    kernels.set_num_threads(a.threads)
-    torch.set_num_threads(a.threads)
-    now = dt.datetime.now(dt.timezone.utc)
-    meta = {"date": now.strftime("%Y-%m-%d %H:%M UTC"), **machine(a.threads), "new_tokens": a.new_tokens}
-    results = [ablate(m, a) for m in a.models]
-    md = markdown(meta, results)
-    print(md)
-    a.out_dir.mkdir(parents=True, exist_ok=True)
-    stem = a.out_dir / f"{now.strftime('%Y-%m-%dT%H%M')}-fidelity-ablation"
-    stem.with_suffix(".json").write_text(json.dumps({**meta, "results": results}, indent=1) + "\n")
-    stem.with_suffix(".md").write_text(md)
-    print(f"wrote {stem}.json and .md", file=sys.stderr)
-
+    run(p.parse_args(), "fidelity-ablation", ablate, markdown)
 
 if __name__ == "__main__":
     main()
