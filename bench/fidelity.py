@@ -309,10 +309,13 @@ def machine(threads: int) -> dict:
             "commit": git, "uncommitted_engine_files": [d[3:] for d in dirty if d.strip()]}  # fmt: skip
 
 
+def machine_line(meta: dict) -> str:
+    return (f"CPU: {meta['cpu']} ({', '.join(meta['cpu_flags'])}); {meta['threads']} threads; our ISA path {meta['isa']}; "
+            f"commit {meta['commit']}" + (" + uncommitted engine changes" if meta["uncommitted_engine_files"] else "") + ".")
+
+
 def markdown(meta: dict, results: list[dict]) -> str:
-    lines = [f"# Fidelity to the exact model ({meta['date']})", "",
-             f"CPU: {meta['cpu']} ({', '.join(meta['cpu_flags'])}); {meta['threads']} threads; our ISA path {meta['isa']}; "
-             f"commit {meta['commit']}" + (" + uncommitted engine changes" if meta["uncommitted_engine_files"] else "") + ".",
+    lines = [f"# Fidelity to the exact model ({meta['date']})", "", machine_line(meta),
              ("Reference: llama.cpp on the F32-dequantized GGUF (F32 KV cache). Scored on llama.cpp's greedy "
               f"continuations ({meta['new_tokens']} tokens) of {len(PROMPTS)} prompts, teacher-forced."), "",
              "| model | engine / activations | mean KLD | p99 KLD | max KLD | top-1 % | KLD / llama.cpp |",

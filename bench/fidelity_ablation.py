@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT.parent))
 
-from fidelity import compare, our_logits, run, scored, with_ratios  # noqa: E402
+from fidelity import compare, machine_line, our_logits, run, scored, with_ratios  # noqa: E402
 
 from backend.engine.kv_cache import ForwardBatch  # noqa: E402
-from backend.layers.linear import set_activations  # noqa: E402
+from backend.layers.linear import activation_modules, set_activations  # noqa: E402
 from backend.models import load_model  # noqa: E402
 
 # Tensor classes by module name (layer numbers included); a model has the ones that match.
@@ -47,11 +47,6 @@ CLASSES = {
     "routed experts": r"\.experts$",
     "LM head": r"^output$",
 }
-
-
-def activation_modules(model) -> dict[str, torch.nn.Module]:
-    """Every module that declares `activations` as Linear does, by name."""
-    return {n: m for n, m in model.named_modules() if isinstance(getattr(type(m), "activations", None), str)}
 
 
 def only_on(model, pattern: str) -> int:
@@ -106,9 +101,7 @@ def ablate(name: str, a) -> dict:
 
 
 def markdown(meta: dict, results: list[dict]) -> str:
-    lines = [f"# Fidelity ablation: where q8's error comes from ({meta['date']})", "",
-             f"CPU: {meta['cpu']} ({', '.join(meta['cpu_flags'])}); {meta['threads']} threads; our ISA path {meta['isa']}; "
-             f"commit {meta['commit']}" + (" + uncommitted engine changes" if meta["uncommitted_engine_files"] else "") + ".",
+    lines = [f"# Fidelity ablation: where q8's error comes from ({meta['date']})", "", machine_line(meta),
              "Reference and scoring as bench/fidelity.py (llama.cpp on the F32-dequantized GGUF; "
              f"{meta['new_tokens']} greedy tokens a prompt, teacher-forced).", "",
              "| model | arithmetic | mean KLD | p99 KLD | top-1 % | KLD / llama.cpp |", "|---|---|---|---|---|---|"]  # fmt: skip

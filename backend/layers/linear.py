@@ -153,10 +153,14 @@ def set_activations(model: nn.Module, mode: str) -> nn.Module:
     (the fused experts), takes `mode` activations (ACTIVATIONS); returns the model."""
     if mode not in ACTIVATIONS:
         raise ValueError(f"activations must be one of {ACTIVATIONS}, got {mode!r}")
-    for module in model.modules():
-        if isinstance(getattr(type(module), "activations", None), str):
-            module.activations = mode
+    for module in activation_modules(model).values():
+        module.activations = mode
     return model
+
+
+def activation_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The modules of `model` that declare `activations` as Linear does, by name."""
+    return {n: m for n, m in model.named_modules() if isinstance(getattr(type(m), "activations", None), str)}
 
 
 class FeedForward(nn.Module):
