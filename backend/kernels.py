@@ -55,6 +55,10 @@ def _load() -> ctypes.CDLL:
         "moe_rms_norm": ([vp, i64, i64, vp, ctypes.c_float, vp], ctypes.c_int),
         "moe_rope": ([vp, i64, i64, i64, i64, i64, vp, vp, ctypes.c_int, vp], ctypes.c_int),
         "moe_attend": ([vp, i64, i64, vp, i64, vp, i64, i64, i64, i64, ctypes.c_float, vp], ctypes.c_int),
+        "moe_attend_prompt": ([vp, i64, i64, i64, i64, vp, i64, vp, i64, i64, i64, i64, i64, ctypes.c_float, vp],
+                              ctypes.c_int),
+        "moe_attend_prompt_mla": ([vp, i64, i64, i64, vp, i64, i64, i64, vp, vp, i64, i64, i64, ctypes.c_float, vp],
+                                  ctypes.c_int),
         "moe_gated": ([ctypes.c_int, vp, vp, i64], ctypes.c_int),
         "moe_decode_dense": ([vp, i64, i64, i64, vp, vp, vp, vp, vp, vp, ctypes.c_int], ctypes.c_int),
         "moe_decode_mla": ([vp, i64, i64, i64, vp, vp, vp, vp, vp, ctypes.c_int], ctypes.c_int),
@@ -576,6 +580,95 @@ def attend_reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     v = values.double().repeat_interleave(H // K, dim=1).transpose(0, 1)  # [H, n, Dv]
     p = torch.softmax(scale * (k @ q.double()[:, :, None])[..., 0], dim=-1)  # [H, n]
     return (p[:, None, :] @ v)[:, 0]
+
+
+def _rows_in_place(t: torch.Tensor, what: str) -> torch.Tensor:
+    """t [rows, heads, d] as the kernels read it (each row's heads contiguous, rows at a stride):
+    t itself when it already is, else a contiguous copy."""
+    st = t.stride()
+    if st[2] == 1 and st[1] == t.shape[2] and st[0] >= t.shape[1] * t.shape[2]:
+        return t
+    return t.contiguous()
+
+
+def attend_prompt(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float, past: int = 0,
+                  window: int | None = None) -> torch.Tensor:
+    """A prompt chunk's causal attention: q [n, H, Dh], the n new tokens at positions past ..
+    past + n - 1, against keys [past + n, K, Dh] and values [past + n, K, Dv] of every position
+    (query head h reads kv head h // (H / K)) -> [n, H, Dv]. Token t sees positions up to past +
+    t, and with `window` only those less than window behind it (Gemma's sliding layers). One
+    fixed order of float operations: the same bits on every ISA and thread count, and a position
+    gets the same bits whichever chunk of the prompt it came in (prefix reuse)."""
+    if q.dim() != 3 or keys.dim() != 3 or values.dim() != 3:
+        raise KernelError(f"attend_prompt: q [n, H, Dh], keys [S, K, Dh], values [S, K, Dv], got {tuple(q.shape)}, "
+                          f"{tuple(keys.shape)}, {tuple(values.shape)}")  # fmt: skip
+    (n, H, Dh), (S, K, Dk), (Sv, Kv, Dv) = q.shape, keys.shape, values.shape
+    if n == 0 or Dk != Dh or (Sv, Kv) != (S, K) or S != past + n or H % K or past < 0 or (window is not None and window < 1):
+        raise KernelError(f"attend_prompt: {n} queries of {H} heads x {Dh} after {past} positions against keys "
+                          f"{tuple(keys.shape)}, values {tuple(values.shape)}, window {window}")  # fmt: skip
+    f32 = torch.float32
+    if any(t.dtype != f32 or t.device.type != "cpu" for t in (q, keys, values)):
+        raise KernelError(f"attend_prompt: CPU float32 tensors only, got {q.dtype}, {keys.dtype}, {values.dtype}")
+    q, keys, values = _rows_in_place(q, "q"), _rows_in_place(keys, "keys"), _rows_in_place(values, "values")
+    out = torch.empty((n, H, Dv), dtype=f32)
+    code = _lib.moe_attend_prompt(q.data_ptr(), n, H, Dh, q.stride(0), keys.data_ptr(), keys.stride(0),
+                                  values.data_ptr(), values.stride(0), K, Dv, past, window or 0, float(scale),
+                                  out.data_ptr())  # fmt: skip
+    _check(code, "attend_prompt")
+    return out
+
+
+def attend_prompt_reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float, past: int = 0,
+                            window: int | None = None) -> torch.Tensor:
+    """float64 masked softmax attention, each kv head repeated for its query heads: the oracle
+    for attend_prompt."""
+    n, H, K = q.shape[0], q.shape[1], keys.shape[1]
+    k = keys.double().repeat_interleave(H // K, dim=1).transpose(0, 1)  # [H, S, Dh]
+    v = values.double().repeat_interleave(H // K, dim=1).transpose(0, 1)  # [H, S, Dv]
+    pos = torch.arange(past, past + n)[:, None]
+    key = torch.arange(past + n)[None, :]
+    seen = (key <= pos) & ((pos - key < window) if window else True)  # [n, S]
+    scores = scale * (q.double().transpose(0, 1) @ k.transpose(1, 2))  # [H, n, S]
+    p = torch.softmax(scores.masked_fill(~seen, float("-inf")), dim=-1)
+    return (p @ v).transpose(0, 1)  # [n, H, Dv]
+
+
+def attend_prompt_mla(q: torch.Tensor, cache: torch.Tensor, w_uk: torch.Tensor, w_uv: torch.Tensor, scale: float,
+                      past: int = 0) -> torch.Tensor:
+    """MLA's prompt chunk straight from the latents: q [n, H, N + R] ([q_nope | q_pe]) at positions
+    past .. past + n - 1, cache [past + n, L + R] (rows [latent | k_pe], any row stride), w_uk
+    [H, N, L], w_uv [H, Vd, L] -> [n, H, Vd]. Head h's keys are [w_uk[h] latent | k_pe] and its
+    values w_uv[h] latent, expanded panel by panel inside the kernel (never [S, H, N + R] in
+    memory), each element one fused multiply-add chain over the latent. The guarantees of
+    attend_prompt."""
+    if q.dim() != 3 or cache.dim() != 2 or w_uk.dim() != 3 or w_uv.dim() != 3:
+        raise KernelError(f"attend_prompt_mla: q [n, H, N + R], cache [S, L + R], w_uk [H, N, L], w_uv [H, Vd, L], got "
+                          f"{tuple(q.shape)}, {tuple(cache.shape)}, {tuple(w_uk.shape)}, {tuple(w_uv.shape)}")  # fmt: skip
+    (n, H, D), (S, LR), (Hk, N, L), (Hv, Vd, Lv) = q.shape, cache.shape, w_uk.shape, w_uv.shape
+    R = D - N
+    if n == 0 or S != past + n or past < 0 or Hk != H or Hv != H or Lv != L or R < 0 or LR != L + R:
+        raise KernelError(f"attend_prompt_mla: {n} queries {tuple(q.shape)} after {past} positions against cache "
+                          f"{tuple(cache.shape)}, w_uk {tuple(w_uk.shape)}, w_uv {tuple(w_uv.shape)}")  # fmt: skip
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (q, cache, w_uk, w_uv)):
+        raise KernelError("attend_prompt_mla: CPU float32 tensors only")
+    q, w_uk, w_uv = _rows_in_place(q, "q"), w_uk.contiguous(), w_uv.contiguous()
+    if cache.stride(1) != 1:
+        cache = cache.contiguous()
+    out = torch.empty((n, H, Vd), dtype=torch.float32)
+    code = _lib.moe_attend_prompt_mla(q.data_ptr(), n, H, q.stride(0), cache.data_ptr(), cache.stride(0), L, R,
+                                      w_uk.data_ptr(), w_uv.data_ptr(), N, Vd, past, float(scale), out.data_ptr())  # fmt: skip
+    _check(code, "attend_prompt_mla")
+    return out
+
+
+def attend_prompt_mla_reference(q: torch.Tensor, cache: torch.Tensor, w_uk: torch.Tensor, w_uv: torch.Tensor,
+                                scale: float, past: int = 0) -> torch.Tensor:
+    """float64: the per-head keys and values expanded, then attend_prompt_reference."""
+    H, N, L = w_uk.shape
+    latent, k_pe = cache[:, :L].double(), cache[:, L:].double()
+    keys = torch.cat([torch.einsum("sl,hnl->shn", latent, w_uk.double()), k_pe[:, None].expand(-1, H, -1)], dim=-1)
+    values = torch.einsum("sl,hvl->shv", latent, w_uv.double())
+    return attend_prompt_reference(q.double(), keys, values, scale, past)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

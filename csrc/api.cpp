@@ -11,6 +11,7 @@
 #include "decode.h"
 #include "kernels_isa.h"
 #include "moe.h"
+#include "prompt_attention.h"
 #include "qmatmul.h"
 #include "quants/formats.h"
 #include "routing.h"
@@ -298,6 +299,32 @@ MOE_API int moe_attend(const float *q, int64_t heads, int64_t dh, const float *k
   Runtime &rt = runtime();
   std::lock_guard<std::mutex> lock(rt.mutex);
   attend_heads(pool_locked(rt), active_kernels(), q, heads, dh, k, ldk, v, ldv, n, kv_heads, dv, scale, out);
+  return 0;
+}
+
+MOE_API int moe_attend_prompt(const float *q, int64_t n, int64_t heads, int64_t dh, int64_t ldq, const float *k,
+                              int64_t ldk, const float *v, int64_t ldv, int64_t kv_heads, int64_t dv, int64_t past,
+                              int64_t window, float scale, float *out) {
+  if (!q || !k || !v || !out || n <= 0 || heads <= 0 || dh <= 0 || dv <= 0 || kv_heads <= 0 || heads % kv_heads ||
+      past < 0 || window < 0 || ldq < heads * dh || ldk < kv_heads * dh || ldv < kv_heads * dv)
+    return MOE_ERR_SHAPE;
+  Runtime &rt = runtime();
+  std::lock_guard<std::mutex> lock(rt.mutex);
+  attend_prompt(pool_locked(rt), moe_isa_active(), q, n, heads, dh, ldq, k, ldk, v, ldv, kv_heads, dv, past, window,
+                scale, out);
+  return 0;
+}
+
+MOE_API int moe_attend_prompt_mla(const float *q, int64_t n, int64_t heads, int64_t ldq, const float *cache, int64_t ldc,
+                                  int64_t L, int64_t R, const float *w_uk, const float *w_uv, int64_t N, int64_t Vd,
+                                  int64_t past, float scale, float *out) {
+  if (!q || !cache || !w_uk || !w_uv || !out || n <= 0 || heads <= 0 || L <= 0 || R < 0 || N <= 0 || Vd <= 0 ||
+      past < 0 || ldq < heads * (N + R) || ldc < L + R)
+    return MOE_ERR_SHAPE;
+  Runtime &rt = runtime();
+  std::lock_guard<std::mutex> lock(rt.mutex);
+  attend_prompt_mla(pool_locked(rt), moe_isa_active(), q, n, heads, ldq, cache, ldc, L, R, w_uk, w_uv, N, Vd, past,
+                    scale, out);
   return 0;
 }
 

@@ -79,6 +79,25 @@ MOE_API int moe_quantize_activations(int ggml_type, const float *x, int64_t num_
 MOE_API int moe_attend(const float *q, int64_t heads, int64_t dh, const float *k, int64_t ldk, const float *v,
                        int64_t ldv, int64_t n, int64_t kv_heads, int64_t dv, float scale, float *out);
 
+// Attention of n new tokens of one sequence (a prompt chunk) at positions past .. past + n - 1:
+// q [n] rows of heads x dh (token t's head h at q + t * ldq + h * dh) against the keys and values
+// of positions 0 .. past + n - 1 (laid out as moe_attend's), causal: token t sees positions up
+// to past + t, and with window > 0 only those less than window behind it. out [n, heads, dv].
+// Same bits on every ISA and thread count, and for a position whichever chunk it came in.
+MOE_API int moe_attend_prompt(const float *q, int64_t n, int64_t heads, int64_t dh, int64_t ldq, const float *k,
+                              int64_t ldk, const float *v, int64_t ldv, int64_t kv_heads, int64_t dv, int64_t past,
+                              int64_t window, float scale, float *out);
+
+// MLA's prompt attention straight from the cached latents (DeepSeek-V2/V3 prefill): n new
+// tokens at positions past .. past + n - 1, q [n] rows of heads x (N + R) ([q_nope | q_pe], token
+// stride ldq), cache rows [latent (L) | k_pe (R)] of positions 0 .. past + n - 1 at stride ldc,
+// w_uk [heads, N, L] and w_uv [heads, Vd, L] (kv_b_proj's key and value maps). Head h attends
+// with keys [w_uk[h] latent | k_pe] and values w_uv[h] latent, causal; out [n, heads, Vd]. The
+// same bits on every ISA and thread count, and for a position whichever chunk it came in.
+MOE_API int moe_attend_prompt_mla(const float *q, int64_t n, int64_t heads, int64_t ldq, const float *cache, int64_t ldc,
+                                  int64_t L, int64_t R, const float *w_uk, const float *w_uv, int64_t N, int64_t Vd,
+                                  int64_t past, float scale, float *out);
+
 // Rotary embedding of x [tokens, heads, dim] (token t, head h at x + t * ld_token + h * ld_head,
 // its dim values contiguous) by cos/sin [tokens, dim / 2] into out [tokens, heads, dim]: pairs
 // (i, i + dim / 2) for neox, else (2 i, 2 i + 1). torch's float operations, so its bits.

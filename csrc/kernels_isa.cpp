@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "kernels_isa.h"
+#include "exp_poly.h"
 #include "lane_tree.h"
 #include "quants/formats.h"
 #include "quants/tables.h"
@@ -210,26 +211,6 @@ void rows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, in
 }
 
 void dequantize(int type, const uint8_t *src, float *dst, int64_t count) { dequant_fn(type)(src, dst, count); }
-
-// e^x for SwiGLU: Cody-Waite reduction by ln 2 and Cephes's degree-6 polynomial (about 1 ulp),
-// x clamped to [-87, 88] so 2^n stays a normal float. Plain float operations (the build has
-// -ffp-contract=off) and round-to-nearest: the loop below vectorizes to the same bits on every
-// ISA, where libm's expf is a call per element (a tenth of a 512-token MoE layer's time).
-static inline float exp_poly(float x) {
-  x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
-  const float n = nearbyintf(x * 1.44269504088896341f);
-  const float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const int32_t bits = ((int32_t)n + 127) << 23;
-  float two_n;
-  memcpy(&two_n, &bits, sizeof two_n);
-  return ((p * (r * r) + r) + 1.0f) * two_n;
-}
 
 void swiglu(float *g, const float *u, int64_t n) {
   for (int64_t j = 0; j < n; ++j) g[j] = g[j] / (1.0f + exp_poly(-g[j])) * u[j];
