@@ -177,14 +177,12 @@ class MLAttention(nn.Module):
         S = past + n
         # One key head for all H query heads: fold heads into rows, so scoring is a single GEMM.
         rows = torch.cat([q_latent, q_pe], dim=-1).reshape(n * H, L + self.qk_rope_head_dim)
-        joint = (L + self.qk_rope_head_dim, 1)
-        if latent_cache.stride() == joint and pe_cache.data_ptr() == latent_cache.data_ptr() + L * latent_cache.element_size():
-            keys = latent_cache.as_strided((S, L + self.qk_rope_head_dim), latent_cache.stride())  # [S, L+R]
-        else:  # a cache allocated elsewhere as two separate tensors
-            keys = torch.cat([latent_cache[:S], pe_cache[:S]], dim=-1)
+        keys = self._joint_rows(latent_cache, pe_cache, S)  # [S, L+R]
         values = latent_cache[:S]  # [S, L]
-        if n == 1 and rows.device.type == "cpu" and rows.dtype == torch.float32:  # decoding: MQA in our kernel
-            return kernels.attend(rows, keys[:, None, :], values[:, None, :], self.softmax_scale).view(1, H, L)
+        if rows.device.type == "cpu" and rows.dtype == torch.float32:  # MQA in our kernels
+            if n == 1:  # decoding
+                return kernels.attend(rows, keys[:, None, :], values[:, None, :], self.softmax_scale).view(1, H, L)
+            return kernels.attend_prompt(rows.view(n, H, -1), keys[:, None, :], values[:, None, :], self.softmax_scale, past)
         o = rows.new_empty(n * H, L)
         step = max(1, _SCORE_BUDGET // (S * H)) * H  # whole tokens per block, bounded score memory
         for r0 in range(0, n * H, step):
@@ -197,15 +195,26 @@ class MLAttention(nn.Module):
             o[r0:r1] = F.softmax(scores, dim=-1) @ values  # [rows, L]
         return o.view(n, H, L)
 
+    def _joint_rows(self, latent_cache: torch.Tensor, pe_cache: torch.Tensor, S: int) -> torch.Tensor:
+        """The first S cache rows [latent | k_pe] as one [S, L + R] tensor: a view of allocate()'s
+        buffer, a copy for a cache allocated elsewhere as two tensors."""
+        L, R = self.kv_lora_rank, self.qk_rope_head_dim
+        if latent_cache.stride() == (L + R, 1) and pe_cache.data_ptr() == latent_cache.data_ptr() + L * latent_cache.element_size():
+            return latent_cache.as_strided((S, L + R), latent_cache.stride())
+        return torch.cat([latent_cache[:S], pe_cache[:S]], dim=-1)
+
     def _expanded(self, q_nope, q_pe, latent_cache, pe_cache, past: int) -> torch.Tensor:
         """q_nope [n, H, N], q_pe [n, H, R] -> [n, H, Vd], with per-head keys/values rebuilt."""
         n, H, N, R = q_nope.shape[0], self.num_heads, self.qk_nope_head_dim, self.qk_rope_head_dim
         S = past + n
+        query = torch.cat([q_nope, q_pe], dim=-1)  # [n, H, N+R]
+        if query.device.type == "cpu" and query.dtype == torch.float32:  # expanded panel by panel in our kernel
+            joint = self._joint_rows(latent_cache, pe_cache, S)
+            return kernels.attend_prompt_mla(query, joint, self.w_uk, self.w_uv, self.softmax_scale, past)
         latents = latent_cache[:S]  # [S, L]
         k_nope = (latents @ self.w_uk.reshape(H * N, -1).T).view(S, H, N)  # [S, H, N]
         values = (latents @ self.w_uv.reshape(H * self.v_head_dim, -1).T).view(S, H, self.v_head_dim)
         keys = torch.cat([k_nope, pe_cache[:S, None, :].expand(S, H, R)], dim=-1)  # [S, H, N+R]
-        query = torch.cat([q_nope, q_pe], dim=-1)  # [n, H, N+R]
         mask, causal = causal_mask(n, past, query.device)
         o = F.scaled_dot_product_attention(
             query.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1),

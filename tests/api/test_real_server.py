@@ -138,9 +138,12 @@ async def test_listings_answer_while_a_long_prompt_is_processed(server):
 def test_extreme_sampling_options_still_give_tokens(client, options):
     """Values Ollama accepts (its float32 holds 1e-300 as 0 and -1e308 as -inf) made NaN in
     sampling, a 500. Now they decode: a temperature that small is greedy, so its answer is the
-    greedy one; penalties past float32's range still leave finite logits to draw from."""
+    greedy one; penalties past float32's range still leave finite logits to draw from (a
+    repeat_penalty of 0 sends every repeated token to the top, the end of turn among them, so
+    such a reply may stop before its 6 tokens)."""
     reply = client.chat(model="smollm2", messages=SUM, options={"num_predict": 6, "seed": 1, **options})
-    assert reply.eval_count == 6 and reply.message.content.strip()
+    assert reply.message.content.strip()
+    assert reply.eval_count == 6 or (reply.done_reason == "stop" and reply.eval_count >= 1), reply
     if options.get("temperature", 1) < 1e-38:
         greedy = client.chat(model="smollm2", messages=SUM, options={"num_predict": 6, "temperature": 0})
         assert reply.message.content == greedy.message.content
