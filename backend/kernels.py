@@ -395,13 +395,16 @@ def _q8_product_reference(weight: QuantWeight, q: np.ndarray, d: np.ndarray, s: 
 GATED = {"silu": 0, "gelu_tanh": 1}  # csrc/api.h's MOE_ACT_*
 
 
-def gated(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Tensor:
+def gated(gate: torch.Tensor, up: torch.Tensor, act: str, in_place: bool = False) -> torch.Tensor:
     """act(gate) * up (SwiGLU for "silu", GeGLU for "gelu_tanh", tanh-approximated gelu) as the
-    MoE and decode kernels compute it: one fixed float expression, the same bits on every ISA."""
+    MoE and decode kernels compute it: one fixed float expression, the same bits on every ISA.
+    in_place: written over gate (when contiguous), for a caller that owns it: a prompt's gate is
+    tens of MB, and a fresh copy's first touch costs more than the arithmetic."""
     if gate.shape != up.shape or gate.dtype != torch.float32 or up.dtype != torch.float32 or gate.device.type != "cpu":
         raise KernelError(f"gated: gate and up must be CPU float32 tensors of one shape, got {gate.dtype} "
                           f"{tuple(gate.shape)} and {up.dtype} {tuple(up.shape)}")  # fmt: skip
-    out, up = gate.contiguous().clone(), up.contiguous()
+    out = gate if in_place and gate.is_contiguous() else gate.contiguous().clone()
+    up = up.contiguous()
     _check(_lib.moe_gated(GATED[act], out.data_ptr(), up.data_ptr(), out.numel()), "gated")
     return out
 

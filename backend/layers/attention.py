@@ -39,7 +39,10 @@ def causal_attention(
             continue
         keys, values = k_cache[: past + n], v_cache[: past + n]  # [S, K, Dh]
         if q.device.type == "cpu" and q.dtype == torch.float32:  # a prompt chunk: our kernel, 2-3x sdpa's speed
-            out[start:end] = kernels.attend_prompt(q[start:end], keys, values, scale, past, window)
+            o = kernels.attend_prompt(q[start:end], keys, values, scale, past, window)
+            if n == q.shape[0]:  # the batch is this one prompt chunk: no copy
+                return o
+            out[start:end] = o
             continue
         # Query i sits at position past + i and sees keys 0 .. past + i (bottom-right causal).
         # The two common cases need no mask, which keeps sdpa on its fused CPU kernel: a fresh

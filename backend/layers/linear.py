@@ -142,9 +142,10 @@ def project_many(linears: tuple[Linear, ...], x: torch.Tensor) -> list[torch.Ten
 
 def gated(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Tensor:
     """act(gate) * up ("silu": SwiGLU, "gelu_tanh": GeGLU): on the CPU the kernels' expression
-    (the fused experts' and the native decode step's, so their bits), elsewhere torch's."""
+    (the fused experts' and the native decode step's, so their bits), written over gate (the
+    callers' own projection output), elsewhere torch's."""
     if gate.device.type == "cpu" and gate.dtype == torch.float32:
-        return kernels.gated(gate, up, act)
+        return kernels.gated(gate, up, act, in_place=True)
     return (F.silu(gate) if act == "silu" else F.gelu(gate, approximate="tanh")) * up
 
 

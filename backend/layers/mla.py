@@ -125,11 +125,12 @@ class MLAttention(nn.Module):
         T, H, L = x.shape[0], self.num_heads, self.kv_lora_rank
         N, R = self.qk_nope_head_dim, self.qk_rope_head_dim
         q_in, kv = project_many((self.q_a if hasattr(self, "q_b") else self.q, self.kv_a), x)  # kv: [T, L + R]
-        q = self.q_b(self.q_a_norm(q_in)) if hasattr(self, "q_b") else q_in
-        q_nope, q_pe = q.view(T, H, N + R).split([N, R], dim=-1)  # [T, H, N], [T, H, R]
+        q = (self.q_b(self.q_a_norm(q_in)) if hasattr(self, "q_b") else q_in).view(T, H, N + R)
         latent = self.kv_a_norm(kv[:, :L])  # [T, L]
         cos, sin = rope_cos_sin(positions, self.inv_freq, self.rope_scale, batch.memo)  # [T, R/2]
-        q_pe = apply_rope(q_pe, cos, sin, neox=False)
+        # Rotated in place (q is this step's own tensor), so [q_nope | q_pe] is the query as it is.
+        q[..., N:] = apply_rope(q[..., N:], cos, sin, neox=False)
+        q_nope, q_pe = q.split([N, R], dim=-1)  # [T, H, N], [T, H, R]
         k_pe = apply_rope(kv[:, None, L:], cos, sin, neox=False)[:, 0]  # [T, R], one head shared by all
         out = x.new_empty(T, H, self.v_head_dim)
         spans = [(start, end, cache) for (start, end), cache in zip(batch.spans(), batch.caches)]
@@ -149,7 +150,11 @@ class MLAttention(nn.Module):
             latent_cache[past : past + n] = latent[start:end]
             pe_cache[past : past + n] = k_pe[start:end]
             if not use_absorbed:
-                out[start:end] = self._expanded(q_nope[start:end], q_pe[start:end], latent_cache, pe_cache, past)
+                o = self._expanded(q[start:end], latent_cache, pe_cache, past)
+                if n == T:  # the batch is this one prompt chunk: no copy
+                    out = o
+                else:
+                    out[start:end] = o
             elif quantized_maps:
                 q_lat = q_latent[offset : offset + n]
                 o_latent[offset : offset + n] = self._attend_latent(q_lat, q_pe[start:end], latent_cache, pe_cache, past)
@@ -203,11 +208,10 @@ class MLAttention(nn.Module):
             return latent_cache.as_strided((S, L + R), latent_cache.stride())
         return torch.cat([latent_cache[:S], pe_cache[:S]], dim=-1)
 
-    def _expanded(self, q_nope, q_pe, latent_cache, pe_cache, past: int) -> torch.Tensor:
-        """q_nope [n, H, N], q_pe [n, H, R] -> [n, H, Vd], with per-head keys/values rebuilt."""
-        n, H, N, R = q_nope.shape[0], self.num_heads, self.qk_nope_head_dim, self.qk_rope_head_dim
+    def _expanded(self, query, latent_cache, pe_cache, past: int) -> torch.Tensor:
+        """query [n, H, N+R] ([q_nope | q_pe]) -> [n, H, Vd], with per-head keys/values rebuilt."""
+        n, H, N, R = query.shape[0], self.num_heads, self.qk_nope_head_dim, self.qk_rope_head_dim
         S = past + n
-        query = torch.cat([q_nope, q_pe], dim=-1)  # [n, H, N+R]
         if query.device.type == "cpu" and query.dtype == torch.float32:  # expanded panel by panel in our kernel
             joint = self._joint_rows(latent_cache, pe_cache, S)
             return kernels.attend_prompt_mla(query, joint, self.w_uk, self.w_uv, self.softmax_scale, past)
