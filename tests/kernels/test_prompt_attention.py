@@ -136,3 +136,68 @@ def test_prompt_chunk_in_the_layer_matches_sdpa(past, window):
     ).transpose(0, 1)  # fmt: skip
     assert torch.equal(k_cache[past : past + n], k) and torch.equal(v_cache[past : past + n], v)
     assert (out - ref).abs().max() <= 1e-5 * ref.abs().max()
+
+
+# (new tokens, heads, N, R, L, Vd, past): DeepSeek's proportions scaled down, dims off the 16-lane
+# grid, a cached past, and V2-Lite's real shape.
+MLA_SHAPES = [(37, 4, 16, 8, 40, 24, 0), (50, 3, 20, 6, 72, 36, 29), (9, 2, 32, 16, 64, 32, 100),
+              (96, 16, 128, 64, 512, 128, 0)]  # fmt: skip
+
+
+def mla_inputs(n, H, N, R, L, Vd, past, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    S = past + n
+    return (torch.randn(n, H, N + R, generator=g), torch.randn(S, L + R, generator=g),
+            0.1 * torch.randn(H, N, L, generator=g), 0.1 * torch.randn(H, Vd, L, generator=g))  # fmt: skip
+
+
+@pytest.mark.parametrize("shape", MLA_SHAPES)
+def test_mla_close_to_float64(shape, isa):
+    """Keys [w_uk latent | k_pe] and values w_uv latent expanded inside the kernel, against
+    float64 expanded attention."""
+    *dims, past = shape
+    q, cache, w_uk, w_uv = mla_inputs(*dims, past)
+    ours = kernels.attend_prompt_mla(q, cache, w_uk, w_uv, 0.1, past)
+    ref = kernels.attend_prompt_mla_reference(q, cache, w_uk, w_uv, 0.1, past)
+    assert ours.shape == (shape[0], shape[1], shape[5])
+    assert (ours.double() - ref).abs().max() <= 2e-5 * ref.abs().max()
+
+
+@pytest.mark.parametrize("shape", MLA_SHAPES[:3])
+def test_mla_every_isa_thread_count_and_chunking_gives_the_same_bits(shape):
+    *dims, past = shape
+    n = dims[0]
+    q, cache, w_uk, w_uv = mla_inputs(*dims, past, seed=1)
+    results = []
+    try:
+        for level in AVAILABLE_ISAS:
+            with kernels.use_isa(level):
+                for threads in (1, 2, 3):
+                    kernels.set_num_threads(threads)
+                    results.append(kernels.attend_prompt_mla(q, cache, w_uk, w_uv, 0.1, past))
+    finally:
+        kernels.set_num_threads(0)
+    assert all(torch.equal(results[0], r) for r in results[1:])
+    cut = n // 3  # the same positions in two chunks, the second after the first's cache rows
+    first = kernels.attend_prompt_mla(q[:cut], cache[: past + cut], w_uk, w_uv, 0.1, past)
+    rest = kernels.attend_prompt_mla(q[cut:], cache, w_uk, w_uv, 0.1, past + cut)
+    assert torch.equal(results[0], torch.cat([first, rest]))
+
+
+def test_mla_reads_the_joint_cache_rows_in_place():
+    """The cache as allocate() makes it: rows [latent | k_pe] of a wider capacity, read as a view."""
+    q, cache, w_uk, w_uv = mla_inputs(20, 2, 16, 8, 32, 16, 10, seed=2)
+    wide = torch.zeros(64, 40)
+    wide[:30] = cache
+    assert torch.equal(kernels.attend_prompt_mla(q, wide[:30], w_uk, w_uv, 0.2, 10),
+                       kernels.attend_prompt_mla(q, cache, w_uk, w_uv, 0.2, 10))  # fmt: skip
+
+
+def test_mla_bad_shapes_are_errors():
+    q, cache, w_uk, w_uv = mla_inputs(10, 2, 16, 8, 32, 16, 5)
+    with pytest.raises(kernels.KernelError):  # 16 cache rows for 10 queries after 5
+        kernels.attend_prompt_mla(q, torch.cat([cache, cache[:1]]), w_uk, w_uv, 1.0, 5)
+    with pytest.raises(kernels.KernelError):  # latent widths disagree
+        kernels.attend_prompt_mla(q, cache, w_uk[:, :, :16], w_uv, 1.0, 5)
+    with pytest.raises(kernels.KernelError):  # the query's rope part is not the cache's
+        kernels.attend_prompt_mla(q[:, :, :20], cache, w_uk, w_uv, 1.0, 5)
