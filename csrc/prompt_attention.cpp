@@ -26,9 +26,17 @@ Kernels kernels_for(int isa) {
   return {avx512::attend_prompt_rows, avx512::transpose, avx512::fma_matmul};  // AMX: the AVX-512 kernels
 }
 
-// Grown, never shrunk: a prompt-sized call then maps no fresh pages.
+// A thread's buffer, grown and kept between calls (a prompt-sized call then maps no fresh
+// pages), up to kKeptFloats; a larger request gets `own`, the caller's, freed when it returns:
+// a long context's packed keys and values run to hundreds of MB, which no idle thread should hold.
+constexpr int64_t kKeptFloats = int64_t(16) << 20;  // 64 MB
+
 template <int kSlot>
-float *thread_scratch(int64_t n) {
+float *thread_scratch(int64_t n, std::vector<float> *own = nullptr) {
+  if (own && n > kKeptFloats) {
+    own->resize(n);
+    return own->data();
+  }
   thread_local std::vector<float> buf;
   if ((int64_t)buf.size() < n) buf.resize(n);
   return buf.data();
@@ -69,7 +77,9 @@ void attend_prompt(ThreadPool &pool, int isa, const float *q, int64_t n, int64_t
   const int64_t key_floats = panels * dh * kPanel, value_floats = panels * kPanel * dv;
   // Panels from the first any query sees: a window leaves the ones before it unread.
   const int64_t first = window > 0 && past + 1 > window ? (past + 1 - window) / kPanel : 0, used = panels - first;
-  float *const kt = thread_scratch<0>(kv_heads * (key_floats + value_floats)), *const vt = kt + kv_heads * key_floats;
+  std::vector<float> own;
+  float *const kt = thread_scratch<0>(kv_heads * (key_floats + value_floats), &own);
+  float *const vt = kt + kv_heads * key_floats;
   pool.parallel_for(kv_heads * used, [&](int64_t task) {
     const int64_t g = task / used, b = first + task % used, s0 = b * kPanel;
     const int64_t count = std::min<int64_t>(kPanel, keys - s0);
@@ -86,7 +96,8 @@ void attend_prompt_mla(ThreadPool &pool, int isa, const float *q, int64_t n, int
   const Kernels kern = kernels_for(isa);
   const int64_t keys = past + n, panels = (keys + kPanel - 1) / kPanel, dh = N + R;
   const int64_t joint_floats = (L + R) * kPanel, key_floats = panels * dh * kPanel, value_floats = panels * kPanel * Vd;
-  float *const joint = thread_scratch<0>(panels * joint_floats + heads * (key_floats + value_floats));
+  std::vector<float> own;
+  float *const joint = thread_scratch<0>(panels * joint_floats + heads * (key_floats + value_floats), &own);
   float *const kt = joint + panels * joint_floats, *const vt = kt + heads * key_floats;
   // The cache rows [latent | k_pe] as panels [L + R][kPanel]: the right operand of both expansions.
   pool.parallel_for(panels, [&](int64_t b) {
