@@ -35,6 +35,20 @@ def inputs(n, H, K, Dh, Dv, past, seed=0):
     return torch.randn(n, H, Dh, generator=g), torch.randn(S, K, Dh, generator=g), torch.randn(S, K, Dv, generator=g)
 
 
+def on_every_isa_and_thread_count(run) -> list[torch.Tensor]:
+    """run() on every ISA this machine has, each with 1, 2 and 3 threads."""
+    results = []
+    try:
+        for level in AVAILABLE_ISAS:
+            with kernels.use_isa(level):
+                for threads in (1, 2, 3):
+                    kernels.set_num_threads(threads)
+                    results.append(run())
+    finally:
+        kernels.set_num_threads(0)
+    return results
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_close_to_float64(shape, isa):
     n, H, K, Dh, Dv, past, window = shape
@@ -49,15 +63,7 @@ def test_close_to_float64(shape, isa):
 def test_every_isa_and_thread_count_gives_the_same_bits(shape):
     n, H, K, Dh, Dv, past, window = shape
     q, k, v = inputs(n, H, K, Dh, Dv, past, seed=1)
-    results = []
-    try:
-        for level in AVAILABLE_ISAS:
-            with kernels.use_isa(level):
-                for threads in (1, 2, 3):
-                    kernels.set_num_threads(threads)
-                    results.append(kernels.attend_prompt(q, k, v, 0.125, past, window))
-    finally:
-        kernels.set_num_threads(0)
+    results = on_every_isa_and_thread_count(lambda: kernels.attend_prompt(q, k, v, 0.125, past, window))
     assert all(torch.equal(results[0], r) for r in results[1:])
 
 
@@ -168,15 +174,7 @@ def test_mla_every_isa_thread_count_and_chunking_gives_the_same_bits(shape):
     *dims, past = shape
     n = dims[0]
     q, cache, w_uk, w_uv = mla_inputs(*dims, past, seed=1)
-    results = []
-    try:
-        for level in AVAILABLE_ISAS:
-            with kernels.use_isa(level):
-                for threads in (1, 2, 3):
-                    kernels.set_num_threads(threads)
-                    results.append(kernels.attend_prompt_mla(q, cache, w_uk, w_uv, 0.1, past))
-    finally:
-        kernels.set_num_threads(0)
+    results = on_every_isa_and_thread_count(lambda: kernels.attend_prompt_mla(q, cache, w_uk, w_uv, 0.1, past))
     assert all(torch.equal(results[0], r) for r in results[1:])
     cut = n // 3  # the same positions in two chunks, the second after the first's cache rows
     first = kernels.attend_prompt_mla(q[:cut], cache[: past + cut], w_uk, w_uv, 0.1, past)
