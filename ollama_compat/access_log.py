@@ -14,6 +14,9 @@ from aiohttp import web
 log = logging.getLogger("ollama_compat.access")
 
 CLIENT_CLOSED = 499  # nginx's code for a client that went away; Ollama answers "request canceled" with it
+# Set on a request by a stream whose write found the client gone: the handler then returns
+# normally, where a disconnect aiohttp noticed first cancels it, and both must log alike.
+CLIENT_GONE = web.RequestKey("client_gone", bool) if hasattr(web, "RequestKey") else "ollama_compat.client_gone"
 
 
 def go_duration(ns: int) -> str:
@@ -70,7 +73,11 @@ async def access_log(request: web.Request, handler) -> web.StreamResponse:
     try:
         response = await handler(request)
         status = response.status
-        if status >= 400:
+        if request.get(CLIENT_GONE):
+            status = CLIENT_CLOSED
+            log.info("client disconnected: %s %s after %s", request.method, path,
+                     go_duration(time.perf_counter_ns() - started_ns))  # fmt: skip
+        elif status >= 400:
             level = logging.ERROR if status >= 500 else logging.WARNING
             log.log(level, "%s %s: %d %s", request.method, path, status, _cause(response))
         return response

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from backend.interface import EngineError
 
+from .access_log import CLIENT_GONE
 from .errors import ApiError, json_response
 
 log = logging.getLogger(__name__)
@@ -21,6 +22,14 @@ def line(obj: Any) -> bytes:
     """One compact JSON object and its newline, written in one write() (Page-Assist decodes each
     network chunk on its own, so a line must never be split across writes)."""
     return orjson.dumps(obj) + b"\n"
+
+
+def client_went_away(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """A write found the client gone: logged, and marked for the access log (a 499, as when
+    aiohttp notices the disconnect first and cancels the handler)."""
+    log.info("client went away during %s", request.path)
+    request[CLIENT_GONE] = True
+    return response
 
 
 async def stream_ndjson(request: web.Request, items: AsyncIterator[dict]) -> web.StreamResponse:
@@ -42,8 +51,7 @@ async def stream_ndjson(request: web.Request, items: AsyncIterator[dict]) -> web
     except (ApiError, EngineError) as e:
         await response.write(line({"error": e.message}))
     except (ConnectionResetError, ConnectionError):
-        log.info("client went away during %s", request.path)
-        return response
+        return client_went_away(request, response)
     except Exception as e:
         log.exception("stream failed during %s", request.path)
         await response.write(line({"error": f"{type(e).__name__}: {e}"}))
@@ -87,8 +95,7 @@ async def stream_sse_events(request: web.Request, events: AsyncIterator[tuple[st
     except (ApiError, EngineError) as e:
         await response.write(frame(*error_event(e.message)))
     except (ConnectionResetError, ConnectionError):
-        log.info("client went away during %s", request.path)
-        return response
+        return client_went_away(request, response)
     except Exception as e:
         log.exception("stream failed during %s", request.path)
         await response.write(frame(*error_event(f"{type(e).__name__}: {e}")))

@@ -14,10 +14,14 @@ import time
 import urllib.error
 import urllib.request
 
+import logging
+
 import pytest
+from aiohttp import web
 
 from backend.testmodels import write_model
-from ollama_compat.access_log import gin_line, go_duration
+from ollama_compat.access_log import CLIENT_CLOSED, access_log, gin_line, go_duration
+from ollama_compat.streaming import stream_ndjson
 
 # gin's defaultLogFormatter, uncoloured: "[GIN] 2006/01/02 - 15:04:05 | 200 |  1.234ms | 127.0.0.1 | POST "/api/chat""
 GIN = re.compile(r'^\[GIN\] \d{4}/\d\d/\d\d - \d\d:\d\d:\d\d \| (\d{3}) \| +[0-9.]+(ns|µs|ms|s) \| +([0-9.:a-f]+) \| '
@@ -30,6 +34,28 @@ GIN = re.compile(r'^\[GIN\] \d{4}/\d\d/\d\d - \d\d:\d\d:\d\d \| (\d{3}) \| +[0-9
 ])  # fmt: skip
 def test_latency_reads_as_gos_duration(ns, text):
     assert go_duration(ns) == text  # Go's time.Duration.String() for the same values
+
+
+async def test_a_stream_that_finds_its_client_gone_logs_a_disconnect(aiohttp_client, caplog):
+    """A write that fails because the client left returns from the handler (aiohttp cancels it
+    instead when it notices first): the access log reports both the same way, as a 499."""
+
+    async def items():
+        yield {"response": "a"}
+        raise ConnectionResetError("the client went away")
+
+    async def handler(request):
+        return await stream_ndjson(request, items())
+
+    app = web.Application(middlewares=[access_log])
+    app.router.add_post("/api/generate", handler)
+    client = await aiohttp_client(app)
+    with caplog.at_level(logging.INFO):
+        async with client.post("/api/generate") as r:
+            await r.read()
+    assert any(m.startswith("client disconnected: POST /api/generate") for m in caplog.messages)
+    access = [rec for rec in caplog.records if hasattr(rec, "access")]
+    assert [rec.access["status"] for rec in access] == [CLIENT_CLOSED]
 
 
 def test_access_line_is_gins_format():
