@@ -50,8 +50,8 @@ class Sampler:
         p = self.params
         logprobs_full = torch.log_softmax(logits, dim=-1)
         logits = self._penalise(logits.clone(), history)
-        # Penalties past float32's range (repeat_penalty 0, presence_penalty -1e308) make inf and NaN:
-        # kept finite so the draw stays defined, while -inf (a token the grammar forbids) stays so.
+        # _penalise keeps every allowed token finite; a NaN or +inf from the model itself is never
+        # drawn nor breaks the draw, and -inf (a token the grammar forbids) stays so.
         logits = torch.nan_to_num(logits, nan=-math.inf, posinf=torch.finfo(logits.dtype).max, neginf=-math.inf)
         if p.temperature < _TINY_TEMPERATURE:
             token = int(torch.argmax(logits))
@@ -77,7 +77,13 @@ class Sampler:
             # llama.cpp's rule: shrink positive logits, grow negative ones.
             picked = torch.where(picked > 0, picked / p.repeat_penalty, picked * p.repeat_penalty)
         picked = picked - freq * p.frequency_penalty - (freq > 0).to(logits.dtype) * p.presence_penalty
-        logits[ids] = picked
+        # A token the grammar forbids (-inf) stays forbidden: a negative repeat_penalty would turn
+        # it into +inf, the sure pick. Any other token stays finite, however far past float32's
+        # range the penalties push it (inf, or NaN where two infinite penalties meet), so there
+        # is always an allowed token to draw.
+        big = torch.finfo(logits.dtype).max
+        allowed = logits[ids] != -math.inf
+        logits[ids] = torch.where(allowed, torch.nan_to_num(picked, nan=-big, posinf=big, neginf=-big), logits[ids])
         return logits
 
     def _draw(self, logits: torch.Tensor) -> int:

@@ -32,6 +32,23 @@ def test_greedy_equals_argmax_of_penalised_logits(seed):
     assert got.logprob == pytest.approx(ref_lp[got.token], abs=1e-5)
 
 
+@pytest.mark.parametrize("penalties", [
+    {"repeat_penalty": -1.0}, {"repeat_penalty": 0.0}, {"repeat_penalty": -1e30, "frequency_penalty": -1e30},
+    {"presence_penalty": -1e308}, {"frequency_penalty": 1e308},
+])  # fmt: skip
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_tokens_the_grammar_forbids_stay_forbidden_under_any_penalty(penalties, temperature):
+    """A structured output masks tokens to -inf before the sampler; penalties on those tokens
+    (here every token in the history) must not bring them back: a negative repeat_penalty made
+    -inf into +inf, the grammar then rejected the pick, and the request failed with a 500."""
+    logits = torch.full((50,), -float("inf"))
+    logits[[3, 7]] = torch.tensor([0.5, -2.0])  # the two tokens the grammar allows
+    history = list(range(50)) * 2
+    p = SamplingParams(temperature=temperature, repeat_last_n=-1, seed=0, **penalties)
+    for _ in range(20):
+        assert Sampler(p)(logits.clone(), history).token in (3, 7)
+
+
 def test_same_seed_same_tokens_different_seed_differs():
     logits = torch.randn(1000, generator=torch.Generator().manual_seed(0))
     p = SamplingParams(temperature=1.5, top_k=0, top_p=1.0, seed=42, repeat_penalty=1.0)
