@@ -585,7 +585,7 @@ def attend_reference(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     return (p[:, None, :] @ v)[:, 0]
 
 
-def _rows_in_place(t: torch.Tensor, what: str) -> torch.Tensor:
+def _rows_in_place(t: torch.Tensor) -> torch.Tensor:
     """t [rows, heads, d] as the kernels read it (each row's heads contiguous, rows at a stride):
     t itself when it already is, else a contiguous copy."""
     st = t.stride()
@@ -612,7 +612,7 @@ def attend_prompt(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, sca
     f32 = torch.float32
     if any(t.dtype != f32 or t.device.type != "cpu" for t in (q, keys, values)):
         raise KernelError(f"attend_prompt: CPU float32 tensors only, got {q.dtype}, {keys.dtype}, {values.dtype}")
-    q, keys, values = _rows_in_place(q, "q"), _rows_in_place(keys, "keys"), _rows_in_place(values, "values")
+    q, keys, values = _rows_in_place(q), _rows_in_place(keys), _rows_in_place(values)
     out = torch.empty((n, H, Dv), dtype=f32)
     code = _lib.moe_attend_prompt(q.data_ptr(), n, H, Dh, q.stride(0), keys.data_ptr(), keys.stride(0),
                                   values.data_ptr(), values.stride(0), K, Dv, past, window or 0, float(scale),
@@ -654,7 +654,7 @@ def attend_prompt_mla(q: torch.Tensor, cache: torch.Tensor, w_uk: torch.Tensor, 
                           f"{tuple(cache.shape)}, w_uk {tuple(w_uk.shape)}, w_uv {tuple(w_uv.shape)}")  # fmt: skip
     if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in (q, cache, w_uk, w_uv)):
         raise KernelError("attend_prompt_mla: CPU float32 tensors only")
-    q, w_uk, w_uv = _rows_in_place(q, "q"), w_uk.contiguous(), w_uv.contiguous()
+    q, w_uk, w_uv = _rows_in_place(q), w_uk.contiguous(), w_uv.contiguous()
     if cache.stride(1) != 1:
         cache = cache.contiguous()
     out = torch.empty((n, H, Vd), dtype=torch.float32)

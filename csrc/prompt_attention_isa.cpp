@@ -58,23 +58,11 @@ inline F16 within(F16 a, int lo, int hi, float fill) {
   return {_mm512_mask_blend_ps(m, _mm512_set1_ps(fill), a.v)};
 }
 inline F16 zero_below(F16 a, float t) { return {_mm512_maskz_mov_ps(_mm512_cmp_ps_mask(a.v, _mm512_set1_ps(t), _CMP_GE_OQ), a.v)}; }
-// exp_poly on every lane: the same operations in the same order.
-inline F16 exp16(F16 a) {
-  const __m512 x = _mm512_min_ps(_mm512_max_ps(a.v, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 r = _mm512_sub_ps(_mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(0.693359375f))),
-                                 _mm512_mul_ps(n, _mm512_set1_ps(-2.12194440e-4f)));
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_add_ps(_mm512_mul_ps(p, r), _mm512_set1_ps(5.0000001201e-1f));
-  const __m512 two_n = _mm512_castsi512_ps(
-      _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23));
-  return {_mm512_mul_ps(_mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(p, _mm512_mul_ps(r, r)), r), _mm512_set1_ps(1.0f)),
-                        two_n)};
+inline F16 min(F16 a, F16 b) { return {_mm512_min_ps(a.v, b.v)}; }
+inline F16 round_even(F16 a) { return {_mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
+// 2^n for whole-number lanes n in [-126, 127]: the exponent bits.
+inline F16 pow2(F16 n) {
+  return {_mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n.v), _mm512_set1_epi32(127)), 23))};
 }
 constexpr int kQkRows = 8;  // score rows per pass: 16 accumulators of 32
 constexpr int kMmRows = 8, kMmVecs = 2;  // fma_matmul's tile
@@ -120,24 +108,15 @@ inline F16 zero_below(F16 a, float t) {
   const __m256 tt = _mm256_set1_ps(t);
   return {_mm256_and_ps(a.lo, _mm256_cmp_ps(a.lo, tt, _CMP_GE_OQ)), _mm256_and_ps(a.hi, _mm256_cmp_ps(a.hi, tt, _CMP_GE_OQ))};
 }
-inline __m256 exp8(__m256 a) {
-  const __m256 x = _mm256_min_ps(_mm256_max_ps(a, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 r = _mm256_sub_ps(_mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f))),
-                                 _mm256_mul_ps(n, _mm256_set1_ps(-2.12194440e-4f)));
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(5.0000001201e-1f));
-  const __m256 two_n = _mm256_castsi256_ps(
-      _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
-  return _mm256_mul_ps(_mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, _mm256_mul_ps(r, r)), r), _mm256_set1_ps(1.0f)),
-                       two_n);
+inline F16 min(F16 a, F16 b) { return {_mm256_min_ps(a.lo, b.lo), _mm256_min_ps(a.hi, b.hi)}; }
+inline F16 round_even(F16 a) {
+  constexpr int kMode = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+  return {_mm256_round_ps(a.lo, kMode), _mm256_round_ps(a.hi, kMode)};
 }
-inline F16 exp16(F16 a) { return {exp8(a.lo), exp8(a.hi)}; }
+inline __m256 pow2_8(__m256 n) {
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+}
+inline F16 pow2(F16 n) { return {pow2_8(n.lo), pow2_8(n.hi)}; }
 constexpr int kQkRows = 2;  // 16 ymm registers: 8 accumulators and the key panel row
 constexpr int kPvRows = 2, kPvVecs = 2;
 constexpr int kMmRows = 2, kMmVecs = 2;
@@ -195,9 +174,20 @@ inline F16 zero_below(F16 a, float t) {
   for (float &v : a.l) v = v >= t ? v : 0.0f;
   return a;
 }
-inline F16 exp16(F16 a) {
-  for (float &v : a.l) v = exp_poly(v);
+inline F16 min(F16 a, F16 b) {  // minps: a where a < b, else b
+  for (int i = 0; i < 16; ++i) a.l[i] = a.l[i] < b.l[i] ? a.l[i] : b.l[i];
   return a;
+}
+inline F16 round_even(F16 a) {
+  for (float &v : a.l) v = nearbyintf(v);
+  return a;
+}
+inline F16 pow2(F16 n) {
+  for (float &v : n.l) {
+    const int32_t bits = ((int32_t)v + 127) << 23;
+    memcpy(&v, &bits, sizeof v);
+  }
+  return n;
 }
 constexpr int kQkRows = 8;
 constexpr int kPvRows = 1, kPvVecs = 8;
@@ -206,20 +196,38 @@ constexpr int kMmRows = 8, kMmVecs = 2;
 
 constexpr float kTiny = 0x1p-64f;  // weights below are 0 (see the top of the file)
 
-// s[r][h] += the chains of kR query rows (qt[d * kRows + r]) against a panel's 32 keys
-// (panel[d * 32 + j]), d = 0 .. dh - 1.
+// exp_poly (exp_poly.h) on every lane: its operations in its order.
+inline F16 exp16(F16 a) {
+  const F16 x = min(max(a, splat(-87.0f)), splat(88.0f));
+  const F16 n = round_even(mul(x, splat(kExpLog2e)));
+  const F16 r = sub(sub(x, mul(n, splat(kExpLn2Hi))), mul(n, splat(kExpLn2Lo)));
+  F16 p = splat(kExpPoly[0]);
+  for (int i = 1; i < 6; ++i) p = add(mul(p, r), splat(kExpPoly[i]));
+  return mul(add(add(mul(p, mul(r, r)), r), splat(1.0f)), pow2(n));
+}
+
+// acc[r][w] += the fused multiply-add chains of a[r * ar + k * ak] * b[k * ldb + 16 w + j] over k
+// in [k0, k1), for kR rows and kW vectors of columns, the last `tail` wide (16: whole): the
+// scores (q rows against a key panel) and fma_matmul's tiles.
+template <int kR, int kW>
+inline __attribute__((always_inline)) void fma_chains(const float *a, int64_t ar, int64_t ak, const float *b, int64_t ldb,
+                                                      int64_t k0, int64_t k1, int tail, F16 (*acc)[kW]) {
+  for (int64_t k = k0; k < k1; ++k) {
+    F16 bv[kW];
+    for (int w = 0; w < kW; ++w) bv[w] = w + 1 < kW || tail == 16 ? load(b + k * ldb + 16 * w) : load_n(b + k * ldb + 16 * w, tail);
+    for (int r = 0; r < kR; ++r) {
+      const F16 x = splat(a[r * ar + k * ak]);
+      for (int w = 0; w < kW; ++w) acc[r][w] = fma(x, bv[w], acc[r][w]);
+    }
+  }
+}
+
+// s[r] = the scores of kR query rows (qt[d * kRows + r]) against a panel's 32 keys (panel[d * 32 + j]).
 template <int kR>
 inline __attribute__((always_inline)) void panel_scores(const float *qt, const float *panel, int64_t dh, F16 (*s)[2]) {
   F16 acc[kR][2];
   for (int r = 0; r < kR; ++r) acc[r][0] = acc[r][1] = splat(0.0f);
-  for (int64_t d = 0; d < dh; ++d) {
-    const F16 k0 = load(panel + d * kPanel), k1 = load(panel + d * kPanel + 16);
-    for (int r = 0; r < kR; ++r) {
-      const F16 qd = splat(qt[d * kRows + r]);
-      acc[r][0] = fma(qd, k0, acc[r][0]);
-      acc[r][1] = fma(qd, k1, acc[r][1]);
-    }
-  }
+  fma_chains<kR, 2>(qt, 1, kRows, panel, kPanel, 0, dh, 16, acc);
   for (int r = 0; r < kR; ++r) s[r][0] = acc[r][0], s[r][1] = acc[r][1];
 }
 
@@ -294,14 +302,7 @@ inline __attribute__((always_inline)) void mm_tile(const float *a, int64_t ar, c
   for (int r = 0; r < kR; ++r)
     for (int w = 0; w < kW; ++w)
       acc[r][w] = fresh ? splat(0.0f) : w + 1 < kW || tail == 16 ? load(c + r * ldc + 16 * w) : load_n(c + r * ldc + 16 * w, tail);
-  for (int64_t k = k0; k < k1; ++k) {
-    F16 bv[kW];
-    for (int w = 0; w < kW; ++w) bv[w] = w + 1 < kW || tail == 16 ? load(b + k * ldb + 16 * w) : load_n(b + k * ldb + 16 * w, tail);
-    for (int r = 0; r < kR; ++r) {
-      const F16 ak = splat(a[r * ar + k]);
-      for (int w = 0; w < kW; ++w) acc[r][w] = fma(ak, bv[w], acc[r][w]);
-    }
-  }
+  fma_chains<kR, kW>(a, ar, 1, b, ldb, k0, k1, tail, acc);
   for (int r = 0; r < kR; ++r)
     for (int w = 0; w < kW; ++w) {
       if (w + 1 < kW || tail == 16)
