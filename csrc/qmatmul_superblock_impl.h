@@ -185,9 +185,10 @@ static void stream_super(const uint8_t *w, int64_t row_bytes, int64_t rows, cons
   alignas(64) float d[16], dmin[16], f[16];
   for (int64_t r0 = 0; r0 < rows; r0 += group_rows) {
     const int64_t nr = rows - r0 < group_rows ? rows - r0 : group_rows;
-    float acc[kTokens][16];
-    for (int t = 0; t < kTokens; ++t)
-      for (int64_t g = 0; g < nr; ++g) acc[t][g] = 0.0f;
+    // Whole 16-float rows, zeroed and stored as vectors: loops over nr compiled to rep stos and
+    // rep movs per token, whose microcode start-up took a fifth of a 4-token call (Xeon, perf).
+    alignas(64) float acc[kTokens][16];
+    for (int t = 0; t < kTokens; ++t) _mm512_store_ps(acc[t], _mm512_setzero_ps());
     for (int64_t c0 = 0; c0 < chunks; c0 += group_chunks) {
       const int nc = chunks - c0 < group_chunks ? (int)(chunks - c0) : (int)group_chunks, n = (int)nr * nc;
       for (int slot = 0, g = 0; g < nr; ++g)
@@ -225,8 +226,8 @@ static void stream_super(const uint8_t *w, int64_t row_bytes, int64_t rows, cons
           for (int i = 0; i < nc; ++i) acc[t][g] += f[g * nc + i];
       }
     }
-    for (int t = 0; t < kTokens; ++t)
-      for (int64_t g = 0; g < nr; ++g) y[t * ldy + r0 + g] = acc[t][g];
+    const __mmask16 rows_mask = (__mmask16)((1u << nr) - 1);
+    for (int t = 0; t < kTokens; ++t) _mm512_mask_storeu_ps(y + t * ldy + r0, rows_mask, _mm512_load_ps(acc[t]));
   }
 }
 
