@@ -195,6 +195,10 @@ class Engine(Protocol):
         Blocking (call it from a worker thread). InvalidRequest when the template rejects the
         messages; EngineError when it is broken or runs past its time, memory or output limits."""
 
+    def renders_inline(self, name: str) -> bool:
+        """True when render_chat for this name is cheap and never blocks (a remote model's is a JSON
+        dump of the messages), so the event loop may call it itself. Never raises."""
+
     async def load(self, name: str, load: LoadOptions, keep_alive: float | None) -> int:
         """Load (or keep) a model; returns the load duration in ns (0 when it was already loaded)."""
 

@@ -114,7 +114,7 @@ def _parameter_lines(parameters: dict[str, Any], pad: bool = True) -> list[str]:
 
 async def chat(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
-    job = await asyncio.to_thread(inference.prepare_chat, request.app, body)  # off the loop: see prepare_chat
+    job = await inference.prepare(inference.prepare_chat, request.app, body)
     if job.request is None:  # load/unload: one object, application/json, even when streaming
         await inference.run_action(request.app, job, body)
         return json_response(inference.action_line(job, "chat"))
@@ -128,7 +128,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 async def generate(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
-    job = await asyncio.to_thread(inference.prepare_generate, request.app, body)  # off the loop: see prepare_chat
+    job = await inference.prepare(inference.prepare_generate, request.app, body)
     if job.request is None:
         await inference.run_action(request.app, job, body)
         return json_response(inference.action_line(job, "generate"))

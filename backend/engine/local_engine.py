@@ -110,6 +110,9 @@ class LocalEngine:
         except ChatTemplateError as e:  # raise_exception: the template rejected these messages
             raise InvalidRequest(f"{e} (model '{info.name}')") from None
 
+    def renders_inline(self, name: str) -> bool:
+        return False  # a render process, and a first render reads the GGUF
+
     def running(self) -> list[RunningModel]:
         return list(self._snapshot)
 

@@ -139,6 +139,9 @@ class UpstreamEngine:
         self._model(name)
         return translate.render_chat(messages, tools, think)
 
+    def renders_inline(self, name: str) -> bool:
+        return self.has(name)
+
     async def load(self, name: str, load: LoadOptions, keep_alive: float | None) -> int:
         self._model(name)
         return 0

@@ -42,6 +42,9 @@ class RouterEngine:
     def render_chat(self, name: str, messages: Sequence[dict[str, Any]], **kwargs: Any) -> str:
         return self._for(name).render_chat(name, messages, **kwargs)
 
+    def renders_inline(self, name: str) -> bool:
+        return self._for(name).renders_inline(name)
+
     async def load(self, name: str, load: LoadOptions, keep_alive: float | None) -> int:
         return await self._for(name).load(name, load, keep_alive)
 

@@ -78,6 +78,9 @@ class FakeEngine:
             raise ModelNotFound(f"model '{name}' not found")
         return self.models[key]
 
+    def renders_inline(self, name: str) -> bool:
+        return False  # as a local model: the worker-thread path stays under test
+
     def render_chat(self, name, messages, *, tools=None, think=None, add_generation_prompt=True) -> str:
         self.rendered.append({"messages": list(messages), "tools": tools, "think": think})
         return "|".join(f"{m['role']}:{m['content']}" for m in messages)

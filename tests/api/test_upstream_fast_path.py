@@ -1,5 +1,6 @@
-"""The proxy keeps its upstream connections alive from one request to the next: a new one costs the
-first token a TCP (and, to an https upstream, a TLS) setup."""
+"""The proxy's path to the first token: upstream connections kept alive from one request to the
+next (a new one costs a TCP, and to an https upstream a TLS, setup), and a remote model's request
+prepared on the event loop, without a worker thread's GIL hand-offs."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import ollama
 import orjson
 import pytest
 from aiohttp import web
+
+from ollama_compat.upstream import translate
 
 from .test_upstream_proxy import ASK, Proxy, upstreams_toml
 
@@ -78,3 +81,31 @@ def test_request_after_request_reuses_one_upstream_connection():
         proxy.close()
         upstream.close()
 
+
+
+def test_a_remote_request_is_prepared_on_the_event_loop_a_local_one_in_a_worker(monkeypatch):
+    upstream = SlowEndUpstream()
+    proxy = Proxy(upstreams_toml({"remote": ("m", [f"http://127.0.0.1:{upstream.port}/v1"])}))
+    threads = {}
+    render_remote, render_local = translate.render_chat, proxy.local.render_chat
+
+    def remote(*args, **kwargs):
+        threads["remote"] = threading.current_thread()
+        return render_remote(*args, **kwargs)
+
+    def local(*args, **kwargs):
+        threads["local"] = threading.current_thread()
+        return render_local(*args, **kwargs)
+
+    monkeypatch.setattr(translate, "render_chat", remote)
+    monkeypatch.setattr(proxy.local, "render_chat", local)
+    try:
+        client = ollama.Client(host=proxy.url)
+        assert client.chat(model="remote", messages=ASK).message.content == "Hi"
+        assert client.generate(model="mymoe", prompt="Hi").done
+        client.chat(model="mymoe", messages=ASK)
+        assert threads["remote"] is proxy.server.thread  # the thread that runs the server's loop
+        assert threads["local"] is not proxy.server.thread  # a render process behind it may block
+    finally:
+        proxy.close()
+        upstream.close()
