@@ -11,6 +11,11 @@ The fake upstream is our own server over tests/api/fake_engine.py (a fixed answe
 `interval`), so the numbers are the proxy's alone, not a model's; the proxy and the upstream run
 in their own processes. Rounds alternate direct and proxied; medians over rounds. On a machine
 with few cores the three processes share them, which counts against the proxy.
+
+Two arrival patterns: a burst (every stream's request at the same instant: each request's
+handling queues behind the others', the worst case for time to first token) and steady arrivals
+(the streams' requests spread evenly over one answer's length, each stream's second request
+measured, when all are in flight: what a server with that many users sees).
 """
 
 from __future__ import annotations
@@ -128,19 +133,29 @@ async def proxied_stream(session, base: str, max_tokens: int) -> tuple[float, fl
     return first - began, last - first, tokens
 
 
-async def round_of(streams: int, one) -> dict[str, float]:
+async def round_of(streams: int, one, spread: float = 0.0) -> dict[str, float]:
+    """`streams` concurrent streams. spread 0 (a burst): all start at once, one request each.
+    spread > 0 (steady): stream i starts at i * spread / streams and sends two requests back to
+    back, and only the second ones count: by then every stream is in flight, their arrivals
+    spread evenly over `spread` seconds (one answer's length), each on a kept-alive connection."""
+
+    async def stream(session, i: int) -> tuple[float, float, float, float, int]:
+        await asyncio.sleep(i * spread / streams)
+        for _ in range(2 if spread else 1):
+            began = time.perf_counter()
+            ttft, duration, tokens = await one(session)
+        return began, time.perf_counter(), ttft, duration, tokens
+
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None)) as session:
-        began = time.perf_counter()
-        results = await asyncio.gather(*(one(session) for _ in range(streams)))
-        wall = time.perf_counter() - began
-    ttft = sorted(r[0] for r in results)
-    tokens = sum(r[2] for r in results)
+        results = await asyncio.gather(*(stream(session, i) for i in range(streams)))
+    ttft = sorted(r[2] for r in results)
+    tokens = sum(r[4] for r in results)
     return {
         "ttft_p50_ms": 1e3 * statistics.median(ttft),
         "ttft_p95_ms": 1e3 * ttft[int(0.95 * (len(ttft) - 1))],
-        "stream_tok_s": statistics.median(r[2] / r[1] for r in results if r[1] > 0),
-        "aggregate_tok_s": tokens / wall,
+        "stream_tok_s": statistics.median(r[4] / r[3] for r in results if r[3] > 0),
+        "aggregate_tok_s": tokens / (max(r[1] for r in results) - min(r[0] for r in results)),
         "tokens": tokens,
     }
 
@@ -158,27 +173,37 @@ async def main_async(args) -> None:
         processes.append(spawn(PROXY, str(proxy_port), base, model))
         proxy = f"http://127.0.0.1:{proxy_port}"
         await wait_for(proxy + "/api/version")
-        rows: dict[str, list[dict[str, float]]] = {"direct": [], "proxy": []}
-        for _ in range(args.rounds):
-            rows["direct"].append(await round_of(args.streams, lambda s: direct_stream(s, base, model, args.tokens)))
-            rows["proxy"].append(await round_of(args.streams, lambda s: proxied_stream(s, proxy, args.tokens)))
-        med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in rows.items()}
-        print(f"{args.streams} concurrent streams, {args.tokens} tokens each, {args.rounds} rounds (medians)")
-        print(f"{'':8} {'TTFT p50 ms':>12} {'TTFT p95 ms':>12} {'tok/s/stream':>13} {'tok/s total':>12}")
-        for k in ("direct", "proxy"):
-            m = med[k]
-            print(f"{k:8} {m['ttft_p50_ms']:12.2f} {m['ttft_p95_ms']:12.2f} {m['stream_tok_s']:13.1f} "
-                  f"{m['aggregate_tok_s']:12.1f}")  # fmt: skip
-        d, p = med["direct"], med["proxy"]
-        print(f"added TTFT: p50 {p['ttft_p50_ms'] - d['ttft_p50_ms']:+.2f} ms, p95 {p['ttft_p95_ms'] - d['ttft_p95_ms']:+.2f} ms;"
-              f" tok/s lost: per stream {100 * (1 - p['stream_tok_s'] / d['stream_tok_s']):.2f} %,"
-              f" total {100 * (1 - p['aggregate_tok_s'] / d['aggregate_tok_s']):.2f} %")  # fmt: skip
-        if p["tokens"] != d["tokens"]:
-            print(f"warning: {d['tokens']} tokens direct, {p['tokens']} through the proxy")
+        # A burst is the worst case (every request's handling queued at once on a few cores);
+        # steady arrivals are what a server with that many users sees.
+        spreads = {"burst": 0.0, "steady": args.tokens * args.interval}
+        for mode in args.arrivals:
+            rows: dict[str, list[dict[str, float]]] = {"direct": [], "proxy": []}
+            for _ in range(args.rounds):
+                rows["direct"].append(await round_of(args.streams, lambda s: direct_stream(s, base, model, args.tokens),
+                                                     spreads[mode]))  # fmt: skip
+                rows["proxy"].append(await round_of(args.streams, lambda s: proxied_stream(s, proxy, args.tokens),
+                                                    spreads[mode]))  # fmt: skip
+            report(mode, args, rows)
     finally:
         for process in processes:
             process.terminate()
             process.wait()
+
+
+def report(mode: str, args, rows: dict[str, list[dict[str, float]]]) -> None:
+    med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in rows.items()}
+    print(f"{mode}: {args.streams} concurrent streams, {args.tokens} tokens each, {args.rounds} rounds (medians)")
+    print(f"{'':8} {'TTFT p50 ms':>12} {'TTFT p95 ms':>12} {'tok/s/stream':>13} {'tok/s total':>12}")
+    for k in ("direct", "proxy"):
+        m = med[k]
+        print(f"{k:8} {m['ttft_p50_ms']:12.2f} {m['ttft_p95_ms']:12.2f} {m['stream_tok_s']:13.1f} "
+              f"{m['aggregate_tok_s']:12.1f}")  # fmt: skip
+    d, p = med["direct"], med["proxy"]
+    print(f"added TTFT: p50 {p['ttft_p50_ms'] - d['ttft_p50_ms']:+.2f} ms, p95 {p['ttft_p95_ms'] - d['ttft_p95_ms']:+.2f} ms;"
+          f" tok/s lost: per stream {100 * (1 - p['stream_tok_s'] / d['stream_tok_s']):.2f} %,"
+          f" total {100 * (1 - p['aggregate_tok_s'] / d['aggregate_tok_s']):.2f} %\n")  # fmt: skip
+    if p["tokens"] != d["tokens"]:
+        print(f"warning: {d['tokens']} tokens direct, {p['tokens']} through the proxy")
 
 
 def main() -> None:
@@ -187,6 +212,8 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128, help="tokens per stream")
     parser.add_argument("--interval", type=float, default=0.02, help="fake upstream: seconds between tokens")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--arrivals", nargs="+", choices=["burst", "steady"], default=["burst", "steady"],
+                        help="burst: every stream starts at once; steady: arrivals spread over one answer's length")
     parser.add_argument("--upstream", help="a real upstream's base URL (.../v1) instead of the fake one")
     parser.add_argument("--model", default="mymoe", help="the upstream's model id (with --upstream)")
     asyncio.run(main_async(parser.parse_args()))
