@@ -42,6 +42,8 @@ def _load() -> ctypes.CDLL:
         "moe_isa_active": ([], ctypes.c_int),
         "moe_isa_force": ([ctypes.c_int], ctypes.c_int),
         "moe_isa_name": ([ctypes.c_int], ctypes.c_char_p),
+        "moe_gather_active": ([], ctypes.c_int),
+        "moe_gather_force": ([ctypes.c_int], ctypes.c_int),
         "moe_type_supported": ([ctypes.c_int], ctypes.c_int),
         "moe_row_bytes": ([ctypes.c_int, i64], ctypes.c_int),
         "moe_set_num_threads": ([ctypes.c_int], ctypes.c_int),
@@ -115,6 +117,23 @@ def use_isa(name: str) -> Iterator[None]:
         yield
     finally:
         set_isa(previous)
+
+
+def gathers() -> bool:
+    """Whether the codebook types (IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS) load their rows by vector
+    gathers: the default on Intel from Sapphire Rapids on, or what MOE_GATHER / use_gathers set.
+    The same bits either way."""
+    return bool(_lib.moe_gather_active())
+
+
+@contextlib.contextmanager
+def use_gathers(on: bool) -> Iterator[None]:
+    previous = gathers()
+    _lib.moe_gather_force(int(on))
+    try:
+        yield
+    finally:
+        _lib.moe_gather_force(int(previous))
 
 
 def set_num_threads(n: int) -> None:

@@ -60,7 +60,26 @@ int initial_isa() {
   return best;
 }
 
+// Gathers are fast on Intel cores from Sapphire Rapids on, the first with AVX512-FP16 (leaf 7,
+// EDX bit 23); Ice Lake's, under the Gather Data Sampling microcode, and AMD's are not.
+int detect_gather() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(0, &a, &b, &c, &d)) return 0;
+  const bool intel = b == 0x756e6547 && d == 0x49656e69 && c == 0x6c65746e;  // "GenuineIntel"
+  if (!intel || !__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+  return (d >> 23) & 1;
+}
+
+int initial_gather() {
+  if (const char *env = std::getenv("MOE_GATHER")) {
+    if (std::strcmp(env, "0") == 0) return 0;
+    if (std::strcmp(env, "1") == 0) return 1;
+  }
+  return detect_gather();
+}
+
 int g_active = -1;
+int g_gather = -1;
 
 }  // namespace
 
@@ -74,6 +93,17 @@ MOE_API int moe_isa_active(void) {
 MOE_API int moe_isa_force(int isa) {
   if (isa < MOE_ISA_SCALAR || isa > detect()) return -1;
   g_active = isa;
+  return 0;
+}
+
+MOE_API int moe_gather_active(void) {
+  if (g_gather < 0) g_gather = initial_gather();
+  return g_gather;
+}
+
+MOE_API int moe_gather_force(int on) {
+  if (on != 0 && on != 1) return -1;
+  g_gather = on;
   return 0;
 }
 

@@ -84,6 +84,24 @@ def test_every_isa_gives_the_same_bits(name, tokens):
     assert all(torch.equal(results[0], r) for r in results[1:])
 
 
+@pytest.mark.parametrize("name", ["IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS"])
+@pytest.mark.parametrize("tokens", [1, 3, 8, 11])  # the stream and the GEMM
+def test_gathered_codebook_rows_give_the_same_bits(name, tokens):
+    """The codebook types' rows by vector gathers (Intel's default from Sapphire Rapids on) or by
+    scalar loads (which the other tests hold to the references): the same bytes, so the same
+    bits, at every ISA level that has both."""
+    w = weight(name, 37, 4352, seed=tokens)  # 17 chunks: the last pair has no odd chunk
+    x = torch.randn(tokens, w.shape[1], generator=torch.Generator().manual_seed(tokens))
+    with kernels.use_isa("scalar"):
+        portable = kernels.matmul_q8(w, x)
+    for level in [lv for lv in AVAILABLE_ISAS if lv in ("avx512", "amx")]:
+        with kernels.use_isa(level):
+            for on in (False, True):
+                with kernels.use_gathers(on):
+                    assert kernels.gathers() is on
+                    assert torch.equal(kernels.matmul_q8(w, x), portable), (level, on)
+
+
 # Loaders of each family (and AVX2's unpackers); Q4_K, Q5_K, IQ1_S and IQ2_XXS take their chunks
 # in pairs, so 17 chunks also leave a last pair with a missing odd chunk.
 @pytest.mark.parametrize("name", ["Q4_K", "Q5_K", "IQ1_S", "IQ2_XXS", "Q4_0", "Q2_K", "IQ1_M"])
