@@ -2,6 +2,8 @@
 // and for AMX the Linux permission to use tile data.
 #include "api.h"
 #include <cpuid.h>
+
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #if defined(__linux__)
@@ -79,7 +81,7 @@ int initial_gather() {
 }
 
 int g_active = -1;
-int g_gather = -1;
+std::atomic<int> g_gather_forced{-1};  // read by the kernels on every thread; -1: the default
 
 }  // namespace
 
@@ -97,13 +99,14 @@ MOE_API int moe_isa_force(int isa) {
 }
 
 MOE_API int moe_gather_active(void) {
-  if (g_gather < 0) g_gather = initial_gather();
-  return g_gather;
+  static const int initial = initial_gather();  // once, thread-safe
+  const int forced = g_gather_forced.load(std::memory_order_relaxed);
+  return forced >= 0 ? forced : initial;
 }
 
 MOE_API int moe_gather_force(int on) {
   if (on != 0 && on != 1) return -1;
-  g_gather = on;
+  g_gather_forced.store(on, std::memory_order_relaxed);
   return 0;
 }
 
