@@ -24,6 +24,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <type_traits>
 #include <vector>
 
 #include "api.h"
@@ -145,14 +146,22 @@ void qrows_matmul(int type, const uint8_t *w, int64_t row_bytes, int64_t rows, c
       case kQ6_K:
         return super_tiles<kQ6_K, Offset::k32, interleaved_super<load_q6_k>>(w, row_bytes, rows, a, num_tokens, y, ldy);
       case kIQ4_XS: return super_tiles<kIQ4_XS, Offset::k128, load_iq4_xs>(w, row_bytes, rows, a, num_tokens, y, ldy);
-#define MOE_GATHERED(kType, load)                                                                        \
-  return moe_gather_active() ? super_tiles<kType, Offset::k128, load<true>>(w, row_bytes, rows, a, num_tokens, y, ldy) \
-                             : super_tiles<kType, Offset::k128, load<false>>(w, row_bytes, rows, a, num_tokens, y, ldy)
-      case kIQ1_S: MOE_GATHERED(kIQ1_S, load_iq1_s);
-      case kIQ1_M: MOE_GATHERED(kIQ1_M, load_iq1_m);
-      case kIQ2_XXS: MOE_GATHERED(kIQ2_XXS, load_iq2_xxs);
-      case kIQ2_XS: MOE_GATHERED(kIQ2_XS, load_iq2_xs);
-#undef MOE_GATHERED
+      case kIQ1_S:
+        return with_gather([&](auto g) {
+          super_tiles<kIQ1_S, Offset::k128, load_iq1_s<decltype(g)::value>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+        });
+      case kIQ1_M:
+        return with_gather([&](auto g) {
+          super_tiles<kIQ1_M, Offset::k128, load_iq1_m<decltype(g)::value>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+        });
+      case kIQ2_XXS:
+        return with_gather([&](auto g) {
+          super_tiles<kIQ2_XXS, Offset::k128, load_iq2_xxs<decltype(g)::value>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+        });
+      case kIQ2_XS:
+        return with_gather([&](auto g) {
+          super_tiles<kIQ2_XS, Offset::k128, load_iq2_xs<decltype(g)::value>>(w, row_bytes, rows, a, num_tokens, y, ldy);
+        });
       case kIQ3_XXS: return super_tiles<kIQ3_XXS, Offset::k128, load_iq3_xxs>(w, row_bytes, rows, a, num_tokens, y, ldy);
     }
   avx512::qrows_matmul(type, w, row_bytes, rows, a, num_tokens, y, ldy);

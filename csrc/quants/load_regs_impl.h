@@ -428,6 +428,14 @@ static inline __attribute__((always_inline)) __m512i rows8(Row row, int first) {
   return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
 
+// f(std::true_type) where the codebook loaders gather their rows (api.h's moe_gather_active),
+// else f(std::false_type): the kernels' switches pick load_x<decltype(g)::value> with it.
+template <typename F>
+static inline __attribute__((always_inline)) void with_gather(F &&f) {
+  if (moe_gather_active()) return f(std::true_type{});
+  f(std::false_type{});
+}
+
 // rows8's four groups {rows 0, 2, .., 14}, {16, 18, .., 30}, {1, 3, .., 15}, {17, 19, .., 31} of
 // grid rows (row r's index in idx's u16 lane r), one vpgatherdq each: on Intel from Sapphire
 // Rapids on, IQ1_S's one-token products ran 1.5x faster than by rows8 (IQ2_XXS 1.1-1.2x).
