@@ -224,20 +224,27 @@ class LoadedModel:
         return logits, failed
 
     def _account(self, item: ScheduledItem, elapsed: int) -> None:
-        t = item.seq.timings
-        if item.seq.output:
-            t.eval_ns += elapsed
+        self._charge(item.seq, elapsed)
+        if not item.seq.output:
+            item.seq.timings.prompt_eval_count += item.num_tokens
+
+    @staticmethod
+    def _charge(seq: Sequence, elapsed: int) -> None:
+        """Time spent on seq: generating once its first token is out, else on its prompt."""
+        if seq.output:
+            seq.timings.eval_ns += elapsed
         else:
-            t.prompt_eval_ns += elapsed
-            t.prompt_eval_count += item.num_tokens
+            seq.timings.prompt_eval_ns += elapsed
 
     def _advance(self, seq: Sequence, logits: torch.Tensor) -> None:
         text = self._texts[seq.id]
         # A format constrains the answer only: reasoning before it stays free, as in Ollama.
         grammar = self._grammars.get(seq.id) if text.answering else None
+        start = time.perf_counter_ns()
         if grammar is not None:
             logits = grammar.apply(logits)
         sample = seq.sampler(logits, seq.tokens)
+        self._charge(seq, time.perf_counter_ns() - start)  # a token's time includes its draw, as in Ollama
         token = sample.token
         seq.tokens.append(token)
         seq.output.append(token)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections import Counter
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..interface import InvalidRequest, SamplingParams
@@ -32,7 +32,7 @@ _TINY_TEMPERATURE = torch.finfo(torch.float32).tiny
 @dataclass(frozen=True)
 class Sample:
     token: int
-    logprob: float  # under the model's distribution (before sampling transforms)
+    logprob: float | None  # under the model's distribution (before sampling transforms); when asked for
     top: tuple[tuple[int, float], ...]  # (token, logprob) best first, when requested
 
 
@@ -48,49 +48,58 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, history: list[int]) -> Sample:  # logits [V] fp32
         p = self.params
-        logprobs_full = torch.log_softmax(logits, dim=-1)
-        logits = self._penalise(logits.clone(), history)
+        work = self._penalise(logits, history)
         # _penalise keeps every allowed token finite; a NaN or +inf from the model itself is never
         # drawn nor breaks the draw, and -inf (a token the grammar forbids) stays so.
-        logits = torch.nan_to_num(logits, nan=-math.inf, posinf=torch.finfo(logits.dtype).max, neginf=-math.inf)
+        finite = dict(nan=-math.inf, posinf=torch.finfo(logits.dtype).max, neginf=-math.inf)
+        work = work.nan_to_num_(**finite) if work is not logits else work.nan_to_num(**finite)
         if p.temperature < _TINY_TEMPERATURE:
-            token = int(torch.argmax(logits))
+            token = int(work.numpy().argmax())  # the first best, as torch.argmax, 10x faster on the CPU
         else:
-            token = self._draw(logits)
+            token = self._draw(work)
+        if not (p.logprobs or p.top_logprobs):
+            return Sample(token, None, ())
+        # logit - logsumexp: one reduction, not a log_softmax over the whole vocabulary.
+        lse = torch.logsumexp(logits, dim=-1)
         top = ()
         if p.top_logprobs > 0:
-            values, ids = torch.topk(logprobs_full, p.top_logprobs)
-            top = tuple((int(i), float(v)) for i, v in zip(ids, values))
-        return Sample(token, float(logprobs_full[token]), top)
+            values, ids = torch.topk(logits, min(p.top_logprobs, logits.shape[-1]))
+            top = tuple((int(i), float(v)) for i, v in zip(ids, values - lse))
+        return Sample(token, float(logits[token] - lse), top)
 
     def _penalise(self, logits: torch.Tensor, history: list[int]) -> torch.Tensor:
         p = self.params
         n = p.repeat_last_n
         if n == 0 or not history:
-            return logits
+            return logits  # unchanged: the caller copies it before changing anything
         window = history[-n:] if n > 0 else history  # -1: the whole context
-        counts = Counter(window)
-        ids = torch.tensor(list(counts), dtype=torch.long)
-        freq = torch.tensor(list(counts.values()), dtype=logits.dtype)
-        picked = logits[ids]
-        if p.repeat_penalty != 1.0:
-            # llama.cpp's rule: shrink positive logits, grow negative ones.
-            picked = torch.where(picked > 0, picked / p.repeat_penalty, picked * p.repeat_penalty)
-        picked = picked - freq * p.frequency_penalty - (freq > 0).to(logits.dtype) * p.presence_penalty
-        # A token the grammar forbids (-inf) stays forbidden: a negative repeat_penalty would turn
-        # it into +inf, the sure pick. Any other token stays finite, however far past float32's
-        # range the penalties push it (inf, or NaN where two infinite penalties meet), so there
-        # is always an allowed token to draw.
-        big = torch.finfo(logits.dtype).max
-        allowed = logits[ids] != -math.inf
-        logits[ids] = torch.where(allowed, torch.nan_to_num(picked, nan=-big, posinf=big, neginf=-big), logits[ids])
-        return logits
+        # A window's few entries in numpy (float32, as the logits): torch's per-op overhead on
+        # tensors of 64 made this a tenth of a millisecond per token.
+        ids, counts = np.unique(np.asarray(window, dtype=np.int64), return_counts=True)
+        out = logits.clone()
+        values = out.numpy()
+        picked = values[ids]
+        freq = counts.astype(np.float32)
+        with np.errstate(all="ignore"):
+            if p.repeat_penalty != 1.0:
+                # llama.cpp's rule: shrink positive logits, grow negative ones.
+                picked = np.where(picked > 0, picked / np.float32(p.repeat_penalty), picked * np.float32(p.repeat_penalty))
+            picked = picked - freq * np.float32(p.frequency_penalty) - np.float32(p.presence_penalty)
+            # A token the grammar forbids (-inf) stays forbidden: a negative repeat_penalty would
+            # turn it into +inf, the sure pick. Any other token stays finite, however far past
+            # float32's range the penalties push it (inf, or NaN where two infinite penalties
+            # meet), so there is always an allowed token to draw.
+            big = np.finfo(np.float32).max
+            allowed = values[ids] != -np.inf
+            values[ids] = np.where(allowed, np.nan_to_num(picked, nan=-big, posinf=big, neginf=-big), values[ids])
+        return out
 
     def _draw(self, logits: torch.Tensor) -> int:
         p = self.params
-        values, ids = torch.sort(logits, descending=True)
-        if p.top_k > 0:
-            values, ids = values[: p.top_k], ids[: p.top_k]
+        if 0 < p.top_k < logits.shape[-1]:
+            values, ids = torch.topk(logits, p.top_k)  # best first, as the sort's prefix (4 ms less on 49k)
+        else:
+            values, ids = torch.sort(logits, descending=True)
         probs = torch.softmax(values, dim=-1)
         if 0 < p.typical_p < 1.0:
             values, ids = _locally_typical(values, ids, probs, p.typical_p)

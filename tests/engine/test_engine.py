@@ -64,6 +64,26 @@ async def test_metrics_are_measured(engine):
     assert final.done_reason in ("stop", "length")
 
 
+async def test_eval_duration_includes_each_tokens_draw(engine, monkeypatch):
+    """eval_duration is the time a token costs, its draw included (Ollama's runner times the
+    whole generation): the CLI's eval rate once counted only the forward passes, and hid a
+    sampler that took 4 ms a token on a 49k vocabulary."""
+    import time
+
+    real_call = Sampler.__call__
+
+    def slow(self, logits, history):
+        time.sleep(0.02)
+        return real_call(self, logits, history)
+
+    monkeypatch.setattr(Sampler, "__call__", slow)
+    m = (await collect(engine, request("hello there")))[-1].metrics
+    assert m.eval_count >= 2
+    # The first draw ends the prompt's part; each later token's draw is generation time.
+    assert m.eval_duration >= (m.eval_count - 1) * 20_000_000
+    assert m.prompt_eval_duration >= 20_000_000
+
+
 async def test_second_turn_reuses_the_cached_prefix(engine, caplog):
     """prompt_eval_count is the whole prompt, as Ollama reports it (its runner counts the inputs
     before trimming the cached prefix); the reuse shows in the debug log."""
