@@ -168,6 +168,21 @@ def dequantize(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> np.nd
     return out
 
 
+def dequantize_rows(weight: "QuantWeight", ids: list[int]) -> np.ndarray:
+    """Rows `ids` of a quantized [rows, cols] weight as float32 [len(ids), cols]: the token
+    embedding's lookup, one call per row into its place (torch.unique and a QuantWeight per row
+    cost a decode step 0.2 ms)."""
+    rows, cols = weight.shape
+    rb = weight.row_bytes
+    out = np.empty((len(ids), cols), dtype=np.float32)
+    base, dst, row_out = weight.ptr, out.ctypes.data, 4 * cols
+    for i, t in enumerate(ids):
+        if not 0 <= t < rows:
+            raise KernelError(f"row {t} of a weight with {rows} rows")
+        _check(_lib.moe_dequantize(int(weight.ggml_type), base + t * rb, rb, dst + i * row_out, cols), "dequantize_rows")
+    return out
+
+
 def dequantize_reference(raw: np.ndarray, ggml_type: int, shape: tuple[int, ...]) -> np.ndarray:
     return quants.dequantize(_raw(raw), GGMLQuantizationType(ggml_type)).reshape(shape).astype(np.float32)
 

@@ -207,7 +207,4 @@ class Embedding(nn.Module):
         return Linear(qweight=self.qweight)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:  # [T] -> [T, D]
-        q = self.qweight
-        unique, inverse = torch.unique(tokens.cpu(), return_inverse=True)
-        rows = np.stack([kernels.dequantize(q.rows(t, t + 1).raw, q.ggml_type, (q.shape[1],)) for t in unique.tolist()])
-        return torch.from_numpy(rows)[inverse].to(self.device)
+        return torch.from_numpy(kernels.dequantize_rows(self.qweight, tokens.tolist())).to(self.device)

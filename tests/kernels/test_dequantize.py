@@ -24,6 +24,22 @@ def test_bit_identical_to_gguf(name, isa):
     np.testing.assert_array_equal(ours.view(np.uint32), ref.view(np.uint32))
 
 
+@pytest.mark.parametrize("name", ["Q4_K", "Q8_0", "Q6_K", "F16"])
+def test_looked_up_rows_are_gguf_rows(name):
+    """The embedding's lookup: rows in the order asked, repeats included, as gguf-py's rows."""
+    rng = np.random.default_rng(7)
+    qtype = GGMLQuantizationType[name]
+    raw = random_tensor(name, 32, 512, rng)
+    weight = kernels.QuantWeight(raw.reshape(-1), qtype, (32, 512))
+    ids = [5, 0, 31, 5, 17]
+    ref = kernels.dequantize_reference(raw, qtype, (32, 512))[ids]
+    np.testing.assert_array_equal(kernels.dequantize_rows(weight, ids).view(np.uint32), ref.view(np.uint32))
+    assert kernels.dequantize_rows(weight, []).shape == (0, 512)
+    for bad in (32, -1):
+        with pytest.raises(kernels.KernelError, match="rows"):
+            kernels.dequantize_rows(weight, [1, bad])
+
+
 def test_every_gguf_type_we_claim_is_supported():
     for name in TYPES:
         assert kernels.supports(GGMLQuantizationType[name]), name
