@@ -26,8 +26,13 @@ from backend.testmodels.common import _FP16_FIELDS
 Q = GGMLQuantizationType
 VOCAB = 49152
 # fp16 scale fields per block: the K/IQ types' offsets from backend.testmodels, the legacy
-# 32-element types keep theirs at byte 0.
-_SCALES = {Q[name]: offsets for name, offsets in _FP16_FIELDS.items()} | {Q.Q4_0: (0,), Q.Q5_0: (0,), Q.Q8_0: (0,)}
+# 32-element types keep theirs at byte 0 (and Q4_1/Q5_1 their added min at byte 2).
+_SCALES = {Q[name]: offsets for name, offsets in _FP16_FIELDS.items()} | {
+    Q.Q4_0: (0,), Q.Q5_0: (0,), Q.Q8_0: (0,), Q.Q4_1: (0, 2), Q.Q5_1: (0, 2)}
+# (d, min) multipliers for the types with a min: the min cancels the codes' mean, mean(q) for a
+# subtracted min (K types, whose random 6-bit scales and mins have the same mean), -mean(q) for
+# an added one (Q4_1, Q5_1).
+_CENTRING = {Q.Q2_K: (1.0, 1.5), Q.Q4_K: (1.0, 7.5), Q.Q5_K: (1.0, 15.5), Q.Q4_1: (1.0, -7.5), Q.Q5_1: (1.0, -15.5)}
 
 
 @dataclass(frozen=True)
@@ -159,9 +164,14 @@ def _data(shape: tuple[int, ...], qtype: Q, rng: np.random.Generator) -> np.ndar
         return (std * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
     block, size = GGML_QUANT_SIZES[qtype]
     raw = rng.integers(0, 256, size=(int(np.prod(shape)) // block, size), dtype=np.uint8)
-    # Scales around 2^-10 keep activations finite through dozens of random layers.
-    for offset in _SCALES[qtype]:
-        raw[:, offset : offset + 2] = np.array([2.0**-10], dtype=np.float16).view(np.uint8)
+    # Scales around 2^-10 keep activations finite through dozens of random layers. A type with a
+    # min term gets the one that centres its random codes (Q4_K: d sc q - dmin m, q uniform in
+    # 0..15, so dmin = 7.5 d), and each block a random sign (Q4_0's q - 8 has mean -1/2): a
+    # common mean in every row made one direction dominate the hidden states, and every token
+    # chose the same experts in every layer.
+    sign = rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=(raw.shape[0], 1))
+    for offset, scale in zip(_SCALES[qtype], _CENTRING.get(qtype, (1.0, 1.0))):
+        raw[:, offset : offset + 2] = (sign * np.float32(scale * 2.0**-10)).astype(np.float16).view(np.uint8)
     return raw.reshape(*shape[:-1], -1)
 
 
