@@ -62,8 +62,8 @@ def _load() -> ctypes.CDLL:
         "moe_attend_prompt_mla": ([vp, i64, i64, i64, vp, i64, i64, i64, vp, vp, i64, i64, i64, ctypes.c_float, vp],
                                   ctypes.c_int),
         "moe_gated": ([ctypes.c_int, vp, vp, i64], ctypes.c_int),
-        "moe_decode_dense": ([vp, i64, i64, i64, vp, vp, vp, vp, vp, vp, ctypes.c_int], ctypes.c_int),
-        "moe_decode_mla": ([vp, i64, i64, i64, vp, vp, vp, vp, vp, ctypes.c_int], ctypes.c_int),
+        "moe_decode_dense": ([vp, i64, i64, i64, vp, vp, vp, vp, vp, vp, ctypes.c_int, vp, vp], ctypes.c_int),
+        "moe_decode_mla": ([vp, i64, i64, i64, vp, vp, vp, vp, vp, ctypes.c_int, vp, vp], ctypes.c_int),
         "moe_route": ([vp, vp, i64, vp, vp], ctypes.c_int),
         "moe_step_profile": ([ctypes.c_int, vp, ctypes.c_int], ctypes.c_int),
         "moe_experts": ([i64, i64, i64, i64, i64, fp, vp, fp, vp, ctypes.c_int, i64, vp, ctypes.c_int, i64, vp,
@@ -509,10 +509,12 @@ def route(logits: torch.Tensor, routing: MoeRouting) -> tuple[torch.Tensor, torc
 
 
 def decode_mla(blocks: ctypes.Array, dim: int, x: torch.Tensor, caches: ctypes.Array, lengths: torch.Tensor,
-               cos: list[torch.Tensor], sin: list[torch.Tensor], planes: int) -> torch.Tensor:  # fmt: skip
+               cos: list[torch.Tensor], sin: list[torch.Tensor], planes: int, head: "MoeHead | None" = None,
+               logits: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """decode_dense for MoeMlaBlock blocks; caches[s * len(blocks) + l] is sequence s's joint
     latent cache [capacity, kv_lora + rope_dim] of block l."""
     x = _check_x(x, dim, "decode_mla").clone()
+    head_ptr, logits_ptr = _head_args(head, logits, x.shape[0])
     S = x.shape[0]
     if lengths.dtype != torch.int64 or lengths.shape != (S,) or len(caches) != S * len(blocks):
         raise KernelError(f"decode_mla: {S} sequences need {S} lengths and {S * len(blocks)} caches")
@@ -521,7 +523,7 @@ def decode_mla(blocks: ctypes.Array, dim: int, x: torch.Tensor, caches: ctypes.A
     ptrs = (ctypes.c_void_p * len(tables))(*[t.data_ptr() for t in tables])
     code = _lib.moe_decode_mla(ctypes.addressof(blocks), len(blocks), dim, S, x.data_ptr(), ctypes.addressof(caches),
                                lengths.data_ptr(), ptrs, ctypes.addressof(ptrs) + len(cos) * ctypes.sizeof(ctypes.c_void_p),
-                               _planes(planes))  # fmt: skip
+                               _planes(planes), head_ptr, logits_ptr)  # fmt: skip
     _check(code, "decode_mla")
     return x
 
@@ -543,12 +545,16 @@ class MoeMlaBlock(ctypes.Structure):
 
 
 def decode_dense(blocks: ctypes.Array, dim: int, x: torch.Tensor, k_caches: ctypes.Array, v_caches: ctypes.Array,
-                 lengths: torch.Tensor, cos: list[torch.Tensor], sin: list[torch.Tensor], planes: int) -> torch.Tensor:  # fmt: skip
+                 lengths: torch.Tensor, cos: list[torch.Tensor], sin: list[torch.Tensor], planes: int,
+                 head: "MoeHead | None" = None, logits: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
     """One decode step through `blocks` (MoeDenseBlock array) for x [S, dim] (one new token per
     sequence): returns the last block's output [S, dim]. k_caches / v_caches hold S * len(blocks)
     cache addresses (sequence-major), lengths [S] int64 their cached positions, cos / sin one
-    [S, head_dim / 2] table per rope set. The caller keeps every tensor behind an address alive."""
+    [S, head_dim / 2] table per rope set. With a head (MoeHead), its logits of the final norm of
+    that output go to `logits` [S, vocab] float32 in the same call. The caller keeps every tensor
+    behind an address alive."""
     x = _check_x(x, dim, "decode_dense").clone()
+    head_ptr, logits_ptr = _head_args(head, logits, x.shape[0])
     S = x.shape[0]
     if lengths.dtype != torch.int64 or lengths.shape != (S,) or len(k_caches) != S * len(blocks) or len(v_caches) != len(k_caches):
         raise KernelError(f"decode_dense: {S} sequences need {S} lengths and {S * len(blocks)} caches each")
@@ -558,12 +564,28 @@ def decode_dense(blocks: ctypes.Array, dim: int, x: torch.Tensor, k_caches: ctyp
     sets = len(cos)
     code = _lib.moe_decode_dense(ctypes.addressof(blocks), len(blocks), dim, S, x.data_ptr(), ctypes.addressof(k_caches),
                                  ctypes.addressof(v_caches), lengths.data_ptr(), ptrs,
-                                 ctypes.addressof(ptrs) + sets * ctypes.sizeof(ctypes.c_void_p), _planes(planes))  # fmt: skip
+                                 ctypes.addressof(ptrs) + sets * ctypes.sizeof(ctypes.c_void_p), _planes(planes),
+                                 head_ptr, logits_ptr)  # fmt: skip
     _check(code, "decode_dense")
     return x
 
 
-STEP_PARTS = ("norms", "attn_proj", "mla_maps", "attention", "router", "experts", "ffn")  # csrc/decode.h StepPart
+class MoeHead(ctypes.Structure):
+    """csrc/api.h's MoeHead: the final norm and LM head a decode step runs after its blocks."""
+
+    _fields_ = [("norm", ctypes.c_void_p), ("eps", ctypes.c_float), ("weight", MoeWeight), ("vocab", ctypes.c_int64)]
+
+
+def _head_args(head: MoeHead | None, logits: torch.Tensor | None, rows: int) -> tuple[int | None, int | None]:
+    """The head's and the logits' addresses for a decode call (None, None without a head)."""
+    if head is None:
+        return None, None
+    if logits is None or logits.dtype != torch.float32 or not logits.is_contiguous() or logits.shape != (rows, head.vocab):
+        raise KernelError(f"decode head: logits must be a contiguous float32 [{rows}, {head.vocab}] tensor")
+    return ctypes.addressof(head), logits.data_ptr()
+
+
+STEP_PARTS = ("norms", "attn_proj", "mla_maps", "attention", "router", "experts", "ffn", "head")  # csrc/decode.h StepPart
 
 
 def step_profile(on: bool) -> dict[str, float]:

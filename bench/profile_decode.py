@@ -5,8 +5,8 @@
 
 By default the step runs natively (csrc/decode.cpp) and the library times its parts
 (kernels.step_profile: norms, attention projections, MLA maps, attention, router, experts, dense
-feed-forward); what the step costs outside that call (LM head, argmax, Python glue) is the
-difference to the step's wall time. Each part's weight bytes come from the GGUF's tensor table
+feed-forward, the final norm and LM head); what the step costs outside that call (embedding,
+argmax, Python glue) is the difference to the step's wall time. Each part's weight bytes come from the GGUF's tensor table
 (routed experts at expert_used_count of expert_count), so the table shows GB/s per part beside
 the machine's measured read bandwidth. --layers instead times modules through forward hooks on
 the Python layers (MOE_NATIVE_DECODE=0), layer numbers folded ("layers.*.ffn.experts").
@@ -35,7 +35,7 @@ PART_OF = {
     "ffn_gate_exps": "experts", "ffn_up_exps": "experts", "ffn_down_exps": "experts",
     "ffn_gate_shexp": "experts", "ffn_up_shexp": "experts", "ffn_down_shexp": "experts",
     "ffn_gate": "ffn", "ffn_up": "ffn", "ffn_down": "ffn",
-    "output": "outside", "token_embd": "outside",
+    "output": "head",
 }  # fmt: skip
 
 
@@ -54,7 +54,7 @@ def bytes_per_part(path: str) -> dict[str, float]:
         kind = re.sub(r"^blk\.\d+\.", "", t.name).removesuffix(".weight")
         if kind == "token_embd" and "output.weight" in names:
             continue  # one row
-        part = PART_OF.get(kind)
+        part = "head" if kind == "token_embd" else PART_OF.get(kind)  # tied: the embeddings are the LM head
         if part:
             out[part] += int(t.n_bytes) * (used / experts if kind.endswith("_exps") else 1)
     return out
@@ -136,7 +136,7 @@ def main() -> None:
           f"{total / step / 1e9:.1f} GB/s over the whole step ({100 * total / step / 1e9 / bandwidth:.0f} % of the "
           f"measured bandwidth)\n")
     print("| part | ms / step | % of step | MB read | GB/s | % of bandwidth |\n|---|---|---|---|---|---|")
-    names = {"outside": "outside the native step (LM head, argmax, Python)"}
+    names = {"outside": "outside the native step (embedding, argmax, Python)", "head": "final norm and LM head"}
     for key, t in sorted(parts.items(), key=lambda kv: -kv[1]):
         if t == 0 and not weights.get(key):
             continue  # a part this architecture does not have

@@ -359,6 +359,13 @@ int check_weight(const MoeWeight &w, int64_t rows, int64_t cols) {
   return w.ptr ? check_stack(w.type, 1, rows, cols, w.bytes) : MOE_ERR_SHAPE;
 }
 
+// A decode step's optional head: its norm, a [vocab, dim] weight and somewhere for the logits.
+int check_head(const MoeHead *head, const float *logits, int64_t dim) {
+  if (!head) return 0;
+  if (!head->norm || head->vocab <= 0 || !logits) return MOE_ERR_SHAPE;
+  return check_weight(head->weight, head->vocab, dim);
+}
+
 int check_routing(const MoeRouting &r) {
   const bool groups_ok = r.n_group <= 1 || (r.num_experts % r.n_group == 0 && r.topk_group >= 1 &&
                                             (!r.group_top2 || r.num_experts / r.n_group >= 2));
@@ -372,10 +379,12 @@ int check_routing(const MoeRouting &r) {
 
 MOE_API int moe_decode_dense(const MoeDenseBlock *blocks, int64_t num_blocks, int64_t dim, int64_t num_seqs, float *x,
                              float *const *k_cache, float *const *v_cache, const int64_t *lengths,
-                             const float *const *cos, const float *const *sin, int planes) {
+                             const float *const *cos, const float *const *sin, int planes, const MoeHead *head,
+                             float *logits) {
   if (!blocks || num_blocks <= 0 || dim <= 0 || num_seqs < 0 || !x || !k_cache || !v_cache || !lengths || !cos ||
       !sin || planes < 1 || planes > kMaxPlanes)
     return MOE_ERR_SHAPE;
+  if (int c = check_head(head, logits, dim)) return c;
   for (int64_t l = 0; l < num_blocks; ++l) {
     const MoeDenseBlock &b = blocks[l];
     if (b.heads <= 0 || b.kv_heads <= 0 || b.heads % b.kv_heads || b.head_dim <= 0 || b.head_dim % 2 ||
@@ -408,8 +417,8 @@ MOE_API int moe_decode_dense(const MoeDenseBlock *blocks, int64_t num_blocks, in
   if (num_seqs == 0) return 0;
   Runtime &rt = runtime();
   std::lock_guard<std::mutex> lock(rt.mutex);
-  const DecodeArgs args{blocks, num_blocks, dim,    num_seqs, x,     k_cache,
-                        v_cache, lengths,   cos, sin, planes, rt.profiling ? rt.profile : nullptr};
+  const DecodeArgs args{blocks,  num_blocks, dim, num_seqs, x,      k_cache, v_cache, lengths,
+                        cos,     sin,        planes, rt.profiling ? rt.profile : nullptr, head, logits};
   const int isa = moe_isa_active();
   decode_dense(pool_locked(rt), isa, active_kernels(), q_kernels(isa), args, rt.activations, rt.decode, rt.moe);
   return 0;
@@ -424,10 +433,11 @@ MOE_API int moe_route(const MoeRouting *routing, const float *logits, int64_t nu
 
 MOE_API int moe_decode_mla(const MoeMlaBlock *blocks, int64_t num_blocks, int64_t dim, int64_t num_seqs, float *x,
                            float *const *cache, const int64_t *lengths, const float *const *cos,
-                           const float *const *sin, int planes) {
+                           const float *const *sin, int planes, const MoeHead *head, float *logits) {
   if (!blocks || num_blocks <= 0 || dim <= 0 || num_seqs < 0 || !x || !cache || !lengths || !cos || !sin ||
       planes < 1 || planes > kMaxPlanes)
     return MOE_ERR_SHAPE;
+  if (int c = check_head(head, logits, dim)) return c;
   for (int64_t l = 0; l < num_blocks; ++l) {
     const MoeMlaBlock &b = blocks[l];
     const int64_t H = b.heads, L = b.kv_lora, N = b.nope_dim, R = b.rope_dim, Vd = b.v_dim;
@@ -468,7 +478,7 @@ MOE_API int moe_decode_mla(const MoeMlaBlock *blocks, int64_t num_blocks, int64_
   Runtime &rt = runtime();
   std::lock_guard<std::mutex> lock(rt.mutex);
   const MlaArgs args{blocks, num_blocks, dim, num_seqs, x, cache, lengths, cos, sin, planes,
-                     rt.profiling ? rt.profile : nullptr};
+                     rt.profiling ? rt.profile : nullptr, head, logits};
   const int isa = moe_isa_active();
   decode_mla(pool_locked(rt), isa, active_kernels(), q_kernels(isa), args, rt.activations, rt.decode, rt.moe);
   return 0;

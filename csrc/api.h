@@ -163,10 +163,21 @@ typedef struct {
 // sequence s's cache of block l ([capacity, kv_heads, head_dim] float32); the token goes to
 // position lengths[s] and attends to positions 0 .. lengths[s]. cos / sin[set] [num_seqs,
 // head_dim / 2] for each block's rope_set. planes: integer activation planes (1 or 2). The same
-// bits as the blocks' kernels called one by one (backend/layers).
+// bits as the blocks' kernels called one by one (backend/layers). head (null: none) and logits:
+// MoeHead's.
+// The model's final norm and LM head, which a decode step runs after its last block when given
+// one: logits [num_seqs, vocab] = weight times rms_norm(x) (x stays the last block's output).
+typedef struct {
+  const float *norm;  // [dim]
+  float eps;
+  MoeWeight weight;  // [vocab, dim]
+  int64_t vocab;
+} MoeHead;
+
 MOE_API int moe_decode_dense(const MoeDenseBlock *blocks, int64_t num_blocks, int64_t dim, int64_t num_seqs, float *x,
                              float *const *k_cache, float *const *v_cache, const int64_t *lengths,
-                             const float *const *cos, const float *const *sin, int planes);
+                             const float *const *cos, const float *const *sin, int planes, const MoeHead *head,
+                             float *logits);
 
 // One DeepSeek-2/3 block for moe_decode_mla: MLA attention (q through q_a, its norm and q_b when
 // q_b.ptr is set, else q directly; kv_a; per-head maps k_b [heads, kv_lora, nope] and v_b
@@ -190,10 +201,10 @@ typedef struct {
 // cache of block l, [capacity, kv_lora + rope_dim] float32 (latent, then rotated k_pe).
 MOE_API int moe_decode_mla(const MoeMlaBlock *blocks, int64_t num_blocks, int64_t dim, int64_t num_seqs, float *x,
                            float *const *cache, const int64_t *lengths, const float *const *cos,
-                           const float *const *sin, int planes);
+                           const float *const *sin, int planes, const MoeHead *head, float *logits);
 
 // Where the native steps' time goes: copies the seconds each part (decode.h's StepPart: norms,
-// attention projections, MLA maps, attention, router, experts, dense feed-forward) took since the
+// attention projections, MLA maps, attention, router, experts, dense feed-forward, LM head) took since the
 // last call into out[0 .. n) when out is given, zeroes them, and turns the timing on or off.
 // Returns the number of parts.
 MOE_API int moe_step_profile(int on, double *out, int n);

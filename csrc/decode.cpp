@@ -114,6 +114,20 @@ void routed_experts(ThreadPool &pool, int isa, const IsaKernels &kern, const QKe
   clock.lap(kPartExperts);
 }
 
+// logits [T, vocab] = the LM head of the final norm of x [T, D]: Linear and RMSNorm's kernels,
+// as the model's forward calls them after the blocks.
+void lm_head(ThreadPool &pool, int isa, const IsaKernels &kern, int planes, const MoeHead *head, int64_t D,
+             const float *x, int64_t T, DecodeWorkspace &ws, float *logits, QActBuffers *scratch, PartClock &clock) {
+  if (!head) return;
+  ws.h.resize(T * D);
+  for (int64_t t = 0; t < T; ++t) kern.rms_norm(x + t * D, head->norm, D, head->eps, ws.h.data() + t * D);
+  const MoeWeight *w[1] = {&head->weight};
+  const int64_t n[1] = {head->vocab};
+  float *const ys[1] = {logits};
+  project(pool, isa, kern, planes, 1, w, n, D, ws.h.data(), T, ys, scratch);
+  clock.lap(kPartHead);
+}
+
 }  // namespace
 
 void decode_dense(ThreadPool &pool, int isa, const IsaKernels &kern, const QKernels &qk, const DecodeArgs &a,
@@ -182,6 +196,7 @@ void decode_dense(ThreadPool &pool, int isa, const IsaKernels &kern, const QKern
     residual(kern, a.x, ws.o.data(), b.post_ffn_norm, b.eps, T, D);
     clock.lap(kPartNorms);
   }
+  lm_head(pool, isa, kern, a.planes, a.head, D, a.x, T, ws, a.logits, scratch, clock);
 }
 
 void decode_mla(ThreadPool &pool, int isa, const IsaKernels &kern, const QKernels &qk, const MlaArgs &a,
@@ -270,6 +285,7 @@ void decode_mla(ThreadPool &pool, int isa, const IsaKernels &kern, const QKernel
     residual(kern, a.x, ws.o.data(), nullptr, b.eps, T, D);
     clock.lap(kPartNorms);
   }
+  lm_head(pool, isa, kern, a.planes, a.head, D, a.x, T, ws, a.logits, scratch, clock);
 }
 
 }  // namespace moe

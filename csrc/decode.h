@@ -25,6 +25,7 @@ enum StepPart {
   kPartRouter,     // router logits and routing
   kPartExperts,    // the fused MoE: routed and shared experts
   kPartFfn,        // dense feed-forwards
+  kPartHead,       // the final norm and the LM head
   kStepParts
 };
 
@@ -50,6 +51,8 @@ struct DecodeArgs {
   const float *const *sin;
   int planes;                    // integer activation planes (1 or 2)
   double *profile = nullptr;     // [kStepParts] seconds, added to; null: not profiling
+  const MoeHead *head = nullptr;  // with logits [num_seqs, head->vocab]: run after the last block
+  float *logits = nullptr;
 };
 
 // Buffers a step reuses (one per runtime: calls run one at a time).
@@ -72,6 +75,8 @@ struct MlaArgs {
   const float *const *cos, *const *sin;
   int planes;
   double *profile = nullptr;  // as DecodeArgs::profile
+  const MoeHead *head = nullptr;  // as DecodeArgs::head
+  float *logits = nullptr;
 };
 
 void decode_mla(ThreadPool &pool, int isa, const IsaKernels &kern, const QKernels &qk, const MlaArgs &a,

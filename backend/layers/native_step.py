@@ -184,10 +184,18 @@ class MlaBlockSpec(BlockSpec):
 
 
 class NativeStep:
-    """All blocks of a model as one native call, for decode batches on the CPU."""
+    """All blocks of a model as one native call, for decode batches on the CPU; with the model's
+    final norm and LM head (`head`), its logits too."""
 
-    def __init__(self, specs: list[BlockSpec], dim: int):
+    def __init__(self, specs: list[BlockSpec], dim: int, head: tuple[RMSNorm, Linear] | None = None):
         self.specs, self.dim = specs, dim
+        self.head = self.head_linear = None
+        if head is not None:
+            norm, output = head
+            weight = _weight(output)
+            if weight is not None and output.bias is None and _cpu_norms(norm):
+                self.head = kernels.MoeHead(norm.weight.data_ptr(), norm.eps, weight, output.qweight.shape[0])
+                self.head_norm, self.head_linear = norm, output  # held: the struct points into them
         self.mla = isinstance(specs[0], MlaBlockSpec)
         # Blocks with the same rope frequencies and scale share one cos/sin table per step.
         self.ropes: list[tuple[torch.Tensor, float]] = []
@@ -200,12 +208,17 @@ class NativeStep:
         self.blocks = (struct * len(specs))(*[s.struct for s in specs])
 
     @classmethod
-    def build(cls, specs: list[BlockSpec | None], dim: int) -> "NativeStep | None":
+    def build(cls, specs: list[BlockSpec | None], dim: int,
+              head: tuple[RMSNorm, Linear] | None = None) -> "NativeStep | None":  # fmt: skip
         if not ENABLED or not specs or any(s is None or s.struct is None for s in specs):
             return None
         if len({type(s) for s in specs}) != 1:
             return None
-        return cls(specs, dim)
+        return cls(specs, dim, head)
+
+    def runs_head(self) -> bool:
+        """Whether the step can end with the LM head as the model's forward would run it."""
+        return self.head is not None and self.head_linear.activations == self.specs[0].activations
 
     def applies(self, batch: ForwardBatch, x: torch.Tensor) -> bool:
         """A decode batch on the CPU with integer activations, taken by every block as the layers would."""
@@ -219,8 +232,10 @@ class NativeStep:
             and all(s.takes(c) for s in self.specs for c in batch.caches)
         )  # fmt: skip
 
-    def __call__(self, x: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch) -> torch.Tensor:
-        """x [S, D] -> the last block's output [S, D]; writes each cache's next position."""
+    def __call__(self, x: torch.Tensor, positions: torch.Tensor, batch: ForwardBatch,
+                 logits: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """x [S, D] -> the last block's output [S, D]; writes each cache's next position. With
+        `logits` [S, vocab] (and runs_head()), the LM head of the final norm of it goes there."""
         firsts, seconds = [], []
         for cache in batch.caches:
             a, b = self._addresses(cache)
@@ -231,10 +246,12 @@ class NativeStep:
         lengths = torch.tensor([c.length for c in batch.caches], dtype=torch.int64)
         cos, sin = [c for c, _ in cos_sin], [s for _, s in cos_sin]
         planes = kernels.PLANES[self.specs[0].activations]
+        head = self.head if logits is not None else None
         if self.mla:
-            return kernels.decode_mla(self.blocks, self.dim, x, (ctypes.c_void_p * n)(*firsts), lengths, cos, sin, planes)
+            return kernels.decode_mla(self.blocks, self.dim, x, (ctypes.c_void_p * n)(*firsts), lengths, cos, sin, planes,
+                                      head, logits)  # fmt: skip
         return kernels.decode_dense(self.blocks, self.dim, x, (ctypes.c_void_p * n)(*firsts),
-                                    (ctypes.c_void_p * n)(*seconds), lengths, cos, sin, planes)  # fmt: skip
+                                    (ctypes.c_void_p * n)(*seconds), lengths, cos, sin, planes, head, logits)  # fmt: skip
 
     def _addresses(self, cache: SequenceCache) -> tuple[list[int], list[int]]:
         """The cache's per-block addresses (keys and values; MLA: the joint latent rows), checked

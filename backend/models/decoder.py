@@ -53,12 +53,32 @@ class DecoderLM(nn.Module):
         x, _ = self._cross(x, on_accel, self._head_on_accel)
         return self.norm(x)
 
+    def _native_logits(self, tokens: torch.Tensor, batch: ForwardBatch,
+                       logits_indices: torch.Tensor | None) -> torch.Tensor | None:  # fmt: skip
+        """A decode batch's logits [S, V] from one native call (every block, the final norm and the
+        LM head, no Python between them), when the step runs this batch and samples every row;
+        else None, and nothing has run."""
+        if self.placement is not None or any(n != 1 for n in batch.seq_lens):
+            return None
+        step = self.native_step()
+        rows = len(batch.seq_lens)
+        if step is None or not step.runs_head():
+            return None
+        if logits_indices is not None and logits_indices.tolist() != list(range(rows)):
+            return None
+        x = self.embed_tokens(tokens)
+        if not step.applies(batch, x):
+            return None
+        logits = torch.empty((rows, step.head.vocab), dtype=torch.float32)
+        step(x, batch.positions(), batch, logits)
+        return logits
+
     def native_step(self) -> NativeStep | None:
         """The native decode step over all blocks, when every block describes itself for it
         (native_spec) and the kernels can run it; built once."""
         if "_native_step" not in self.__dict__:
             specs = [layer.native_spec() if hasattr(layer, "native_spec") else None for layer in self.layers]
-            self.__dict__["_native_step"] = NativeStep.build(specs, self.args.hidden_size)
+            self.__dict__["_native_step"] = NativeStep.build(specs, self.args.hidden_size, (self.norm, self.output))
         return self.__dict__["_native_step"]
 
     @property
@@ -80,6 +100,9 @@ class DecoderLM(nn.Module):
         Only the rows that sample need the LM head: for a 2k-token prefill on a 150k vocab
         that skips 2k x 150k x D multiply-adds.
         """
+        logits = self._native_logits(tokens, batch, logits_indices)
+        if logits is not None:
+            return self.finish_logits(logits)
         x = self.hidden_states(tokens, batch)  # [T, D]
         if logits_indices is not None:
             x = x[logits_indices.to(x.device)]  # [L, D]

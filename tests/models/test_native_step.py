@@ -53,9 +53,13 @@ def assert_the_layers_bits(model, step, monkeypatch, kernel: str) -> None:
     """With `step` in place, every decode step goes through kernels.<kernel> (the prefills do not)
     and gives the logits the layers give, bit for bit."""
     model.__dict__["_native_step_built"] = step
-    with counting(monkeypatch, kernel) as calls:
+    head_calls = []
+    with counting(monkeypatch, kernel) as calls, monkeypatch.context() as m:
+        forward = model.output.forward
+        m.setattr(model.output, "forward", lambda x: head_calls.append(x.shape[0]) or forward(x))
         native = decode_logits(model, native=True)
     assert len(calls) == 12  # every decode step went native, the prefills did not
+    assert head_calls == [20, 7]  # the prefills only: every decode step ran its LM head in the native call
     assert torch.equal(native, decode_logits(model, native=False))
 
 
@@ -157,6 +161,6 @@ def test_step_profile_times_the_parts_each_architecture_has(arch, tmp_path):
     finally:
         kernels.step_profile(False)
     assert torch.equal(plain, profiled)
-    has = {"norms", "attn_proj", "attention"} | {
+    has = {"norms", "attn_proj", "attention", "head"} | {
         "deepseek2": {"mla_maps", "router", "experts", "ffn"}, "qwen3moe": {"router", "experts"}, "llama": {"ffn"}}[arch]
     assert {k for k, v in parts.items() if v > 0} == has
