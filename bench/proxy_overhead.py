@@ -5,12 +5,15 @@ the first token, < 2 % of tokens/s lost, at 32 streams.
 
     python bench/proxy_overhead.py                        # a paced fake upstream: 128 tokens, 20 ms apart
     python bench/proxy_overhead.py --streams 32 --tokens 256 --interval 0.01 --rounds 3
+    python bench/proxy_overhead.py --pin                  # the proxy on a core of its own
     python bench/proxy_overhead.py --upstream http://node0:8000/v1 --model deepseek-ai/DeepSeek-R1
 
 The fake upstream is our own server over tests/api/fake_engine.py (a fixed answer, one token per
 `interval`), so the numbers are the proxy's alone, not a model's; the proxy and the upstream run
 in their own processes. Rounds alternate direct and proxied; medians over rounds. On a machine
-with few cores the three processes share them, which counts against the proxy.
+with few cores the three processes share them, which counts against the proxy: its CPU is then
+taken from the upstream's. --pin gives the proxy the last core and the rest to the client and
+the upstream, as where the proxy fronts servers on other hosts.
 
 Two arrival patterns: a burst (every stream's request at the same instant: each request's
 handling queues behind the others', the worst case for time to first token) and steady arrivals
@@ -78,9 +81,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(code: str, *args: str) -> subprocess.Popen:
+def spawn(code: str, *args: str, cpus: set[int] | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env=env)
+    pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env=env, preexec_fn=pin)
+
+
+def cpu_seconds(process: subprocess.Popen | None) -> float:
+    """CPU time of a child so far, all its threads, to the nanosecond (Linux's schedstat; 0
+    elsewhere, or for a remote upstream)."""
+    try:
+        tasks = Path(f"/proc/{process.pid}/task").iterdir()
+        return sum(int((t / "schedstat").read_text().split()[0]) for t in tasks) / 1e9
+    except (AttributeError, OSError, ValueError):
+        return 0.0
 
 
 async def wait_for(url: str, timeout: float = 60) -> None:
@@ -162,15 +176,25 @@ async def round_of(streams: int, one, spread: float = 0.0) -> dict[str, float]:
 
 async def main_async(args) -> None:
     processes = []
+    # --pin: the proxy on a core of its own, the client and the upstream on the others, as where
+    # the proxy fronts remote servers; unpinned, the proxy's work also takes the upstream's CPU.
+    everything = os.sched_getaffinity(0)
+    proxy_cpus = {max(everything)} if args.pin else None
+    others = everything - proxy_cpus if args.pin else None
+    if others:
+        os.sched_setaffinity(0, others)
+    upstream_process = None
     try:
         base, model = args.upstream, args.model
         if base is None:
             port = free_port()
-            processes.append(spawn(UPSTREAM, str(port), str(args.tokens), str(args.interval)))
+            upstream_process = spawn(UPSTREAM, str(port), str(args.tokens), str(args.interval), cpus=others)
+            processes.append(upstream_process)
             base, model = f"http://127.0.0.1:{port}/v1", "mymoe"
             await wait_for(base + "/models")
         proxy_port = free_port()
-        processes.append(spawn(PROXY, str(proxy_port), base, model))
+        proxy_process = spawn(PROXY, str(proxy_port), base, model, cpus=proxy_cpus)
+        processes.append(proxy_process)
         proxy = f"http://127.0.0.1:{proxy_port}"
         await wait_for(proxy + "/api/version")
         # A burst is the worst case (every request's handling queued at once on a few cores);
@@ -178,11 +202,15 @@ async def main_async(args) -> None:
         spreads = {"burst": 0.0, "steady": args.tokens * args.interval}
         for mode in args.arrivals:
             rows: dict[str, list[dict[str, float]]] = {"direct": [], "proxy": []}
+            requests = args.streams * (2 if spreads[mode] else 1)
             for _ in range(args.rounds):
-                rows["direct"].append(await round_of(args.streams, lambda s: direct_stream(s, base, model, args.tokens),
-                                                     spreads[mode]))  # fmt: skip
-                rows["proxy"].append(await round_of(args.streams, lambda s: proxied_stream(s, proxy, args.tokens),
-                                                    spreads[mode]))  # fmt: skip
+                # CPU per request: what the upstream spends on one (direct), what the proxy adds.
+                began = cpu_seconds(upstream_process)
+                row = await round_of(args.streams, lambda s: direct_stream(s, base, model, args.tokens), spreads[mode])
+                rows["direct"].append({**row, "cpu_ms": 1e3 * (cpu_seconds(upstream_process) - began) / requests})
+                began = cpu_seconds(proxy_process)
+                row = await round_of(args.streams, lambda s: proxied_stream(s, proxy, args.tokens), spreads[mode])
+                rows["proxy"].append({**row, "cpu_ms": 1e3 * (cpu_seconds(proxy_process) - began) / requests})
             report(mode, args, rows)
     finally:
         for process in processes:
@@ -193,11 +221,11 @@ async def main_async(args) -> None:
 def report(mode: str, args, rows: dict[str, list[dict[str, float]]]) -> None:
     med = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in rows.items()}
     print(f"{mode}: {args.streams} concurrent streams, {args.tokens} tokens each, {args.rounds} rounds (medians)")
-    print(f"{'':8} {'TTFT p50 ms':>12} {'TTFT p95 ms':>12} {'tok/s/stream':>13} {'tok/s total':>12}")
-    for k in ("direct", "proxy"):
+    print(f"{'':8} {'TTFT p50 ms':>12} {'TTFT p95 ms':>12} {'tok/s/stream':>13} {'tok/s total':>12} {'CPU ms/req':>11}")
+    for k in ("direct", "proxy"):  # CPU: the upstream's per request when direct, the proxy's when proxied
         m = med[k]
         print(f"{k:8} {m['ttft_p50_ms']:12.2f} {m['ttft_p95_ms']:12.2f} {m['stream_tok_s']:13.1f} "
-              f"{m['aggregate_tok_s']:12.1f}")  # fmt: skip
+              f"{m['aggregate_tok_s']:12.1f} {m['cpu_ms']:11.2f}")  # fmt: skip
     d, p = med["direct"], med["proxy"]
     print(f"added TTFT: p50 {p['ttft_p50_ms'] - d['ttft_p50_ms']:+.2f} ms, p95 {p['ttft_p95_ms'] - d['ttft_p95_ms']:+.2f} ms;"
           f" tok/s lost: per stream {100 * (1 - p['stream_tok_s'] / d['stream_tok_s']):.2f} %,"
@@ -214,6 +242,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--arrivals", nargs="+", choices=["burst", "steady"], default=["burst", "steady"],
                         help="burst: every stream starts at once; steady: arrivals spread over one answer's length")
+    parser.add_argument("--pin", action="store_true",
+                        help="the proxy on the last core, the client and the fake upstream on the rest")
     parser.add_argument("--upstream", help="a real upstream's base URL (.../v1) instead of the fake one")
     parser.add_argument("--model", default="mymoe", help="the upstream's model id (with --upstream)")
     asyncio.run(main_async(parser.parse_args()))

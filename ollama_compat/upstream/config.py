@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ class UpstreamsConfig:
     source: str = ""
 
 
+@functools.lru_cache(maxsize=1024)  # a handful of names, looked up several times per request
 def canonical(name: str) -> str:
     """`X`, `x:latest`, `library/x`, `registry.ollama.ai/library/x:latest` -> `x:latest` (as the store)."""
     name = name.strip().lower()

@@ -33,6 +33,7 @@ from .replicas import ReplicaPool, ReplicaState, auth_headers, describe
 
 log = logging.getLogger(__name__)
 
+_UNLISTED: dict[str, Any] = {}  # the entry of a model no replica has listed yet (never written to)
 _KEEPALIVE_S = 4.0  # idle upstream connections kept this long (uvicorn closes them after 5 s)
 _DRAIN_S = 0.5  # how long the end of a body may lag its [DONE]
 
@@ -62,6 +63,7 @@ class UpstreamEngine:
         self.max_queue = max_queue
         self.pending = 0
         self._session: aiohttp.ClientSession | None = None
+        self._infos: dict[str, tuple[dict[str, Any], ModelInfo]] = {}  # by name, with the entry it was made of
         self._watcher: asyncio.Task | None = None
 
     # ---- lifetime ----
@@ -116,14 +118,19 @@ class UpstreamEngine:
             entry = served.get(model.model) or served.get(f"{model.model}:latest")  # Ollama lists "x:latest"
             if entry:
                 return entry
-        return {}
+        return _UNLISTED
 
     def list_models(self) -> list[ModelInfo]:
         return [self.get_model(name) for name in self.models]
 
     def get_model(self, name: str) -> ModelInfo:
+        """Made again only when a health check brought a new /v1/models entry: every request asks."""
         model = self._model(name)
-        return model_info(model, self._served(model), self.config.modified_at)
+        served = self._served(model)
+        made = self._infos.get(model.name)
+        if made is None or made[0] is not served:
+            made = self._infos[model.name] = (served, model_info(model, served, self.config.modified_at))
+        return made[1]
 
     def running(self) -> list[RunningModel]:
         """Remote models are always loaded while a replica answers; their memory is not ours."""
@@ -312,6 +319,8 @@ async def _body_ended(response: aiohttp.ClientResponse) -> bool:
     """After [DONE]: whether the body then ended, so its connection can carry the next request.
     OpenAI servers end it right after [DONE]; one that holds it open past a moment loses the
     connection rather than delaying the answer's last line."""
+    if response.content.at_eof():  # the usual case: the body's end came with [DONE]
+        return True
     try:
         return not (await asyncio.wait_for(response.content.read(), _DRAIN_S)).strip()
     except (aiohttp.ClientError, asyncio.TimeoutError):

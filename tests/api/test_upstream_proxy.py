@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -174,6 +175,27 @@ def test_remote_models_listed_shown_and_running_next_to_local_ones(proxy, replic
     with pytest.raises(ollama.ResponseError) as e:
         client.delete("remote-moe")
     assert e.value.status_code == 400 and "upstream" in e.value.error
+
+
+def test_show_follows_what_the_upstream_lists_after_each_health_check(replica):
+    """The model's details are made once per /v1/models answer, not per request: a check that
+    brings a new answer shows at once, and before any check the model is plainly remote."""
+    proxy = Proxy(upstreams_toml({"remote-moe": ("mymoe", [replica.url])}), health=False)
+
+    async def check():
+        await proxy.upstream.pool.check_all(proxy.upstream.session(), 5)
+
+    try:
+        client = ollama.Client(host=proxy.url)
+        assert "remote.owned_by" not in client.show("remote-moe").modelinfo
+        assert client.show("remote-moe").modelinfo["remote.model"] == "mymoe"
+        proxy.call(check())
+        assert client.show("remote-moe").modelinfo["remote.owned_by"] == "library"
+        replica.engine.models["mymoe:latest"] = replace(replica.engine.models["mymoe:latest"], modified_at=1234567)
+        proxy.call(check())
+        assert client.show("remote-moe").modelinfo["remote.created"] == 1234567
+    finally:
+        proxy.close()
 
 
 def test_openai_client_through_the_proxy(proxy):
