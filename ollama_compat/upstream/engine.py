@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 _UNLISTED: dict[str, Any] = {}  # the entry of a model no replica has listed yet (never written to)
 _KEEPALIVE_S = 4.0  # idle upstream connections kept this long (uvicorn closes them after 5 s)
 _DRAIN_S = 0.5  # how long the end of a body may lag its [DONE]
+_MAX_EVENT = 64 << 20  # bytes in one server-sent event line: past this an upstream is broken
+_DONE = object()  # the stream's "data: [DONE]"
 
 
 class UpstreamUnavailable(EngineError):
@@ -299,20 +301,47 @@ class UpstreamEngine:
 
 async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
     """Server-sent events' data lines as objects, until [DONE] or the end of the body. Read as
-    they arrive: nothing is held back waiting for more."""
-    async for raw in response.content:
-        line = raw.strip()
-        if not line.startswith(b"data:"):
-            continue  # comments (": ping"), event names, blank separators
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            return
-        try:
-            event = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            raise EngineError(f"upstream sent an event that is not JSON: {data[:80]!r}") from None
-        if isinstance(event, dict):
+    they arrive, all the lines a read brings at once: nothing is held back waiting for more. A
+    line may be long (a whole file as one tool call's arguments): aiohttp's readline stops at
+    twice its read buffer, this at _MAX_EVENT."""
+    held: list[bytes] = []  # the start of a line still without its newline
+    held_size = 0
+    while chunk := await response.content.readany():
+        *lines, rest = chunk.split(b"\n")
+        if lines and held:
+            lines[0] = b"".join([*held, lines[0]])
+            held, held_size = [], 0
+        for line in lines:
+            event = _event(line)
+            if event is _DONE:
+                return
+            if event is not None:
+                yield event
+        if rest:
+            held.append(rest)
+            held_size += len(rest)
+            if held_size > _MAX_EVENT:
+                raise EngineError(f"upstream sent an event of more than {_MAX_EVENT:,} bytes")
+    if held:
+        event = _event(b"".join(held))
+        if event is not None and event is not _DONE:
             yield event
+
+
+def _event(line: bytes) -> dict[str, Any] | object | None:
+    """One line of an event stream: its data as an object, _DONE, or None for everything else
+    (comments such as ": ping", event names, blank separators, data that is not an object)."""
+    line = line.strip()
+    if not line.startswith(b"data:"):
+        return None
+    data = line[5:].strip()
+    if data == b"[DONE]":
+        return _DONE
+    try:
+        event = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise EngineError(f"upstream sent an event that is not JSON: {data[:80]!r}") from None
+    return event if isinstance(event, dict) else None
 
 
 async def _body_ended(response: aiohttp.ClientResponse) -> bool:

@@ -1,0 +1,146 @@
+"""An upstream's event stream as the proxy reads it: events cut anywhere by the network, and
+events far longer than aiohttp's line limit (a whole file as one tool call's arguments)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import ollama
+import orjson
+import pytest
+from aiohttp import StreamReader
+from aiohttp.base_protocol import BaseProtocol
+
+from backend.interface import Chunk, Metrics
+from ollama_compat.upstream import engine as upstream_engine
+
+from .fake_engine import FakeEngine
+from .live_server import Server
+from .test_upstream_proxy import Proxy, upstreams_toml
+
+BODY = (
+    b": ping\n\n"
+    b'data: {"choices":[{"delta":{"content":"Hel"}}]}\n\n'
+    b"event: message\r\n"
+    b'data:{"choices":[{"delta":{"content":"lo \\n w\\u00f6rld"}}]}\r\n\r\n'
+    b"data: [1, 2]\n\n"  # not an object: skipped
+    b'data: {"choices":[{"delta":{},"finish_reason":"stop"}],"usage":{"completion_tokens":2}}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
+def reference_events(body: bytes) -> list[dict]:
+    """The same stream read whole, line by line."""
+    out = []
+    for line in body.splitlines():
+        line = line.strip()
+        if line.startswith(b"data:"):
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                break
+            value = orjson.loads(data)
+            if isinstance(value, dict):
+                out.append(value)
+    return out
+
+
+class _Response:
+    """What _events reads of a ClientResponse: `content.readany()`, here over a real aiohttp
+    StreamReader that gets the pieces one at a time, as the network would bring them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        protocol = BaseProtocol(loop)
+        protocol.connection_made(asyncio.Transport())  # the reader waits only while "connected"
+        self.reader = StreamReader(protocol, 2**16, loop=loop)
+        self.content = self
+        self.reads: list[bytes] = []
+
+    async def readany(self) -> bytes:
+        self.reads.append(await self.reader.readany())
+        return self.reads[-1]
+
+
+async def read_events(pieces: list[bytes]) -> list[dict]:
+    response = _Response(asyncio.get_running_loop())
+    done = asyncio.Event()  # the reader stopped (at [DONE], or on an error)
+
+    async def network():
+        for i, piece in enumerate(pieces):
+            response.reader.feed_data(piece)
+            while len(response.reads) <= i and not done.is_set():
+                await asyncio.sleep(0)  # until the reader has taken it
+        response.reader.feed_eof()
+
+    feeding = asyncio.create_task(network())
+    try:
+        events = [event async for event in upstream_engine._events(response)]
+    finally:
+        done.set()
+        await feeding
+    return events, [r for r in response.reads if r]
+
+
+@pytest.mark.parametrize("seed", range(40))
+async def test_events_cut_anywhere_read_as_the_whole_stream(seed):
+    rng = random.Random(seed)
+    cuts = sorted(rng.sample(range(1, len(BODY)), rng.randint(1, 30)))
+    pieces = [BODY[a:b] for a, b in zip([0, *cuts], [*cuts, len(BODY)])]
+    events, reads = await read_events(pieces)
+    assert events == reference_events(BODY) and len(events) == 3
+    assert reads == pieces[: len(reads)]  # read as the pieces came, not all at once
+
+
+async def test_a_last_line_without_its_newline_still_counts():
+    body = b'data: {"choices":[{"delta":{"content":"a"}}]}\n\ndata: {"choices":[{"delta":{"content":"b"}}]}'
+    events, reads = await read_events([body[:30], body[30:]])
+    assert [e["choices"][0]["delta"]["content"] for e in events] == ["a", "b"] and len(reads) == 2
+
+
+async def test_a_line_past_the_limit_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(upstream_engine, "_MAX_EVENT", 1000)
+    line = b'data: {"choices":[{"delta":{"content":"' + b"x" * 5000 + b'"}}]}\n\n'
+    with pytest.raises(upstream_engine.EngineError, match="more than 1,000 bytes"):
+        await read_events([line[i : i + 700] for i in range(0, len(line), 700)])
+
+
+@pytest.fixture
+def long_replica():
+    """An upstream whose answer carries a 3 MB delta and a 3 MB tool call in one event each: past
+    aiohttp's readline limit (512 KiB in 3.14, 128 KiB in 3.9)."""
+    engine = FakeEngine()
+    text = "".join(f"line {i}: wörld \"{i}\"\n" for i in range(150_000))  # 3.3 MB
+    call = {"function": {"name": "write_file", "arguments": {"path": "big.txt", "content": text}}}
+    engine.script = [Chunk(content="Writing it."), Chunk(content=text), Chunk(tool_calls=(call,)),
+                     Chunk(done=True, done_reason="stop", metrics=Metrics(1, 0, 3, 1, 3, 1))]  # fmt: skip
+    server = Server(engine=engine)
+    yield server, text
+    server.close()
+
+
+def test_long_events_pass_the_proxy_whole(long_replica):
+    replica, text = long_replica
+    proxy = Proxy(upstreams_toml({"remote-moe": ("mymoe", [replica.url])}))
+    try:
+        ask = [{"role": "user", "content": "Write the file."}]
+        parts = list(ollama.Client(host=proxy.url).chat(model="remote-moe", messages=ask, stream=True))
+        assert "".join(p.message.content for p in parts) == "Writing it." + text
+        calls = [c for p in parts for c in p.message.tool_calls or []]
+        assert len(calls) == 1 and calls[0].function.arguments == {"path": "big.txt", "content": text}
+        assert parts[-1].done and parts[-1].done_reason == "stop"
+    finally:
+        proxy.close()
+
+
+def test_an_event_past_the_limit_ends_the_answer_with_the_reason(long_replica, monkeypatch):
+    replica, _ = long_replica
+    monkeypatch.setattr(upstream_engine, "_MAX_EVENT", 1 << 20)
+    proxy = Proxy(upstreams_toml({"remote-moe": ("mymoe", [replica.url])}))
+    try:
+        stream = ollama.Client(host=proxy.url).chat(model="remote-moe", messages=[{"role": "user", "content": "Go."}],
+                                                    stream=True)  # fmt: skip
+        with pytest.raises(ollama.ResponseError, match="more than 1,048,576 bytes"):
+            list(stream)
+        assert ollama.Client(host=proxy.url).chat(model="mymoe", messages=[{"role": "user", "content": "Hi"}]).message.content
+    finally:
+        proxy.close()
