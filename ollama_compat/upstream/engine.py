@@ -231,7 +231,7 @@ class UpstreamEngine:
             first = last = 0
             reusable = False
             try:
-                async for event in _events(response):
+                async for event in _answer(response):
                     fields = parsed.event(event)
                     if fields:
                         last = time.perf_counter_ns()
@@ -297,6 +297,26 @@ class UpstreamEngine:
             raise UpstreamUnavailable(f"no upstream for model '{name}' answers ({'; '.join(failures)})")
         finally:
             self.pending -= 1
+
+
+def _answer(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    """The events of a 200 answer, by its type: a server that answers whole even when asked to
+    stream gives one event that carries it all. A web page (a login portal, a URL that is not the
+    API) is this replica's failure, said plainly."""
+    if response.content_type == "application/json":
+        return _whole(response)
+    if response.content_type == "text/html":
+        raise _Retry("answered a web page (text/html), not an event stream: is the URL the API's /v1?", down=True)
+    return _events(response)  # text/event-stream, and whatever a lax server calls it
+
+
+async def _whole(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    text = await response.read()
+    try:
+        body = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise EngineError(f"upstream sent an answer that is not JSON: {text[:80]!r}") from None
+    yield translate.whole_as_event(body)
 
 
 async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:

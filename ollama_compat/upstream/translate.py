@@ -150,6 +150,16 @@ def _logprobs(choice: dict[str, Any]) -> tuple[TokenLogprob, ...]:
     return tuple(one(c, tuple(one(t) for t in c.get("top_logprobs") or [])) for c in content)
 
 
+def whole_as_event(body: Any) -> dict[str, Any]:
+    """A completion that came whole (`message` where a stream has `delta`) as the one stream
+    event that says the same."""
+    if not isinstance(body, dict):
+        raise EngineError("upstream answered JSON that is not a completion")
+    choices = [{**c, "delta": c["message"]} if isinstance(c, dict) and isinstance(c.get("message"), dict) else c
+               for c in body.get("choices") or []]  # fmt: skip
+    return {**body, "choices": choices}
+
+
 @dataclass
 class StreamState:
     """What a stream has said so far: tool calls arrive in fragments (name first, then pieces
@@ -164,8 +174,7 @@ class StreamState:
     def event(self, event: dict[str, Any]) -> dict[str, Any]:
         """One parsed event -> the fields of a Chunk ({} when it carries nothing to show)."""
         if event.get("error"):
-            error = event["error"]
-            raise EngineError(f"upstream error: {error.get('message') if isinstance(error, dict) else error}")
+            raise _stream_error(event["error"])
         if isinstance(event.get("usage"), dict):
             self.usage = event["usage"]
         out: dict[str, Any] = {}
@@ -184,8 +193,9 @@ class StreamState:
             for call in delta.get("tool_calls") or []:
                 slot = self.calls.setdefault(int(call.get("index", len(self.calls))), {"name": "", "arguments": ""})
                 fn = call.get("function") or {}
+                arguments = fn.get("arguments") or ""
                 slot["name"] += fn.get("name") or ""
-                slot["arguments"] += fn.get("arguments") or ""
+                slot["arguments"] += arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode()
             logprobs = _logprobs(choice)
             if logprobs:
                 out["logprobs"] = logprobs
@@ -208,3 +218,14 @@ class StreamState:
 
     def done_reason(self) -> str:
         return "length" if self.finish == "length" else "stop"
+
+
+def _stream_error(error: Any) -> EngineError:
+    """An error event (vLLM and SGLang send {"error": {"message", "code"}} when a request fails
+    after its 200): its message, and its status when it blames the request."""
+    message = error.get("message") if isinstance(error, dict) else error
+    out = EngineError(f"upstream error: {message}")
+    code = error.get("code") if isinstance(error, dict) else None
+    if isinstance(code, int) and 400 <= code < 500:
+        out.status = code
+    return out

@@ -1,15 +1,17 @@
-"""An upstream's event stream as the proxy reads it: events cut anywhere by the network, and
-events far longer than aiohttp's line limit (a whole file as one tool call's arguments)."""
+"""An upstream's answer as the proxy reads it: events cut anywhere by the network, events far
+longer than aiohttp's line limit (a whole file as one tool call's arguments), and the answers of
+servers that are not quite OpenAI's (whole when asked to stream, a web page, an error event)."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import threading
 
 import ollama
 import orjson
 import pytest
-from aiohttp import StreamReader
+from aiohttp import StreamReader, web
 from aiohttp.base_protocol import BaseProtocol
 
 from backend.interface import Chunk, Metrics
@@ -17,7 +19,7 @@ from ollama_compat.upstream import engine as upstream_engine
 
 from .fake_engine import FakeEngine
 from .live_server import Server
-from .test_upstream_proxy import Proxy, upstreams_toml
+from .test_upstream_proxy import Proxy, free_port, upstreams_toml
 
 BODY = (
     b": ping\n\n"
@@ -144,3 +146,99 @@ def test_an_event_past_the_limit_ends_the_answer_with_the_reason(long_replica, m
         assert ollama.Client(host=proxy.url).chat(model="mymoe", messages=[{"role": "user", "content": "Hi"}]).message.content
     finally:
         proxy.close()
+
+
+class RawUpstream:
+    """An OpenAI-like server on loopback whose /v1/chat/completions is `handler`: for answers our
+    own server never gives."""
+
+    def __init__(self, handler):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.loop = asyncio.new_event_loop()
+        app = web.Application()
+
+        async def models(_request):
+            return web.json_response({"object": "list", "data": [{"id": "m"}]})
+
+        app.router.add_get("/v1/models", models)
+        app.router.add_post("/v1/chat/completions", handler)
+        self.runner = web.AppRunner(app)
+        self.loop.run_until_complete(self.runner.setup())
+        self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", self.port).start())
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+
+
+@pytest.fixture
+def behind_proxy():
+    """(client, proxy) for a model "odd" served by the RawUpstream of `handler`."""
+    opened = []
+
+    def start(handler):
+        upstream = RawUpstream(handler)
+        proxy = Proxy(upstreams_toml({"odd": ("m", [upstream.url + "/v1"])}))
+        opened.extend([proxy, upstream])
+        return ollama.Client(host=proxy.url)
+
+    yield start
+    for thing in opened:
+        thing.close()
+
+
+ODD = [{"role": "user", "content": "Weather in Paris?"}]
+
+
+async def _whole_answer(request):
+    """A server that answers whole even when asked to stream (arguments as an object, too)."""
+    assert (await request.json())["stream"] is True
+    message = {"role": "assistant", "content": "Looking.", "reasoning_content": "Paris, so celsius.",
+               "tool_calls": [{"id": "c1", "type": "function",
+                               "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}  # fmt: skip
+    return web.json_response({"choices": [{"index": 0, "message": message, "finish_reason": "tool_calls"}],
+                              "usage": {"prompt_tokens": 9, "completion_tokens": 7}})  # fmt: skip
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_whole_answer_where_a_stream_was_asked_for(behind_proxy, stream):
+    client = behind_proxy(_whole_answer)
+    parts = client.chat(model="odd", messages=ODD, stream=stream, think=True)
+    parts = list(parts) if stream else [parts]
+    assert "".join(p.message.content for p in parts) == "Looking."
+    assert "".join(p.message.thinking or "" for p in parts) == "Paris, so celsius."
+    calls = [c for p in parts for c in p.message.tool_calls or []]
+    assert [(c.function.name, c.function.arguments) for c in calls] == [("get_weather", {"city": "Paris"})]
+    assert (parts[-1].done, parts[-1].prompt_eval_count, parts[-1].eval_count) == (True, 9, 7)
+
+
+async def _web_page(request):
+    return web.Response(text="<html>Sign in</html>", content_type="text/html")
+
+
+def test_a_web_page_is_the_replicas_failure_said_plainly(behind_proxy):
+    client = behind_proxy(_web_page)
+    with pytest.raises(ollama.ResponseError) as e:
+        client.chat(model="odd", messages=ODD)
+    assert e.value.status_code == 503 and "web page (text/html)" in e.value.error
+
+
+async def _error_event(request):
+    """vLLM's way to fail a request after its 200."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(b'data: {"error": {"object": "error", "message": "maximum context length is 4096 tokens", '
+                         b'"type": "BadRequestError", "code": 400}}\n\ndata: [DONE]\n\n')  # fmt: skip
+    return response
+
+
+def test_an_error_event_keeps_its_message_and_status(behind_proxy):
+    client = behind_proxy(_error_event)
+    for stream in (False, True):
+        with pytest.raises(ollama.ResponseError) as e:
+            list(client.chat(model="odd", messages=ODD, stream=True)) if stream else client.chat(model="odd", messages=ODD)
+        assert e.value.status_code == 400 and "maximum context length is 4096 tokens" in e.value.error
