@@ -230,6 +230,9 @@ def report(mode: str, args, rows: dict[str, list[dict[str, float]]]) -> None:
     print(f"added TTFT: p50 {p['ttft_p50_ms'] - d['ttft_p50_ms']:+.2f} ms, p95 {p['ttft_p95_ms'] - d['ttft_p95_ms']:+.2f} ms;"
           f" tok/s lost: per stream {100 * (1 - p['stream_tok_s'] / d['stream_tok_s']):.2f} %,"
           f" total {100 * (1 - p['aggregate_tok_s'] / d['aggregate_tok_s']):.2f} %\n")  # fmt: skip
+    if p["cpu_ms"] > 0:  # what one event loop (one core) could carry at these streams' pace
+        print(f"capacity: one proxy process carries about {1e3 * args.tokens / p['cpu_ms']:,.0f} tok/s per core it is given"
+              f" ({1e3 * p['cpu_ms'] / args.tokens:.0f} us of CPU a token, its request's share included)\n")  # fmt: skip
     if p["tokens"] != d["tokens"]:
         print(f"warning: {d['tokens']} tokens direct, {p['tokens']} through the proxy")
 
