@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-config", metavar="FILE",
                         help="a logging config (dictConfig .json, or fileConfig .ini) used instead of ours")  # fmt: skip
     args = parser.parse_args(argv)
+    raise_open_file_limit()
     settings = Settings.from_env()
     if args.models:
         settings = settings.replace(models_dir=Path(args.models).expanduser())
@@ -75,6 +76,28 @@ def main(argv: list[str] | None = None) -> int:
     web.run_app(app, host=settings.host.host or None, port=settings.host.port, print=None, access_log=None,
                 **server_options(settings))  # fmt: skip
     return 0
+
+
+def raise_open_file_limit() -> None:
+    """Every stream holds a socket, two through an upstream: lift the soft limit on open files to
+    the hard one, as Go programs (Ollama among them) do at start. A soft limit of 1024 (Linux's
+    usual) would stop accepting connections near 1000 clients, and macOS's 256 far sooner."""
+    try:
+        import resource
+    except ImportError:  # Windows has no such limit
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    unlimited = resource.RLIM_INFINITY
+    # An unlimited hard limit still refuses an unlimited soft one (Linux: past nr_open; macOS: past
+    # OPEN_MAX, 10240), so that one is tried after.
+    for target in (hard,) if hard != unlimited else (unlimited, 10240):
+        if soft == unlimited or (target != unlimited and target <= soft):
+            return
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return
+        except (ValueError, OSError):
+            continue
 
 
 def _config_line(settings: Settings) -> str:

@@ -74,7 +74,7 @@ def models_dir(tmp_path_factory):
 class Serve:
     """`python -m ollama_compat serve` with its stderr in a file, read as it grows."""
 
-    def __init__(self, models_dir, tmp_path, *flags, env=None):
+    def __init__(self, models_dir, tmp_path, *flags, env=None, preexec_fn=None):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
@@ -83,7 +83,7 @@ class Serve:
         self.log_file = open(self.log_path, "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "ollama_compat", "serve", "--no-default-model",
                                       "--models", str(models_dir), *flags], env=environ,
-                                     stdout=self.log_file, stderr=subprocess.STDOUT)  # fmt: skip
+                                     stdout=self.log_file, stderr=subprocess.STDOUT, preexec_fn=preexec_fn)  # fmt: skip
         for _ in range(600):
             assert self.proc.poll() is None, self.text()
             try:
