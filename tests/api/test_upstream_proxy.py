@@ -241,6 +241,53 @@ def test_client_disconnect_closes_the_upstream_request(replica):
         proxy.close()
 
 
+def _established_to(port: int) -> int:
+    """Open TCP connections whose server side is `port` (Linux's /proc/net/tcp, state 01)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as f:
+            for line in list(f)[1:]:
+                local, state = line.split()[1], line.split()[3]
+                count += state == "01" and int(local.rsplit(":", 1)[1], 16) == port
+    return count
+
+
+def test_abandoned_streams_leave_nothing_behind(replica):
+    """48 streams at once, every other one abandoned by its client after a few lines: each
+    abandoned one stops its upstream generation and closes its connection; the finished ones
+    keep theirs for the next request; nothing stays counted as in flight."""
+    tokens = 40
+    replica.engine.script = [Chunk(content=f"{i} ") for i in range(tokens)] + [Chunk(done=True, metrics=METRICS)]
+    replica.engine.delay = 0.01
+    proxy = Proxy(upstreams_toml({"slow": ("mymoe", [replica.url])}))
+    try:
+        async def one(session, i: int) -> int:
+            body = {"model": "slow", "messages": ASK}
+            async with session.post(proxy.url + "/api/chat", json=body) as r:
+                lines = 0
+                async for _ in r.content:
+                    lines += 1
+                    if i % 2 and lines == 1 + i % 5:
+                        r.close()  # the client goes away mid-answer
+                        return -1
+                return lines
+
+        async def run():
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+                return await asyncio.gather(*(one(session, i) for i in range(48)))
+
+        read = asyncio.run(run())
+        assert read.count(-1) == 24 and all(n == tokens + 1 for n in read if n != -1)
+        deadline = time.monotonic() + 10
+        while replica.engine.cancelled < 24 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert replica.engine.cancelled == 24 and len(replica.engine.requests) == 48
+        assert proxy.upstream.pending == 0 and all(s.pending == 0 for s in proxy.upstream.pool.states.values())
+        assert 1 <= _established_to(replica.port) <= 24  # the finished streams' connections, kept alive
+    finally:
+        proxy.close()
+
+
 def test_no_replica_answers_is_a_503_naming_them():
     port = free_port()  # nothing listens there
     proxy = Proxy(upstreams_toml({"gone": ("x", [f"http://127.0.0.1:{port}"])}, connect_timeout=2))
