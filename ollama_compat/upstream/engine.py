@@ -79,7 +79,11 @@ class UpstreamEngine:
             # setup on both sides), but under uvicorn's 5 s keep-alive (vLLM, SGLang, llama_cpp.server),
             # so the server rarely closes one just as it is reused.
             connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_S)
-            self._session = aiohttp.ClientSession(timeout=timeout, connector=connector)
+            # No cookie jar: one session carries every user's requests, so a cookie one answer set
+            # would ride along with everyone's next (a load balancer's sticky cookie would pin the
+            # whole front to one of its targets).
+            self._session = aiohttp.ClientSession(timeout=timeout, connector=connector,
+                                                  cookie_jar=aiohttp.DummyCookieJar())  # fmt: skip
         return self._session
 
     async def start(self) -> None:

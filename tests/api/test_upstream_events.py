@@ -180,9 +180,9 @@ def behind_proxy():
     """(client, proxy) for a model "odd" served by the RawUpstream of `handler`."""
     opened = []
 
-    def start(handler):
+    def start(handler, host: str = "127.0.0.1"):
         upstream = RawUpstream(handler)
-        proxy = Proxy(upstreams_toml({"odd": ("m", [upstream.url + "/v1"])}))
+        proxy = Proxy(upstreams_toml({"odd": ("m", [f"http://{host}:{upstream.port}/v1"])}))
         opened.extend([proxy, upstream])
         return ollama.Client(host=proxy.url)
 
@@ -242,3 +242,20 @@ def test_an_error_event_keeps_its_message_and_status(behind_proxy):
         with pytest.raises(ollama.ResponseError) as e:
             list(client.chat(model="odd", messages=ODD, stream=True)) if stream else client.chat(model="odd", messages=ODD)
         assert e.value.status_code == 400 and "maximum context length is 4096 tokens" in e.value.error
+
+
+def test_a_cookie_one_answer_sets_rides_with_no_other_request(behind_proxy):
+    """One session carries every user's requests: a load balancer's sticky cookie must not pin
+    them all to one target, nor one user's cookie reach another's request."""
+    seen = []
+
+    async def sets_a_cookie(request):
+        seen.append(request.headers.get("Cookie"))
+        response = await _whole_answer(request)
+        response.set_cookie("AWSALB", f"target-{len(seen)}")
+        return response
+
+    client = behind_proxy(sets_a_cookie, host="localhost")  # aiohttp's jar keeps no cookie of an IP address
+    for _ in range(3):
+        assert client.chat(model="odd", messages=ODD).message.content == "Looking."
+    assert seen == [None, None, None]
