@@ -49,7 +49,8 @@ async def _body(request: web.Request) -> dict[str, Any]:
 
 
 def _options(body: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI sampling fields -> Ollama options; OpenAI's defaults (temperature and top_p 1.0)."""
+    """OpenAI sampling fields (and vLLM's top_k, min_p, repetition_penalty) -> Ollama options;
+    OpenAI's defaults (temperature and top_p 1.0)."""
     options: dict[str, Any] = {
         "temperature": 1.0 if body.get("temperature") is None else body["temperature"],
         "top_p": 1.0 if body.get("top_p") is None else body["top_p"],
@@ -57,9 +58,14 @@ def _options(body: dict[str, Any]) -> dict[str, Any]:
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     if limit is not None:
         options["num_predict"] = limit
-    for key in ("seed", "frequency_penalty", "presence_penalty"):
+    for key in ("seed", "frequency_penalty", "presence_penalty", "top_k", "min_p"):
         if body.get(key) is not None:
             options[key] = body[key]
+    # Not OpenAI's, but vLLM's, SGLang's and llama.cpp's: honoured, so answers through an
+    # ollama-compat front equal our own (Ollama's /v1 ignores them).
+    repeat = body.get("repetition_penalty", body.get("repeat_penalty"))
+    if repeat is not None:
+        options["repeat_penalty"] = repeat
     stop = body.get("stop")
     if stop is not None:
         options["stop"] = [stop] if isinstance(stop, str) else stop
@@ -287,7 +293,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
         raise ApiError(400, "prompt must be a string")
     logprobs = body.get("logprobs")
     native = {"model": body.get("model"), "prompt": prompt, "options": _options(body), "suffix": body.get("suffix"),
-              "raw": False, "format": _format(body), "keep_alive": body.get("keep_alive"),
+              "raw": body.get("raw") is True,  # Ollama templates the prompt; "raw": true (a front's) does not
+              "format": _format(body), "keep_alive": body.get("keep_alive"),
               "logprobs": bool(logprobs), "top_logprobs": logprobs if _is_count(logprobs) and logprobs > 0 else None}  # fmt: skip
     if not prompt:
         raise ApiError(400, "prompt is required")

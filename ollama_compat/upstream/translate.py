@@ -131,8 +131,9 @@ def request_body(model_id: str, request: GenerateRequest) -> tuple[str, dict[str
     if fmt:
         body["response_format"] = fmt
     chat = chat_of(request.prompt)
-    if chat is None:  # raw /api/generate: the prompt as it is, no template
-        return "/completions", {**body, "prompt": request.prompt}
+    if chat is None:  # raw /api/generate: the prompt as it is, no template. vLLM, SGLang and
+        # llama.cpp never template /v1/completions; Ollama does, and ollama-compat unless "raw".
+        return "/completions", {**body, "prompt": request.prompt, "raw": True}
     body["messages"] = chat["messages"]
     if chat["tools"]:
         body["tools"] = chat["tools"]

@@ -13,7 +13,7 @@ from backend.testmodels import write_model
 from .fake_engine import FakeEngine
 from .live_server import Server
 from .test_logs import Serve
-from .test_upstream_proxy import ASK, SCRIPT, TOOLS
+from .test_upstream_proxy import ASK, SCRIPT, TOOLS, Proxy, upstreams_toml
 
 
 def test_serve_lists_and_streams_an_upstream_model(tmp_path):
@@ -50,4 +50,40 @@ def test_serve_lists_and_streams_an_upstream_model(tmp_path):
         assert engine.rendered[-1]["messages"] == ASK  # the request reached the upstream as sent
     finally:
         server.close()
+        upstream.close()
+
+
+def test_a_real_engine_upstream_answers_through_the_proxy_as_it_answers_directly(tmp_path):
+    """The upstream is a second ollama-compat running its real engine on a tiny generated model:
+    greedy answers through the proxy (OpenAI wire in between) equal the upstream's own, token
+    for token, for chat, raw generate and the token counts."""
+    models = tmp_path / "models"
+    models.mkdir()
+    write_model("llama", models / "tiny.gguf", config={"max_position_embeddings": 256}, seed=3)
+    upstream = Server(models_dir=models)
+    proxy = Proxy(upstreams_toml({"remote-tiny": ("tiny", [upstream.url])}))
+    try:
+        options = {"temperature": 0, "num_predict": 12, "seed": 1}
+        ask = [{"role": "user", "content": "hello world"}]
+        via = ollama.Client(host=proxy.url)
+        direct = ollama.Client(host=upstream.url)
+        got = via.chat(model="remote-tiny", messages=ask, options=options)
+        want = direct.chat(model="tiny", messages=ask, options=options)
+        assert got.message.content == want.message.content and got.message.content
+        assert (got.eval_count, got.prompt_eval_count, got.done_reason) == (
+            want.eval_count, want.prompt_eval_count, want.done_reason)
+        # Sampled, with every option the OpenAI wire carries only as vLLM's extensions.
+        sampled = {"temperature": 0.9, "top_k": 5, "min_p": 0.02, "repeat_penalty": 1.3, "seed": 7, "num_predict": 16}
+        answers = {via.chat(model="remote-tiny", messages=ask, options=sampled).message.content,
+                   direct.chat(model="tiny", messages=ask, options=sampled).message.content}  # fmt: skip
+        assert len(answers) == 1
+        plain = direct.chat(model="tiny", messages=ask, options={**sampled, "repeat_penalty": 1.0, "top_k": 40})
+        assert plain.message.content not in answers  # the options changed the answer: they did arrive
+        streamed = list(via.chat(model="remote-tiny", messages=ask, options=options, stream=True))
+        assert "".join(p.message.content for p in streamed) == want.message.content and len(streamed) > 2
+        raw_got = via.generate(model="remote-tiny", prompt="hello world", raw=True, options=options)
+        raw_want = direct.generate(model="tiny", prompt="hello world", raw=True, options=options)
+        assert raw_got.response == raw_want.response and raw_got.eval_count == raw_want.eval_count
+    finally:
+        proxy.close()
         upstream.close()
