@@ -16,12 +16,13 @@ def function_tool(name: str, description: Any, parameters: Any) -> dict[str, Any
 
 @dataclass
 class Reply:
-    """A non-streamed reply: every line's content, thinking and tool calls, and the last (done) line,
+    """A non-streamed reply: every line's content, thinking, tool calls and logprobs, and the last (done) line,
     which carries done_reason and the token counts."""
 
     content: str = ""
     thinking: str = ""
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
     last: dict[str, Any] = field(default_factory=dict)
 
 
@@ -32,5 +33,6 @@ async def fold_reply(lines: AsyncIterator[dict]) -> Reply:
         reply.content += msg.get("content", "")
         reply.thinking += msg.get("thinking", "")
         reply.tool_calls += msg.get("tool_calls", [])
+        reply.logprobs += line.get("logprobs", [])
         reply.last = line
     return reply

@@ -186,6 +186,27 @@ def _openai_calls(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def _chat_logprobs(native: list[dict[str, Any]]) -> dict[str, Any]:
+    """Native logprob entries as a chat choice's `logprobs` ({"content": [...]}, each entry with
+    its `top_logprobs`, empty unless asked for)."""
+    def one(e: dict[str, Any]) -> dict[str, Any]:
+        return {"token": e["token"], "logprob": e["logprob"], "bytes": e.get("bytes")}
+
+    return {"content": [{**one(e), "top_logprobs": [one(t) for t in e.get("top_logprobs", [])]} for e in native]}
+
+
+def _completion_logprobs(native: list[dict[str, Any]], offset: int) -> dict[str, Any]:
+    """Native logprob entries as a completion choice's (legacy) `logprobs`: parallel lists, the
+    alternatives as {token: logprob}, and each token's offset in the text from `offset` on."""
+    offsets = []
+    for e in native:
+        offsets.append(offset)
+        offset += len(e["token"])
+    return {"tokens": [e["token"] for e in native], "token_logprobs": [e["logprob"] for e in native],
+            "top_logprobs": [{t["token"]: t["logprob"] for t in e.get("top_logprobs", [])} for e in native],
+            "text_offset": offsets}  # fmt: skip
+
+
 async def _sse(request: web.Request, events: AsyncIterator[dict]) -> web.StreamResponse:
     """data: lines; the status is decided by the first event, as on the native API."""
     try:
@@ -253,27 +274,33 @@ async def _chat_object(lines: AsyncIterator[dict], base: dict) -> dict[str, Any]
     if reply.tool_calls:
         message["tool_calls"] = _openai_calls(reply.tool_calls)
     finish = "tool_calls" if reply.tool_calls else reply.last.get("done_reason", "stop")
-    return {**base, "object": "chat.completion", "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-            "usage": _usage(reply.last)}  # fmt: skip
+    choice = {"index": 0, "message": message, "finish_reason": finish}
+    if reply.logprobs:
+        choice["logprobs"] = _chat_logprobs(reply.logprobs)
+    return {**base, "object": "chat.completion", "choices": [choice], "usage": _usage(reply.last)}
 
 
 async def _chat_chunks(lines: AsyncIterator[dict], base: dict, include_usage: bool) -> AsyncIterator[dict]:
     chunk = {**base, "object": "chat.completion.chunk"}
     role_sent, had_calls = False, False
 
-    def event(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+    def event(delta: dict[str, Any], finish: str | None = None, logprobs: list | None = None) -> dict[str, Any]:
         nonlocal role_sent
         if not role_sent:
             delta = {"role": "assistant", **delta}
             role_sent = True
-        return {**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        if logprobs:
+            choice["logprobs"] = _chat_logprobs(logprobs)
+        return {**chunk, "choices": [choice]}
 
     async for line in lines:
         msg = line.get("message", {})
+        logprobs = line.get("logprobs")  # with the content they scored, else with the reasoning
         if msg.get("thinking"):
-            yield event({"reasoning": msg["thinking"]})
-        if msg.get("content"):
-            yield event({"content": msg["content"]})
+            yield event({"reasoning": msg["thinking"]}, logprobs=None if msg.get("content") else logprobs)
+        if msg.get("content") or (logprobs and not msg.get("thinking")):
+            yield event({"content": msg.get("content", "")}, logprobs=logprobs)
         if msg.get("tool_calls"):
             had_calls = True
             yield event({"tool_calls": _openai_calls(msg["tool_calls"])})
@@ -302,19 +329,26 @@ async def completions(request: web.Request) -> web.StreamResponse:
     base = {"id": f"cmpl-{secrets.randbelow(10**9)}", "object": "text_completion", "created": int(time.time()),
             "model": body.get("model"), "system_fingerprint": "fp_ollama"}  # fmt: skip
     if not opt.stream(body.get("stream"), default=False):
-        text, last = "", {}
+        text, last, scored = "", {}, []
         async for line in lines:
             text += line.get("response", "")
+            scored += line.get("logprobs", [])
             last = line
-        choice = {"text": text, "index": 0, "finish_reason": last.get("done_reason", "stop"), "logprobs": None}
+        choice = {"text": text, "index": 0, "finish_reason": last.get("done_reason", "stop"),
+                  "logprobs": _completion_logprobs(scored, 0) if scored else None}  # fmt: skip
         return _json({**base, "choices": [choice], "usage": _usage(last)})
 
     async def events() -> AsyncIterator[dict]:
         zero = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+        offset = 0
         async for line in lines:
-            if line.get("response") or line.get("done"):
+            if line.get("response") or line.get("done") or line.get("logprobs"):
                 finish = line.get("done_reason") if line.get("done") else None
-                event = {**base, "choices": [{"text": line.get("response", ""), "index": 0, "finish_reason": finish}]}
+                choice = {"text": line.get("response", ""), "index": 0, "finish_reason": finish}
+                if line.get("logprobs"):
+                    choice["logprobs"] = _completion_logprobs(line["logprobs"], offset)
+                offset += len(choice["text"])
+                event = {**base, "choices": [choice]}
                 yield {**event, "usage": zero} if usage else event
             if line.get("done") and usage:
                 yield {**base, "choices": [], "usage": _usage(line)}

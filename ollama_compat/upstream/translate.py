@@ -133,6 +133,8 @@ def request_body(model_id: str, request: GenerateRequest) -> tuple[str, dict[str
     chat = chat_of(request.prompt)
     if chat is None:  # raw /api/generate: the prompt as it is, no template. vLLM, SGLang and
         # llama.cpp never template /v1/completions; Ollama does, and ollama-compat unless "raw".
+        if "logprobs" in body:  # the legacy API's logprobs is the count of alternatives
+            body["logprobs"] = body.pop("top_logprobs", 0)
         return "/completions", {**body, "prompt": request.prompt, "raw": True}
     body["messages"] = chat["messages"]
     if chat["tools"]:
@@ -141,7 +143,11 @@ def request_body(model_id: str, request: GenerateRequest) -> tuple[str, dict[str
 
 
 def _logprobs(choice: dict[str, Any]) -> tuple[TokenLogprob, ...]:
-    content = (choice.get("logprobs") or {}).get("content") or []
+    """A choice's logprobs: chat's {"content": [...]}, or /v1/completions' legacy parallel lists."""
+    given = choice.get("logprobs") or {}
+    if "tokens" in given and "content" not in given:
+        given = {"content": _legacy_entries(given)}
+    content = given.get("content") or []
 
     def one(item: dict[str, Any], top: tuple[TokenLogprob, ...] = ()) -> TokenLogprob:
         token = item.get("token", "")
@@ -159,6 +165,15 @@ def whole_as_event(body: Any) -> dict[str, Any]:
     choices = [{**c, "delta": c["message"]} if isinstance(c, dict) and isinstance(c.get("message"), dict) else c
                for c in body.get("choices") or []]  # fmt: skip
     return {**body, "choices": choices}
+
+
+def _legacy_entries(given: dict[str, Any]) -> list[dict[str, Any]]:
+    """Completions' logprobs (tokens, token_logprobs, top_logprobs as {token: logprob}) as chat's
+    entries; the legacy format carries no bytes, so they are the token's UTF-8."""
+    tops = given.get("top_logprobs") or []
+    return [{"token": token, "logprob": logprob if logprob is not None else 0.0,
+             "top_logprobs": [{"token": t, "logprob": lp} for t, lp in (tops[i] or {}).items()] if i < len(tops) else []}
+            for i, (token, logprob) in enumerate(zip(given.get("tokens") or [], given.get("token_logprobs") or []))]  # fmt: skip
 
 
 @dataclass

@@ -79,6 +79,40 @@ async def test_completions_models_embeddings(oai, engine):
     assert [d.embedding for d in emb.data] == [pytest.approx([0.6, 0.8, 0.0])] * 2 and emb.usage.prompt_tokens == 4
 
 
+async def test_logprobs_in_openai_shapes(oai, engine):
+    """The native scores (the fake engine's, -0.5 for "x", alternatives as asked) in chat's
+    shape, streamed and whole, and in completions' legacy shape, as the openai client reads them."""
+    ask = [{"role": "user", "content": "hi"}]
+    reply = await oai.chat.completions.create(model="mymoe", messages=ask, logprobs=True, top_logprobs=2)
+    content = reply.choices[0].logprobs.content
+    assert [(e.token, e.logprob, e.bytes, [(t.token, t.logprob) for t in e.top_logprobs]) for e in content] == \
+           [("x", -0.5, [120], [("x", -0.5)] * 2)] * 2  # fmt: skip
+    stream = await oai.chat.completions.create(model="mymoe", messages=ask, logprobs=True, top_logprobs=1, stream=True)
+    scored = [e.token for c in [c async for c in stream] if c.choices and c.choices[0].logprobs
+              for e in c.choices[0].logprobs.content]  # fmt: skip
+    assert scored == ["x", "x"]
+    plain = await oai.chat.completions.create(model="mymoe", messages=ask)
+    assert plain.choices[0].logprobs is None  # only when asked
+    done = await oai.completions.create(model="mymoe", prompt="Once", logprobs=2)
+    legacy = done.choices[0].logprobs
+    assert (legacy.tokens, legacy.token_logprobs, legacy.top_logprobs, legacy.text_offset) == (
+        ["x", "x"], [-0.5, -0.5], [{"x": -0.5}] * 2, [0, 1])
+    chunks = [c async for c in await oai.completions.create(model="mymoe", prompt="Once", logprobs=1, stream=True)]
+    offsets = [o for c in chunks if c.choices[0].logprobs for o in c.choices[0].logprobs.text_offset]
+    assert offsets == [0, len("Hello")]  # where each scored piece starts in the streamed text
+
+
+async def test_vllm_sampling_fields_and_raw_completions(oai, engine):
+    """vLLM's (and llama.cpp's) extensions are honoured, unlike Ollama's /v1, so a front's options
+    arrive; "raw": true sends a completion prompt untemplated."""
+    await oai.chat.completions.create(model="mymoe", messages=[{"role": "user", "content": "hi"}],
+                                      extra_body={"top_k": 7, "min_p": 0.1, "repetition_penalty": 1.3})  # fmt: skip
+    s = engine.requests[-1].sampling
+    assert (s.top_k, s.min_p, s.repeat_penalty) == (7, 0.1, 1.3)
+    await oai.completions.create(model="mymoe", prompt="Once", extra_body={"repeat_penalty": 1.2, "raw": True})
+    assert engine.requests[-1].prompt == "Once" and engine.requests[-1].sampling.repeat_penalty == 1.2
+
+
 async def test_errors_have_openai_shape(client):
     r = await client.post("/v1/chat/completions", json={"model": "nope", "messages": [{"role": "user", "content": "x"}]})
     assert r.status == 404

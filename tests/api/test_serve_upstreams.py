@@ -84,6 +84,25 @@ def test_a_real_engine_upstream_answers_through_the_proxy_as_it_answers_directly
         raw_got = via.generate(model="remote-tiny", prompt="hello world", raw=True, options=options)
         raw_want = direct.generate(model="tiny", prompt="hello world", raw=True, options=options)
         assert raw_got.response == raw_want.response and raw_got.eval_count == raw_want.eval_count
+        # Log-probabilities, over chat's format and /v1/completions' legacy one. Each prompt is
+        # asked once first: a prompt from the cache is scored with other kernels than a fresh one.
+        def scored(reply, alternatives: bool):
+            return [(e.token, e.logprob, [(t.token, t.logprob) for t in e.top_logprobs] if alternatives else None)
+                    for e in reply.logprobs]  # fmt: skip
+
+        direct.chat(model="tiny", messages=ask, options=options, logprobs=True, top_logprobs=3)
+        got, want = (c.chat(model=m, messages=ask, options=options, logprobs=True, top_logprobs=3)
+                     for c, m in ((via, "remote-tiny"), (direct, "tiny")))  # fmt: skip
+        assert len(want.logprobs) == 12 and len(want.logprobs[0].top_logprobs) == 3
+        assert scored(got, True) == scored(want, True)
+        direct.generate(model="tiny", prompt="hello", raw=True, options=options, logprobs=True, top_logprobs=3)
+        got, want = (c.generate(model=m, prompt="hello", raw=True, options=options, logprobs=True, top_logprobs=3)
+                     for c, m in ((via, "remote-tiny"), (direct, "tiny")))  # fmt: skip
+        # The legacy format keys alternatives by their text: byte tokens that print alike collapse.
+        assert scored(got, False) == scored(want, False) and len(got.logprobs) == 12
+        for g, w in zip(got.logprobs, want.logprobs):
+            assert {(t.token, t.logprob) for t in g.top_logprobs} <= {(t.token, t.logprob) for t in w.top_logprobs}
+            assert {t.token for t in g.top_logprobs} == {t.token for t in w.top_logprobs}
     finally:
         proxy.close()
         upstream.close()
