@@ -322,7 +322,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
     native = {"model": body.get("model"), "prompt": prompt, "options": _options(body), "suffix": body.get("suffix"),
               "raw": body.get("raw") is True,  # Ollama templates the prompt; "raw": true (a front's) does not
               "format": _format(body), "keep_alive": body.get("keep_alive"),
-              "logprobs": bool(logprobs), "top_logprobs": logprobs if _is_count(logprobs) and logprobs > 0 else None}  # fmt: skip
+              # the legacy API's logprobs counts the alternatives: 0 asks for the sampled tokens' alone
+              "logprobs": logprobs is True or (_is_count(logprobs) and logprobs >= 0),
+              "top_logprobs": logprobs if _is_count(logprobs) and logprobs > 0 else None}  # fmt: skip
     if not prompt:
         raise ApiError(400, "prompt is required")
     lines = inference.generate_responses(request.app, native)

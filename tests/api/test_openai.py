@@ -97,6 +97,9 @@ async def test_logprobs_in_openai_shapes(oai, engine):
     legacy = done.choices[0].logprobs
     assert (legacy.tokens, legacy.token_logprobs, legacy.top_logprobs, legacy.text_offset) == (
         ["x", "x"], [-0.5, -0.5], [{"x": -0.5}] * 2, [0, 1])
+    alone = (await oai.completions.create(model="mymoe", prompt="Once", logprobs=0)).choices[0].logprobs
+    assert (alone.token_logprobs, alone.top_logprobs) == ([-0.5, -0.5], [{}, {}])  # 0: the sampled tokens' only
+    assert (await oai.completions.create(model="mymoe", prompt="Once")).choices[0].logprobs is None
     chunks = [c async for c in await oai.completions.create(model="mymoe", prompt="Once", logprobs=1, stream=True)]
     offsets = [o for c in chunks if c.choices[0].logprobs for o in c.choices[0].logprobs.text_offset]
     assert offsets == [0, len("Hello")]  # where each scored piece starts in the streamed text

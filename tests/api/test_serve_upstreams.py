@@ -100,6 +100,8 @@ def test_a_real_engine_upstream_answers_through_the_proxy_as_it_answers_directly
                      for c, m in ((via, "remote-tiny"), (direct, "tiny")))  # fmt: skip
         # The legacy format keys alternatives by their text: byte tokens that print alike collapse.
         assert scored(got, False) == scored(want, False) and len(got.logprobs) == 12
+        alone = via.generate(model="remote-tiny", prompt="hello", raw=True, options=options, logprobs=True)
+        assert scored(alone, False) == scored(want, False)  # without alternatives too (the legacy logprobs: 0)
         for g, w in zip(got.logprobs, want.logprobs):
             assert {(t.token, t.logprob) for t in g.top_logprobs} <= {(t.token, t.logprob) for t in w.top_logprobs}
             assert {t.token for t in g.top_logprobs} == {t.token for t in w.top_logprobs}
