@@ -126,6 +126,9 @@ class GenerateRequest:
     keep_alive: float | None = None  # seconds; None: server default; < 0: forever
     truncate: bool = True  # False: a prompt longer than num_ctx is an error, not truncated
     shift: bool = True  # False: a full context ends generation ("length") instead of shifting
+    # Fill in the middle: the text after the hole, `prompt` being the text before it, both
+    # unrendered (the model's template places them). Only models with the "insert" capability.
+    suffix: str = ""
 
 
 @dataclass(frozen=True)

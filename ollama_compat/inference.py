@@ -227,7 +227,8 @@ def prepare_generate(app: web.Application, body: dict) -> Job:
         # Our templates are the GGUF's Jinja ones; a Go template from the request cannot run here.
         log.warning("generate: the request's Go template is ignored; the model's own template is used")
     think_value, split_thinking = _think(info, model, body)
-    if raw:
+    suffix = "" if opt.unset(body.get("suffix")) else body["suffix"]
+    if raw or suffix:  # a hole to fill: the template around prompt and suffix is the model's to apply
         text = prompt
     else:
         messages = []
@@ -240,7 +241,7 @@ def prepare_generate(app: web.Application, body: dict) -> Job:
         text = engine.render_chat(info.name, messages, think=think_value)
     request = GenerateRequest(
         model=info.name, prompt=text, context=tuple(context or ()), images=images, think=split_thinking,
-        **_common(app, body, info),
+        suffix=suffix, **_common(app, body, info),
     )  # fmt: skip
     _log_request("generate", request, 1)
     return Job(model, info, request, raw=raw)

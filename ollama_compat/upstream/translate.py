@@ -130,12 +130,15 @@ def request_body(model_id: str, request: GenerateRequest) -> tuple[str, dict[str
     fmt = response_format(request.format)
     if fmt:
         body["response_format"] = fmt
-    chat = chat_of(request.prompt)
-    if chat is None:  # raw /api/generate: the prompt as it is, no template. vLLM, SGLang and
-        # llama.cpp never template /v1/completions; Ollama does, and ollama-compat unless "raw".
+    chat = None if request.suffix else chat_of(request.prompt)
+    if chat is None:
+        # The prompt goes as it is: raw (vLLM, SGLang and llama.cpp never template
+        # /v1/completions; Ollama does, and ollama-compat unless "raw"), or, with a suffix, for
+        # the upstream's template to place around the hole.
         if "logprobs" in body:  # the legacy API's logprobs is the count of alternatives
             body["logprobs"] = body.pop("top_logprobs", 0)
-        return "/completions", {**body, "prompt": request.prompt, "raw": True}
+        hole = {"suffix": request.suffix} if request.suffix else {"raw": True}
+        return "/completions", {**body, "prompt": request.prompt, **hole}
     body["messages"] = chat["messages"]
     if chat["tools"]:
         body["tools"] = chat["tools"]

@@ -163,6 +163,7 @@ class RawUpstream:
 
         app.router.add_get("/v1/models", models)
         app.router.add_post("/v1/chat/completions", handler)
+        app.router.add_post("/v1/completions", handler)
         self.runner = web.AppRunner(app)
         self.loop.run_until_complete(self.runner.setup())
         self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", self.port).start())
@@ -180,9 +181,12 @@ def behind_proxy():
     """(client, proxy) for a model "odd" served by the RawUpstream of `handler`."""
     opened = []
 
-    def start(handler, host: str = "127.0.0.1"):
+    def start(handler, host: str = "127.0.0.1", capabilities: tuple[str, ...] = ()):
         upstream = RawUpstream(handler)
-        proxy = Proxy(upstreams_toml({"odd": ("m", [f"http://{host}:{upstream.port}/v1"])}))
+        toml = upstreams_toml({"odd": ("m", [f"http://{host}:{upstream.port}/v1"])})
+        if capabilities:
+            toml = toml.replace('capabilities = ["completion", "tools", "thinking"]', f"capabilities = {list(capabilities)}")
+        proxy = Proxy(toml)
         opened.extend([proxy, upstream])
         return ollama.Client(host=proxy.url)
 
@@ -259,3 +263,29 @@ def test_a_cookie_one_answer_sets_rides_with_no_other_request(behind_proxy):
     for _ in range(3):
         assert client.chat(model="odd", messages=ODD).message.content == "Looking."
     assert seen == [None, None, None]
+
+
+def test_fill_in_the_middle_goes_to_completions_with_its_suffix(behind_proxy):
+    """A code editor's completion (/api/generate with a suffix) on a model declared "insert":
+    prompt and suffix reach the upstream's /v1/completions as they are, for its template to
+    place around the hole; without "insert" it is refused, as Ollama refuses it."""
+    seen = []
+
+    async def completes(request):
+        seen.append((request.path, await request.json()))
+        return web.json_response({"choices": [{"index": 0, "text": "    c = a + b\n", "finish_reason": "stop"}],
+                                  "usage": {"prompt_tokens": 12, "completion_tokens": 6}})  # fmt: skip
+
+    client = behind_proxy(completes, capabilities=("completion", "insert"))
+    reply = client.generate(model="odd", prompt="def add(a, b):\n", suffix="    return c\n", options={"num_predict": 9})
+    assert reply.response == "    c = a + b\n" and (reply.prompt_eval_count, reply.eval_count) == (12, 6)
+    path, body = seen[-1]
+    assert path == "/v1/completions" and (body["prompt"], body["suffix"]) == ("def add(a, b):\n", "    return c\n")
+    assert body["max_tokens"] == 9 and "raw" not in body and "messages" not in body
+
+
+def test_fill_in_the_middle_needs_the_insert_capability(behind_proxy):
+    client = behind_proxy(_whole_answer)  # completion, tools, thinking: no insert
+    with pytest.raises(ollama.ResponseError) as e:
+        client.generate(model="odd", prompt="def add(a, b):", suffix="    return c")
+    assert e.value.status_code == 400 and "does not support insert" in e.value.error
