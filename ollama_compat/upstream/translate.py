@@ -131,6 +131,8 @@ def request_body(model_id: str, request: GenerateRequest) -> tuple[str, dict[str
     if fmt:
         body["response_format"] = fmt
     chat = None if request.suffix else chat_of(request.prompt)
+    if chat is None and request.images:
+        raise InvalidRequest("images need a chat: a raw or fill-in-the-middle prompt to an upstream cannot carry them")
     if chat is None:
         # The prompt goes as it is: raw (vLLM, SGLang and llama.cpp never template
         # /v1/completions; Ollama does, and ollama-compat unless "raw"), or, with a suffix, for
@@ -139,10 +141,23 @@ def request_body(model_id: str, request: GenerateRequest) -> tuple[str, dict[str
             body["logprobs"] = body.pop("top_logprobs", 0)
         hole = {"suffix": request.suffix} if request.suffix else {"raw": True}
         return "/completions", {**body, "prompt": request.prompt, **hole}
-    body["messages"] = chat["messages"]
+    body["messages"] = _with_images(chat["messages"], request.images)
     if chat["tools"]:
         body["tools"] = chat["tools"]
     return "/chat/completions", {**body, **_think_fields(chat["think"])}
+
+
+def _with_images(messages: list[dict[str, Any]], images: Sequence[bytes]) -> list[dict[str, Any]]:
+    """/api/generate's images, which no message carries (/api/chat's are in theirs), as parts of
+    the last user message: the prompt they came with."""
+    if not images or any(isinstance(m.get("content"), list) for m in messages):
+        return messages
+    last = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=None)
+    if last is None:
+        return messages
+    text = messages[last]["content"]
+    parts = ([{"type": "text", "text": text}] if text else []) + [_image_part(base64.b64encode(i).decode()) for i in images]
+    return [*messages[:last], {**messages[last], "content": parts}, *messages[last + 1:]]
 
 
 def _logprobs(choice: dict[str, Any]) -> tuple[TokenLogprob, ...]:

@@ -5,6 +5,7 @@ servers that are not quite OpenAI's (whole when asked to stream, a web page, an 
 from __future__ import annotations
 
 import asyncio
+import base64
 import random
 import threading
 
@@ -289,3 +290,26 @@ def test_fill_in_the_middle_needs_the_insert_capability(behind_proxy):
     with pytest.raises(ollama.ResponseError) as e:
         client.generate(model="odd", prompt="def add(a, b):", suffix="    return c")
     assert e.value.status_code == 400 and "does not support insert" in e.value.error
+
+
+def test_generate_images_reach_the_upstream_once(behind_proxy):
+    """/api/generate's images go with its prompt (they were lost: only /api/chat's messages
+    carried theirs), /api/chat's are not sent twice, and a raw prompt that cannot carry them is
+    refused rather than sent without them."""
+    seen = []
+
+    async def capture(request):
+        seen.append(await request.json())
+        return await _whole_answer(request)
+
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(24)).decode()
+    client = behind_proxy(capture, capabilities=("completion", "vision"))
+    client.generate(model="odd", prompt="What is this?", images=[png])
+    assert seen[-1]["messages"][-1]["content"] == [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}}]
+    client.chat(model="odd", messages=[{"role": "user", "content": "And this?", "images": [png]}])
+    assert [p["type"] for p in seen[-1]["messages"][-1]["content"]] == ["text", "image_url"]
+    with pytest.raises(ollama.ResponseError) as e:
+        client.generate(model="odd", prompt="What is this?", images=[png], raw=True)
+    assert e.value.status_code == 400 and "images need a chat" in e.value.error and len(seen) == 2
