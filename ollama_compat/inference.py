@@ -221,13 +221,13 @@ def prepare_generate(app: web.Application, body: dict) -> Job:
         context = [fields.integer(token, f"context[{i}]", low=0) for i, token in enumerate(context)]
     if raw and not (opt.unset(system) and opt.unset(template) and not context):
         raise ApiError(400, "raw mode does not support template, system, or context")
-    if not opt.unset(body.get("suffix")) and "insert" not in info.capabilities:
+    suffix = "" if opt.unset(body.get("suffix")) else body["suffix"]
+    if suffix and "insert" not in info.capabilities:
         raise ApiError(400, f"{info.name} does not support insert")
     if not opt.unset(template):
         # Our templates are the GGUF's Jinja ones; a Go template from the request cannot run here.
         log.warning("generate: the request's Go template is ignored; the model's own template is used")
     think_value, split_thinking = _think(info, model, body)
-    suffix = "" if opt.unset(body.get("suffix")) else body["suffix"]
     if raw or suffix:  # a hole to fill: the template around prompt and suffix is the model's to apply
         text = prompt
     else:

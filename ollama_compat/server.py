@@ -87,17 +87,14 @@ def raise_open_file_limit() -> None:
     except ImportError:  # Windows has no such limit
         return
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    unlimited = resource.RLIM_INFINITY
-    # An unlimited hard limit still refuses an unlimited soft one (Linux: past nr_open; macOS: past
-    # OPEN_MAX, 10240), so that one is tried after.
-    for target in (hard,) if hard != unlimited else (unlimited, 10240):
-        if soft == unlimited or (target != unlimited and target <= soft):
-            return
+    # An unlimited hard limit still refuses an unlimited soft one (Linux: past nr_open; macOS:
+    # past OPEN_MAX), so then the target is OPEN_MAX, 10240.
+    target = hard if hard != resource.RLIM_INFINITY else 10240
+    if soft != resource.RLIM_INFINITY and soft < target:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            return
-        except (ValueError, OSError):
-            continue
+        except (ValueError, OSError):  # a sandbox may refuse: the server runs with what it has
+            pass
 
 
 def _config_line(settings: Settings) -> str:
